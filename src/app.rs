@@ -1,0 +1,126 @@
+//! The wiring: the one place that names concrete adapters. Chooses them
+//! from the config, starts the workers, and builds the HTTP state.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use rand::Rng;
+
+use crate::cache::memory::{MemoryKvStore, MemoryRateLimiter, MemoryStockLedger};
+use crate::config::{Config, DatabaseBackend};
+use crate::domain::IdGenerator;
+use crate::http::AppState;
+use crate::mq::memory::{MemoryBus, MemoryBusSettings};
+use crate::mq::{Delivery, Topic};
+use crate::service::catalog::CatalogService;
+use crate::service::checkback::StockLogChecker;
+use crate::service::orders::OrderService;
+use crate::service::otp::DevOtpSender;
+use crate::service::sold_out::SoldOutFlags;
+use crate::service::tokens::TokenService;
+use crate::service::users::UserService;
+use crate::service::{Context, Ports};
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+use crate::worker::{cache_invalidation::CacheInvalidation, reconciler, stock_consumer};
+
+/// A wired application: the HTTP state plus handles tests and tools use.
+pub struct App {
+    pub state: AppState,
+    pub context: Context,
+    /// The dev one-time-code sender (reads the last code of a phone).
+    pub otp: Arc<DevOtpSender>,
+    /// The in-process bus, when that is the bus in use (fault injection).
+    pub memory_bus: Option<MemoryBus>,
+}
+
+/// The process's Prometheus recorder, installed once.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed; ours then renders empty.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Opens the configured database and applies its migrations.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    match config.database()? {
+        DatabaseBackend::Sqlite(url) => {
+            let store = SqliteStore::connect(&url, config.database_max_connections)
+                .await
+                .with_context(|| format!("cannot open the SQLite database {url}"))?;
+            store.migrate().await.context("cannot migrate the SQLite database")?;
+            Ok(Arc::new(store))
+        }
+        DatabaseBackend::Mysql(_) => anyhow::bail!(
+            "this build has no MySQL adapter yet; use a sqlite:// SECKILL_DATABASE_URL"
+        ),
+    }
+}
+
+/// Wires every port and service from `config` and starts the workers.
+pub async fn build(config: Config) -> anyhow::Result<App> {
+    config.validate()?;
+    if config.redis_url.is_some() || config.rocketmq_namesrv.is_some() {
+        anyhow::bail!(
+            "this build runs the embedded adapters only; unset SECKILL_REDIS_URL and SECKILL_ROCKETMQ_NAMESRV"
+        );
+    }
+    let config = Arc::new(config);
+    let store = open_store(&config).await?;
+    let otp = Arc::new(DevOtpSender::new());
+    let bus = MemoryBus::start(
+        Arc::new(StockLogChecker::new(store.clone())),
+        MemoryBusSettings {
+            check_after: Duration::from_millis(config.tx_check_after_ms),
+            check_interval: Duration::from_millis(config.tx_check_interval_ms.max(10)),
+            check_max: config.tx_check_max,
+            ..MemoryBusSettings::default()
+        },
+    );
+    let ports = Ports {
+        store: store.clone(),
+        ledger: Arc::new(MemoryStockLedger::new()),
+        kv: Arc::new(MemoryKvStore::new()),
+        limiter: Arc::new(MemoryRateLimiter::new()),
+        bus: Arc::new(bus.clone()),
+        otp: otp.clone(),
+    };
+    let node = config.node_id.unwrap_or_else(|| rand::thread_rng().gen_range(0..=crate::domain::ids::MAX_NODE_ID));
+    let context = Context {
+        config: config.clone(),
+        ports: ports.clone(),
+        ids: Arc::new(IdGenerator::new(node)),
+        sold_out: Arc::new(SoldOutFlags::new(Duration::from_millis(config.local_sold_out_ttl_ms))),
+    };
+    let catalog = Arc::new(CatalogService::new(context.clone()));
+    let tokens = Arc::new(TokenService::new(context.clone(), catalog.clone()));
+    let orders = Arc::new(OrderService::new(context.clone(), catalog.clone(), tokens.clone()));
+    let users = Arc::new(UserService::new(context.clone()));
+
+    ports
+        .bus
+        .subscribe(Topic::Stock, stock_consumer::GROUP, Delivery::Clustering, Arc::new(stock_consumer::StockConsumer::new(store.clone())))
+        .await?;
+    ports
+        .bus
+        .subscribe(Topic::Cache, "seckill_cache", Delivery::Broadcast, Arc::new(CacheInvalidation::new(catalog.clone())))
+        .await?;
+    tokio::spawn(reconciler::run(context.clone()));
+
+    let state = AppState { config, ports, users, catalog, tokens, orders, metrics: metrics_handle() };
+    Ok(App { state, context, otp, memory_bus: Some(bus) })
+}

@@ -1,0 +1,233 @@
+//! In-memory adapters: the ledger, key/value state and rate limits of one
+//! process. Correct for a single instance only; start-up refuses them when
+//! the database is shared (MySQL).
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use governor::{DefaultKeyedRateLimiter, Quota};
+use parking_lot::Mutex;
+
+use super::*;
+
+#[derive(Default)]
+struct PromoLedger {
+    stock: i64,
+    limit: i64,
+    buyers: HashMap<UserId, i64>,
+    reservations: HashMap<StockLogId, (UserId, i64)>,
+    restocked: HashSet<StockLogId>,
+}
+
+/// The stock ledger in one mutex: each call is one critical section.
+#[derive(Default)]
+pub struct MemoryStockLedger {
+    promos: Mutex<HashMap<PromoId, PromoLedger>>,
+}
+
+impl MemoryStockLedger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl StockLedger for MemoryStockLedger {
+    async fn warm(&self, promo: PromoId, stock: i64, per_user_limit: i64) -> CacheResult<bool> {
+        let mut promos = self.promos.lock();
+        if promos.contains_key(&promo) {
+            return Ok(false);
+        }
+        promos.insert(promo, PromoLedger { stock, limit: per_user_limit, ..PromoLedger::default() });
+        Ok(true)
+    }
+
+    async fn reserve(&self, batch: &[Reservation]) -> CacheResult<Vec<ReserveOutcome>> {
+        let mut promos = self.promos.lock();
+        Ok(batch
+            .iter()
+            .map(|r| {
+                let Some(p) = promos.get_mut(&r.promo) else {
+                    return ReserveOutcome::NotWarmed;
+                };
+                let bought = p.buyers.get(&r.user).copied().unwrap_or(0);
+                if bought + r.amount > p.limit {
+                    return ReserveOutcome::AlreadyBought;
+                }
+                if p.stock < r.amount {
+                    return ReserveOutcome::SoldOut;
+                }
+                p.stock -= r.amount;
+                *p.buyers.entry(r.user).or_default() += r.amount;
+                p.reservations.insert(r.id, (r.user, r.amount));
+                ReserveOutcome::Reserved { remaining: p.stock }
+            })
+            .collect())
+    }
+
+    async fn release(&self, promo: PromoId, id: StockLogId) -> CacheResult<bool> {
+        let mut promos = self.promos.lock();
+        let Some(p) = promos.get_mut(&promo) else { return Ok(false) };
+        let Some((user, amount)) = p.reservations.remove(&id) else { return Ok(false) };
+        p.stock += amount;
+        if let Some(units) = p.buyers.get_mut(&user) {
+            *units -= amount;
+            if *units <= 0 {
+                p.buyers.remove(&user);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn restock(&self, promo: PromoId, id: StockLogId, amount: i64) -> CacheResult<bool> {
+        let mut promos = self.promos.lock();
+        let Some(p) = promos.get_mut(&promo) else { return Ok(false) };
+        if !p.restocked.insert(id) {
+            return Ok(false);
+        }
+        p.stock += amount;
+        Ok(true)
+    }
+
+    async fn stock(&self, promo: PromoId) -> CacheResult<Option<i64>> {
+        Ok(self.promos.lock().get(&promo).map(|p| p.stock))
+    }
+
+    async fn sold_out(&self, promo: PromoId) -> CacheResult<bool> {
+        Ok(self.promos.lock().get(&promo).is_some_and(|p| p.stock <= 0))
+    }
+
+    async fn ping(&self) -> CacheResult<()> {
+        Ok(())
+    }
+}
+
+enum Value {
+    Text(String),
+    Counter(i64),
+}
+
+/// Key/value state with lazy expiry and a periodic sweep, so expired keys
+/// never pile up.
+pub struct MemoryKvStore {
+    map: Mutex<HashMap<String, (Value, Instant)>>,
+    writes_since_sweep: Mutex<u32>,
+}
+
+impl Default for MemoryKvStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const SWEEP_EVERY: u32 = 4096;
+
+impl MemoryKvStore {
+    pub fn new() -> Self {
+        MemoryKvStore { map: Mutex::new(HashMap::new()), writes_since_sweep: Mutex::new(0) }
+    }
+
+    fn insert(&self, key: &str, value: Value, ttl: Duration) {
+        let now = Instant::now();
+        let mut map = self.map.lock();
+        map.insert(key.to_owned(), (value, now + ttl));
+        let mut w = self.writes_since_sweep.lock();
+        *w += 1;
+        if *w >= SWEEP_EVERY {
+            *w = 0;
+            map.retain(|_, (_, exp)| *exp > now);
+        }
+    }
+}
+
+#[async_trait]
+impl KvStore for MemoryKvStore {
+    async fn set(&self, key: &str, value: &str, ttl: Duration) -> CacheResult<()> {
+        self.insert(key, Value::Text(value.to_owned()), ttl);
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> CacheResult<Option<String>> {
+        let map = self.map.lock();
+        Ok(match map.get(key) {
+            Some((Value::Text(v), exp)) if *exp > Instant::now() => Some(v.clone()),
+            Some((Value::Counter(n), exp)) if *exp > Instant::now() => Some(n.to_string()),
+            _ => None,
+        })
+    }
+
+    async fn take(&self, key: &str) -> CacheResult<Option<String>> {
+        let mut map = self.map.lock();
+        Ok(match map.remove(key) {
+            Some((Value::Text(v), exp)) if exp > Instant::now() => Some(v),
+            Some((Value::Counter(n), exp)) if exp > Instant::now() => Some(n.to_string()),
+            _ => None,
+        })
+    }
+
+    async fn delete(&self, key: &str) -> CacheResult<()> {
+        self.map.lock().remove(key);
+        Ok(())
+    }
+
+    async fn set_counter(&self, key: &str, value: i64, ttl: Duration) -> CacheResult<()> {
+        self.insert(key, Value::Counter(value), ttl);
+        Ok(())
+    }
+
+    async fn take_permit(&self, key: &str) -> CacheResult<bool> {
+        let mut map = self.map.lock();
+        Ok(match map.get_mut(key) {
+            Some((Value::Counter(n), exp)) if *exp > Instant::now() && *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        })
+    }
+
+    async fn ping(&self) -> CacheResult<()> {
+        Ok(())
+    }
+}
+
+/// Token buckets per (rule, key) with `governor`, for one process.
+#[derive(Default)]
+pub struct MemoryRateLimiter {
+    limiters: Mutex<HashMap<&'static str, Arc<DefaultKeyedRateLimiter<String>>>>,
+}
+
+impl MemoryRateLimiter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn limiter(&self, rule: &RateRule) -> Arc<DefaultKeyedRateLimiter<String>> {
+        let mut map = self.limiters.lock();
+        map.entry(rule.name)
+            .or_insert_with(|| {
+                let burst = NonZeroU32::new(rule.limit.max(1)).unwrap_or(NonZeroU32::MIN);
+                let per = (rule.period / burst.get()).max(Duration::from_nanos(1));
+                let quota = Quota::with_period(per)
+                    .unwrap_or_else(|| Quota::per_second(burst))
+                    .allow_burst(burst);
+                Arc::new(DefaultKeyedRateLimiter::keyed(quota))
+            })
+            .clone()
+    }
+}
+
+#[async_trait]
+impl RateLimiter for MemoryRateLimiter {
+    async fn check(&self, rule: &RateRule, key: &str) -> CacheResult<bool> {
+        let limiter = self.limiter(rule);
+        let allowed = limiter.check_key(&key.to_owned()).is_ok();
+        if limiter.len() > 100_000 {
+            limiter.retain_recent();
+        }
+        Ok(allowed)
+    }
+}

@@ -1,0 +1,116 @@
+//! The fast-state ports: the promo stock ledger (write-behind stock), the
+//! short-lived key/value state (sessions, seckill tokens, captchas, one-time
+//! codes, gate counters) and rate limits.
+//!
+//! Adapters: `memory` (one process, the embedded default) and Redis (shared
+//! by every instance). The contract tests run the same suite on both.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::domain::{PromoId, StockLogId, UserId};
+
+pub mod memory;
+
+/// A cache failure: the backing service could not answer. Nothing the call
+/// describes happened, or, for a multi-key call, see the method's contract.
+#[derive(Debug, thiserror::Error)]
+#[error("cache unavailable: {context}")]
+pub struct CacheError {
+    pub context: &'static str,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl CacheError {
+    pub fn new(context: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        CacheError { context, source: Some(Box::new(source)) }
+    }
+}
+
+pub type CacheResult<T> = Result<T, CacheError>;
+
+/// One reservation to make: `amount` units of `promo` for `user`, recorded
+/// under `id` so that it can be given back exactly once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    pub promo: PromoId,
+    pub user: UserId,
+    pub amount: i64,
+    pub id: StockLogId,
+}
+
+/// What the ledger answered for one reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    /// Units taken; `remaining` is the promo's stock afterwards.
+    Reserved { remaining: i64 },
+    /// Not enough stock left (the sold-out flag is set when it reaches 0).
+    SoldOut,
+    /// The user would exceed the per-user limit of the promo.
+    AlreadyBought,
+    /// The promo's stock is not in the ledger (never published, or the cache
+    /// lost it): nothing may be sold until it is warmed again.
+    NotWarmed,
+}
+
+/// The promo stock ledger. Every method is one atomic step (one Lua script
+/// in Redis, one critical section in memory).
+#[async_trait]
+pub trait StockLedger: Send + Sync {
+    /// Loads a promo's stock and per-user limit with no buyers, no
+    /// reservations and no sold-out flag, unless the promo is already loaded
+    /// (a second publish must not reset a running sale). True when loaded now.
+    async fn warm(&self, promo: PromoId, stock: i64, per_user_limit: i64) -> CacheResult<bool>;
+    /// Tries each reservation in order, each atomically: stock ≥ amount and
+    /// the user's units + amount ≤ the limit, then decrement, record the
+    /// buyer and the reservation, and set the sold-out flag at zero. One
+    /// round trip for the whole slice; the outcomes are in the same order.
+    async fn reserve(&self, batch: &[Reservation]) -> CacheResult<Vec<ReserveOutcome>>;
+    /// The exact inverse of a reservation (stock back, buyer's units back,
+    /// sold-out flag cleared). Idempotent: true only the first time.
+    async fn release(&self, promo: PromoId, id: StockLogId) -> CacheResult<bool>;
+    /// Gives back the units of a cancelled order (the buyer stays recorded:
+    /// one order per user per promo). Idempotent per id: true the first time.
+    async fn restock(&self, promo: PromoId, id: StockLogId, amount: i64) -> CacheResult<bool>;
+    /// The promo's stock, `None` when it is not warmed.
+    async fn stock(&self, promo: PromoId) -> CacheResult<Option<i64>>;
+    /// Whether the sold-out flag is set.
+    async fn sold_out(&self, promo: PromoId) -> CacheResult<bool>;
+    async fn ping(&self) -> CacheResult<()>;
+}
+
+/// Short-lived key/value state with TTLs. Keys are namespaced by callers
+/// (`session:`, `token:`, `captcha:`, `otp:`, `gate:`).
+#[async_trait]
+pub trait KvStore: Send + Sync {
+    async fn set(&self, key: &str, value: &str, ttl: Duration) -> CacheResult<()>;
+    async fn get(&self, key: &str) -> CacheResult<Option<String>>;
+    /// Reads and deletes in one step: a value is taken at most once.
+    async fn take(&self, key: &str) -> CacheResult<Option<String>>;
+    async fn delete(&self, key: &str) -> CacheResult<()>;
+    /// Sets an integer counter (a promo's gate) with a TTL.
+    async fn set_counter(&self, key: &str, value: i64, ttl: Duration) -> CacheResult<()>;
+    /// Takes one permit from a counter: true when it was positive (and is now
+    /// one less); false when it is zero or missing.
+    async fn take_permit(&self, key: &str) -> CacheResult<bool>;
+    async fn ping(&self) -> CacheResult<()>;
+}
+
+/// A named limit: at most `limit` events per `period` for one key, refilled
+/// smoothly (a token bucket of `limit` tokens).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateRule {
+    pub name: &'static str,
+    pub limit: u32,
+    pub period: Duration,
+}
+
+/// Rate limits. The memory adapter limits one process; the Redis adapter
+/// holds across every instance.
+#[async_trait]
+pub trait RateLimiter: Send + Sync {
+    /// Takes one event for `key` under `rule`: true when allowed.
+    async fn check(&self, rule: &RateRule, key: &str) -> CacheResult<bool>;
+}

@@ -1,0 +1,160 @@
+//! The command line: `serve`, `demo`, `migrate`, `reconcile`.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, OrderStrategy, Secret};
+
+#[derive(Debug, Parser)]
+#[command(name = "seckill", version, about = "A flash-sale backend that never oversells and never loses an order")]
+pub struct Cli {
+    /// A TOML settings file (keys as in `SECKILL_*`, lower case, without the prefix).
+    #[arg(long, global = true, env = "SECKILL_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API and the web pages.
+    Serve(ServeArgs),
+    /// `serve --demo`: seed demo items and a promo starting in a minute.
+    Demo(ServeArgs),
+    /// Apply the database migrations and exit.
+    Migrate(DbArgs),
+    /// Settle `stock_log` rows left `init` (one pass) and exit.
+    Reconcile {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Report only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct DbArgs {
+    /// `sqlite://…` or `mysql://…` (overrides SECKILL_DATABASE_URL).
+    #[arg(long)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct ServeArgs {
+    /// Listen address (overrides SECKILL_HTTP_ADDR).
+    #[arg(long)]
+    pub addr: Option<String>,
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Admin bearer token (overrides SECKILL_ADMIN_TOKEN).
+    #[arg(long)]
+    pub admin_token: Option<String>,
+    /// Turn the captcha off (drills).
+    #[arg(long)]
+    pub no_captcha: bool,
+    /// `write-behind`, `db-lock` or `db-optimistic`.
+    #[arg(long, value_parser = parse_strategy)]
+    pub order_strategy: Option<OrderStrategy>,
+    /// Seed demo items and a promo starting in a minute.
+    #[arg(long)]
+    pub demo: bool,
+}
+
+fn parse_strategy(s: &str) -> Result<OrderStrategy, String> {
+    match s {
+        "write-behind" => Ok(OrderStrategy::WriteBehind),
+        "db-lock" => Ok(OrderStrategy::DbLock),
+        "db-optimistic" => Ok(OrderStrategy::DbOptimistic),
+        _ => Err("expected write-behind, db-lock or db-optimistic".into()),
+    }
+}
+
+impl ServeArgs {
+    /// Flags win over the file and the environment.
+    fn apply(&self, c: &mut Config) {
+        if let Some(a) = &self.addr {
+            c.http_addr = a.clone();
+        }
+        self.db.apply(c);
+        if let Some(t) = &self.admin_token {
+            c.admin_token = Some(Secret(t.clone()));
+        }
+        if self.no_captcha {
+            c.captcha_enabled = false;
+        }
+        if let Some(s) = self.order_strategy {
+            c.order_strategy = s;
+        }
+        if self.demo {
+            c.demo = true;
+        }
+    }
+}
+
+impl DbArgs {
+    fn apply(&self, c: &mut Config) {
+        if let Some(u) = &self.database_url {
+            c.database_url = u.clone();
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}
+
+/// Entry point of the binary.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    let mut config = Config::load(cli.config.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => {
+                args.apply(&mut config);
+                crate::server::serve(config).await
+            }
+            Command::Demo(args) => {
+                args.apply(&mut config);
+                config.demo = true;
+                crate::server::serve(config).await
+            }
+            Command::Migrate(db) => {
+                db.apply(&mut config);
+                config.validate()?;
+                crate::app::open_store(&config).await?;
+                tracing::info!(database = %redact(&config.database_url), "migrations applied");
+                Ok(())
+            }
+            Command::Reconcile { db, dry_run } => {
+                db.apply(&mut config);
+                let app = crate::app::build(config).await?;
+                let report = crate::worker::reconciler::reconcile_once(&app.context, dry_run)
+                    .await
+                    .context("reconciliation failed")?;
+                println!("{report:?}");
+                Ok(())
+            }
+        }
+    })
+}
+
+/// A database URL without its password, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

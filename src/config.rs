@@ -1,0 +1,365 @@
+//! Settings, loaded once: built-in defaults → optional TOML file → `SECKILL_*`
+//! environment variables → command-line flags. [`Config::validate`] turns
+//! them into typed backends and refuses bad combinations with a sentence
+//! that says what to fix.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// A secret string: never printed by `Debug`.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"[redacted]\"")
+    }
+}
+
+/// How orders take stock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OrderStrategy {
+    /// Reservation in the ledger + transactional message (the design).
+    #[default]
+    WriteBehind,
+    /// Conditional `UPDATE … WHERE stock >= n` in the order's transaction.
+    DbLock,
+    /// `version` compare-and-set with bounded retries.
+    DbOptimistic,
+}
+
+impl OrderStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStrategy::WriteBehind => "write-behind",
+            OrderStrategy::DbLock => "db-lock",
+            OrderStrategy::DbOptimistic => "db-optimistic",
+        }
+    }
+}
+
+/// Every setting, with its default. Field names are the lower-case
+/// `SECKILL_*` variable names.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub http_addr: String,
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub redis_url: Option<String>,
+    pub rocketmq_namesrv: Option<String>,
+    pub admin_token: Option<Secret>,
+    pub captcha_enabled: bool,
+    /// Comma-separated origins allowed credentialed CORS.
+    pub cors_origins: String,
+    pub order_strategy: OrderStrategy,
+    /// Folder of the web pages; the copy built into the binary is used when
+    /// this folder does not exist.
+    pub web_dir: PathBuf,
+    /// This instance's node id in order numbers (0..=1023); random when unset.
+    pub node_id: Option<u16>,
+    /// Set the session cookie's `Secure` flag (behind HTTPS).
+    pub cookie_secure: bool,
+
+    pub session_ttl_secs: u64,
+    pub otp_ttl_secs: u64,
+    pub otp_per_phone_per_hour: u32,
+    pub login_attempts_per_phone_per_minute: u32,
+    pub captcha_ttl_secs: u64,
+    pub seckill_token_ttl_secs: u64,
+    /// Tokens a promo hands out = stock × this factor.
+    pub gate_factor: u32,
+    /// Units one user may buy in one promo (one order).
+    pub per_user_limit: i64,
+    /// Order requests per second one instance admits (token bucket).
+    pub order_rate_per_sec: u32,
+    /// Token requests per second one instance admits (token bucket).
+    pub token_rate_per_sec: u32,
+    /// Orders admitted in flight at once; beyond, `429` at once.
+    pub order_queue_capacity: usize,
+    /// Group commit: at most this many orders per local transaction.
+    pub batch_max: usize,
+    /// Group commit: wait at most this long for a batch to fill.
+    pub batch_linger_ms: u64,
+    /// Group commits run at once.
+    pub batch_workers: usize,
+    /// The local transaction's own deadline; past it the outcome is settled
+    /// through `stock_log`.
+    pub local_tx_timeout_ms: u64,
+    /// Retries of a lost compare-and-set (`db-optimistic`).
+    pub cas_retries: u32,
+    /// How long a process-local sold-out flag is trusted before the ledger
+    /// is asked again.
+    pub local_sold_out_ttl_ms: u64,
+    /// How long promos are cached in-process.
+    pub promo_cache_ttl_ms: u64,
+    /// First check-back this long after a half message (in-process bus).
+    pub tx_check_after_ms: u64,
+    pub tx_check_interval_ms: u64,
+    pub tx_check_max: u32,
+    /// `stock_log` rows left `init` longer than this are settled by the
+    /// reconciler.
+    pub reconcile_after_secs: u64,
+    pub reconcile_interval_secs: u64,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Accounts per bulk-creation request.
+    pub bulk_users_max: usize,
+    /// Argon2 memory cost (KiB) and passes; lower only for drills.
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    /// Seed demo items and a promo at start-up (`serve --demo`).
+    pub demo: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http_addr: "127.0.0.1:8080".into(),
+            database_url: "sqlite://data/seckill.db".into(),
+            database_max_connections: 16,
+            redis_url: None,
+            rocketmq_namesrv: None,
+            admin_token: None,
+            captcha_enabled: true,
+            cors_origins: String::new(),
+            order_strategy: OrderStrategy::WriteBehind,
+            web_dir: PathBuf::from("web"),
+            node_id: None,
+            cookie_secure: false,
+            session_ttl_secs: 24 * 3600,
+            otp_ttl_secs: 300,
+            otp_per_phone_per_hour: 5,
+            login_attempts_per_phone_per_minute: 10,
+            captcha_ttl_secs: 120,
+            seckill_token_ttl_secs: 300,
+            gate_factor: 5,
+            per_user_limit: 1,
+            order_rate_per_sec: 50_000,
+            token_rate_per_sec: 50_000,
+            order_queue_capacity: 4096,
+            batch_max: 128,
+            batch_linger_ms: 1,
+            batch_workers: 4,
+            local_tx_timeout_ms: 5_000,
+            cas_retries: 16,
+            local_sold_out_ttl_ms: 500,
+            promo_cache_ttl_ms: 1_000,
+            tx_check_after_ms: 3_000,
+            tx_check_interval_ms: 1_000,
+            tx_check_max: 15,
+            reconcile_after_secs: 60,
+            reconcile_interval_secs: 10,
+            max_body_bytes: 2 * 1024 * 1024,
+            bulk_users_max: 20_000,
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+            demo: false,
+        }
+    }
+}
+
+/// The database chosen by `database_url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseBackend {
+    Sqlite(String),
+    Mysql(String),
+}
+
+/// A settings error, worded for the person starting the server.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Defaults, then `file` (when given), then `SECKILL_*` variables.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig.merge(Env::prefixed("SECKILL_").ignore(&["config"]));
+        fig.extract().map_err(|e| ConfigError(format!("bad setting: {e}")))
+    }
+
+    /// Checks every setting and derives the typed ones.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        self.database()?;
+        if let Some(r) = &self.redis_url {
+            if !(r.starts_with("redis://") || r.starts_with("rediss://")) {
+                return Err(ConfigError(format!(
+                    "SECKILL_REDIS_URL must start with redis:// or rediss:// (got {r:?})"
+                )));
+            }
+        }
+        if let Some(t) = &self.admin_token {
+            if t.0.len() < 16 {
+                return Err(ConfigError(
+                    "SECKILL_ADMIN_TOKEN must be at least 16 characters (or unset to close the admin API)".into(),
+                ));
+            }
+        }
+        for o in self.cors_origin_list() {
+            if o == "*" {
+                return Err(ConfigError(
+                    "SECKILL_CORS_ORIGINS cannot be * : credentialed CORS needs explicit origins".into(),
+                ));
+            }
+            if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
+                return Err(ConfigError(format!(
+                    "SECKILL_CORS_ORIGINS entry {o:?} must look like https://host[:port] with no trailing slash"
+                )));
+            }
+            if axum::http::HeaderValue::from_str(&o).is_err() {
+                return Err(ConfigError(format!("SECKILL_CORS_ORIGINS entry {o:?} is not a valid origin")));
+            }
+        }
+        if let Some(n) = self.node_id {
+            if n > crate::domain::ids::MAX_NODE_ID {
+                return Err(ConfigError(format!("SECKILL_NODE_ID must be 0..=1023 (got {n})")));
+            }
+        }
+        let positive: [(&str, u64); 12] = [
+            ("SECKILL_SESSION_TTL_SECS", self.session_ttl_secs),
+            ("SECKILL_OTP_TTL_SECS", self.otp_ttl_secs),
+            ("SECKILL_CAPTCHA_TTL_SECS", self.captcha_ttl_secs),
+            ("SECKILL_SECKILL_TOKEN_TTL_SECS", self.seckill_token_ttl_secs),
+            ("SECKILL_GATE_FACTOR", self.gate_factor.into()),
+            ("SECKILL_ORDER_RATE_PER_SEC", self.order_rate_per_sec.into()),
+            ("SECKILL_TOKEN_RATE_PER_SEC", self.token_rate_per_sec.into()),
+            ("SECKILL_ORDER_QUEUE_CAPACITY", self.order_queue_capacity as u64),
+            ("SECKILL_BATCH_MAX", self.batch_max as u64),
+            ("SECKILL_BATCH_WORKERS", self.batch_workers as u64),
+            ("SECKILL_LOCAL_TX_TIMEOUT_MS", self.local_tx_timeout_ms),
+            ("SECKILL_MAX_BODY_BYTES", self.max_body_bytes as u64),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(ConfigError(format!("{name} must be greater than 0")));
+            }
+        }
+        if !(1..=1000).contains(&self.per_user_limit) {
+            return Err(ConfigError("SECKILL_PER_USER_LIMIT must be 1..=1000".into()));
+        }
+        if self.batch_max > 1000 {
+            return Err(ConfigError("SECKILL_BATCH_MAX must be at most 1000".into()));
+        }
+        if self.argon2_memory_kib < 8 || self.argon2_iterations == 0 {
+            return Err(ConfigError(
+                "SECKILL_ARGON2_MEMORY_KIB must be ≥ 8 and SECKILL_ARGON2_ITERATIONS ≥ 1".into(),
+            ));
+        }
+        if matches!(self.database()?, DatabaseBackend::Mysql(_)) && self.redis_url.is_none() {
+            return Err(ConfigError(
+                "a shared MySQL database means several instances: set SECKILL_REDIS_URL too \
+                 (in-memory stock, sessions and tokens would differ per instance)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.http_addr.parse().map_err(|_| {
+            ConfigError(format!(
+                "SECKILL_HTTP_ADDR must be host:port like 127.0.0.1:8080 (got {:?})",
+                self.http_addr
+            ))
+        })
+    }
+
+    pub fn database(&self) -> Result<DatabaseBackend, ConfigError> {
+        let url = &self.database_url;
+        if url.starts_with("sqlite:") {
+            Ok(DatabaseBackend::Sqlite(url.clone()))
+        } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            Ok(DatabaseBackend::Mysql(url.replacen("mariadb://", "mysql://", 1)))
+        } else {
+            Err(ConfigError(format!(
+                "SECKILL_DATABASE_URL must start with sqlite:// or mysql:// (got {url:?})"
+            )))
+        }
+    }
+
+    pub fn cors_origin_list(&self) -> Vec<String> {
+        self.cors_origins
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn secs(v: u64) -> Duration {
+        Duration::from_secs(v)
+    }
+
+    pub fn millis(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_embedded() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.database().unwrap(), DatabaseBackend::Sqlite("sqlite://data/seckill.db".into()));
+        assert_eq!(c.order_strategy, OrderStrategy::WriteBehind);
+    }
+
+    #[test]
+    fn environment_overrides_file_which_overrides_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("s.toml", "http_addr = \"127.0.0.1:9000\"\ngate_factor = 7\n")?;
+            jail.set_env("SECKILL_GATE_FACTOR", "9");
+            jail.set_env("SECKILL_ORDER_STRATEGY", "db-lock");
+            jail.set_env("SECKILL_CAPTCHA_ENABLED", "false");
+            jail.set_env("SECKILL_ADMIN_TOKEN", "0123456789abcdef");
+            let c = Config::load(Some(std::path::Path::new("s.toml"))).unwrap();
+            assert_eq!(c.http_addr, "127.0.0.1:9000");
+            assert_eq!(c.gate_factor, 9);
+            assert_eq!(c.order_strategy, OrderStrategy::DbLock);
+            assert!(!c.captcha_enabled);
+            assert!(!format!("{c:?}").contains("0123456789abcdef"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_a_sentence() {
+        let bad = [
+            Config { database_url: "postgres://x".into(), ..Config::default() },
+            Config { http_addr: "nope".into(), ..Config::default() },
+            Config { cors_origins: "*".into(), ..Config::default() },
+            Config { gate_factor: 0, ..Config::default() },
+            Config { database_url: "mysql://root@127.0.0.1/test".into(), ..Config::default() },
+            Config { admin_token: Some(Secret("short".into())), ..Config::default() },
+        ];
+        for c in bad {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("SECKILL_") || e.contains("bad"), "{e}");
+        }
+    }
+
+    #[test]
+    fn cors_origins_are_split_on_commas() {
+        let c = Config { cors_origins: "http://a.test, https://b.test:8443".into(), ..Config::default() };
+        c.validate().unwrap();
+        assert_eq!(c.cors_origin_list(), vec!["http://a.test", "https://b.test:8443"]);
+    }
+}

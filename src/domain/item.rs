@@ -1,0 +1,134 @@
+//! Items: what is sold, at what normal price, with how much stock.
+
+use chrono::{DateTime, Utc};
+
+use super::{bounded_text, Invalid, ItemId};
+
+/// Highest price accepted, in cents (10 million yuan).
+pub const MAX_PRICE_CENTS: i64 = 1_000_000_000;
+/// Highest stock accepted for one item.
+pub const MAX_STOCK: i64 = 100_000_000;
+
+/// A stored item with its DB stock (`item_stock`) and sales.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub id: ItemId,
+    pub title: String,
+    pub price_cents: i64,
+    pub stock: i64,
+    pub sales: i64,
+    pub description: String,
+    pub image_url: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An item to create.
+#[derive(Debug, Clone)]
+pub struct NewItem {
+    pub title: String,
+    pub price_cents: i64,
+    pub stock: i64,
+    pub description: String,
+    pub image_url: String,
+}
+
+/// A partial update of an item's descriptive fields (stock is never patched:
+/// it moves only through orders).
+#[derive(Debug, Clone, Default)]
+pub struct ItemPatch {
+    pub title: Option<String>,
+    pub price_cents: Option<i64>,
+    pub description: Option<String>,
+    pub image_url: Option<String>,
+}
+
+fn check_price(price_cents: i64) -> Result<(), Invalid> {
+    if !(1..=MAX_PRICE_CENTS).contains(&price_cents) {
+        return Err(Invalid(format!(
+            "price_cents must be between 1 and {MAX_PRICE_CENTS}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_image_url(url: &str) -> Result<(), Invalid> {
+    bounded_text("image_url", url, 0, 1024)?;
+    if !url.is_empty()
+        && !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with('/'))
+    {
+        return Err(Invalid::new(
+            "image_url must be empty, an http(s) URL or a path starting with /",
+        ));
+    }
+    Ok(())
+}
+
+impl NewItem {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        bounded_text("title", self.title.trim(), 1, 200)?;
+        check_price(self.price_cents)?;
+        if !(0..=MAX_STOCK).contains(&self.stock) {
+            return Err(Invalid(format!("stock must be between 0 and {MAX_STOCK}")));
+        }
+        bounded_text("description", &self.description, 0, 4000)?;
+        check_image_url(&self.image_url)
+    }
+}
+
+impl ItemPatch {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if let Some(t) = &self.title {
+            bounded_text("title", t.trim(), 1, 200)?;
+        }
+        if let Some(p) = self.price_cents {
+            check_price(p)?;
+        }
+        if let Some(d) = &self.description {
+            bounded_text("description", d, 0, 4000)?;
+        }
+        if let Some(u) = &self.image_url {
+            check_image_url(u)?;
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.title.is_none()
+            && self.price_cents.is_none()
+            && self.description.is_none()
+            && self.image_url.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item() -> NewItem {
+        NewItem {
+            title: "Phone".into(),
+            price_cents: 100,
+            stock: 10,
+            description: String::new(),
+            image_url: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_plain_item_is_valid() {
+        assert!(item().validate().is_ok());
+    }
+
+    #[test]
+    fn zero_or_negative_prices_and_stock_are_refused() {
+        assert!(NewItem { price_cents: 0, ..item() }.validate().is_err());
+        assert!(NewItem { stock: -1, ..item() }.validate().is_err());
+        assert!(NewItem { title: " ".into(), ..item() }.validate().is_err());
+    }
+
+    #[test]
+    fn image_urls_must_be_web_addresses() {
+        assert!(NewItem { image_url: "javascript:alert(1)".into(), ..item() }.validate().is_err());
+        assert!(NewItem { image_url: "/img/a.png".into(), ..item() }.validate().is_ok());
+    }
+}

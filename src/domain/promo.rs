@@ -1,0 +1,156 @@
+//! Promos: an item sold at a promo price between a start and an end. The
+//! state is computed from the clock, never stored.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{bounded_text, Invalid, ItemId, PromoId};
+
+/// A stored promo.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Promo {
+    pub id: PromoId,
+    pub item_id: ItemId,
+    pub name: String,
+    pub price_cents: i64,
+    pub start_at: DateTime<Utc>,
+    pub end_at: DateTime<Utc>,
+    pub published: bool,
+}
+
+/// Where a promo stands at an instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromoState {
+    NotStarted,
+    Ongoing,
+    Ended,
+}
+
+/// Why a promo cannot sell right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotOnSale {
+    NotPublished,
+    NotStarted,
+    Ended,
+}
+
+impl Promo {
+    pub fn state_at(&self, now: DateTime<Utc>) -> PromoState {
+        if now < self.start_at {
+            PromoState::NotStarted
+        } else if now >= self.end_at {
+            PromoState::Ended
+        } else {
+            PromoState::Ongoing
+        }
+    }
+
+    /// Ok when the promo sells at `now`: published and between start and end.
+    pub fn check_on_sale(&self, now: DateTime<Utc>) -> Result<(), NotOnSale> {
+        if !self.published {
+            return Err(NotOnSale::NotPublished);
+        }
+        match self.state_at(now) {
+            PromoState::NotStarted => Err(NotOnSale::NotStarted),
+            PromoState::Ended => Err(NotOnSale::Ended),
+            PromoState::Ongoing => Ok(()),
+        }
+    }
+
+    /// Whether two promos of the same item overlap in time.
+    pub fn overlaps(&self, start: DateTime<Utc>, end: DateTime<Utc>) -> bool {
+        self.start_at < end && start < self.end_at
+    }
+}
+
+/// A promo to create.
+#[derive(Debug, Clone)]
+pub struct NewPromo {
+    pub item_id: ItemId,
+    pub name: String,
+    pub price_cents: i64,
+    pub start_at: DateTime<Utc>,
+    pub end_at: DateTime<Utc>,
+}
+
+impl NewPromo {
+    /// Checks the promo against the item's normal price and the clock.
+    pub fn validate(&self, item_price_cents: i64, now: DateTime<Utc>) -> Result<(), Invalid> {
+        bounded_text("name", self.name.trim(), 1, 100)?;
+        if self.price_cents < 1 {
+            return Err(Invalid::new("price_cents must be at least 1"));
+        }
+        if self.price_cents > item_price_cents {
+            return Err(Invalid::new(
+                "a promo price must not exceed the item's normal price",
+            ));
+        }
+        if self.end_at <= self.start_at {
+            return Err(Invalid::new("end_at must be after start_at"));
+        }
+        if self.end_at <= now {
+            return Err(Invalid::new("end_at must be in the future"));
+        }
+        if self.end_at - self.start_at > chrono::Duration::days(366) {
+            return Err(Invalid::new("a promo lasts at most 366 days"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    fn promo(published: bool) -> Promo {
+        let now = Utc::now();
+        Promo {
+            id: PromoId(1),
+            item_id: ItemId(1),
+            name: "p".into(),
+            price_cents: 10,
+            start_at: now + Duration::seconds(10),
+            end_at: now + Duration::seconds(20),
+            published,
+        }
+    }
+
+    #[test]
+    fn state_follows_the_clock() {
+        let p = promo(true);
+        assert_eq!(p.state_at(p.start_at - Duration::milliseconds(1)), PromoState::NotStarted);
+        assert_eq!(p.state_at(p.start_at), PromoState::Ongoing);
+        assert_eq!(p.state_at(p.end_at), PromoState::Ended);
+    }
+
+    #[test]
+    fn an_unpublished_promo_never_sells() {
+        let p = promo(false);
+        assert_eq!(p.check_on_sale(p.start_at), Err(NotOnSale::NotPublished));
+        assert_eq!(promo(true).check_on_sale(p.start_at + Duration::seconds(1)), Ok(()));
+    }
+
+    #[test]
+    fn promos_must_be_cheaper_and_end_after_they_start() {
+        let now = Utc::now();
+        let np = NewPromo {
+            item_id: ItemId(1),
+            name: "x".into(),
+            price_cents: 50,
+            start_at: now,
+            end_at: now + Duration::hours(1),
+        };
+        assert!(np.validate(100, now).is_ok());
+        assert!(np.validate(40, now).is_err());
+        assert!(NewPromo { end_at: now, ..np.clone() }.validate(100, now).is_err());
+    }
+
+    #[test]
+    fn overlapping_windows_are_detected() {
+        let p = promo(true);
+        assert!(p.overlaps(p.start_at - Duration::seconds(5), p.start_at + Duration::seconds(1)));
+        assert!(!p.overlaps(p.end_at, p.end_at + Duration::seconds(5)));
+    }
+}

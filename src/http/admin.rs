@@ -1,0 +1,207 @@
+//! The admin API (bearer = `SECKILL_ADMIN_TOKEN`): bulk accounts, items,
+//! promos, publishing and a promo's live stats.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, patch, post};
+use axum::Router;
+use chrono::{DateTime, FixedOffset, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{ApiResult, ErrorBody};
+use super::extract::{Admin, ApiJson, ApiPath};
+use super::items::{ItemDto, PromoDto};
+use super::AppState;
+use crate::domain::{ItemId, ItemPatch, NewItem, NewPromo, PromoId};
+use crate::service::users::BulkUser;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/admin/users", post(create_users))
+        .route("/admin/items", post(create_item))
+        .route("/admin/items/{id}", patch(update_item))
+        .route("/admin/promos", post(create_promo).get(list_promos))
+        .route("/admin/promos/{id}/publish", post(publish))
+        .route("/admin/promos/{id}/stats", get(stats))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct BulkUserDto {
+    #[schema(max_length = 16)]
+    pub phone: String,
+    #[schema(min_length = 1, max_length = 64)]
+    pub name: String,
+    #[schema(min_length = 8, max_length = 128)]
+    pub password: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct BulkUsersRequest {
+    pub users: Vec<BulkUserDto>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Created {
+    /// Accounts created (phones already registered are skipped).
+    pub created: u64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NewItemRequest {
+    #[schema(min_length = 1, max_length = 200)]
+    pub title: String,
+    #[schema(minimum = 1, maximum = 1000000000)]
+    pub price_cents: i64,
+    #[schema(minimum = 0, maximum = 100000000)]
+    pub stock: i64,
+    #[serde(default)]
+    #[schema(max_length = 4000)]
+    pub description: String,
+    #[serde(default)]
+    #[schema(max_length = 1024)]
+    pub image_url: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ItemPatchRequest {
+    #[schema(min_length = 1, max_length = 200)]
+    pub title: Option<String>,
+    #[schema(minimum = 1, maximum = 1000000000)]
+    pub price_cents: Option<i64>,
+    #[schema(max_length = 4000)]
+    pub description: Option<String>,
+    #[schema(max_length = 1024)]
+    pub image_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NewPromoRequest {
+    pub item_id: i64,
+    #[schema(min_length = 1, max_length = 100)]
+    pub name: String,
+    #[schema(minimum = 1)]
+    pub price_cents: i64,
+    /// RFC 3339 with offset.
+    pub start_at: DateTime<FixedOffset>,
+    pub end_at: DateTime<FixedOffset>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PromoList {
+    pub promos: Vec<PromoDto>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StockLogCounts {
+    pub init: i64,
+    pub committed: i64,
+    pub rolled_back: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PromoStatsDto {
+    pub promo_id: i64,
+    pub item_id: i64,
+    /// `item_stock.stock` in the database.
+    pub stock_db: i64,
+    /// The ledger's stock (Redis); null when not warmed.
+    pub stock_cache: Option<i64>,
+    /// Units in orders not cancelled.
+    pub sold: i64,
+    /// Orders not cancelled.
+    pub orders: i64,
+    pub stock_log: StockLogCounts,
+}
+
+/// Creates many accounts at once (support, drills).
+#[utoipa::path(post, path = "/api/v1/admin/users", tag = "admin", security(("admin" = [])), request_body = BulkUsersRequest,
+    responses((status = 201, body = Created), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn create_users(State(state): State<AppState>, _: Admin, ApiJson(r): ApiJson<BulkUsersRequest>) -> ApiResult<(StatusCode, ApiJson<Created>)> {
+    let users = r.users.into_iter().map(|u| BulkUser { phone: u.phone, name: u.name, password: u.password }).collect();
+    let created = state.users.create_many(users).await?;
+    Ok((StatusCode::CREATED, ApiJson(Created { created })))
+}
+
+/// Creates an item with its stock.
+#[utoipa::path(post, path = "/api/v1/admin/items", tag = "admin", security(("admin" = [])), request_body = NewItemRequest,
+    responses((status = 201, body = ItemDto), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn create_item(State(state): State<AppState>, _: Admin, ApiJson(r): ApiJson<NewItemRequest>) -> ApiResult<(StatusCode, ApiJson<ItemDto>)> {
+    let v = state
+        .catalog
+        .create_item(NewItem { title: r.title, price_cents: r.price_cents, stock: r.stock, description: r.description, image_url: r.image_url })
+        .await?;
+    Ok((StatusCode::CREATED, ApiJson(ItemDto::from(&v))))
+}
+
+/// Changes an item's descriptive fields (stock moves only through orders).
+#[utoipa::path(patch, path = "/api/v1/admin/items/{id}", tag = "admin", security(("admin" = [])),
+    params(("id" = i64, Path, description = "item id")), request_body = ItemPatchRequest,
+    responses((status = 200, body = ItemDto), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn update_item(State(state): State<AppState>, _: Admin, ApiPath(id): ApiPath<i64>, ApiJson(r): ApiJson<ItemPatchRequest>) -> ApiResult<ApiJson<ItemDto>> {
+    let patch = ItemPatch { title: r.title, price_cents: r.price_cents, description: r.description, image_url: r.image_url };
+    let v = state.catalog.update_item(ItemId(id), patch).await?;
+    Ok(ApiJson(ItemDto::from(&v)))
+}
+
+/// Creates a promo (not published yet: orders are refused until then).
+#[utoipa::path(post, path = "/api/v1/admin/promos", tag = "admin", security(("admin" = [])), request_body = NewPromoRequest,
+    responses((status = 201, body = PromoDto), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn create_promo(State(state): State<AppState>, _: Admin, ApiJson(r): ApiJson<NewPromoRequest>) -> ApiResult<(StatusCode, ApiJson<PromoDto>)> {
+    let p = state
+        .catalog
+        .create_promo(NewPromo {
+            item_id: ItemId(r.item_id),
+            name: r.name,
+            price_cents: r.price_cents,
+            start_at: r.start_at.with_timezone(&Utc),
+            end_at: r.end_at.with_timezone(&Utc),
+        })
+        .await?;
+    Ok((StatusCode::CREATED, ApiJson(PromoDto::from(&p))))
+}
+
+/// Every promo, newest first.
+#[utoipa::path(get, path = "/api/v1/admin/promos", tag = "admin", security(("admin" = [])),
+    responses((status = 200, body = PromoList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn list_promos(State(state): State<AppState>, _: Admin) -> ApiResult<ApiJson<PromoList>> {
+    let promos = state.catalog.promos().await?;
+    Ok(ApiJson(PromoList { promos: promos.iter().map(PromoDto::from).collect() }))
+}
+
+/// Publishes a promo: warms its stock up; orders are refused before.
+#[utoipa::path(post, path = "/api/v1/admin/promos/{id}/publish", tag = "admin", security(("admin" = [])),
+    params(("id" = i64, Path, description = "promo id")),
+    responses((status = 200, body = PromoDto), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn publish(State(state): State<AppState>, _: Admin, ApiPath(id): ApiPath<i64>) -> ApiResult<ApiJson<PromoDto>> {
+    let p = state.catalog.publish(PromoId(id)).await?;
+    Ok(ApiJson(PromoDto::from(&p)))
+}
+
+/// A promo's live figures: DB vs ledger stock, sold, orders, journal states.
+#[utoipa::path(get, path = "/api/v1/admin/promos/{id}/stats", tag = "admin", security(("admin" = [])),
+    params(("id" = i64, Path, description = "promo id")),
+    responses((status = 200, body = PromoStatsDto), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn stats(State(state): State<AppState>, _: Admin, ApiPath(id): ApiPath<i64>) -> ApiResult<ApiJson<PromoStatsDto>> {
+    let s = state.catalog.stats(PromoId(id)).await?;
+    Ok(ApiJson(PromoStatsDto {
+        promo_id: s.promo.id.0,
+        item_id: s.promo.item_id.0,
+        stock_db: s.stock_db,
+        stock_cache: s.stock_cache,
+        sold: s.totals.sold,
+        orders: s.totals.orders,
+        stock_log: StockLogCounts {
+            init: s.totals.stock_log_init,
+            committed: s.totals.stock_log_committed,
+            rolled_back: s.totals.stock_log_rolled_back,
+        },
+    }))
+}

@@ -1,0 +1,110 @@
+//! `ApiError`, the only error that becomes an HTTP response: a status and a
+//! stable JSON body `{"code", "message"}`. 5xx bodies stay generic; their
+//! whole cause chain is logged once, here.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::service::ServiceError;
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// A stable code, e.g. `SOLD_OUT`.
+    pub code: String,
+    /// A human sentence; may change between versions.
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+impl ApiError {
+    pub fn parts(&self) -> (StatusCode, &'static str) {
+        use ServiceError as S;
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
+            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+            ApiError::Service(e) => match e {
+                S::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "INVALID_ARGUMENT"),
+                S::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
+                S::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
+                S::InvalidToken => (StatusCode::FORBIDDEN, "INVALID_TOKEN"),
+                S::WrongCaptcha => (StatusCode::BAD_REQUEST, "WRONG_CAPTCHA"),
+                S::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+                S::PromoNotStarted => (StatusCode::CONFLICT, "PROMO_NOT_STARTED"),
+                S::PromoEnded => (StatusCode::CONFLICT, "PROMO_ENDED"),
+                S::PromoNotPublished => (StatusCode::CONFLICT, "PROMO_NOT_PUBLISHED"),
+                S::SoldOut => (StatusCode::CONFLICT, "SOLD_OUT"),
+                S::AlreadyBought => (StatusCode::CONFLICT, "ALREADY_BOUGHT"),
+                S::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),
+                S::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
+                S::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+                S::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+            },
+        }
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        let message = match &self {
+            ApiError::Service(ServiceError::Internal(_)) => "internal error".to_owned(),
+            other => other.to_string(),
+        };
+        if status.is_server_error() {
+            tracing::error!(code, error = %chain(&self), "request failed");
+        }
+        let mut resp = (status, Json(ErrorBody { code: code.to_owned(), message })).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::PayloadTooLarge;
+        }
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,103 @@
+//! Extractors: JSON bodies and path parameters whose rejections are
+//! `ApiError`s (400 with the JSON body), the session user, and the admin.
+
+use axum::extract::{FromRequest, FromRequestParts};
+use axum::http::header::{AUTHORIZATION, COOKIE};
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::domain::UserId;
+use crate::service::ServiceError;
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "seckill_session";
+
+/// A JSON body; malformed JSON, a missing or wrongly typed field → 400.
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+impl<T: serde::Serialize> IntoResponse for ApiJson<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// A path parameter; one that does not parse → 400.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+/// The bearer token of the `Authorization` header, if any.
+pub fn bearer(parts: &Parts) -> Option<&str> {
+    let v = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The session token: the bearer header, else the `seckill_session` cookie.
+pub fn session_token(parts: &Parts) -> Option<String> {
+    if let Some(t) = bearer(parts) {
+        return Some(t.to_owned());
+    }
+    parts
+        .headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// The logged-in user; 401 without a valid session.
+#[derive(Debug, Clone)]
+pub struct CurrentUser {
+    pub id: UserId,
+    pub token: String,
+}
+
+impl FromRequestParts<AppState> for CurrentUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = session_token(parts).ok_or(ServiceError::Unauthenticated("log in first"))?;
+        let id = state
+            .users
+            .session_user(&token)
+            .await?
+            .ok_or(ServiceError::Unauthenticated("session unknown or expired; log in again"))?;
+        Ok(CurrentUser { id, token })
+    }
+}
+
+/// The admin: the bearer token equals `SECKILL_ADMIN_TOKEN`. Without one
+/// configured every admin call is 403; without a bearer, 401; with another
+/// bearer (a user session, a wrong token), 403.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(expected) = state.config.admin_token.as_ref() else {
+            return Err(ServiceError::Forbidden("the admin API is closed (SECKILL_ADMIN_TOKEN is not set)").into());
+        };
+        let Some(given) = bearer(parts) else {
+            return Err(ServiceError::Unauthenticated("admin endpoints need Authorization: Bearer <admin token>").into());
+        };
+        if same(given.as_bytes(), expected.0.as_bytes()) {
+            Ok(Admin)
+        } else {
+            Err(ServiceError::Forbidden("not an admin").into())
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Liveness, readiness, metrics, and the small facts pages need (server
+//! time, client settings).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::extract::ApiJson;
+use super::AppState;
+
+/// Routes outside `/api/v1`.
+pub fn root_router() -> Router<AppState> {
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/metrics", get(metrics))
+}
+
+/// Routes under `/api/v1`.
+pub fn api_router() -> Router<AppState> {
+    Router::new().route("/time", get(time)).route("/config", get(client_config))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or `unavailable`.
+    pub status: String,
+    /// Each dependency: `ok` or why not.
+    #[schema(value_type = Object)]
+    pub checks: serde_json::Map<String, serde_json::Value>,
+}
+
+/// 200 while the process serves.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Health)))]
+pub async fn healthz() -> ApiJson<Health> {
+    ApiJson(Health { status: "ok".into(), checks: serde_json::Map::new() })
+}
+
+/// 200 when every dependency answers, else 503 naming the ones down.
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, body = Health), (status = 503, body = Health)))]
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let p = &state.ports;
+    let limit = Duration::from_secs(2);
+    let (db, cache, bus) = tokio::join!(
+        tokio::time::timeout(limit, p.store.ping()),
+        tokio::time::timeout(limit, async { p.ledger.ping().await?; p.kv.ping().await }),
+        tokio::time::timeout(limit, p.bus.ping()),
+    );
+    fn verdict<E: std::fmt::Display>(r: Result<Result<(), E>, tokio::time::error::Elapsed>) -> String {
+        match r {
+            Ok(Ok(())) => "ok".into(),
+            Ok(Err(e)) => format!("down: {e}"),
+            Err(_) => "down: no answer within 2 s".into(),
+        }
+    }
+    let mut checks = serde_json::Map::new();
+    checks.insert("database".into(), verdict(db).into());
+    checks.insert("cache".into(), verdict(cache).into());
+    checks.insert("message_bus".into(), verdict(bus).into());
+    let ready = checks.values().all(|v| v == "ok");
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, ApiJson(Health { status: if ready { "ok" } else { "unavailable" }.into(), checks }))
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain", body = String)))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    metrics::gauge!("seckill_order_queue_depth").set(state.orders.queued() as f64);
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ServerTime {
+    pub now: DateTime<Utc>,
+}
+
+/// The server's clock, for countdowns.
+#[utoipa::path(get, path = "/api/v1/time", tag = "ops", responses((status = 200, body = ServerTime)))]
+pub async fn time() -> ApiJson<ServerTime> {
+    ApiJson(ServerTime { now: Utc::now() })
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClientConfig {
+    pub captcha_enabled: bool,
+    pub per_user_limit: i64,
+    pub order_strategy: String,
+}
+
+/// Settings a front end needs.
+#[utoipa::path(get, path = "/api/v1/config", tag = "ops", responses((status = 200, body = ClientConfig)))]
+pub async fn client_config(State(state): State<AppState>) -> ApiJson<ClientConfig> {
+    let c = &state.config;
+    ApiJson(ClientConfig {
+        captcha_enabled: c.captcha_enabled,
+        per_user_limit: c.per_user_limit,
+        order_strategy: c.order_strategy.as_str().into(),
+    })
+}

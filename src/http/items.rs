@@ -1,0 +1,119 @@
+//! Items and promos as buyers see them: `/items`, `/promos/{id}`.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{ApiResult, ErrorBody};
+use super::extract::{ApiJson, ApiPath};
+use super::AppState;
+use crate::domain::{ItemId, Promo, PromoId, PromoState};
+use crate::service::catalog::ItemView;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/items", get(list))
+        .route("/items/{id}", get(detail))
+        .route("/promos/{id}", get(promo))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PromoStatus {
+    NotStarted,
+    Ongoing,
+    Ended,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PromoDto {
+    pub id: i64,
+    pub item_id: i64,
+    pub name: String,
+    pub price_cents: i64,
+    pub start_at: DateTime<Utc>,
+    pub end_at: DateTime<Utc>,
+    pub status: PromoStatus,
+    pub published: bool,
+}
+
+impl From<&Promo> for PromoDto {
+    fn from(p: &Promo) -> Self {
+        let status = match p.state_at(Utc::now()) {
+            PromoState::NotStarted => PromoStatus::NotStarted,
+            PromoState::Ongoing => PromoStatus::Ongoing,
+            PromoState::Ended => PromoStatus::Ended,
+        };
+        PromoDto {
+            id: p.id.0,
+            item_id: p.item_id.0,
+            name: p.name.clone(),
+            price_cents: p.price_cents,
+            start_at: p.start_at,
+            end_at: p.end_at,
+            status,
+            published: p.published,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ItemDto {
+    pub id: i64,
+    pub title: String,
+    pub price_cents: i64,
+    /// Live stock: the ledger's while a published promo runs.
+    pub stock: i64,
+    pub sales: i64,
+    pub description: String,
+    pub image_url: String,
+    pub promo: Option<PromoDto>,
+}
+
+impl From<&ItemView> for ItemDto {
+    fn from(v: &ItemView) -> Self {
+        let i = &v.item;
+        ItemDto {
+            id: i.id.0,
+            title: i.title.clone(),
+            price_cents: i.price_cents,
+            stock: i.stock,
+            sales: i.sales,
+            description: i.description.clone(),
+            image_url: i.image_url.clone(),
+            promo: v.promo.as_ref().map(PromoDto::from),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ItemList {
+    pub items: Vec<ItemDto>,
+}
+
+/// Every item, most sales first.
+#[utoipa::path(get, path = "/api/v1/items", tag = "items",
+    responses((status = 200, body = ItemList), (status = 503, body = ErrorBody)))]
+pub async fn list(State(state): State<AppState>) -> ApiResult<ApiJson<ItemList>> {
+    let items = state.catalog.items().await?;
+    Ok(ApiJson(ItemList { items: items.iter().map(ItemDto::from).collect() }))
+}
+
+/// One item with its promo.
+#[utoipa::path(get, path = "/api/v1/items/{id}", tag = "items", params(("id" = i64, Path, description = "item id")),
+    responses((status = 200, body = ItemDto), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn detail(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<ApiJson<ItemDto>> {
+    let v = state.catalog.item(ItemId(id)).await?;
+    Ok(ApiJson(ItemDto::from(&v)))
+}
+
+/// One promo.
+#[utoipa::path(get, path = "/api/v1/promos/{id}", tag = "items", params(("id" = i64, Path, description = "promo id")),
+    responses((status = 200, body = PromoDto), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn promo(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<ApiJson<PromoDto>> {
+    let p = state.catalog.promo(PromoId(id)).await?;
+    Ok(ApiJson(PromoDto::from(p.as_ref())))
+}

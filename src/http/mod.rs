@@ -1,0 +1,120 @@
+//! The HTTP edge: one router per resource, one error type, the session and
+//! admin extractors, metrics per route, CORS, body limits, the OpenAPI
+//! document and the web pages.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{header, HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::services::ServeDir;
+use tower_http::set_header::SetResponseHeaderLayer;
+use utoipa::OpenApi;
+
+use crate::config::Config;
+use crate::service::catalog::CatalogService;
+use crate::service::orders::OrderService;
+use crate::service::tokens::TokenService;
+use crate::service::users::UserService;
+use crate::service::{Ports, ServiceError};
+
+pub mod admin;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod items;
+pub mod openapi;
+pub mod orders;
+pub mod users;
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub ports: Ports,
+    pub users: Arc<UserService>,
+    pub catalog: Arc<CatalogService>,
+    pub tokens: Arc<TokenService>,
+    pub orders: Arc<OrderService>,
+    pub metrics: PrometheusHandle,
+}
+
+/// The whole application: `/api/v1/*`, `/api/openapi.json`, health and
+/// metrics, and the web pages as the fallback.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .merge(users::router())
+        .merge(items::router())
+        .merge(orders::router())
+        .merge(admin::router())
+        .merge(health::api_router());
+    let api = Router::new()
+        .nest("/v1", api)
+        .route("/openapi.json", get(openapi_json))
+        .fallback(api_not_found)
+        .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+    let web_dir = web_dir(&state.config);
+    let pages = Router::new().fallback_service(ServeDir::new(web_dir).append_index_html_on_directories(true)).layer(
+        SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60")),
+    );
+    Router::new()
+        .nest("/api", api)
+        .merge(health::root_router())
+        .merge(pages)
+        .layer(middleware::from_fn(track_metrics))
+        .layer(cors(&state.config))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .with_state(state)
+}
+
+/// The configured web folder, else the pages shipped with the source.
+fn web_dir(config: &Config) -> std::path::PathBuf {
+    if config.web_dir.is_dir() {
+        config.web_dir.clone()
+    } else {
+        std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/web"))
+    }
+}
+
+fn cors(config: &Config) -> CorsLayer {
+    let origins: Vec<HeaderValue> =
+        config.cors_origin_list().iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_credentials(true)
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+        .max_age(std::time::Duration::from_secs(600))
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    axum::Json(openapi::ApiDoc::openapi())
+}
+
+async fn api_not_found() -> error::ApiError {
+    ServiceError::NotFound("no such endpoint").into()
+}
+
+/// Counts requests and records their latency by route and status.
+async fn track_metrics(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| if req.uri().path().starts_with("/api/") { "/api/unknown" } else { "/static" }.to_owned());
+    let method = req.method().as_str().to_owned();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("seckill_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("seckill_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}

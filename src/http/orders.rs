@@ -1,0 +1,171 @@
+//! The order path over HTTP: captcha, seckill tokens, orders, payment.
+
+use axum::extract::State;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{ApiResult, ErrorBody};
+use super::extract::{ApiJson, ApiPath, CurrentUser};
+use super::AppState;
+use crate::domain::{ItemId, Order, OrderStatus, PromoId};
+use crate::service::orders::PlaceOrder;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/promos/{id}/captcha", get(captcha))
+        .route("/promos/{id}/tokens", post(issue_token))
+        .route("/orders", post(place).get(list))
+        .route("/orders/{order_no}", get(detail))
+        .route("/orders/{order_no}/pay", post(pay))
+        .route("/orders/{order_no}/cancel", post(cancel))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TokenRequest {
+    pub item_id: i64,
+    /// The captcha's characters; required unless captcha is off.
+    #[schema(max_length = 16)]
+    pub captcha: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct OrderRequest {
+    pub promo_id: i64,
+    pub item_id: i64,
+    /// Units, 1 up to the per-user limit.
+    pub amount: i64,
+    /// The seckill token (single use).
+    #[schema(max_length = 128)]
+    pub token: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatusDto {
+    PendingPayment,
+    Paid,
+    Cancelled,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OrderDto {
+    pub order_no: String,
+    pub user_id: i64,
+    pub item_id: i64,
+    pub promo_id: i64,
+    pub amount: i64,
+    pub unit_price_cents: i64,
+    pub total_cents: i64,
+    pub status: OrderStatusDto,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&Order> for OrderDto {
+    fn from(o: &Order) -> Self {
+        OrderDto {
+            order_no: o.order_no.0.clone(),
+            user_id: o.user_id.0,
+            item_id: o.item_id.0,
+            promo_id: o.promo_id.0,
+            amount: o.amount,
+            unit_price_cents: o.unit_price_cents,
+            total_cents: o.total_cents,
+            status: match o.status {
+                OrderStatus::PendingPayment => OrderStatusDto::PendingPayment,
+                OrderStatus::Paid => OrderStatusDto::Paid,
+                OrderStatus::Cancelled => OrderStatusDto::Cancelled,
+            },
+            created_at: o.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OrderList {
+    pub orders: Vec<OrderDto>,
+}
+
+/// A captcha image for (you, this promo); single use, short-lived.
+#[utoipa::path(get, path = "/api/v1/promos/{id}/captcha", tag = "orders", security(("session" = [])),
+    params(("id" = i64, Path, description = "promo id")),
+    responses((status = 200, content_type = "image/png", body = Vec<u8>), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn captcha(State(state): State<AppState>, user: CurrentUser, ApiPath(id): ApiPath<i64>) -> ApiResult<impl IntoResponse> {
+    let png = state.tokens.captcha(user.id, PromoId(id)).await?;
+    Ok(([(CONTENT_TYPE, "image/png"), (CACHE_CONTROL, "no-store")], png))
+}
+
+/// A seckill token for this promo and item.
+#[utoipa::path(post, path = "/api/v1/promos/{id}/tokens", tag = "orders", security(("session" = [])),
+    params(("id" = i64, Path, description = "promo id")), request_body = TokenRequest,
+    responses((status = 201, body = TokenView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn issue_token(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(req): ApiJson<TokenRequest>,
+) -> ApiResult<(StatusCode, ApiJson<TokenView>)> {
+    let t = state.tokens.issue(user.id, PromoId(id), ItemId(req.item_id), req.captcha.as_deref()).await?;
+    Ok((StatusCode::CREATED, ApiJson(TokenView { token: t.token, expires_at: t.expires_at })))
+}
+
+/// Places an order; answers only after the order is committed.
+#[utoipa::path(post, path = "/api/v1/orders", tag = "orders", security(("session" = [])), request_body = OrderRequest,
+    responses((status = 201, body = OrderDto), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn place(State(state): State<AppState>, user: CurrentUser, ApiJson(r): ApiJson<OrderRequest>) -> ApiResult<(StatusCode, ApiJson<OrderDto>)> {
+    let order = state
+        .orders
+        .place(user.id, PlaceOrder { promo_id: PromoId(r.promo_id), item_id: ItemId(r.item_id), amount: r.amount, token: r.token })
+        .await?;
+    Ok((StatusCode::CREATED, ApiJson(OrderDto::from(&order))))
+}
+
+/// Your orders, newest first.
+#[utoipa::path(get, path = "/api/v1/orders", tag = "orders", security(("session" = [])),
+    responses((status = 200, body = OrderList), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn list(State(state): State<AppState>, user: CurrentUser) -> ApiResult<ApiJson<OrderList>> {
+    let orders = state.orders.list(user.id).await?;
+    Ok(ApiJson(OrderList { orders: orders.iter().map(OrderDto::from).collect() }))
+}
+
+/// One of your orders (another user's is not found).
+#[utoipa::path(get, path = "/api/v1/orders/{order_no}", tag = "orders", security(("session" = [])),
+    params(("order_no" = String, Path, description = "order number")),
+    responses((status = 200, body = OrderDto), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn detail(State(state): State<AppState>, user: CurrentUser, ApiPath(no): ApiPath<String>) -> ApiResult<ApiJson<OrderDto>> {
+    Ok(ApiJson(OrderDto::from(&state.orders.get(user.id, &no).await?)))
+}
+
+/// Pays an order (mock payment); idempotent.
+#[utoipa::path(post, path = "/api/v1/orders/{order_no}/pay", tag = "orders", security(("session" = [])),
+    params(("order_no" = String, Path, description = "order number")),
+    responses((status = 200, body = OrderDto), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn pay(State(state): State<AppState>, user: CurrentUser, ApiPath(no): ApiPath<String>) -> ApiResult<ApiJson<OrderDto>> {
+    Ok(ApiJson(OrderDto::from(&state.orders.pay(user.id, &no).await?)))
+}
+
+/// Cancels an unpaid order; its stock goes back on sale.
+#[utoipa::path(post, path = "/api/v1/orders/{order_no}/cancel", tag = "orders", security(("session" = [])),
+    params(("order_no" = String, Path, description = "order number")),
+    responses((status = 200, body = OrderDto), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn cancel(State(state): State<AppState>, user: CurrentUser, ApiPath(no): ApiPath<String>) -> ApiResult<ApiJson<OrderDto>> {
+    Ok(ApiJson(OrderDto::from(&state.orders.cancel(user.id, &no).await?)))
+}

@@ -1,0 +1,138 @@
+//! Accounts and sessions: `/otp`, `/users`, `/sessions`, `/me`.
+
+use axum::http::header::SET_COOKIE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{ApiResult, ErrorBody};
+use super::extract::{ApiJson, CurrentUser, SESSION_COOKIE};
+use super::AppState;
+use crate::domain::User;
+use crate::service::users::Registration;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/otp", post(send_otp))
+        .route("/users", post(register))
+        .route("/sessions", post(login))
+        .route("/sessions/current", delete(logout))
+        .route("/me", get(me))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct OtpRequest {
+    /// 6 to 15 digits, optionally starting with `+`.
+    #[schema(max_length = 16)]
+    pub phone: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Empty {}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RegisterRequest {
+    #[schema(max_length = 16)]
+    pub phone: String,
+    /// The one-time code sent to the phone.
+    #[schema(max_length = 16)]
+    pub otp: String,
+    #[schema(min_length = 1, max_length = 64)]
+    pub name: String,
+    #[schema(min_length = 8, max_length = 128)]
+    pub password: String,
+    /// `male`, `female` or `other`.
+    pub gender: Option<String>,
+    #[schema(minimum = 1, maximum = 150)]
+    pub age: Option<i32>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserView {
+    pub id: i64,
+    pub phone: String,
+    pub name: String,
+}
+
+impl From<&User> for UserView {
+    fn from(u: &User) -> Self {
+        UserView { id: u.id.0, phone: u.phone.clone(), name: u.name.clone() }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    #[schema(max_length = 16)]
+    pub phone: String,
+    #[schema(max_length = 128)]
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionView {
+    pub token: String,
+    pub user: UserView,
+}
+
+/// Sends a one-time code to a phone (the `dev` sender logs it).
+#[utoipa::path(post, path = "/api/v1/otp", tag = "users", request_body = OtpRequest,
+    responses((status = 202, body = Empty), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn send_otp(state: axum::extract::State<AppState>, ApiJson(req): ApiJson<OtpRequest>) -> ApiResult<(StatusCode, ApiJson<Empty>)> {
+    state.users.send_otp(&req.phone).await?;
+    Ok((StatusCode::ACCEPTED, ApiJson(Empty {})))
+}
+
+/// Registers a user with the one-time code.
+#[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = RegisterRequest,
+    responses((status = 201, body = UserView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn register(state: axum::extract::State<AppState>, ApiJson(r): ApiJson<RegisterRequest>) -> ApiResult<(StatusCode, ApiJson<UserView>)> {
+    let user = state
+        .users
+        .register(Registration { phone: r.phone, otp: r.otp, name: r.name, password: r.password, gender: r.gender, age: r.age })
+        .await?;
+    Ok((StatusCode::CREATED, ApiJson(UserView::from(&user))))
+}
+
+/// Logs in: answers the session token and sets it as an `HttpOnly` cookie.
+#[utoipa::path(post, path = "/api/v1/sessions", tag = "users", request_body = LoginRequest,
+    responses((status = 201, body = SessionView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn login(state: axum::extract::State<AppState>, ApiJson(r): ApiJson<LoginRequest>) -> ApiResult<impl IntoResponse> {
+    let (token, user) = state.users.login(&r.phone, &r.password).await?;
+    let cookie = session_cookie(&state, &token, state.config.session_ttl_secs);
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        headers.insert(SET_COOKIE, v);
+    }
+    Ok((StatusCode::CREATED, headers, ApiJson(SessionView { token, user: UserView::from(&user) })))
+}
+
+fn session_cookie(state: &AppState, token: &str, max_age: u64) -> String {
+    let site = if state.config.cookie_secure { "SameSite=None; Secure" } else { "SameSite=Lax" };
+    format!("{SESSION_COOKIE}={token}; HttpOnly; Path=/; Max-Age={max_age}; {site}")
+}
+
+/// Logs out: the session ends on every instance.
+#[utoipa::path(delete, path = "/api/v1/sessions/current", tag = "users", security(("session" = [])),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn logout(state: axum::extract::State<AppState>, user: CurrentUser) -> ApiResult<impl IntoResponse> {
+    state.users.logout(&user.token).await?;
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&session_cookie(&state, "", 0)) {
+        headers.insert(SET_COOKIE, v);
+    }
+    Ok((StatusCode::NO_CONTENT, headers))
+}
+
+/// The logged-in user.
+#[utoipa::path(get, path = "/api/v1/me", tag = "users", security(("session" = [])),
+    responses((status = 200, body = UserView), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn me(state: axum::extract::State<AppState>, user: CurrentUser) -> ApiResult<ApiJson<UserView>> {
+    let u = state.users.user(user.id).await?;
+    Ok(ApiJson(UserView::from(&u)))
+}

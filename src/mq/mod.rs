@@ -1,0 +1,137 @@
+//! The message-bus port: RocketMQ-style transactional messages for the order
+//! path, plain publish for broadcasts (cache invalidation), and consumers.
+//!
+//! A transactional send is: half message (stored, invisible) → the caller's
+//! local transaction → commit (delivered) or rollback (dropped). When the
+//! outcome is unknown, the bus later asks the [`TxChecker`] (the check-back)
+//! until it answers or the bus gives up. Adapters: `memory` (in-process, the
+//! embedded default, with the same semantics) and RocketMQ.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{ItemId, PromoId};
+use crate::store::Deduction;
+
+pub mod memory;
+
+/// Every message on the bus. Tagged and versioned so that old consumers can
+/// refuse what they do not understand; consumers are idempotent by a key the
+/// message carries (the `stock_log` ids of a deduction).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// Deduct DB stock for committed orders (one message per group commit).
+    StockDeduct { v: u8, promo_id: PromoId, entries: Vec<Deduction> },
+    /// An item (or its promo) changed: drop cached copies.
+    ItemChanged { v: u8, item_id: ItemId },
+}
+
+impl Event {
+    pub fn topic(&self) -> Topic {
+        match self {
+            Event::StockDeduct { .. } => Topic::Stock,
+            Event::ItemChanged { .. } => Topic::Cache,
+        }
+    }
+
+    /// A key for logs and broker indexes.
+    pub fn key(&self) -> String {
+        match self {
+            Event::StockDeduct { entries, .. } => {
+                entries.first().map(|e| e.stock_log_id.to_string()).unwrap_or_default()
+            }
+            Event::ItemChanged { item_id, .. } => item_id.to_string(),
+        }
+    }
+}
+
+/// The bus's topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    Stock,
+    Cache,
+}
+
+impl Topic {
+    pub fn name(self) -> &'static str {
+        match self {
+            Topic::Stock => "seckill_stock",
+            Topic::Cache => "seckill_cache",
+        }
+    }
+}
+
+/// A local transaction's answer, as sent to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxState {
+    Commit,
+    Rollback,
+    Unknown,
+}
+
+impl TxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxState::Commit => "commit",
+            TxState::Rollback => "rollback",
+            TxState::Unknown => "unknown",
+        }
+    }
+}
+
+/// The local transaction of a transactional send, run once after the half
+/// message is stored.
+pub type LocalTx = Box<dyn FnOnce() -> BoxFuture<'static, TxState> + Send>;
+
+/// Answers the broker's check-back about a half message whose local
+/// transaction's outcome it never learnt.
+#[async_trait]
+pub trait TxChecker: Send + Sync {
+    async fn check(&self, event: &Event) -> TxState;
+}
+
+/// A consumer. An `Err` asks for redelivery later.
+#[async_trait]
+pub trait MessageHandler: Send + Sync {
+    async fn handle(&self, event: &Event) -> anyhow::Result<()>;
+}
+
+/// How a consumer group shares a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Each message goes to one consumer of the group.
+    Clustering,
+    /// Each message goes to every consumer (every instance).
+    Broadcast,
+}
+
+/// A bus failure: the broker could not be reached or refused the message.
+#[derive(Debug, thiserror::Error)]
+#[error("message bus unavailable: {0}")]
+pub struct MqError(pub String);
+
+/// The bus port.
+#[async_trait]
+pub trait MessageBus: Send + Sync {
+    /// Sends `event` as a half message, runs `local`, then commits or rolls
+    /// back per its answer; an `Unknown` answer is left to the check-back.
+    /// `Ok(state)` is what the local transaction answered; `Err` means the
+    /// half message was not stored (the local transaction may not have run;
+    /// callers settle through `stock_log`, never by assuming).
+    async fn send_in_transaction(&self, event: Event, local: LocalTx) -> Result<TxState, MqError>;
+    /// Publishes a plain message (visible at once).
+    async fn publish(&self, event: Event) -> Result<(), MqError>;
+    /// Registers a consumer for a topic under a group.
+    async fn subscribe(
+        &self,
+        topic: Topic,
+        group: &str,
+        delivery: Delivery,
+        handler: Arc<dyn MessageHandler>,
+    ) -> Result<(), MqError>;
+    async fn ping(&self) -> Result<(), MqError>;
+}

@@ -1,0 +1,51 @@
+//! Running the server: bind, serve, shut down gracefully on SIGTERM/Ctrl-C.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::config::{Config, Secret};
+
+/// Builds the app from `config` and serves until a shutdown signal.
+pub async fn serve(mut config: Config) -> anyhow::Result<()> {
+    if config.demo && config.admin_token.is_none() {
+        let token = crate::service::users::random_token();
+        tracing::info!(admin_token = %token, "demo mode: admin token for this run (set SECKILL_ADMIN_TOKEN to choose one)");
+        config.admin_token = Some(Secret(token));
+    }
+    let addr = config.listen_addr()?;
+    let demo = config.demo;
+    let app = crate::app::build(config).await?;
+    if demo {
+        crate::demo::seed(&app.state).await.context("cannot seed the demo")?;
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (set SECKILL_HTTP_ADDR or --addr to another port)"))?;
+    tracing::info!(%addr, database = %crate::cli::redact(&app.state.config.database_url),
+        strategy = app.state.config.order_strategy.as_str(), "seckill serving; open http://{addr}/");
+    let router = crate::http::router(app.state.clone());
+    axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    // Let in-flight batches finish their commits before the process ends.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tracing::info!("seckill stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown signal: no new connections; finishing requests in flight");
+}

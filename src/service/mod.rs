@@ -1,0 +1,142 @@
+//! The use cases, written once against the ports: accounts and sessions,
+//! the catalog and promos, and the order path. Nothing here names a
+//! concrete adapter; `app.rs` hands the ports in.
+
+use std::sync::Arc;
+
+use crate::cache::{CacheError, KvStore, RateLimiter, StockLedger};
+use crate::config::Config;
+use crate::domain::{IdGenerator, Invalid};
+use crate::mq::{MessageBus, MqError};
+use crate::store::{Store, StoreError};
+
+pub mod catalog;
+pub mod checkback;
+pub mod orders;
+pub mod otp;
+pub mod sold_out;
+pub mod tokens;
+pub mod users;
+pub mod write_behind;
+
+/// Every outcome a use case can refuse with. The HTTP edge maps each to a
+/// status and a stable code; causes of `Unavailable`/`Internal` are kept for
+/// the log and never sent to clients.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("seckill token missing, wrong, expired or already used")]
+    InvalidToken,
+    #[error("captcha answer wrong or expired")]
+    WrongCaptcha,
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("the promo has not started")]
+    PromoNotStarted,
+    #[error("the promo has ended")]
+    PromoEnded,
+    #[error("the promo is not published")]
+    PromoNotPublished,
+    #[error("sold out")]
+    SoldOut,
+    #[error("you already bought the most this promo allows")]
+    AlreadyBought,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    RateLimited(&'static str),
+    #[error("{context}")]
+    Unavailable {
+        context: &'static str,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ServiceError {
+    pub fn unavailable(context: &'static str) -> Self {
+        ServiceError::Unavailable { context, source: None }
+    }
+
+    /// A stable label for metrics (`orders_refused_total{reason}`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ServiceError::Invalid(_) => "invalid",
+            ServiceError::Unauthenticated(_) => "unauthenticated",
+            ServiceError::Forbidden(_) => "forbidden",
+            ServiceError::InvalidToken => "invalid_token",
+            ServiceError::WrongCaptcha => "wrong_captcha",
+            ServiceError::NotFound(_) => "not_found",
+            ServiceError::PromoNotStarted => "promo_not_started",
+            ServiceError::PromoEnded => "promo_ended",
+            ServiceError::PromoNotPublished => "promo_not_published",
+            ServiceError::SoldOut => "sold_out",
+            ServiceError::AlreadyBought => "already_bought",
+            ServiceError::Conflict(_) => "conflict",
+            ServiceError::RateLimited(_) => "rate_limited",
+            ServiceError::Unavailable { .. } => "unavailable",
+            ServiceError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<Invalid> for ServiceError {
+    fn from(e: Invalid) -> Self {
+        ServiceError::Invalid(e.0)
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ServiceError::NotFound("not found"),
+            StoreError::Conflict(c) => ServiceError::Conflict(format!("duplicate ({c})")),
+            StoreError::Corrupt(_) => ServiceError::Internal(Box::new(e)),
+            StoreError::Db(_) | StoreError::Migrate(_) => {
+                ServiceError::Unavailable { context: "the database is unavailable", source: Some(Box::new(e)) }
+            }
+        }
+    }
+}
+
+impl From<CacheError> for ServiceError {
+    fn from(e: CacheError) -> Self {
+        ServiceError::Unavailable { context: "the cache is unavailable", source: Some(Box::new(e)) }
+    }
+}
+
+impl From<MqError> for ServiceError {
+    fn from(e: MqError) -> Self {
+        ServiceError::Unavailable { context: "the message bus is unavailable", source: Some(Box::new(e)) }
+    }
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// The ports every use case draws on, one `Arc<dyn Port>` each.
+#[derive(Clone)]
+pub struct Ports {
+    pub store: Arc<dyn Store>,
+    pub ledger: Arc<dyn StockLedger>,
+    pub kv: Arc<dyn KvStore>,
+    pub limiter: Arc<dyn RateLimiter>,
+    pub bus: Arc<dyn MessageBus>,
+    pub otp: Arc<dyn otp::OtpSender>,
+}
+
+/// What every service shares: config, ports, the id generator and the
+/// process-local sold-out flags.
+#[derive(Clone)]
+pub struct Context {
+    pub config: Arc<Config>,
+    pub ports: Ports,
+    pub ids: Arc<IdGenerator>,
+    pub sold_out: Arc<sold_out::SoldOutFlags>,
+}

@@ -1,0 +1,199 @@
+//! Placing, reading, paying and cancelling orders.
+//!
+//! `place` runs the order path's front half — rate limit, promo on sale,
+//! local sold-out flag, a place in the bounded queue, the seckill token used
+//! up — then hands the order to the configured strategy and waits for its
+//! commit. The queue place is taken before the token so that a full queue
+//! (429) never burns the buyer's token.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::{oneshot, Semaphore};
+
+use super::catalog::CatalogService;
+use super::tokens::TokenService;
+use super::write_behind::{Pending, WriteBehind};
+use super::{Context, ServiceError, ServiceResult};
+use crate::cache::RateRule;
+use crate::config::OrderStrategy;
+use crate::domain::{ItemId, Order, OrderDraft, OrderNo, OrderStatus, PromoId, UserId};
+use crate::store::StoreError;
+
+/// An order request as the buyer sent it.
+#[derive(Debug, Clone)]
+pub struct PlaceOrder {
+    pub promo_id: PromoId,
+    pub item_id: ItemId,
+    pub amount: i64,
+    pub token: String,
+}
+
+pub struct OrderService {
+    cx: Context,
+    catalog: Arc<CatalogService>,
+    tokens: Arc<TokenService>,
+    write_behind: WriteBehind,
+    /// The pure-DB strategies' bounded queue: orders in flight at once.
+    in_flight: Arc<Semaphore>,
+    order_rule: RateRule,
+}
+
+impl OrderService {
+    pub fn new(cx: Context, catalog: Arc<CatalogService>, tokens: Arc<TokenService>) -> Self {
+        let write_behind = WriteBehind::start(cx.clone());
+        let in_flight = Arc::new(Semaphore::new(cx.config.order_queue_capacity));
+        let order_rule = RateRule { name: "orders", limit: cx.config.order_rate_per_sec, period: Duration::from_secs(1) };
+        OrderService { cx, catalog, tokens, write_behind, in_flight, order_rule }
+    }
+
+    /// Places an order; answers only once it is committed in the DB.
+    pub async fn place(&self, user: UserId, req: PlaceOrder) -> ServiceResult<Order> {
+        let started = Instant::now();
+        let result = self.place_inner(user, req).await;
+        match &result {
+            Ok(_) => {
+                metrics::counter!("seckill_orders_accepted_total").increment(1);
+                metrics::histogram!("seckill_order_seconds").record(started.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                metrics::counter!("seckill_orders_refused_total", "reason" => e.reason()).increment(1);
+            }
+        }
+        result
+    }
+
+    async fn place_inner(&self, user: UserId, req: PlaceOrder) -> ServiceResult<Order> {
+        let limit = self.cx.config.per_user_limit;
+        if req.amount < 1 || req.amount > limit {
+            return Err(ServiceError::Invalid(format!("amount must be between 1 and {limit}")));
+        }
+        if !self.cx.ports.limiter.check(&self.order_rule, "all").await? {
+            return Err(ServiceError::RateLimited("too many orders right now; retry shortly"));
+        }
+        let promo = self.catalog.promo(req.promo_id).await?;
+        if promo.item_id != req.item_id {
+            return Err(ServiceError::Invalid(format!("item {} is not in promo {}", req.item_id, req.promo_id)));
+        }
+        promo.check_on_sale(Utc::now())?;
+        if self.cx.sold_out.is_set(promo.id) {
+            return Err(ServiceError::SoldOut);
+        }
+        match self.cx.config.order_strategy {
+            OrderStrategy::WriteBehind => {
+                let permit = self.write_behind.admit()?;
+                self.tokens.consume(&req.token, user, promo.id, promo.item_id).await?;
+                let (reply, answer) = oneshot::channel();
+                permit.send(Pending {
+                    user,
+                    promo: promo.id,
+                    item: promo.item_id,
+                    amount: req.amount,
+                    unit_price_cents: promo.price_cents,
+                    admitted_at: Instant::now(),
+                    reply,
+                });
+                answer.await.map_err(|_| ServiceError::unavailable("the order pipeline stopped"))?
+            }
+            strategy => {
+                let _permit = self
+                    .in_flight
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| ServiceError::RateLimited("the order queue is full; retry shortly"))?;
+                self.tokens.consume(&req.token, user, promo.id, promo.item_id).await?;
+                let id = self.cx.ids.next_id();
+                let now = Utc::now();
+                let draft = OrderDraft {
+                    stock_log_id: id,
+                    order_no: OrderNo::new(now, id),
+                    user_id: user,
+                    item_id: promo.item_id,
+                    promo_id: promo.id,
+                    amount: req.amount,
+                    unit_price_cents: promo.price_cents,
+                    created_at: now,
+                };
+                let optimistic = strategy == OrderStrategy::DbOptimistic;
+                match self.cx.ports.store.place_order_in_db(&draft, optimistic, self.cx.config.cas_retries).await {
+                    Ok(Some(order)) => Ok(order),
+                    Ok(None) => {
+                        self.cx.sold_out.set(promo.id);
+                        Err(ServiceError::SoldOut)
+                    }
+                    Err(StoreError::Conflict("user_promo")) => Err(ServiceError::AlreadyBought),
+                    Err(StoreError::Conflict("version")) => {
+                        Err(ServiceError::RateLimited("too much contention on this item; retry shortly"))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    /// The caller's order; another user's is reported as not found.
+    pub async fn get(&self, user: UserId, no: &str) -> ServiceResult<Order> {
+        let no = OrderNo::parse(no).ok_or(ServiceError::NotFound("no such order"))?;
+        match self.cx.ports.store.order(&no).await? {
+            Some(o) if o.user_id == user => Ok(o),
+            _ => Err(ServiceError::NotFound("no such order")),
+        }
+    }
+
+    pub async fn list(&self, user: UserId) -> ServiceResult<Vec<Order>> {
+        Ok(self.cx.ports.store.orders_of_user(user, 200).await?)
+    }
+
+    /// Mock payment: `pending_payment` → `paid`; paying again answers the
+    /// paid order; a cancelled order cannot be paid.
+    pub async fn pay(&self, user: UserId, no: &str) -> ServiceResult<Order> {
+        let order = self.get(user, no).await?;
+        let order = match order.status {
+            OrderStatus::PendingPayment => self.cx.ports.store.pay_order(&order.order_no).await?,
+            _ => order,
+        };
+        match order.status {
+            OrderStatus::Paid => Ok(order),
+            OrderStatus::Cancelled => Err(ServiceError::Conflict("the order was cancelled; it cannot be paid".into())),
+            OrderStatus::PendingPayment => Err(ServiceError::unavailable("payment not recorded; retry")),
+        }
+    }
+
+    /// Cancels an unpaid order and gives its units back, to the DB stock
+    /// and the ledger, so another buyer can have them. Idempotent.
+    pub async fn cancel(&self, user: UserId, no: &str) -> ServiceResult<Order> {
+        let order = self.get(user, no).await?;
+        match order.status {
+            OrderStatus::Paid => return Err(ServiceError::Conflict("the order is paid; it cannot be cancelled".into())),
+            OrderStatus::Cancelled => return Ok(order),
+            OrderStatus::PendingPayment => {}
+        }
+        let (order, _) = self.cx.ports.store.cancel_order(&order.order_no).await?;
+        match order.status {
+            OrderStatus::Cancelled => {
+                self.restock(&order).await;
+                Ok(order)
+            }
+            OrderStatus::Paid => Err(ServiceError::Conflict("the order is paid; it cannot be cancelled".into())),
+            OrderStatus::PendingPayment => Err(ServiceError::unavailable("cancellation not recorded; retry")),
+        }
+    }
+
+    async fn restock(&self, order: &Order) {
+        if self.cx.config.order_strategy != OrderStrategy::WriteBehind {
+            self.cx.sold_out.clear(order.promo_id);
+            return;
+        }
+        match self.cx.ports.ledger.restock(order.promo_id, order.stock_log_id, order.amount).await {
+            Ok(_) => self.cx.sold_out.clear(order.promo_id),
+            Err(e) => tracing::error!(order_no = %order.order_no, error = %e,
+                "cancelled order's units not given back to the ledger now; the reconciler will"),
+        }
+    }
+
+    /// Orders waiting in the write-behind queue now.
+    pub fn queued(&self) -> usize {
+        self.write_behind.queued()
+    }
+}

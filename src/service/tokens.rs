@@ -1,0 +1,133 @@
+//! The gates in front of the order path: a captcha per (user, promo), and
+//! the seckill token — single use, short-lived, bound to (user, promo, item),
+//! handed out at most stock × gate factor times per promo.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::catalog::{gate_key, CatalogService};
+use super::users::random_token;
+use super::{Context, ServiceError, ServiceResult};
+use crate::cache::RateRule;
+use crate::domain::{ItemId, PromoId, UserId};
+
+pub struct TokenService {
+    cx: Context,
+    catalog: Arc<CatalogService>,
+    token_rule: RateRule,
+}
+
+/// A seckill token handed to a buyer.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+fn captcha_key(user: UserId, promo: PromoId) -> String {
+    format!("captcha:{promo}:{user}")
+}
+
+fn token_key(token: &str) -> String {
+    format!("token:{token}")
+}
+
+fn binding(user: UserId, promo: PromoId, item: ItemId) -> String {
+    format!("{user}:{promo}:{item}")
+}
+
+impl TokenService {
+    pub fn new(cx: Context, catalog: Arc<CatalogService>) -> Self {
+        let token_rule = RateRule {
+            name: "tokens",
+            limit: cx.config.token_rate_per_sec,
+            period: Duration::from_secs(1),
+        };
+        TokenService { cx, catalog, token_rule }
+    }
+
+    /// Draws a new captcha for (user, promo) and returns it as PNG; the
+    /// previous one for that pair is replaced.
+    pub async fn captcha(&self, user: UserId, promo: PromoId) -> ServiceResult<Vec<u8>> {
+        self.catalog.promo(promo).await?;
+        let (answer, png) = tokio::task::spawn_blocking(|| {
+            let mut c = captcha::Captcha::new();
+            c.add_chars(5)
+                .apply_filter(captcha::filters::Noise::new(0.2))
+                .apply_filter(captcha::filters::Wave::new(2.0, 12.0).horizontal())
+                .view(200, 70);
+            (c.chars_as_string(), c.as_png())
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(Box::new(e)))?;
+        let png = png.ok_or_else(|| ServiceError::Internal("captcha PNG encoding failed".into()))?;
+        self.cx
+            .ports
+            .kv
+            .set(
+                &captcha_key(user, promo),
+                &answer.to_lowercase(),
+                Duration::from_secs(self.cx.config.captcha_ttl_secs),
+            )
+            .await?;
+        Ok(png)
+    }
+
+    /// Hands out a seckill token: the promo sells now, the item is the
+    /// promo's, the captcha is right (when enabled), the promo is not sold
+    /// out and its gate counter has a permit left.
+    pub async fn issue(
+        &self,
+        user: UserId,
+        promo_id: PromoId,
+        item_id: ItemId,
+        captcha: Option<&str>,
+    ) -> ServiceResult<IssuedToken> {
+        let promo = self.catalog.promo(promo_id).await?;
+        if promo.item_id != item_id {
+            return Err(ServiceError::Invalid(format!("item {item_id} is not in promo {promo_id}")));
+        }
+        promo.check_on_sale(Utc::now())?;
+        if self.cx.config.captcha_enabled {
+            let given = captcha.map(str::trim).filter(|c| !c.is_empty()).ok_or(ServiceError::WrongCaptcha)?;
+            // Taken on any attempt: one image, one guess.
+            let expected = self.cx.ports.kv.take(&captcha_key(user, promo_id)).await?;
+            if expected.as_deref() != Some(given.to_lowercase().as_str()) {
+                return Err(ServiceError::WrongCaptcha);
+            }
+        }
+        if !self.cx.ports.limiter.check(&self.token_rule, "all").await? {
+            return Err(ServiceError::RateLimited("too many requests; retry shortly"));
+        }
+        if self.cx.sold_out.is_set(promo_id) {
+            return Err(ServiceError::SoldOut);
+        }
+        if self.cx.ports.ledger.sold_out(promo_id).await? {
+            self.cx.sold_out.set(promo_id);
+            return Err(ServiceError::SoldOut);
+        }
+        if !self.cx.ports.kv.take_permit(&gate_key(promo_id)).await? {
+            return Err(ServiceError::SoldOut);
+        }
+        let token = random_token();
+        let ttl = Duration::from_secs(self.cx.config.seckill_token_ttl_secs);
+        self.cx.ports.kv.set(&token_key(&token), &binding(user, promo_id, item_id), ttl).await?;
+        let expires_at = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
+        Ok(IssuedToken { token, expires_at })
+    }
+
+    /// Uses a token up: valid only once, and only for the (user, promo,
+    /// item) it was issued for. A token presented for another binding is
+    /// used up all the same (it was leaked or forged).
+    pub async fn consume(&self, token: &str, user: UserId, promo: PromoId, item: ItemId) -> ServiceResult<()> {
+        if token.is_empty() || token.len() > 128 {
+            return Err(ServiceError::InvalidToken);
+        }
+        match self.cx.ports.kv.take(&token_key(token)).await? {
+            Some(b) if b == binding(user, promo, item) => Ok(()),
+            _ => Err(ServiceError::InvalidToken),
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Accounts and sessions: one-time-code registration, argon2 passwords,
+//! random session tokens kept in the shared key/value store with a TTL.
+
+use std::time::Duration;
+
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use base64::Engine;
+use rand::Rng;
+
+use super::{Context, ServiceError, ServiceResult};
+use crate::cache::RateRule;
+use crate::domain::user::{check_name, check_password, check_profile};
+use crate::domain::{NewUser, Phone, User, UserId};
+
+/// A registration request.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub phone: String,
+    pub otp: String,
+    pub name: String,
+    pub password: String,
+    pub gender: Option<String>,
+    pub age: Option<i32>,
+}
+
+/// An account for bulk creation (support, drills).
+#[derive(Debug, Clone)]
+pub struct BulkUser {
+    pub phone: String,
+    pub name: String,
+    pub password: String,
+}
+
+pub struct UserService {
+    cx: Context,
+}
+
+fn session_key(token: &str) -> String {
+    format!("session:{token}")
+}
+
+/// A random URL-safe token of 32 bytes.
+pub fn random_token() -> String {
+    let bytes: [u8; 32] = rand::thread_rng().gen();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl UserService {
+    pub fn new(cx: Context) -> Self {
+        UserService { cx }
+    }
+
+    fn argon2(&self) -> Argon2<'static> {
+        let c = &self.cx.config;
+        let params = Params::new(c.argon2_memory_kib, c.argon2_iterations, 1, None).unwrap_or_default();
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+    }
+
+    async fn hash_password(&self, password: String) -> ServiceResult<String> {
+        let argon = self.argon2();
+        tokio::task::spawn_blocking(move || {
+            let salt = SaltString::generate(&mut OsRng);
+            argon.hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(Box::new(e)))?
+        .map_err(|e| ServiceError::Internal(e.to_string().into()))
+    }
+
+    /// Sends a one-time code to a phone, at most `otp_per_phone_per_hour`.
+    pub async fn send_otp(&self, phone: &str) -> ServiceResult<()> {
+        let phone = Phone::parse(phone)?;
+        let rule = RateRule {
+            name: "otp_per_phone",
+            limit: self.cx.config.otp_per_phone_per_hour,
+            period: Duration::from_secs(3600),
+        };
+        if !self.cx.ports.limiter.check(&rule, phone.as_str()).await? {
+            return Err(ServiceError::RateLimited("too many codes asked for this phone; try later"));
+        }
+        let code = format!("{:06}", rand::thread_rng().gen_range(0..1_000_000));
+        self.cx
+            .ports
+            .kv
+            .set(&format!("otp:{}", phone.as_str()), &code, Duration::from_secs(self.cx.config.otp_ttl_secs))
+            .await?;
+        self.cx
+            .ports
+            .otp
+            .send(phone.as_str(), &code)
+            .await
+            .map_err(|e| ServiceError::Unavailable { context: "the code could not be sent", source: Some(e.into()) })
+    }
+
+    /// Registers a user whose one-time code matches (the code is used up by
+    /// any attempt, right or wrong).
+    pub async fn register(&self, r: Registration) -> ServiceResult<User> {
+        let phone = Phone::parse(&r.phone)?;
+        check_name(&r.name)?;
+        check_password(&r.password)?;
+        check_profile(r.gender.as_deref(), r.age)?;
+        let stored = self.cx.ports.kv.take(&format!("otp:{}", phone.as_str())).await?;
+        if stored.as_deref() != Some(r.otp.trim()) || r.otp.trim().is_empty() {
+            return Err(ServiceError::Invalid("one-time code wrong or expired; ask for a new one".into()));
+        }
+        let password_hash = self.hash_password(r.password).await?;
+        let user = NewUser { phone, name: r.name.trim().to_owned(), gender: r.gender, age: r.age, password_hash };
+        self.cx.ports.store.create_user(&user).await.map_err(|e| match e {
+            crate::store::StoreError::Conflict(_) => ServiceError::Conflict("this phone is already registered".into()),
+            e => e.into(),
+        })
+    }
+
+    /// Creates many accounts at once; phones already registered are
+    /// skipped. Returns how many were created.
+    pub async fn create_many(&self, users: Vec<BulkUser>) -> ServiceResult<u64> {
+        if users.len() > self.cx.config.bulk_users_max {
+            return Err(ServiceError::Invalid(format!(
+                "at most {} users per request",
+                self.cx.config.bulk_users_max
+            )));
+        }
+        let mut phones = std::collections::HashSet::new();
+        for (i, u) in users.iter().enumerate() {
+            Phone::parse(&u.phone).map_err(|e| ServiceError::Invalid(format!("users[{i}]: {}", e.0)))?;
+            check_name(&u.name).map_err(|e| ServiceError::Invalid(format!("users[{i}]: {}", e.0)))?;
+            check_password(&u.password).map_err(|e| ServiceError::Invalid(format!("users[{i}]: {}", e.0)))?;
+            if !phones.insert(u.phone.as_str()) {
+                return Err(ServiceError::Invalid(format!("users[{i}]: phone listed twice")));
+            }
+        }
+        // Hash on every core; argon2 is the cost of this call.
+        let argon = self.argon2();
+        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let chunk = users.len().div_ceil(workers).max(1);
+        let mut tasks = Vec::new();
+        for part in users.chunks(chunk) {
+            let part = part.to_vec();
+            let argon = argon.clone();
+            tasks.push(tokio::task::spawn_blocking(move || {
+                part.into_iter()
+                    .map(|u| {
+                        let salt = SaltString::generate(&mut OsRng);
+                        let hash = argon.hash_password(u.password.as_bytes(), &salt)?.to_string();
+                        Ok(NewUser {
+                            phone: Phone::parse(&u.phone).map_err(|_| argon2::password_hash::Error::Password)?,
+                            name: u.name.trim().to_owned(),
+                            gender: None,
+                            age: None,
+                            password_hash: hash,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, argon2::password_hash::Error>>()
+            }));
+        }
+        let mut all = Vec::with_capacity(users.len());
+        for t in tasks {
+            let part = t
+                .await
+                .map_err(|e| ServiceError::Internal(Box::new(e)))?
+                .map_err(|e| ServiceError::Internal(e.to_string().into()))?;
+            all.extend(part);
+        }
+        Ok(self.cx.ports.store.create_users(&all).await?)
+    }
+
+    /// Checks a phone and password and opens a session. Attempts are limited
+    /// per phone, so passwords cannot be guessed at speed.
+    pub async fn login(&self, phone: &str, password: &str) -> ServiceResult<(String, User)> {
+        const WRONG: ServiceError = ServiceError::Unauthenticated("wrong phone or password");
+        let phone = Phone::parse(phone)?;
+        if password.is_empty() || password.len() > 128 {
+            return Err(WRONG);
+        }
+        let rule = RateRule {
+            name: "login_per_phone",
+            limit: self.cx.config.login_attempts_per_phone_per_minute,
+            period: Duration::from_secs(60),
+        };
+        if !self.cx.ports.limiter.check(&rule, phone.as_str()).await? {
+            return Err(ServiceError::RateLimited("too many login attempts for this phone; wait a minute"));
+        }
+        let Some(user) = self.cx.ports.store.user_by_phone(phone.as_str()).await? else {
+            return Err(WRONG);
+        };
+        let hash = user.password_hash.clone();
+        let password = password.to_owned();
+        let argon = self.argon2();
+        let ok = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash).is_ok_and(|h| argon.verify_password(password.as_bytes(), &h).is_ok())
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(Box::new(e)))?;
+        if !ok {
+            return Err(WRONG);
+        }
+        let token = random_token();
+        self.cx
+            .ports
+            .kv
+            .set(&session_key(&token), &user.id.0.to_string(), Duration::from_secs(self.cx.config.session_ttl_secs))
+            .await?;
+        Ok((token, user))
+    }
+
+    pub async fn logout(&self, token: &str) -> ServiceResult<()> {
+        Ok(self.cx.ports.kv.delete(&session_key(token)).await?)
+    }
+
+    /// The user a session token belongs to; `None` when unknown or expired.
+    pub async fn session_user(&self, token: &str) -> ServiceResult<Option<UserId>> {
+        if token.is_empty() || token.len() > 128 {
+            return Ok(None);
+        }
+        let v = self.cx.ports.kv.get(&session_key(token)).await?;
+        Ok(v.and_then(|s| s.parse().ok()).map(UserId))
+    }
+
+    pub async fn user(&self, id: UserId) -> ServiceResult<User> {
+        self.cx.ports.store.user_by_id(id).await?.ok_or(ServiceError::Unauthenticated("the session's user no longer exists"))
+    }
+}

@@ -1,0 +1,336 @@
+//! The write-behind order pipeline with group commit.
+//!
+//! Admitted orders wait in a bounded queue. Batch workers take up to
+//! `batch_max` of them (waiting at most `batch_linger_ms` for the batch to
+//! fill), reserve them in the ledger in one round trip, journal the
+//! reservations as `stock_log` rows (`init`), and then send ONE
+//! transactional message for the batch whose local transaction inserts every
+//! order, adds the sales and flips the journal rows to `committed` in one DB
+//! transaction. Each caller is answered only after that commit.
+//!
+//! Failure handling keeps DESIGN.md's guarantees per order: a batch whose
+//! local transaction is refused by a unique key is retried order by order
+//! (so one bad order cannot sink the others); any order that does not
+//! commit has its `stock_log` settled as `rolled_back` first and only then
+//! its reservation given back (exactly once, by its `stock_log` id), and the
+//! sold-out flags cleared. When the outcome cannot be learnt (DB down), the
+//! caller gets 503 and the reconciler settles the row later — nobody is told
+//! "bought" for an order that is not in the DB.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::FutureExt;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Context, ServiceError, ServiceResult};
+use crate::cache::{Reservation, ReserveOutcome};
+use crate::domain::{ItemId, Order, OrderDraft, OrderNo, PromoId, StockLogId, StockLogStatus, UserId};
+use crate::mq::{Event, LocalTx, TxState};
+use crate::store::{Deduction, StoreError};
+
+/// An admitted order waiting for its batch.
+pub struct Pending {
+    pub user: UserId,
+    pub promo: PromoId,
+    pub item: ItemId,
+    pub amount: i64,
+    pub unit_price_cents: i64,
+    pub admitted_at: Instant,
+    pub reply: oneshot::Sender<ServiceResult<Order>>,
+}
+
+/// The queue's sending side; cloned into the order service.
+#[derive(Clone)]
+pub struct WriteBehind {
+    tx: mpsc::Sender<Pending>,
+}
+
+/// A reserved order and the caller waiting for it.
+struct Reserved {
+    draft: OrderDraft,
+    reply: oneshot::Sender<ServiceResult<Order>>,
+}
+
+impl WriteBehind {
+    /// Creates the queue and starts `batch_workers` batch workers. They stop
+    /// when every `WriteBehind` clone is dropped and the queue is drained.
+    pub fn start(cx: Context) -> Self {
+        let (tx, rx) = mpsc::channel(cx.config.order_queue_capacity);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..cx.config.batch_workers {
+            let worker = Worker { cx: cx.clone() };
+            let rx = rx.clone();
+            tokio::spawn(async move { worker.run(rx).await });
+        }
+        WriteBehind { tx }
+    }
+
+    /// A place in the queue, or `RateLimited` at once when it is full.
+    pub fn admit(&self) -> ServiceResult<mpsc::Permit<'_, Pending>> {
+        self.tx.try_reserve().map_err(|_| {
+            metrics::counter!("seckill_order_queue_full_total").increment(1);
+            ServiceError::RateLimited("the order queue is full; retry shortly")
+        })
+    }
+
+    /// Orders waiting in the queue now.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+struct Worker {
+    cx: Context,
+}
+
+impl Worker {
+    async fn run(self, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>) {
+        let max = self.cx.config.batch_max;
+        let linger = Duration::from_millis(self.cx.config.batch_linger_ms);
+        loop {
+            let batch = {
+                let mut rx = rx.lock().await;
+                let Some(first) = rx.recv().await else { return };
+                let mut batch = Vec::with_capacity(max);
+                batch.push(first);
+                let deadline = tokio::time::Instant::now() + linger;
+                while batch.len() < max {
+                    match rx.try_recv() {
+                        Ok(p) => batch.push(p),
+                        Err(mpsc::error::TryRecvError::Disconnected) => break,
+                        Err(mpsc::error::TryRecvError::Empty) => {
+                            if linger.is_zero() {
+                                break;
+                            }
+                            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                                Ok(Some(p)) => batch.push(p),
+                                _ => break,
+                            }
+                        }
+                    }
+                }
+                batch
+            };
+            metrics::histogram!("seckill_batch_size").record(batch.len() as f64);
+            self.process(batch).await;
+        }
+    }
+
+    async fn process(&self, batch: Vec<Pending>) {
+        let ports = &self.cx.ports;
+        let now = Utc::now();
+        let reservations: Vec<Reservation> = batch
+            .iter()
+            .map(|p| Reservation { promo: p.promo, user: p.user, amount: p.amount, id: self.cx.ids.next_id() })
+            .collect();
+        let started = Instant::now();
+        let outcomes = match ports.ledger.reserve(&reservations).await {
+            Ok(o) if o.len() == batch.len() => o,
+            Ok(_) => {
+                for p in batch {
+                    let _ = p.reply.send(Err(ServiceError::Internal("ledger answered a different count".into())));
+                }
+                return;
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for p in batch {
+                    let _ = p.reply.send(Err(ServiceError::Unavailable {
+                        context: "the stock ledger is unavailable",
+                        source: Some(Box::new(ArcError(e.clone()))),
+                    }));
+                }
+                return;
+            }
+        };
+        metrics::histogram!("seckill_reservation_seconds").record(started.elapsed().as_secs_f64());
+
+        let mut reserved = Vec::with_capacity(batch.len());
+        for ((p, r), outcome) in batch.into_iter().zip(reservations).zip(outcomes) {
+            match outcome {
+                ReserveOutcome::Reserved { remaining } => {
+                    if remaining == 0 {
+                        self.cx.sold_out.set(p.promo);
+                    }
+                    let draft = OrderDraft {
+                        stock_log_id: r.id,
+                        order_no: OrderNo::new(now, r.id),
+                        user_id: p.user,
+                        item_id: p.item,
+                        promo_id: p.promo,
+                        amount: p.amount,
+                        unit_price_cents: p.unit_price_cents,
+                        created_at: now,
+                    };
+                    reserved.push(Reserved { draft, reply: p.reply });
+                }
+                ReserveOutcome::SoldOut => {
+                    self.cx.sold_out.set(p.promo);
+                    let _ = p.reply.send(Err(ServiceError::SoldOut));
+                }
+                ReserveOutcome::AlreadyBought => {
+                    let _ = p.reply.send(Err(ServiceError::AlreadyBought));
+                }
+                ReserveOutcome::NotWarmed => {
+                    let _ = p.reply.send(Err(ServiceError::unavailable("the promo's stock is not loaded")));
+                }
+            }
+        }
+        if reserved.is_empty() {
+            return;
+        }
+        let drafts: Vec<OrderDraft> = reserved.iter().map(|r| r.draft.clone()).collect();
+        if let Err(e) = ports.store.insert_stock_logs(&drafts).await {
+            // No journal row exists, so nobody else can settle these: give
+            // the reservations back here.
+            tracing::warn!(orders = drafts.len(), error = %e, "stock_log insert failed; giving reservations back");
+            for r in reserved {
+                self.give_back(r.draft.promo_id, r.draft.stock_log_id).await;
+                let _ = r.reply.send(Err(ServiceError::unavailable("the database is unavailable")));
+            }
+            return;
+        }
+        self.commit(reserved).await;
+    }
+
+    /// Sends one transactional message for `group` with the local
+    /// transaction committing all its orders, and answers each caller.
+    fn commit(&self, group: Vec<Reserved>) -> futures::future::BoxFuture<'_, ()> {
+        async move {
+            let drafts: Vec<OrderDraft> = group.iter().map(|r| r.draft.clone()).collect();
+            let event = Event::StockDeduct {
+                v: 1,
+                promo_id: drafts[0].promo_id,
+                entries: drafts
+                    .iter()
+                    .map(|d| Deduction { stock_log_id: d.stock_log_id, item_id: d.item_id, amount: d.amount })
+                    .collect(),
+            };
+            let failure: Arc<Mutex<Option<StoreError>>> = Arc::default();
+            let local: LocalTx = {
+                let store = self.cx.ports.store.clone();
+                let failure = failure.clone();
+                let timeout = Duration::from_millis(self.cx.config.local_tx_timeout_ms);
+                Box::new(move || {
+                    async move {
+                        let started = Instant::now();
+                        let state = match tokio::time::timeout(timeout, store.commit_orders(&drafts)).await {
+                            Ok(Ok(())) => TxState::Commit,
+                            Ok(Err(e)) => {
+                                *failure.lock() = Some(e);
+                                TxState::Rollback
+                            }
+                            Err(_) => TxState::Unknown,
+                        };
+                        metrics::histogram!("seckill_local_tx_seconds", "outcome" => state.as_str())
+                            .record(started.elapsed().as_secs_f64());
+                        state
+                    }
+                    .boxed()
+                })
+            };
+            let sent = self.cx.ports.bus.send_in_transaction(event, local).await;
+            let failure = failure.lock().take();
+            match sent {
+                Ok(TxState::Commit) => {
+                    for r in group {
+                        let _ = r.reply.send(Ok(r.draft.to_order()));
+                    }
+                }
+                Ok(TxState::Rollback) if group.len() > 1 && matches!(failure, Some(StoreError::Conflict(_))) => {
+                    // One order broke a unique key (e.g. a user's second order
+                    // after the ledger lost its buyers): commit the others
+                    // one by one.
+                    for r in group {
+                        self.commit(vec![r]).await;
+                    }
+                }
+                Ok(state) => {
+                    let cause = match failure {
+                        Some(StoreError::Conflict("user_promo")) => ServiceError::AlreadyBought,
+                        Some(e) => ServiceError::from(e),
+                        None => ServiceError::unavailable("the order could not be committed in time"),
+                    };
+                    tracing::warn!(orders = group.len(), state = state.as_str(), error = %cause, "local transaction did not commit");
+                    self.settle(group, cause).await;
+                }
+                Err(e) => {
+                    tracing::warn!(orders = group.len(), error = %e, "half message not sent");
+                    self.settle(group, ServiceError::from(e)).await;
+                }
+            }
+        }
+        .boxed()
+    }
+
+    /// Settles orders whose commit did not happen (or whose outcome is not
+    /// known): `init` rows become `rolled_back`, and the DB's answer decides
+    /// each one — committed after all (a late commit won): success; rolled
+    /// back: the reservation is given back and the caller gets `cause`.
+    async fn settle(&self, group: Vec<Reserved>, cause: ServiceError) {
+        let ids: Vec<StockLogId> = group.iter().map(|r| r.draft.stock_log_id).collect();
+        let statuses = match self.cx.ports.store.roll_back_stock_logs(&ids).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(orders = ids.len(), error = %e, "cannot settle stock_log now; the reconciler will");
+                for r in group {
+                    let _ = r.reply.send(Err(ServiceError::unavailable(
+                        "the order's outcome is not known yet; check your orders shortly",
+                    )));
+                }
+                return;
+            }
+        };
+        for r in group {
+            let status = statuses.iter().find(|(id, _)| *id == r.draft.stock_log_id).map(|(_, s)| *s);
+            match status {
+                Some(StockLogStatus::Committed) => {
+                    let _ = r.reply.send(Ok(r.draft.to_order()));
+                }
+                Some(StockLogStatus::Init) => {
+                    let _ = r.reply.send(Err(ServiceError::unavailable("the order's outcome is not known yet")));
+                }
+                Some(StockLogStatus::RolledBack) | None => {
+                    self.give_back(r.draft.promo_id, r.draft.stock_log_id).await;
+                    let _ = r.reply.send(Err(clone_cause(&cause)));
+                }
+            }
+        }
+    }
+
+    async fn give_back(&self, promo: PromoId, id: StockLogId) {
+        match self.cx.ports.ledger.release(promo, id).await {
+            Ok(_) => self.cx.sold_out.clear(promo),
+            Err(e) => tracing::error!(promo_id = %promo, stock_log_id = %id, error = %e,
+                "reservation not given back now; the reconciler will"),
+        }
+    }
+}
+
+fn clone_cause(e: &ServiceError) -> ServiceError {
+    match e {
+        ServiceError::AlreadyBought => ServiceError::AlreadyBought,
+        ServiceError::SoldOut => ServiceError::SoldOut,
+        ServiceError::Unavailable { context, .. } => ServiceError::unavailable(context),
+        _ => ServiceError::unavailable("the order could not be committed"),
+    }
+}
+
+/// Shares one cause between the callers of a failed batch.
+#[derive(Debug)]
+struct ArcError(Arc<crate::cache::CacheError>);
+
+impl std::fmt::Display for ArcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ArcError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&*self.0)
+    }
+}

@@ -1,0 +1,169 @@
+//! The repository ports: the database is the source of truth for users,
+//! items, stock, promos, orders and the `stock_log` journal.
+//!
+//! Adapters: `sqlite` (the embedded default) and `mysql` (MariaDB/MySQL).
+//! Every multi-row change a method describes happens in one DB transaction
+//! inside the adapter; callers never see a transaction.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{
+    Item, ItemId, ItemPatch, NewItem, NewPromo, NewUser, Order, OrderDraft, OrderNo, OrderStatus,
+    Promo, PromoId, StockLogId, StockLogStatus, User, UserId,
+};
+
+pub mod sqlite;
+
+/// A store failure. `Conflict` names the unique constraint that refused the
+/// write; everything else means the database could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unique constraint `{0}` refused the write")]
+    Conflict(&'static str),
+    #[error("not found")]
+    NotFound,
+    #[error("database error")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Users and their credentials.
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Inserts a user. `Conflict("phone")` when the phone is taken.
+    async fn create_user(&self, user: &NewUser) -> StoreResult<User>;
+    /// Inserts many users in one transaction, skipping phones already taken.
+    /// Returns how many were inserted.
+    async fn create_users(&self, users: &[NewUser]) -> StoreResult<u64>;
+    async fn user_by_phone(&self, phone: &str) -> StoreResult<Option<User>>;
+    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<User>>;
+}
+
+/// Items, their stock row and promos.
+#[async_trait]
+pub trait CatalogStore: Send + Sync {
+    /// Inserts an item and its `item_stock` row together.
+    async fn create_item(&self, item: &NewItem) -> StoreResult<Item>;
+    /// Applies a patch; `NotFound` for an unknown id.
+    async fn update_item(&self, id: ItemId, patch: &ItemPatch) -> StoreResult<Item>;
+    async fn item(&self, id: ItemId) -> StoreResult<Option<Item>>;
+    /// All items, most sales first (ties by id).
+    async fn items(&self, limit: u32) -> StoreResult<Vec<Item>>;
+    async fn create_promo(&self, promo: &NewPromo) -> StoreResult<Promo>;
+    async fn promo(&self, id: PromoId) -> StoreResult<Option<Promo>>;
+    async fn promos(&self, limit: u32) -> StoreResult<Vec<Promo>>;
+    async fn promos_of_item(&self, item: ItemId) -> StoreResult<Vec<Promo>>;
+    /// Marks a promo published. Returns false when it already was.
+    async fn publish_promo(&self, id: PromoId) -> StoreResult<bool>;
+}
+
+/// Totals of one promo, for the admin's stats.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PromoTotals {
+    /// Units in orders that are not cancelled.
+    pub sold: i64,
+    /// Orders that are not cancelled.
+    pub orders: i64,
+    pub stock_log_init: i64,
+    pub stock_log_committed: i64,
+    pub stock_log_rolled_back: i64,
+}
+
+/// What the stock-deduction consumer did with a batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeductionReport {
+    /// Entries deducted now.
+    pub applied: u64,
+    /// Entries already deducted before (a redelivery).
+    pub duplicates: u64,
+    /// Entries whose `stock_log` is not committed (rolled back or unknown):
+    /// nothing to deduct.
+    pub skipped: u64,
+    /// Entries the conditional update refused (DB stock lower than the
+    /// ledger believed): recorded, logged, never applied twice.
+    pub insufficient: u64,
+}
+
+/// One stock deduction a committed order asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Deduction {
+    pub stock_log_id: StockLogId,
+    pub item_id: ItemId,
+    pub amount: i64,
+}
+
+/// Orders and the `stock_log` journal: the order path's database side.
+#[async_trait]
+pub trait OrderStore: Send + Sync {
+    /// Journals reservations as `init` rows, all or none.
+    async fn insert_stock_logs(&self, drafts: &[OrderDraft]) -> StoreResult<()>;
+    /// The local transaction: inserts the orders, adds their units to the
+    /// items' sales and flips their `stock_log` rows from `init` to
+    /// `committed` — one DB transaction. Fails (and changes nothing) when any
+    /// row is no longer `init` or a unique key refuses an order
+    /// (`Conflict("user_promo")` for a second order of a user in a promo).
+    async fn commit_orders(&self, drafts: &[OrderDraft]) -> StoreResult<()>;
+    /// Settles undecided rows as rolled back: `init` → `rolled_back`. Returns
+    /// the status of every id afterwards (absent ids are left out), so a
+    /// caller racing a late commit learns which side won.
+    async fn roll_back_stock_logs(
+        &self,
+        ids: &[StockLogId],
+    ) -> StoreResult<Vec<(StockLogId, StockLogStatus)>>;
+    async fn stock_log_statuses(
+        &self,
+        ids: &[StockLogId],
+    ) -> StoreResult<Vec<(StockLogId, StockLogStatus)>>;
+    /// `init` rows older than `before`, oldest first (for the reconciler).
+    async fn stale_stock_logs(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<(StockLogId, PromoId)>>;
+    /// Deducts DB stock for committed entries, each at most once ever:
+    /// `UPDATE item_stock SET stock = stock - n WHERE item_id = ? AND stock >= n`
+    /// with the entry's id recorded in the same transaction.
+    async fn apply_deductions(&self, entries: &[Deduction]) -> StoreResult<DeductionReport>;
+    async fn order(&self, no: &OrderNo) -> StoreResult<Option<Order>>;
+    async fn orders_of_user(&self, user: UserId, limit: u32) -> StoreResult<Vec<Order>>;
+    /// `pending_payment` → `paid`. Returns the order as it stands after.
+    async fn pay_order(&self, no: &OrderNo) -> StoreResult<Order>;
+    /// `pending_payment` → `cancelled`, giving the units back to the item's
+    /// DB stock and taking them off its sales, in one transaction. Returns
+    /// the order as it stands after and whether this call cancelled it.
+    async fn cancel_order(&self, no: &OrderNo) -> StoreResult<(Order, bool)>;
+    async fn promo_totals(&self, promo: PromoId) -> StoreResult<PromoTotals>;
+    /// The pure-database strategies' order: conditional stock update
+    /// (`db-lock`) or version compare-and-set (`db-optimistic`, up to
+    /// `cas_retries` attempts) in the same transaction as the order insert and
+    /// sales. `Ok(None)` when stock is short.
+    async fn place_order_in_db(
+        &self,
+        draft: &OrderDraft,
+        optimistic: bool,
+        cas_retries: u32,
+    ) -> StoreResult<Option<Order>>;
+}
+
+/// The whole database: every role, plus a liveness probe.
+#[async_trait]
+pub trait Store: UserStore + CatalogStore + OrderStore {
+    /// Ok when the database answers a trivial query.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// Orders of statuses a caller cares about (used by filters in adapters).
+pub fn order_status_of(s: &str) -> StoreResult<OrderStatus> {
+    OrderStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("order status {s:?}")))
+}
+
+/// Parses a `stock_log.status` column.
+pub fn stock_log_status_of(s: &str) -> StoreResult<StockLogStatus> {
+    StockLogStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("stock_log status {s:?}")))
+}

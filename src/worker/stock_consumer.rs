@@ -1,0 +1,47 @@
+//! The stock-deduction consumer (a clustering group): deducts DB stock for
+//! committed orders, once per `stock_log` id even when a message is
+//! delivered twice.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::mq::{Event, MessageHandler};
+use crate::store::Store;
+
+/// The consumer group name of stock deduction.
+pub const GROUP: &str = "seckill_stock_deduct";
+
+pub struct StockConsumer {
+    store: Arc<dyn Store>,
+}
+
+impl StockConsumer {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        StockConsumer { store }
+    }
+}
+
+#[async_trait]
+impl MessageHandler for StockConsumer {
+    async fn handle(&self, event: &Event) -> anyhow::Result<()> {
+        let Event::StockDeduct { v: 1, promo_id, entries } = event else {
+            tracing::error!(key = %event.key(), "stock consumer got a message it does not understand; skipped");
+            return Ok(());
+        };
+        let report = self.store.apply_deductions(entries).await?;
+        metrics::counter!("seckill_deductions_total", "outcome" => "applied").increment(report.applied);
+        metrics::counter!("seckill_deductions_total", "outcome" => "duplicate").increment(report.duplicates);
+        metrics::counter!("seckill_deductions_total", "outcome" => "skipped").increment(report.skipped);
+        metrics::counter!("seckill_deductions_total", "outcome" => "insufficient").increment(report.insufficient);
+        if let Some(first) = entries.first() {
+            let lag = (chrono::Utc::now() - crate::domain::IdGenerator::timestamp(first.stock_log_id))
+                .num_milliseconds()
+                .max(0) as f64
+                / 1000.0;
+            metrics::histogram!("seckill_consumer_lag_seconds").record(lag);
+        }
+        tracing::debug!(promo_id = %promo_id, ?report, "stock deducted");
+        Ok(())
+    }
+}

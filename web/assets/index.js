@@ -1,0 +1,34 @@
+// Item list: GET /items, one card per item.
+import { $, api, el, itemImage, money, renderNav, showResult, STATUS_LABEL } from './app.js';
+
+function card(it) {
+  const p = it.promo;
+  const prices = p
+    ? [el('span', { class: 'promo-price' }, money(p.price_cents)), el('span', { class: 'orig' }, money(it.price_cents))]
+    : [el('span', { class: 'price' }, money(it.price_cents))];
+  const badges = p
+    ? [el('span', { class: 'badge promo-status', dataset: { status: p.status } }, STATUS_LABEL[p.status] || p.status),
+      p.published ? null : el('span', { class: 'badge' }, 'not published')]
+    : [];
+  return el('a', { class: 'item-card', href: `item.html?id=${encodeURIComponent(it.id)}`, dataset: { itemId: it.id, testid: 'item-card' } },
+    itemImage(it.image_url, it.title),
+    el('div', { class: 'body' },
+      el('h2', { class: 'title' }, it.title),
+      el('div', { class: 'prices' }, ...prices, ...badges),
+      el('div', { class: 'meta' }, `Stock ${it.stock} · Sold ${it.sales}`)));
+}
+
+async function load() {
+  try {
+    const { items } = await api('items');
+    $('#items').replaceChildren(...items.map(card));
+    $('#items-loading').textContent = items.length ? '' : 'No items yet.';
+    $('#items-loading').hidden = items.length > 0;
+  } catch (e) {
+    $('#items-loading').hidden = true;
+    showResult($('#result'), e.code, 'error', `Could not load items: ${e.message}`);
+  }
+}
+
+renderNav();
+load();

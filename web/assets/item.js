@@ -1,0 +1,262 @@
+// Item detail and the purchase flow: captcha → seckill token → order.
+// Every phase decision uses the server clock (serverNow), never the raw local one.
+import {
+  $, API, api, clearResult, el, fmtDuration, fmtTime, goLogin, itemImage, money, parseTime,
+  promoPhase, renderNav, serverNow, showResult, sleep, startClock, STATUS_LABEL, syncClock,
+} from './app.js';
+
+const MAX_TRIES = 8; // attempts per call when the server answers 429
+const itemId = Number(new URLSearchParams(location.search).get('id'));
+const S = { item: null, promoId: null, blocked: null, busy: false, imageKey: null };
+const result = $('#result');
+const buy = $('#buy-button');
+const dialog = $('#captcha-dialog');
+const cImg = $('#captcha-img');
+const cInput = $('#captcha-input');
+const cErr = $('#captcha-error');
+
+const userReady = renderNav();
+const captchaReady = api('config').then((c) => c?.captcha_enabled !== false).catch(() => true);
+
+const FAILURE = {
+  SOLD_OUT: 'Sold out: every unit has been taken.',
+  ALREADY_BOUGHT: 'You have already bought this item in this sale.',
+  PROMO_NOT_STARTED: 'The sale has not started yet.',
+  PROMO_ENDED: 'The sale has ended.',
+  PROMO_NOT_PUBLISHED: 'This sale is not open yet.',
+  WRONG_CAPTCHA: 'Wrong captcha, please try again.',
+  INVALID_TOKEN: 'Your purchase token expired or was already used. Please try again.',
+  UNAUTHENTICATED: 'Please log in first. Redirecting…',
+  RATE_LIMITED: 'Still too busy after several retries. Please try again in a moment.',
+  UNAVAILABLE: 'The service is temporarily unavailable; nothing was ordered. Please try again.',
+  NETWORK_ERROR: 'Network error; please check your connection and try again.',
+};
+
+async function loadItem() {
+  try {
+    S.item = await api(`items/${itemId}`);
+    render();
+  } catch (e) {
+    if (S.item) return; // keep showing the last copy; the next poll may succeed
+    const box = $('#item-missing');
+    box.hidden = false;
+    box.dataset.code = e.code;
+    box.textContent = e.code === 'NOT_FOUND' ? 'No such item.' : `Could not load the item: ${e.message}`;
+  }
+}
+
+function render() {
+  const it = S.item;
+  const p = it.promo;
+  if ((p?.id ?? null) !== S.promoId) { // a different promo: earlier answers no longer apply
+    S.promoId = p?.id ?? null;
+    S.blocked = null;
+  }
+  $('#item').hidden = false;
+  $('#item-missing').hidden = true;
+  document.title = `${it.title} · Seckill 秒杀`;
+  $('#item-title').textContent = it.title;
+  const key = `${it.image_url}\n${it.title}`;
+  if (key !== S.imageKey) {
+    S.imageKey = key;
+    $('#item-image').replaceChildren(itemImage(it.image_url, it.title));
+  }
+  $('#item-description').textContent = it.description || '';
+  $('#stock').textContent = it.stock;
+  $('#sales').textContent = it.sales;
+  $('#price').textContent = money(it.price_cents);
+  $('#sale').hidden = !p;
+  $('#plain-price-line').hidden = !!p;
+  if (p) {
+    $('#promo-name').textContent = p.name;
+    $('#promo-price').textContent = money(p.price_cents);
+    $('#normal-price').textContent = money(it.price_cents);
+    $('#promo-start').textContent = fmtTime(p.start_at);
+    $('#promo-end').textContent = fmtTime(p.end_at);
+  }
+  tick();
+}
+
+/** Countdown, status badge and buy button; runs 4× a second. */
+function tick() {
+  const it = S.item;
+  if (!it) return;
+  const p = it.promo;
+  let state = 'no_promo';
+  let label = 'Not on flash sale';
+  if (p) {
+    const now = serverNow();
+    const phase = promoPhase(p, now);
+    const badge = $('#promo-status');
+    badge.textContent = STATUS_LABEL[phase] || phase;
+    badge.dataset.status = phase;
+    const cd = $('#countdown');
+    cd.dataset.phase = phase;
+    cd.textContent = phase === 'not_started' ? `Starts in ${fmtDuration(parseTime(p.start_at) - now)}`
+      : phase === 'ongoing' ? `Ends in ${fmtDuration(parseTime(p.end_at) - now)}` : 'This sale has ended';
+    [state, label] = S.busy ? ['busy', 'Processing…']
+      : phase === 'ended' ? ['ended', 'Sale ended']
+      : !p.published ? ['not_published', 'Not open yet']
+      : phase === 'not_started' ? ['not_started', 'Starts soon']
+      : S.blocked === 'SOLD_OUT' || it.stock <= 0 ? ['sold_out', 'Sold out']
+      : S.blocked === 'ALREADY_BOUGHT' ? ['already_bought', 'Already bought']
+      : S.blocked === 'BOUGHT' ? ['bought', 'Bought ✓']
+      : ['ready', `Buy now · ${money(p.price_cents)}`];
+  }
+  buy.disabled = state !== 'ready';
+  buy.dataset.state = state;
+  if (buy.textContent !== label) buy.textContent = label;
+}
+
+// ---- captcha dialog -------------------------------------------------------------
+
+function reloadCaptcha() {
+  cImg.src = `${API}/promos/${encodeURIComponent(S.item.promo.id)}/captcha?t=${Date.now()}`;
+}
+
+function openCaptcha(message = '') {
+  cErr.textContent = message;
+  cInput.value = '';
+  reloadCaptcha();
+  if (!dialog.open) dialog.showModal();
+  cInput.focus();
+}
+
+$('#captcha-refresh').addEventListener('click', (e) => {
+  e.preventDefault();
+  reloadCaptcha();
+  cInput.focus();
+});
+$('#captcha-cancel').addEventListener('click', () => dialog.close());
+cImg.addEventListener('error', async () => {
+  cErr.textContent = 'The captcha image could not be loaded. Try "Refresh".';
+  try { await api('me'); } catch (e) { if (e.status === 401) goLogin(); }
+});
+$('#captcha-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const answer = cInput.value.trim();
+  if (!answer) {
+    cErr.textContent = 'Type the characters shown in the image.';
+    return;
+  }
+  dialog.close();
+  purchase(answer);
+});
+
+// ---- purchase ---------------------------------------------------------------------
+
+buy.addEventListener('click', async () => {
+  if (buy.disabled) return;
+  if (!(await userReady)) {
+    showResult(result, 'UNAUTHENTICATED', 'info', FAILURE.UNAUTHENTICATED);
+    goLogin();
+    return;
+  }
+  clearResult(result);
+  if (await captchaReady) openCaptcha();
+  else purchase(undefined);
+});
+
+/** Calls fn again on 429 with capped exponential back-off (200 ms doubling to 3 s) and jitter. */
+async function withRetry(fn) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn();
+    } catch (e) {
+      if (e.code !== 'RATE_LIMITED' || attempt >= MAX_TRIES) throw e;
+      const cap = Math.min(3000, 200 * 2 ** (attempt - 1));
+      showResult(result, 'RATE_LIMITED', 'info', `Queue full, retrying… (attempt ${attempt + 1} of ${MAX_TRIES})`);
+      await sleep(cap / 2 + Math.random() * (cap / 2));
+    }
+  }
+}
+
+/** Token then order; the order call retries 429s with the same token (a 429 does not consume it). */
+async function attempt(captcha) {
+  const it = S.item;
+  const p = it.promo;
+  const body = captcha === undefined ? { item_id: it.id } : { item_id: it.id, captcha };
+  showResult(result, 'PENDING', 'info', 'Getting your purchase token…');
+  const { token } = await withRetry(() => api(`promos/${p.id}/tokens`, { method: 'POST', body }));
+  showResult(result, 'PENDING', 'info', 'Placing your order…');
+  const order = await withRetry(() => api('orders', {
+    method: 'POST', body: { promo_id: p.id, item_id: it.id, amount: 1, token },
+  }));
+  S.blocked = 'BOUGHT';
+  showResult(result, 'OK', 'ok', `Success! Order ${order.order_no}, total ${money(order.total_cents)}. `,
+    el('a', { href: 'orders.html', id: 'orders-link' }, 'Pay in My orders →'));
+  result.dataset.orderNo = order.order_no;
+  loadItem();
+}
+
+async function purchase(captcha) {
+  S.busy = true;
+  tick();
+  try {
+    for (let renewed = false; ; renewed = true) {
+      try {
+        await attempt(captcha);
+        return;
+      } catch (e) {
+        // Without a captcha a fresh token needs no user input: get one once, automatically.
+        if (e.code === 'INVALID_TOKEN' && captcha === undefined && !renewed) continue;
+        failed(e, captcha !== undefined);
+        return;
+      }
+    }
+  } finally {
+    S.busy = false;
+    tick();
+  }
+}
+
+function failed(e, withCaptcha) {
+  const code = e.code || 'ERROR';
+  const msg = FAILURE[code] || e.message || 'Something went wrong.';
+  const ordersLink = () => el('a', { href: 'orders.html' }, 'See my orders');
+  switch (code) {
+    case 'WRONG_CAPTCHA':
+      showResult(result, code, 'error', msg);
+      openCaptcha('That was not right. Here is a new image.');
+      return;
+    case 'INVALID_TOKEN':
+      if (!withCaptcha) break; // one automatic renewal already failed: let the user click again
+      showResult(result, code, 'error', 'Your purchase token expired or was already used. Solve a new captcha to get a new one.');
+      openCaptcha('Your token expired. Please solve a new captcha.');
+      return;
+    case 'SOLD_OUT':
+    case 'ALREADY_BOUGHT':
+      S.blocked = code;
+      showResult(result, code, 'error', msg, ' ', code === 'ALREADY_BOUGHT' ? ordersLink() : '');
+      loadItem();
+      return;
+    case 'UNAUTHENTICATED':
+      showResult(result, code, 'info', msg);
+      goLogin();
+      return;
+    case 'PROMO_NOT_STARTED':
+      syncClock().then(tick);
+      break;
+    case 'PROMO_ENDED':
+    case 'PROMO_NOT_PUBLISHED':
+    case 'NOT_FOUND':
+      loadItem();
+      break;
+    default:
+  }
+  showResult(result, code, code === 'RATE_LIMITED' || code === 'UNAVAILABLE' ? 'info' : 'error', msg);
+}
+
+// ---- start ------------------------------------------------------------------------
+
+if (!Number.isInteger(itemId) || itemId <= 0) {
+  const box = $('#item-missing');
+  box.hidden = false;
+  box.dataset.code = 'NOT_FOUND';
+  box.textContent = 'No item selected. Go back to the list and pick one.';
+} else {
+  startClock(30000).then(tick);
+  loadItem();
+  setInterval(() => { if (!document.hidden && !S.busy) loadItem(); }, 3000);
+  setInterval(tick, 250);
+}
