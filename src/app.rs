@@ -43,7 +43,8 @@ pub fn metrics_handle() -> PrometheusHandle {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets(&[
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
                 ])
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
@@ -62,7 +63,10 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             let store = SqliteStore::connect(&url, config.database_max_connections)
                 .await
                 .with_context(|| format!("cannot open the SQLite database {url}"))?;
-            store.migrate().await.context("cannot migrate the SQLite database")?;
+            store
+                .migrate()
+                .await
+                .context("cannot migrate the SQLite database")?;
             Ok(Arc::new(store))
         }
         DatabaseBackend::Mysql(_) => anyhow::bail!(
@@ -99,28 +103,59 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         bus: Arc::new(bus.clone()),
         otp: otp.clone(),
     };
-    let node = config.node_id.unwrap_or_else(|| rand::thread_rng().gen_range(0..=crate::domain::ids::MAX_NODE_ID));
+    let node = config
+        .node_id
+        .unwrap_or_else(|| rand::thread_rng().gen_range(0..=crate::domain::ids::MAX_NODE_ID));
     let context = Context {
         config: config.clone(),
         ports: ports.clone(),
         ids: Arc::new(IdGenerator::new(node)),
-        sold_out: Arc::new(SoldOutFlags::new(Duration::from_millis(config.local_sold_out_ttl_ms))),
+        sold_out: Arc::new(SoldOutFlags::new(Duration::from_millis(
+            config.local_sold_out_ttl_ms,
+        ))),
     };
     let catalog = Arc::new(CatalogService::new(context.clone()));
     let tokens = Arc::new(TokenService::new(context.clone(), catalog.clone()));
-    let orders = Arc::new(OrderService::new(context.clone(), catalog.clone(), tokens.clone()));
+    let orders = Arc::new(OrderService::new(
+        context.clone(),
+        catalog.clone(),
+        tokens.clone(),
+    ));
     let users = Arc::new(UserService::new(context.clone()));
 
     ports
         .bus
-        .subscribe(Topic::Stock, stock_consumer::GROUP, Delivery::Clustering, Arc::new(stock_consumer::StockConsumer::new(store.clone())))
+        .subscribe(
+            Topic::Stock,
+            stock_consumer::GROUP,
+            Delivery::Clustering,
+            Arc::new(stock_consumer::StockConsumer::new(store.clone())),
+        )
         .await?;
     ports
         .bus
-        .subscribe(Topic::Cache, "seckill_cache", Delivery::Broadcast, Arc::new(CacheInvalidation::new(catalog.clone())))
+        .subscribe(
+            Topic::Cache,
+            "seckill_cache",
+            Delivery::Broadcast,
+            Arc::new(CacheInvalidation::new(catalog.clone())),
+        )
         .await?;
     tokio::spawn(reconciler::run(context.clone()));
 
-    let state = AppState { config, ports, users, catalog, tokens, orders, metrics: metrics_handle() };
-    Ok(App { state, context, otp, memory_bus: Some(bus) })
+    let state = AppState {
+        config,
+        ports,
+        users,
+        catalog,
+        tokens,
+        orders,
+        metrics: metrics_handle(),
+    };
+    Ok(App {
+        state,
+        context,
+        otp,
+        memory_bus: Some(bus),
+    })
 }

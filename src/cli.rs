@@ -9,7 +9,11 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{Config, OrderStrategy, Secret};
 
 #[derive(Debug, Parser)]
-#[command(name = "seckill", version, about = "A flash-sale backend that never oversells and never loses an order")]
+#[command(
+    name = "seckill",
+    version,
+    about = "A flash-sale backend that never oversells and never loses an order"
+)]
 pub struct Cli {
     /// A TOML settings file (keys as in `SECKILL_*`, lower case, without the prefix).
     #[arg(long, global = true, env = "SECKILL_CONFIG")]
@@ -104,8 +108,12 @@ impl DbArgs {
 }
 
 fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
 }
 
 /// Entry point of the binary.
@@ -113,7 +121,9 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
     let mut config = Config::load(cli.config.as_deref())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => {

@@ -184,12 +184,16 @@ impl Config {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
-                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
             }
             fig = fig.merge(Toml::file(path));
         }
         fig = fig.merge(Env::prefixed("SECKILL_").ignore(&["config"]));
-        fig.extract().map_err(|e| ConfigError(format!("bad setting: {e}")))
+        fig.extract()
+            .map_err(|e| ConfigError(format!("bad setting: {e}")))
     }
 
     /// Checks every setting and derives the typed ones.
@@ -213,7 +217,8 @@ impl Config {
         for o in self.cors_origin_list() {
             if o == "*" {
                 return Err(ConfigError(
-                    "SECKILL_CORS_ORIGINS cannot be * : credentialed CORS needs explicit origins".into(),
+                    "SECKILL_CORS_ORIGINS cannot be * : credentialed CORS needs explicit origins"
+                        .into(),
                 ));
             }
             if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
@@ -222,23 +227,33 @@ impl Config {
                 )));
             }
             if axum::http::HeaderValue::from_str(&o).is_err() {
-                return Err(ConfigError(format!("SECKILL_CORS_ORIGINS entry {o:?} is not a valid origin")));
+                return Err(ConfigError(format!(
+                    "SECKILL_CORS_ORIGINS entry {o:?} is not a valid origin"
+                )));
             }
         }
         if let Some(n) = self.node_id {
             if n > crate::domain::ids::MAX_NODE_ID {
-                return Err(ConfigError(format!("SECKILL_NODE_ID must be 0..=1023 (got {n})")));
+                return Err(ConfigError(format!(
+                    "SECKILL_NODE_ID must be 0..=1023 (got {n})"
+                )));
             }
         }
         let positive: [(&str, u64); 12] = [
             ("SECKILL_SESSION_TTL_SECS", self.session_ttl_secs),
             ("SECKILL_OTP_TTL_SECS", self.otp_ttl_secs),
             ("SECKILL_CAPTCHA_TTL_SECS", self.captcha_ttl_secs),
-            ("SECKILL_SECKILL_TOKEN_TTL_SECS", self.seckill_token_ttl_secs),
+            (
+                "SECKILL_SECKILL_TOKEN_TTL_SECS",
+                self.seckill_token_ttl_secs,
+            ),
             ("SECKILL_GATE_FACTOR", self.gate_factor.into()),
             ("SECKILL_ORDER_RATE_PER_SEC", self.order_rate_per_sec.into()),
             ("SECKILL_TOKEN_RATE_PER_SEC", self.token_rate_per_sec.into()),
-            ("SECKILL_ORDER_QUEUE_CAPACITY", self.order_queue_capacity as u64),
+            (
+                "SECKILL_ORDER_QUEUE_CAPACITY",
+                self.order_queue_capacity as u64,
+            ),
             ("SECKILL_BATCH_MAX", self.batch_max as u64),
             ("SECKILL_BATCH_WORKERS", self.batch_workers as u64),
             ("SECKILL_LOCAL_TX_TIMEOUT_MS", self.local_tx_timeout_ms),
@@ -250,7 +265,9 @@ impl Config {
             }
         }
         if !(1..=1000).contains(&self.per_user_limit) {
-            return Err(ConfigError("SECKILL_PER_USER_LIMIT must be 1..=1000".into()));
+            return Err(ConfigError(
+                "SECKILL_PER_USER_LIMIT must be 1..=1000".into(),
+            ));
         }
         if self.batch_max > 1000 {
             return Err(ConfigError("SECKILL_BATCH_MAX must be at most 1000".into()));
@@ -284,7 +301,11 @@ impl Config {
         if url.starts_with("sqlite:") {
             Ok(DatabaseBackend::Sqlite(url.clone()))
         } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
-            Ok(DatabaseBackend::Mysql(url.replacen("mariadb://", "mysql://", 1)))
+            Ok(DatabaseBackend::Mysql(url.replacen(
+                "mariadb://",
+                "mysql://",
+                1,
+            )))
         } else {
             Err(ConfigError(format!(
                 "SECKILL_DATABASE_URL must start with sqlite:// or mysql:// (got {url:?})"
@@ -318,14 +339,21 @@ mod tests {
     fn defaults_are_valid_and_embedded() {
         let c = Config::default();
         c.validate().unwrap();
-        assert_eq!(c.database().unwrap(), DatabaseBackend::Sqlite("sqlite://data/seckill.db".into()));
+        assert_eq!(
+            c.database().unwrap(),
+            DatabaseBackend::Sqlite("sqlite://data/seckill.db".into())
+        );
         assert_eq!(c.order_strategy, OrderStrategy::WriteBehind);
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
     fn environment_overrides_file_which_overrides_defaults() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("s.toml", "http_addr = \"127.0.0.1:9000\"\ngate_factor = 7\n")?;
+            jail.create_file(
+                "s.toml",
+                "http_addr = \"127.0.0.1:9000\"\ngate_factor = 7\n",
+            )?;
             jail.set_env("SECKILL_GATE_FACTOR", "9");
             jail.set_env("SECKILL_ORDER_STRATEGY", "db-lock");
             jail.set_env("SECKILL_CAPTCHA_ENABLED", "false");
@@ -343,12 +371,30 @@ mod tests {
     #[test]
     fn bad_settings_are_refused_with_a_sentence() {
         let bad = [
-            Config { database_url: "postgres://x".into(), ..Config::default() },
-            Config { http_addr: "nope".into(), ..Config::default() },
-            Config { cors_origins: "*".into(), ..Config::default() },
-            Config { gate_factor: 0, ..Config::default() },
-            Config { database_url: "mysql://root@127.0.0.1/test".into(), ..Config::default() },
-            Config { admin_token: Some(Secret("short".into())), ..Config::default() },
+            Config {
+                database_url: "postgres://x".into(),
+                ..Config::default()
+            },
+            Config {
+                http_addr: "nope".into(),
+                ..Config::default()
+            },
+            Config {
+                cors_origins: "*".into(),
+                ..Config::default()
+            },
+            Config {
+                gate_factor: 0,
+                ..Config::default()
+            },
+            Config {
+                database_url: "mysql://root@127.0.0.1/test".into(),
+                ..Config::default()
+            },
+            Config {
+                admin_token: Some(Secret("short".into())),
+                ..Config::default()
+            },
         ];
         for c in bad {
             let e = c.validate().unwrap_err().to_string();
@@ -358,8 +404,14 @@ mod tests {
 
     #[test]
     fn cors_origins_are_split_on_commas() {
-        let c = Config { cors_origins: "http://a.test, https://b.test:8443".into(), ..Config::default() };
+        let c = Config {
+            cors_origins: "http://a.test, https://b.test:8443".into(),
+            ..Config::default()
+        };
         c.validate().unwrap();
-        assert_eq!(c.cors_origin_list(), vec!["http://a.test", "https://b.test:8443"]);
+        assert_eq!(
+            c.cors_origin_list(),
+            vec!["http://a.test", "https://b.test:8443"]
+        );
     }
 }

@@ -7,9 +7,24 @@ use crate::domain::{NewItem, NewPromo, PromoState};
 use crate::http::AppState;
 
 const ITEMS: [(&str, i64, i64, &str); 3] = [
-    ("Mechanical keyboard (demo flash sale)", 39_900, 20, "Hot-swappable, 87 keys. Twenty units at the flash price."),
-    ("Noise-cancelling headphones", 129_900, 50, "Over-ear, 30 h battery."),
-    ("USB-C charger 65 W", 19_900, 100, "Three ports, foldable plug."),
+    (
+        "Mechanical keyboard (demo flash sale)",
+        39_900,
+        20,
+        "Hot-swappable, 87 keys. Twenty units at the flash price.",
+    ),
+    (
+        "Noise-cancelling headphones",
+        129_900,
+        50,
+        "Over-ear, 30 h battery.",
+    ),
+    (
+        "USB-C charger 65 W",
+        19_900,
+        100,
+        "Three ports, foldable plug.",
+    ),
 ];
 
 pub async fn seed(state: &AppState) -> anyhow::Result<()> {
@@ -29,11 +44,18 @@ pub async fn seed(state: &AppState) -> anyhow::Result<()> {
         }
         items = catalog.items().await?;
     }
-    let Some(target) = items.iter().find(|v| v.item.title == ITEMS[0].0).or(items.first()) else {
+    let Some(target) = items
+        .iter()
+        .find(|v| v.item.title == ITEMS[0].0)
+        .or(items.first())
+    else {
         return Ok(());
     };
     let now = Utc::now();
-    let live = target.promo.as_ref().is_some_and(|p| p.state_at(now) != PromoState::Ended);
+    let live = target
+        .promo
+        .as_ref()
+        .is_some_and(|p| p.state_at(now) != PromoState::Ended);
     if live || target.item.stock == 0 {
         tracing::info!(item_id = %target.item.id, "demo: a promo is already running or coming");
         return Ok(());

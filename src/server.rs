@@ -17,17 +17,22 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     let demo = config.demo;
     let app = crate::app::build(config).await?;
     if demo {
-        crate::demo::seed(&app.state).await.context("cannot seed the demo")?;
+        crate::demo::seed(&app.state)
+            .await
+            .context("cannot seed the demo")?;
     }
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} (set SECKILL_HTTP_ADDR or --addr to another port)"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (set SECKILL_HTTP_ADDR or --addr to another port)")
+    })?;
     tracing::info!(%addr, database = %crate::cli::redact(&app.state.config.database_url),
         strategy = app.state.config.order_strategy.as_str(), "seckill serving; open http://{addr}/");
     let router = crate::http::router(app.state.clone());
-    axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
     // Let in-flight batches finish their commits before the process ends.
     tokio::time::sleep(Duration::from_millis(200)).await;
     tracing::info!("seckill stopped");
@@ -40,7 +45,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

@@ -41,7 +41,14 @@ impl StockLedger for MemoryStockLedger {
         if promos.contains_key(&promo) {
             return Ok(false);
         }
-        promos.insert(promo, PromoLedger { stock, limit: per_user_limit, ..PromoLedger::default() });
+        promos.insert(
+            promo,
+            PromoLedger {
+                stock,
+                limit: per_user_limit,
+                ..PromoLedger::default()
+            },
+        );
         Ok(true)
     }
 
@@ -70,8 +77,12 @@ impl StockLedger for MemoryStockLedger {
 
     async fn release(&self, promo: PromoId, id: StockLogId) -> CacheResult<bool> {
         let mut promos = self.promos.lock();
-        let Some(p) = promos.get_mut(&promo) else { return Ok(false) };
-        let Some((user, amount)) = p.reservations.remove(&id) else { return Ok(false) };
+        let Some(p) = promos.get_mut(&promo) else {
+            return Ok(false);
+        };
+        let Some((user, amount)) = p.reservations.remove(&id) else {
+            return Ok(false);
+        };
         p.stock += amount;
         if let Some(units) = p.buyers.get_mut(&user) {
             *units -= amount;
@@ -84,7 +95,9 @@ impl StockLedger for MemoryStockLedger {
 
     async fn restock(&self, promo: PromoId, id: StockLogId, amount: i64) -> CacheResult<bool> {
         let mut promos = self.promos.lock();
-        let Some(p) = promos.get_mut(&promo) else { return Ok(false) };
+        let Some(p) = promos.get_mut(&promo) else {
+            return Ok(false);
+        };
         if !p.restocked.insert(id) {
             return Ok(false);
         }
@@ -127,7 +140,10 @@ const SWEEP_EVERY: u32 = 4096;
 
 impl MemoryKvStore {
     pub fn new() -> Self {
-        MemoryKvStore { map: Mutex::new(HashMap::new()), writes_since_sweep: Mutex::new(0) }
+        MemoryKvStore {
+            map: Mutex::new(HashMap::new()),
+            writes_since_sweep: Mutex::new(0),
+        }
     }
 
     fn insert(&self, key: &str, value: Value, ttl: Duration) {

@@ -24,8 +24,14 @@ pub struct CacheError {
 }
 
 impl CacheError {
-    pub fn new(context: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        CacheError { context, source: Some(Box::new(source)) }
+    pub fn new(
+        context: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        CacheError {
+            context,
+            source: Some(Box::new(source)),
+        }
     }
 }
 

@@ -107,7 +107,11 @@ impl IdGenerator {
         let candidate = now << SEQ_BITS;
         let mut prev = self.last.load(Ordering::Relaxed);
         loop {
-            let next = if candidate > prev { candidate } else { prev + 1 };
+            let next = if candidate > prev {
+                candidate
+            } else {
+                prev + 1
+            };
             match self
                 .last
                 .compare_exchange_weak(prev, next, Ordering::AcqRel, Ordering::Relaxed)

@@ -28,10 +28,14 @@ impl Invalid {
 pub fn bounded_text(field: &str, value: &str, min: usize, max: usize) -> Result<(), Invalid> {
     let n = value.chars().count();
     if n < min {
-        return Err(Invalid(format!("{field} must have at least {min} characters")));
+        return Err(Invalid(format!(
+            "{field} must have at least {min} characters"
+        )));
     }
     if n > max {
-        return Err(Invalid(format!("{field} must have at most {max} characters")));
+        return Err(Invalid(format!(
+            "{field} must have at most {max} characters"
+        )));
     }
     Ok(())
 }

@@ -120,10 +120,18 @@ mod tests {
 
     #[test]
     fn statuses_round_trip_through_their_names() {
-        for s in [OrderStatus::PendingPayment, OrderStatus::Paid, OrderStatus::Cancelled] {
+        for s in [
+            OrderStatus::PendingPayment,
+            OrderStatus::Paid,
+            OrderStatus::Cancelled,
+        ] {
             assert_eq!(OrderStatus::parse(s.as_str()), Some(s));
         }
-        for s in [StockLogStatus::Init, StockLogStatus::Committed, StockLogStatus::RolledBack] {
+        for s in [
+            StockLogStatus::Init,
+            StockLogStatus::Committed,
+            StockLogStatus::RolledBack,
+        ] {
             assert_eq!(StockLogStatus::parse(s.as_str()), Some(s));
         }
         assert_eq!(OrderStatus::parse("shipped"), None);

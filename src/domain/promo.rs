@@ -120,7 +120,10 @@ mod tests {
     #[test]
     fn state_follows_the_clock() {
         let p = promo(true);
-        assert_eq!(p.state_at(p.start_at - Duration::milliseconds(1)), PromoState::NotStarted);
+        assert_eq!(
+            p.state_at(p.start_at - Duration::milliseconds(1)),
+            PromoState::NotStarted
+        );
         assert_eq!(p.state_at(p.start_at), PromoState::Ongoing);
         assert_eq!(p.state_at(p.end_at), PromoState::Ended);
     }
@@ -129,7 +132,10 @@ mod tests {
     fn an_unpublished_promo_never_sells() {
         let p = promo(false);
         assert_eq!(p.check_on_sale(p.start_at), Err(NotOnSale::NotPublished));
-        assert_eq!(promo(true).check_on_sale(p.start_at + Duration::seconds(1)), Ok(()));
+        assert_eq!(
+            promo(true).check_on_sale(p.start_at + Duration::seconds(1)),
+            Ok(())
+        );
     }
 
     #[test]
@@ -144,13 +150,21 @@ mod tests {
         };
         assert!(np.validate(100, now).is_ok());
         assert!(np.validate(40, now).is_err());
-        assert!(NewPromo { end_at: now, ..np.clone() }.validate(100, now).is_err());
+        assert!(NewPromo {
+            end_at: now,
+            ..np.clone()
+        }
+        .validate(100, now)
+        .is_err());
     }
 
     #[test]
     fn overlapping_windows_are_detected() {
         let p = promo(true);
-        assert!(p.overlaps(p.start_at - Duration::seconds(5), p.start_at + Duration::seconds(1)));
+        assert!(p.overlaps(
+            p.start_at - Duration::seconds(5),
+            p.start_at + Duration::seconds(1)
+        ));
         assert!(!p.overlaps(p.end_at, p.end_at + Duration::seconds(5)));
     }
 }

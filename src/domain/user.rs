@@ -85,7 +85,14 @@ mod tests {
 
     #[test]
     fn phone_refuses_letters_short_and_long_numbers() {
-        for bad in ["", "12345", "1380013800a", "+", "1234567890123456", "++123456"] {
+        for bad in [
+            "",
+            "12345",
+            "1380013800a",
+            "+",
+            "1234567890123456",
+            "++123456",
+        ] {
             assert!(Phone::parse(bad).is_err(), "{bad}");
         }
     }

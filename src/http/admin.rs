@@ -118,8 +118,20 @@ pub struct PromoStatsDto {
 #[utoipa::path(post, path = "/api/v1/admin/users", tag = "admin", security(("admin" = [])), request_body = BulkUsersRequest,
     responses((status = 201, body = Created), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn create_users(State(state): State<AppState>, _: Admin, ApiJson(r): ApiJson<BulkUsersRequest>) -> ApiResult<(StatusCode, ApiJson<Created>)> {
-    let users = r.users.into_iter().map(|u| BulkUser { phone: u.phone, name: u.name, password: u.password }).collect();
+pub async fn create_users(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiJson(r): ApiJson<BulkUsersRequest>,
+) -> ApiResult<(StatusCode, ApiJson<Created>)> {
+    let users = r
+        .users
+        .into_iter()
+        .map(|u| BulkUser {
+            phone: u.phone,
+            name: u.name,
+            password: u.password,
+        })
+        .collect();
     let created = state.users.create_many(users).await?;
     Ok((StatusCode::CREATED, ApiJson(Created { created })))
 }
@@ -128,10 +140,20 @@ pub async fn create_users(State(state): State<AppState>, _: Admin, ApiJson(r): A
 #[utoipa::path(post, path = "/api/v1/admin/items", tag = "admin", security(("admin" = [])), request_body = NewItemRequest,
     responses((status = 201, body = ItemDto), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn create_item(State(state): State<AppState>, _: Admin, ApiJson(r): ApiJson<NewItemRequest>) -> ApiResult<(StatusCode, ApiJson<ItemDto>)> {
+pub async fn create_item(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiJson(r): ApiJson<NewItemRequest>,
+) -> ApiResult<(StatusCode, ApiJson<ItemDto>)> {
     let v = state
         .catalog
-        .create_item(NewItem { title: r.title, price_cents: r.price_cents, stock: r.stock, description: r.description, image_url: r.image_url })
+        .create_item(NewItem {
+            title: r.title,
+            price_cents: r.price_cents,
+            stock: r.stock,
+            description: r.description,
+            image_url: r.image_url,
+        })
         .await?;
     Ok((StatusCode::CREATED, ApiJson(ItemDto::from(&v))))
 }
@@ -141,8 +163,18 @@ pub async fn create_item(State(state): State<AppState>, _: Admin, ApiJson(r): Ap
     params(("id" = i64, Path, description = "item id")), request_body = ItemPatchRequest,
     responses((status = 200, body = ItemDto), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn update_item(State(state): State<AppState>, _: Admin, ApiPath(id): ApiPath<i64>, ApiJson(r): ApiJson<ItemPatchRequest>) -> ApiResult<ApiJson<ItemDto>> {
-    let patch = ItemPatch { title: r.title, price_cents: r.price_cents, description: r.description, image_url: r.image_url };
+pub async fn update_item(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(r): ApiJson<ItemPatchRequest>,
+) -> ApiResult<ApiJson<ItemDto>> {
+    let patch = ItemPatch {
+        title: r.title,
+        price_cents: r.price_cents,
+        description: r.description,
+        image_url: r.image_url,
+    };
     let v = state.catalog.update_item(ItemId(id), patch).await?;
     Ok(ApiJson(ItemDto::from(&v)))
 }
@@ -152,7 +184,11 @@ pub async fn update_item(State(state): State<AppState>, _: Admin, ApiPath(id): A
     responses((status = 201, body = PromoDto), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn create_promo(State(state): State<AppState>, _: Admin, ApiJson(r): ApiJson<NewPromoRequest>) -> ApiResult<(StatusCode, ApiJson<PromoDto>)> {
+pub async fn create_promo(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiJson(r): ApiJson<NewPromoRequest>,
+) -> ApiResult<(StatusCode, ApiJson<PromoDto>)> {
     let p = state
         .catalog
         .create_promo(NewPromo {
@@ -171,7 +207,9 @@ pub async fn create_promo(State(state): State<AppState>, _: Admin, ApiJson(r): A
     responses((status = 200, body = PromoList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn list_promos(State(state): State<AppState>, _: Admin) -> ApiResult<ApiJson<PromoList>> {
     let promos = state.catalog.promos().await?;
-    Ok(ApiJson(PromoList { promos: promos.iter().map(PromoDto::from).collect() }))
+    Ok(ApiJson(PromoList {
+        promos: promos.iter().map(PromoDto::from).collect(),
+    }))
 }
 
 /// Publishes a promo: warms its stock up; orders are refused before.
@@ -179,7 +217,11 @@ pub async fn list_promos(State(state): State<AppState>, _: Admin) -> ApiResult<A
     params(("id" = i64, Path, description = "promo id")),
     responses((status = 200, body = PromoDto), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn publish(State(state): State<AppState>, _: Admin, ApiPath(id): ApiPath<i64>) -> ApiResult<ApiJson<PromoDto>> {
+pub async fn publish(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<ApiJson<PromoDto>> {
     let p = state.catalog.publish(PromoId(id)).await?;
     Ok(ApiJson(PromoDto::from(&p)))
 }
@@ -189,7 +231,11 @@ pub async fn publish(State(state): State<AppState>, _: Admin, ApiPath(id): ApiPa
     params(("id" = i64, Path, description = "promo id")),
     responses((status = 200, body = PromoStatsDto), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn stats(State(state): State<AppState>, _: Admin, ApiPath(id): ApiPath<i64>) -> ApiResult<ApiJson<PromoStatsDto>> {
+pub async fn stats(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<ApiJson<PromoStatsDto>> {
     let s = state.catalog.stats(PromoId(id)).await?;
     Ok(ApiJson(PromoStatsDto {
         promo_id: s.promo.id.0,

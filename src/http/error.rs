@@ -78,9 +78,19 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(code, error = %chain(&self), "request failed");
         }
-        let mut resp = (status, Json(ErrorBody { code: code.to_owned(), message })).into_response();
+        let mut resp = (
+            status,
+            Json(ErrorBody {
+                code: code.to_owned(),
+                message,
+            }),
+        )
+            .into_response();
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
         }
         resp
     }

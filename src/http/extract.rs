@@ -63,13 +63,18 @@ pub struct CurrentUser {
 impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = session_token(parts).ok_or(ServiceError::Unauthenticated("log in first"))?;
         let id = state
             .users
             .session_user(&token)
             .await?
-            .ok_or(ServiceError::Unauthenticated("session unknown or expired; log in again"))?;
+            .ok_or(ServiceError::Unauthenticated(
+                "session unknown or expired; log in again",
+            ))?;
         Ok(CurrentUser { id, token })
     }
 }
@@ -87,12 +92,21 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let Some(expected) = state.config.admin_token.as_ref() else {
-            return Err(ServiceError::Forbidden("the admin API is closed (SECKILL_ADMIN_TOKEN is not set)").into());
+            return Err(ServiceError::Forbidden(
+                "the admin API is closed (SECKILL_ADMIN_TOKEN is not set)",
+            )
+            .into());
         };
         let Some(given) = bearer(parts) else {
-            return Err(ServiceError::Unauthenticated("admin endpoints need Authorization: Bearer <admin token>").into());
+            return Err(ServiceError::Unauthenticated(
+                "admin endpoints need Authorization: Bearer <admin token>",
+            )
+            .into());
         };
         if same(given.as_bytes(), expected.0.as_bytes()) {
             Ok(Admin)

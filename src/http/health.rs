@@ -18,12 +18,17 @@ use super::AppState;
 
 /// Routes outside `/api/v1`.
 pub fn root_router() -> Router<AppState> {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/metrics", get(metrics))
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
 }
 
 /// Routes under `/api/v1`.
 pub fn api_router() -> Router<AppState> {
-    Router::new().route("/time", get(time)).route("/config", get(client_config))
+    Router::new()
+        .route("/time", get(time))
+        .route("/config", get(client_config))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -38,7 +43,10 @@ pub struct Health {
 /// 200 while the process serves.
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Health)))]
 pub async fn healthz() -> ApiJson<Health> {
-    ApiJson(Health { status: "ok".into(), checks: serde_json::Map::new() })
+    ApiJson(Health {
+        status: "ok".into(),
+        checks: serde_json::Map::new(),
+    })
 }
 
 /// 200 when every dependency answers, else 503 naming the ones down.
@@ -48,10 +56,15 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let limit = Duration::from_secs(2);
     let (db, cache, bus) = tokio::join!(
         tokio::time::timeout(limit, p.store.ping()),
-        tokio::time::timeout(limit, async { p.ledger.ping().await?; p.kv.ping().await }),
+        tokio::time::timeout(limit, async {
+            p.ledger.ping().await?;
+            p.kv.ping().await
+        }),
         tokio::time::timeout(limit, p.bus.ping()),
     );
-    fn verdict<E: std::fmt::Display>(r: Result<Result<(), E>, tokio::time::error::Elapsed>) -> String {
+    fn verdict<E: std::fmt::Display>(
+        r: Result<Result<(), E>, tokio::time::error::Elapsed>,
+    ) -> String {
         match r {
             Ok(Ok(())) => "ok".into(),
             Ok(Err(e)) => format!("down: {e}"),
@@ -63,15 +76,28 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     checks.insert("cache".into(), verdict(cache).into());
     checks.insert("message_bus".into(), verdict(bus).into());
     let ready = checks.values().all(|v| v == "ok");
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, ApiJson(Health { status: if ready { "ok" } else { "unavailable" }.into(), checks }))
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        ApiJson(Health {
+            status: if ready { "ok" } else { "unavailable" }.into(),
+            checks,
+        }),
+    )
 }
 
 /// Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     metrics::gauge!("seckill_order_queue_depth").set(state.orders.queued() as f64);
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -99,13 +99,18 @@ pub struct ItemList {
     responses((status = 200, body = ItemList), (status = 503, body = ErrorBody)))]
 pub async fn list(State(state): State<AppState>) -> ApiResult<ApiJson<ItemList>> {
     let items = state.catalog.items().await?;
-    Ok(ApiJson(ItemList { items: items.iter().map(ItemDto::from).collect() }))
+    Ok(ApiJson(ItemList {
+        items: items.iter().map(ItemDto::from).collect(),
+    }))
 }
 
 /// One item with its promo.
 #[utoipa::path(get, path = "/api/v1/items/{id}", tag = "items", params(("id" = i64, Path, description = "item id")),
     responses((status = 200, body = ItemDto), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn detail(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<ApiJson<ItemDto>> {
+pub async fn detail(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<ApiJson<ItemDto>> {
     let v = state.catalog.item(ItemId(id)).await?;
     Ok(ApiJson(ItemDto::from(&v)))
 }
@@ -113,7 +118,10 @@ pub async fn detail(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) ->
 /// One promo.
 #[utoipa::path(get, path = "/api/v1/promos/{id}", tag = "items", params(("id" = i64, Path, description = "promo id")),
     responses((status = 200, body = PromoDto), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn promo(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<ApiJson<PromoDto>> {
+pub async fn promo(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<ApiJson<PromoDto>> {
     let p = state.catalog.promo(PromoId(id)).await?;
     Ok(ApiJson(PromoDto::from(p.as_ref())))
 }

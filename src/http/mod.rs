@@ -58,11 +58,17 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", api)
         .route("/openapi.json", get(openapi_json))
         .fallback(api_not_found)
-        .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ));
     let web_dir = web_dir(&state.config);
-    let pages = Router::new().fallback_service(ServeDir::new(web_dir).append_index_html_on_directories(true)).layer(
-        SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60")),
-    );
+    let pages = Router::new()
+        .fallback_service(ServeDir::new(web_dir).append_index_html_on_directories(true))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=60"),
+        ));
     Router::new()
         .nest("/api", api)
         .merge(health::root_router())
@@ -83,12 +89,21 @@ fn web_dir(config: &Config) -> std::path::PathBuf {
 }
 
 fn cors(config: &Config) -> CorsLayer {
-    let origins: Vec<HeaderValue> =
-        config.cors_origin_list().iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    let origins: Vec<HeaderValue> = config
+        .cors_origin_list()
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
         .allow_credentials(true)
-        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
         .max_age(std::time::Duration::from_secs(600))
 }
@@ -108,7 +123,14 @@ async fn track_metrics(req: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| if req.uri().path().starts_with("/api/") { "/api/unknown" } else { "/static" }.to_owned());
+        .unwrap_or_else(|| {
+            if req.uri().path().starts_with("/api/") {
+                "/api/unknown"
+            } else {
+                "/static"
+            }
+            .to_owned()
+        });
     let method = req.method().as_str().to_owned();
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();

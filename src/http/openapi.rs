@@ -23,7 +23,10 @@ impl Modify for Security {
         components.add_security_scheme(
             "admin",
             SecurityScheme::Http(
-                HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("SECKILL_ADMIN_TOKEN")).build(),
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("SECKILL_ADMIN_TOKEN"))
+                    .build(),
             ),
         );
     }

@@ -102,9 +102,16 @@ pub struct OrderList {
     params(("id" = i64, Path, description = "promo id")),
     responses((status = 200, content_type = "image/png", body = Vec<u8>), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn captcha(State(state): State<AppState>, user: CurrentUser, ApiPath(id): ApiPath<i64>) -> ApiResult<impl IntoResponse> {
+pub async fn captcha(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<impl IntoResponse> {
     let png = state.tokens.captcha(user.id, PromoId(id)).await?;
-    Ok(([(CONTENT_TYPE, "image/png"), (CACHE_CONTROL, "no-store")], png))
+    Ok((
+        [(CONTENT_TYPE, "image/png"), (CACHE_CONTROL, "no-store")],
+        png,
+    ))
 }
 
 /// A seckill token for this promo and item.
@@ -119,8 +126,22 @@ pub async fn issue_token(
     ApiPath(id): ApiPath<i64>,
     ApiJson(req): ApiJson<TokenRequest>,
 ) -> ApiResult<(StatusCode, ApiJson<TokenView>)> {
-    let t = state.tokens.issue(user.id, PromoId(id), ItemId(req.item_id), req.captcha.as_deref()).await?;
-    Ok((StatusCode::CREATED, ApiJson(TokenView { token: t.token, expires_at: t.expires_at })))
+    let t = state
+        .tokens
+        .issue(
+            user.id,
+            PromoId(id),
+            ItemId(req.item_id),
+            req.captcha.as_deref(),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(TokenView {
+            token: t.token,
+            expires_at: t.expires_at,
+        }),
+    ))
 }
 
 /// Places an order; answers only after the order is committed.
@@ -128,10 +149,22 @@ pub async fn issue_token(
     responses((status = 201, body = OrderDto), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn place(State(state): State<AppState>, user: CurrentUser, ApiJson(r): ApiJson<OrderRequest>) -> ApiResult<(StatusCode, ApiJson<OrderDto>)> {
+pub async fn place(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiJson(r): ApiJson<OrderRequest>,
+) -> ApiResult<(StatusCode, ApiJson<OrderDto>)> {
     let order = state
         .orders
-        .place(user.id, PlaceOrder { promo_id: PromoId(r.promo_id), item_id: ItemId(r.item_id), amount: r.amount, token: r.token })
+        .place(
+            user.id,
+            PlaceOrder {
+                promo_id: PromoId(r.promo_id),
+                item_id: ItemId(r.item_id),
+                amount: r.amount,
+                token: r.token,
+            },
+        )
         .await?;
     Ok((StatusCode::CREATED, ApiJson(OrderDto::from(&order))))
 }
@@ -139,17 +172,28 @@ pub async fn place(State(state): State<AppState>, user: CurrentUser, ApiJson(r):
 /// Your orders, newest first.
 #[utoipa::path(get, path = "/api/v1/orders", tag = "orders", security(("session" = [])),
     responses((status = 200, body = OrderList), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn list(State(state): State<AppState>, user: CurrentUser) -> ApiResult<ApiJson<OrderList>> {
+pub async fn list(
+    State(state): State<AppState>,
+    user: CurrentUser,
+) -> ApiResult<ApiJson<OrderList>> {
     let orders = state.orders.list(user.id).await?;
-    Ok(ApiJson(OrderList { orders: orders.iter().map(OrderDto::from).collect() }))
+    Ok(ApiJson(OrderList {
+        orders: orders.iter().map(OrderDto::from).collect(),
+    }))
 }
 
 /// One of your orders (another user's is not found).
 #[utoipa::path(get, path = "/api/v1/orders/{order_no}", tag = "orders", security(("session" = [])),
     params(("order_no" = String, Path, description = "order number")),
     responses((status = 200, body = OrderDto), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn detail(State(state): State<AppState>, user: CurrentUser, ApiPath(no): ApiPath<String>) -> ApiResult<ApiJson<OrderDto>> {
-    Ok(ApiJson(OrderDto::from(&state.orders.get(user.id, &no).await?)))
+pub async fn detail(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(no): ApiPath<String>,
+) -> ApiResult<ApiJson<OrderDto>> {
+    Ok(ApiJson(OrderDto::from(
+        &state.orders.get(user.id, &no).await?,
+    )))
 }
 
 /// Pays an order (mock payment); idempotent.
@@ -157,8 +201,14 @@ pub async fn detail(State(state): State<AppState>, user: CurrentUser, ApiPath(no
     params(("order_no" = String, Path, description = "order number")),
     responses((status = 200, body = OrderDto), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn pay(State(state): State<AppState>, user: CurrentUser, ApiPath(no): ApiPath<String>) -> ApiResult<ApiJson<OrderDto>> {
-    Ok(ApiJson(OrderDto::from(&state.orders.pay(user.id, &no).await?)))
+pub async fn pay(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(no): ApiPath<String>,
+) -> ApiResult<ApiJson<OrderDto>> {
+    Ok(ApiJson(OrderDto::from(
+        &state.orders.pay(user.id, &no).await?,
+    )))
 }
 
 /// Cancels an unpaid order; its stock goes back on sale.
@@ -166,6 +216,12 @@ pub async fn pay(State(state): State<AppState>, user: CurrentUser, ApiPath(no): 
     params(("order_no" = String, Path, description = "order number")),
     responses((status = 200, body = OrderDto), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn cancel(State(state): State<AppState>, user: CurrentUser, ApiPath(no): ApiPath<String>) -> ApiResult<ApiJson<OrderDto>> {
-    Ok(ApiJson(OrderDto::from(&state.orders.cancel(user.id, &no).await?)))
+pub async fn cancel(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(no): ApiPath<String>,
+) -> ApiResult<ApiJson<OrderDto>> {
+    Ok(ApiJson(OrderDto::from(
+        &state.orders.cancel(user.id, &no).await?,
+    )))
 }

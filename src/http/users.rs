@@ -59,7 +59,11 @@ pub struct UserView {
 
 impl From<&User> for UserView {
     fn from(u: &User) -> Self {
-        UserView { id: u.id.0, phone: u.phone.clone(), name: u.name.clone() }
+        UserView {
+            id: u.id.0,
+            phone: u.phone.clone(),
+            name: u.name.clone(),
+        }
     }
 }
 
@@ -81,7 +85,10 @@ pub struct SessionView {
 #[utoipa::path(post, path = "/api/v1/otp", tag = "users", request_body = OtpRequest,
     responses((status = 202, body = Empty), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn send_otp(state: axum::extract::State<AppState>, ApiJson(req): ApiJson<OtpRequest>) -> ApiResult<(StatusCode, ApiJson<Empty>)> {
+pub async fn send_otp(
+    state: axum::extract::State<AppState>,
+    ApiJson(req): ApiJson<OtpRequest>,
+) -> ApiResult<(StatusCode, ApiJson<Empty>)> {
     state.users.send_otp(&req.phone).await?;
     Ok((StatusCode::ACCEPTED, ApiJson(Empty {})))
 }
@@ -90,10 +97,20 @@ pub async fn send_otp(state: axum::extract::State<AppState>, ApiJson(req): ApiJs
 #[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = RegisterRequest,
     responses((status = 201, body = UserView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn register(state: axum::extract::State<AppState>, ApiJson(r): ApiJson<RegisterRequest>) -> ApiResult<(StatusCode, ApiJson<UserView>)> {
+pub async fn register(
+    state: axum::extract::State<AppState>,
+    ApiJson(r): ApiJson<RegisterRequest>,
+) -> ApiResult<(StatusCode, ApiJson<UserView>)> {
     let user = state
         .users
-        .register(Registration { phone: r.phone, otp: r.otp, name: r.name, password: r.password, gender: r.gender, age: r.age })
+        .register(Registration {
+            phone: r.phone,
+            otp: r.otp,
+            name: r.name,
+            password: r.password,
+            gender: r.gender,
+            age: r.age,
+        })
         .await?;
     Ok((StatusCode::CREATED, ApiJson(UserView::from(&user))))
 }
@@ -102,25 +119,42 @@ pub async fn register(state: axum::extract::State<AppState>, ApiJson(r): ApiJson
 #[utoipa::path(post, path = "/api/v1/sessions", tag = "users", request_body = LoginRequest,
     responses((status = 201, body = SessionView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn login(state: axum::extract::State<AppState>, ApiJson(r): ApiJson<LoginRequest>) -> ApiResult<impl IntoResponse> {
+pub async fn login(
+    state: axum::extract::State<AppState>,
+    ApiJson(r): ApiJson<LoginRequest>,
+) -> ApiResult<impl IntoResponse> {
     let (token, user) = state.users.login(&r.phone, &r.password).await?;
     let cookie = session_cookie(&state, &token, state.config.session_ttl_secs);
     let mut headers = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         headers.insert(SET_COOKIE, v);
     }
-    Ok((StatusCode::CREATED, headers, ApiJson(SessionView { token, user: UserView::from(&user) })))
+    Ok((
+        StatusCode::CREATED,
+        headers,
+        ApiJson(SessionView {
+            token,
+            user: UserView::from(&user),
+        }),
+    ))
 }
 
 fn session_cookie(state: &AppState, token: &str, max_age: u64) -> String {
-    let site = if state.config.cookie_secure { "SameSite=None; Secure" } else { "SameSite=Lax" };
+    let site = if state.config.cookie_secure {
+        "SameSite=None; Secure"
+    } else {
+        "SameSite=Lax"
+    };
     format!("{SESSION_COOKIE}={token}; HttpOnly; Path=/; Max-Age={max_age}; {site}")
 }
 
 /// Logs out: the session ends on every instance.
 #[utoipa::path(delete, path = "/api/v1/sessions/current", tag = "users", security(("session" = [])),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn logout(state: axum::extract::State<AppState>, user: CurrentUser) -> ApiResult<impl IntoResponse> {
+pub async fn logout(
+    state: axum::extract::State<AppState>,
+    user: CurrentUser,
+) -> ApiResult<impl IntoResponse> {
     state.users.logout(&user.token).await?;
     let mut headers = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&session_cookie(&state, "", 0)) {
@@ -132,7 +166,10 @@ pub async fn logout(state: axum::extract::State<AppState>, user: CurrentUser) ->
 /// The logged-in user.
 #[utoipa::path(get, path = "/api/v1/me", tag = "users", security(("session" = [])),
     responses((status = 200, body = UserView), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn me(state: axum::extract::State<AppState>, user: CurrentUser) -> ApiResult<ApiJson<UserView>> {
+pub async fn me(
+    state: axum::extract::State<AppState>,
+    user: CurrentUser,
+) -> ApiResult<ApiJson<UserView>> {
     let u = state.users.user(user.id).await?;
     Ok(ApiJson(UserView::from(&u)))
 }

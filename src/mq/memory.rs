@@ -42,6 +42,9 @@ struct HalfMessage {
     event: Event,
     stored_at: Instant,
     checks: u32,
+    /// The sender's local transaction is still running: not checked back
+    /// (the sender answers for it itself).
+    local_running: bool,
 }
 
 struct Subscriber {
@@ -124,7 +127,9 @@ async fn check_back_loop(inner: Weak<Inner>) {
         let due: Vec<(u64, Event)> = {
             let half = inner.half.lock();
             half.iter()
-                .filter(|(_, h)| h.stored_at.elapsed() >= inner.settings.check_after)
+                .filter(|(_, h)| {
+                    !h.local_running && h.stored_at.elapsed() >= inner.settings.check_after
+                })
                 .map(|(id, h)| (*id, h.event.clone()))
                 .collect()
         };
@@ -161,14 +166,24 @@ async fn check_back_loop(inner: Weak<Inner>) {
 impl MessageBus for MemoryBus {
     async fn send_in_transaction(&self, event: Event, local: LocalTx) -> Result<TxState, MqError> {
         if self.inner.refuse_sends.load(Ordering::Relaxed) {
-            return Err(MqError("in-process bus refusing sends (fault injection)".into()));
+            return Err(MqError(
+                "in-process bus refusing sends (fault injection)".into(),
+            ));
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         self.inner.half.lock().insert(
             id,
-            HalfMessage { event, stored_at: Instant::now(), checks: 0 },
+            HalfMessage {
+                event,
+                stored_at: Instant::now(),
+                checks: 0,
+                local_running: true,
+            },
         );
         let state = local().await;
+        if let Some(h) = self.inner.half.lock().get_mut(&id) {
+            h.local_running = false;
+        }
         match state {
             TxState::Commit => {
                 let h = self.inner.half.lock().remove(&id);
@@ -186,7 +201,9 @@ impl MessageBus for MemoryBus {
 
     async fn publish(&self, event: Event) -> Result<(), MqError> {
         if self.inner.refuse_sends.load(Ordering::Relaxed) {
-            return Err(MqError("in-process bus refusing sends (fault injection)".into()));
+            return Err(MqError(
+                "in-process bus refusing sends (fault injection)".into(),
+            ));
         }
         MemoryBus::deliver(&self.inner, event);
         Ok(())
@@ -238,7 +255,9 @@ impl MessageBus for MemoryBus {
 
     async fn ping(&self) -> Result<(), MqError> {
         if self.inner.refuse_sends.load(Ordering::Relaxed) {
-            return Err(MqError("in-process bus refusing sends (fault injection)".into()));
+            return Err(MqError(
+                "in-process bus refusing sends (fault injection)".into(),
+            ));
         }
         Ok(())
     }

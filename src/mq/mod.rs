@@ -25,7 +25,11 @@ pub mod memory;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// Deduct DB stock for committed orders (one message per group commit).
-    StockDeduct { v: u8, promo_id: PromoId, entries: Vec<Deduction> },
+    StockDeduct {
+        v: u8,
+        promo_id: PromoId,
+        entries: Vec<Deduction>,
+    },
     /// An item (or its promo) changed: drop cached copies.
     ItemChanged { v: u8, item_id: ItemId },
 }
@@ -41,9 +45,10 @@ impl Event {
     /// A key for logs and broker indexes.
     pub fn key(&self) -> String {
         match self {
-            Event::StockDeduct { entries, .. } => {
-                entries.first().map(|e| e.stock_log_id.to_string()).unwrap_or_default()
-            }
+            Event::StockDeduct { entries, .. } => entries
+                .first()
+                .map(|e| e.stock_log_id.to_string())
+                .unwrap_or_default(),
             Event::ItemChanged { item_id, .. } => item_id.to_string(),
         }
     }

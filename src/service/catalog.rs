@@ -43,7 +43,10 @@ const GATE_GRACE: Duration = Duration::from_secs(3600);
 fn featured(mut promos: Vec<Promo>) -> Option<Promo> {
     let now = Utc::now();
     promos.sort_by_key(|p| p.start_at);
-    let live = promos.iter().find(|p| p.state_at(now) != PromoState::Ended).cloned();
+    let live = promos
+        .iter()
+        .find(|p| p.state_at(now) != PromoState::Ended)
+        .cloned();
     live.or_else(|| promos.into_iter().max_by_key(|p| p.end_at))
 }
 
@@ -80,16 +83,28 @@ impl CatalogService {
                 "give at least one of title, price_cents, description, image_url".into(),
             ));
         }
-        let item = self.cx.ports.store.update_item(id, &patch).await.map_err(|e| match e {
-            crate::store::StoreError::NotFound => ServiceError::NotFound("no such item"),
-            e => e.into(),
-        })?;
+        let item = self
+            .cx
+            .ports
+            .store
+            .update_item(id, &patch)
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::NotFound => ServiceError::NotFound("no such item"),
+                e => e.into(),
+            })?;
         self.announce_change(id).await;
         self.view(item).await
     }
 
     async fn announce_change(&self, item_id: ItemId) {
-        if let Err(e) = self.cx.ports.bus.publish(Event::ItemChanged { v: 1, item_id }).await {
+        if let Err(e) = self
+            .cx
+            .ports
+            .bus
+            .publish(Event::ItemChanged { v: 1, item_id })
+            .await
+        {
             tracing::warn!(item_id = %item_id, error = %e, "item change not broadcast; caches expire by TTL");
         }
     }
@@ -107,13 +122,21 @@ impl CatalogService {
             match self.cx.ports.ledger.stock(p.id).await {
                 Ok(Some(s)) => item.stock = s,
                 Ok(None) => {}
-                Err(e) => tracing::warn!(promo_id = %p.id, error = %e, "ledger stock unavailable; showing DB stock"),
+                Err(e) => {
+                    tracing::warn!(promo_id = %p.id, error = %e, "ledger stock unavailable; showing DB stock")
+                }
             }
         }
     }
 
     pub async fn item(&self, id: ItemId) -> ServiceResult<ItemView> {
-        let item = self.cx.ports.store.item(id).await?.ok_or(ServiceError::NotFound("no such item"))?;
+        let item = self
+            .cx
+            .ports
+            .store
+            .item(id)
+            .await?
+            .ok_or(ServiceError::NotFound("no such item"))?;
         self.view(item).await
     }
 
@@ -123,7 +146,11 @@ impl CatalogService {
         let mut promos = self.cx.ports.store.promos(5000).await?;
         let mut out = Vec::with_capacity(items.len());
         for mut item in items {
-            let mine: Vec<Promo> = promos.iter().filter(|p| p.item_id == item.id).cloned().collect();
+            let mine: Vec<Promo> = promos
+                .iter()
+                .filter(|p| p.item_id == item.id)
+                .cloned()
+                .collect();
             promos.retain(|p| p.item_id != item.id);
             let promo = featured(mine);
             self.live_stock(&mut item, promo.as_ref()).await;
@@ -135,11 +162,20 @@ impl CatalogService {
     /// Creates a promo for an item; two promos of one item may not overlap
     /// (they would sell the same stock).
     pub async fn create_promo(&self, p: NewPromo) -> ServiceResult<Promo> {
-        let item = self.cx.ports.store.item(p.item_id).await?.ok_or(ServiceError::NotFound("no such item"))?;
+        let item = self
+            .cx
+            .ports
+            .store
+            .item(p.item_id)
+            .await?
+            .ok_or(ServiceError::NotFound("no such item"))?;
         p.validate(item.price_cents, Utc::now())?;
         let others = self.cx.ports.store.promos_of_item(p.item_id).await?;
         if let Some(o) = others.iter().find(|o| o.overlaps(p.start_at, p.end_at)) {
-            return Err(ServiceError::Conflict(format!("the item's promo {} overlaps this time window", o.id)));
+            return Err(ServiceError::Conflict(format!(
+                "the item's promo {} overlaps this time window",
+                o.id
+            )));
         }
         let promo = self.cx.ports.store.create_promo(&p).await?;
         self.announce_change(p.item_id).await;
@@ -152,7 +188,13 @@ impl CatalogService {
         if let Some(p) = self.promos.get(&id).await {
             return Ok(p);
         }
-        let p = self.cx.ports.store.promo(id).await?.ok_or(ServiceError::NotFound("no such promo"))?;
+        let p = self
+            .cx
+            .ports
+            .store
+            .promo(id)
+            .await?
+            .ok_or(ServiceError::NotFound("no such promo"))?;
         let p = Arc::new(p);
         self.promos.insert(id, p.clone()).await;
         Ok(p)
@@ -166,36 +208,76 @@ impl CatalogService {
     /// counter (stock × gate factor), clears sold-out flags, then marks it
     /// published. Publishing again changes nothing.
     pub async fn publish(&self, id: PromoId) -> ServiceResult<Promo> {
-        let promo = self.cx.ports.store.promo(id).await?.ok_or(ServiceError::NotFound("no such promo"))?;
+        let promo = self
+            .cx
+            .ports
+            .store
+            .promo(id)
+            .await?
+            .ok_or(ServiceError::NotFound("no such promo"))?;
         if promo.published {
             return Ok(promo);
         }
         if promo.state_at(Utc::now()) == PromoState::Ended {
             return Err(ServiceError::PromoEnded);
         }
-        let item = self.cx.ports.store.item(promo.item_id).await?.ok_or(ServiceError::NotFound("no such item"))?;
+        let item = self
+            .cx
+            .ports
+            .store
+            .item(promo.item_id)
+            .await?
+            .ok_or(ServiceError::NotFound("no such item"))?;
         let cfg = &self.cx.config;
-        self.cx.ports.ledger.warm(id, item.stock, cfg.per_user_limit).await?;
+        self.cx
+            .ports
+            .ledger
+            .warm(id, item.stock, cfg.per_user_limit)
+            .await?;
         let gate_ttl = (promo.end_at - Utc::now()).to_std().unwrap_or_default() + GATE_GRACE;
         self.cx
             .ports
             .kv
-            .set_counter(&gate_key(id), item.stock.saturating_mul(i64::from(cfg.gate_factor)), gate_ttl)
+            .set_counter(
+                &gate_key(id),
+                item.stock.saturating_mul(i64::from(cfg.gate_factor)),
+                gate_ttl,
+            )
             .await?;
         self.cx.sold_out.clear(id);
         self.cx.ports.store.publish_promo(id).await?;
         self.promos.invalidate(&id).await;
         self.announce_change(promo.item_id).await;
         tracing::info!(promo_id = %id, item_id = %promo.item_id, stock = item.stock, "promo published; stock warmed up");
-        Ok(Promo { published: true, ..promo })
+        Ok(Promo {
+            published: true,
+            ..promo
+        })
     }
 
     pub async fn stats(&self, id: PromoId) -> ServiceResult<PromoStats> {
-        let promo = self.cx.ports.store.promo(id).await?.ok_or(ServiceError::NotFound("no such promo"))?;
-        let item = self.cx.ports.store.item(promo.item_id).await?.ok_or(ServiceError::NotFound("no such item"))?;
+        let promo = self
+            .cx
+            .ports
+            .store
+            .promo(id)
+            .await?
+            .ok_or(ServiceError::NotFound("no such promo"))?;
+        let item = self
+            .cx
+            .ports
+            .store
+            .item(promo.item_id)
+            .await?
+            .ok_or(ServiceError::NotFound("no such item"))?;
         let totals = self.cx.ports.store.promo_totals(id).await?;
         let stock_cache = self.cx.ports.ledger.stock(id).await?;
-        Ok(PromoStats { promo, stock_db: item.stock, stock_cache, totals })
+        Ok(PromoStats {
+            promo,
+            stock_db: item.stock,
+            stock_cache,
+            totals,
+        })
     }
 
     /// Drops this instance's cached copies of an item and its promos (after

@@ -25,7 +25,10 @@ impl StockLogChecker {
 pub fn decide(statuses: &[(StockLogId, StockLogStatus)]) -> TxState {
     if statuses.iter().any(|(_, s)| *s == StockLogStatus::Init) {
         TxState::Unknown
-    } else if statuses.iter().any(|(_, s)| *s == StockLogStatus::Committed) {
+    } else if statuses
+        .iter()
+        .any(|(_, s)| *s == StockLogStatus::Committed)
+    {
         TxState::Commit
     } else {
         TxState::Rollback
@@ -59,9 +62,15 @@ mod tests {
     fn check_back_answers_from_the_journal() {
         let id = StockLogId;
         assert_eq!(decide(&[(id(1), Init)]), TxState::Unknown);
-        assert_eq!(decide(&[(id(1), Committed), (id(2), Committed)]), TxState::Commit);
+        assert_eq!(
+            decide(&[(id(1), Committed), (id(2), Committed)]),
+            TxState::Commit
+        );
         assert_eq!(decide(&[(id(1), RolledBack)]), TxState::Rollback);
         assert_eq!(decide(&[]), TxState::Rollback);
-        assert_eq!(decide(&[(id(1), Committed), (id(2), Init)]), TxState::Unknown);
+        assert_eq!(
+            decide(&[(id(1), Committed), (id(2), Init)]),
+            TxState::Unknown
+        );
     }
 }

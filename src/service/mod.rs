@@ -62,7 +62,10 @@ pub enum ServiceError {
 
 impl ServiceError {
     pub fn unavailable(context: &'static str) -> Self {
-        ServiceError::Unavailable { context, source: None }
+        ServiceError::Unavailable {
+            context,
+            source: None,
+        }
     }
 
     /// A stable label for metrics (`orders_refused_total{reason}`).
@@ -99,22 +102,29 @@ impl From<StoreError> for ServiceError {
             StoreError::NotFound => ServiceError::NotFound("not found"),
             StoreError::Conflict(c) => ServiceError::Conflict(format!("duplicate ({c})")),
             StoreError::Corrupt(_) => ServiceError::Internal(Box::new(e)),
-            StoreError::Db(_) | StoreError::Migrate(_) => {
-                ServiceError::Unavailable { context: "the database is unavailable", source: Some(Box::new(e)) }
-            }
+            StoreError::Db(_) | StoreError::Migrate(_) => ServiceError::Unavailable {
+                context: "the database is unavailable",
+                source: Some(Box::new(e)),
+            },
         }
     }
 }
 
 impl From<CacheError> for ServiceError {
     fn from(e: CacheError) -> Self {
-        ServiceError::Unavailable { context: "the cache is unavailable", source: Some(Box::new(e)) }
+        ServiceError::Unavailable {
+            context: "the cache is unavailable",
+            source: Some(Box::new(e)),
+        }
     }
 }
 
 impl From<MqError> for ServiceError {
     fn from(e: MqError) -> Self {
-        ServiceError::Unavailable { context: "the message bus is unavailable", source: Some(Box::new(e)) }
+        ServiceError::Unavailable {
+            context: "the message bus is unavailable",
+            source: Some(Box::new(e)),
+        }
     }
 }
 

@@ -4,7 +4,8 @@
 //! local sold-out flag, a place in the bounded queue, the seckill token used
 //! up — then hands the order to the configured strategy and waits for its
 //! commit. The queue place is taken before the token so that a full queue
-//! (429) never burns the buyer's token.
+//! (429) never burns the buyer's token; it is held until the answer, so the
+//! bound covers orders being committed too, not just those waiting.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,7 +36,8 @@ pub struct OrderService {
     catalog: Arc<CatalogService>,
     tokens: Arc<TokenService>,
     write_behind: WriteBehind,
-    /// The pure-DB strategies' bounded queue: orders in flight at once.
+    /// The bounded queue: orders admitted and not yet answered. When none is
+    /// left, new orders get 429 at once instead of piling up.
     in_flight: Arc<Semaphore>,
     order_rule: RateRule,
 }
@@ -44,8 +46,19 @@ impl OrderService {
     pub fn new(cx: Context, catalog: Arc<CatalogService>, tokens: Arc<TokenService>) -> Self {
         let write_behind = WriteBehind::start(cx.clone());
         let in_flight = Arc::new(Semaphore::new(cx.config.order_queue_capacity));
-        let order_rule = RateRule { name: "orders", limit: cx.config.order_rate_per_sec, period: Duration::from_secs(1) };
-        OrderService { cx, catalog, tokens, write_behind, in_flight, order_rule }
+        let order_rule = RateRule {
+            name: "orders",
+            limit: cx.config.order_rate_per_sec,
+            period: Duration::from_secs(1),
+        };
+        OrderService {
+            cx,
+            catalog,
+            tokens,
+            write_behind,
+            in_flight,
+            order_rule,
+        }
     }
 
     /// Places an order; answers only once it is committed in the DB.
@@ -55,10 +68,12 @@ impl OrderService {
         match &result {
             Ok(_) => {
                 metrics::counter!("seckill_orders_accepted_total").increment(1);
-                metrics::histogram!("seckill_order_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!("seckill_order_seconds")
+                    .record(started.elapsed().as_secs_f64());
             }
             Err(e) => {
-                metrics::counter!("seckill_orders_refused_total", "reason" => e.reason()).increment(1);
+                metrics::counter!("seckill_orders_refused_total", "reason" => e.reason())
+                    .increment(1);
             }
         }
         result
@@ -67,42 +82,53 @@ impl OrderService {
     async fn place_inner(&self, user: UserId, req: PlaceOrder) -> ServiceResult<Order> {
         let limit = self.cx.config.per_user_limit;
         if req.amount < 1 || req.amount > limit {
-            return Err(ServiceError::Invalid(format!("amount must be between 1 and {limit}")));
+            return Err(ServiceError::Invalid(format!(
+                "amount must be between 1 and {limit}"
+            )));
         }
         if !self.cx.ports.limiter.check(&self.order_rule, "all").await? {
-            return Err(ServiceError::RateLimited("too many orders right now; retry shortly"));
+            return Err(ServiceError::RateLimited(
+                "too many orders right now; retry shortly",
+            ));
         }
         let promo = self.catalog.promo(req.promo_id).await?;
         if promo.item_id != req.item_id {
-            return Err(ServiceError::Invalid(format!("item {} is not in promo {}", req.item_id, req.promo_id)));
+            return Err(ServiceError::Invalid(format!(
+                "item {} is not in promo {}",
+                req.item_id, req.promo_id
+            )));
         }
         promo.check_on_sale(Utc::now())?;
         if self.cx.sold_out.is_set(promo.id) {
             return Err(ServiceError::SoldOut);
         }
+        let _admitted = self.in_flight.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!("seckill_order_queue_full_total").increment(1);
+            ServiceError::RateLimited("the order queue is full; retry shortly")
+        })?;
+        // Taken after admission: a 429 never burns the buyer's token.
+        self.tokens
+            .consume(&req.token, user, promo.id, promo.item_id)
+            .await?;
         match self.cx.config.order_strategy {
             OrderStrategy::WriteBehind => {
-                let permit = self.write_behind.admit()?;
-                self.tokens.consume(&req.token, user, promo.id, promo.item_id).await?;
                 let (reply, answer) = oneshot::channel();
-                permit.send(Pending {
-                    user,
-                    promo: promo.id,
-                    item: promo.item_id,
-                    amount: req.amount,
-                    unit_price_cents: promo.price_cents,
-                    admitted_at: Instant::now(),
-                    reply,
-                });
-                answer.await.map_err(|_| ServiceError::unavailable("the order pipeline stopped"))?
+                self.write_behind
+                    .submit(Pending {
+                        user,
+                        promo: promo.id,
+                        item: promo.item_id,
+                        amount: req.amount,
+                        unit_price_cents: promo.price_cents,
+                        admitted_at: Instant::now(),
+                        reply,
+                    })
+                    .await?;
+                answer
+                    .await
+                    .map_err(|_| ServiceError::unavailable("the order pipeline stopped"))?
             }
             strategy => {
-                let _permit = self
-                    .in_flight
-                    .clone()
-                    .try_acquire_owned()
-                    .map_err(|_| ServiceError::RateLimited("the order queue is full; retry shortly"))?;
-                self.tokens.consume(&req.token, user, promo.id, promo.item_id).await?;
                 let id = self.cx.ids.next_id();
                 let now = Utc::now();
                 let draft = OrderDraft {
@@ -116,16 +142,22 @@ impl OrderService {
                     created_at: now,
                 };
                 let optimistic = strategy == OrderStrategy::DbOptimistic;
-                match self.cx.ports.store.place_order_in_db(&draft, optimistic, self.cx.config.cas_retries).await {
+                match self
+                    .cx
+                    .ports
+                    .store
+                    .place_order_in_db(&draft, optimistic, self.cx.config.cas_retries)
+                    .await
+                {
                     Ok(Some(order)) => Ok(order),
                     Ok(None) => {
                         self.cx.sold_out.set(promo.id);
                         Err(ServiceError::SoldOut)
                     }
                     Err(StoreError::Conflict("user_promo")) => Err(ServiceError::AlreadyBought),
-                    Err(StoreError::Conflict("version")) => {
-                        Err(ServiceError::RateLimited("too much contention on this item; retry shortly"))
-                    }
+                    Err(StoreError::Conflict("version")) => Err(ServiceError::RateLimited(
+                        "too much contention on this item; retry shortly",
+                    )),
                     Err(e) => Err(e.into()),
                 }
             }
@@ -155,8 +187,12 @@ impl OrderService {
         };
         match order.status {
             OrderStatus::Paid => Ok(order),
-            OrderStatus::Cancelled => Err(ServiceError::Conflict("the order was cancelled; it cannot be paid".into())),
-            OrderStatus::PendingPayment => Err(ServiceError::unavailable("payment not recorded; retry")),
+            OrderStatus::Cancelled => Err(ServiceError::Conflict(
+                "the order was cancelled; it cannot be paid".into(),
+            )),
+            OrderStatus::PendingPayment => {
+                Err(ServiceError::unavailable("payment not recorded; retry"))
+            }
         }
     }
 
@@ -165,7 +201,11 @@ impl OrderService {
     pub async fn cancel(&self, user: UserId, no: &str) -> ServiceResult<Order> {
         let order = self.get(user, no).await?;
         match order.status {
-            OrderStatus::Paid => return Err(ServiceError::Conflict("the order is paid; it cannot be cancelled".into())),
+            OrderStatus::Paid => {
+                return Err(ServiceError::Conflict(
+                    "the order is paid; it cannot be cancelled".into(),
+                ))
+            }
             OrderStatus::Cancelled => return Ok(order),
             OrderStatus::PendingPayment => {}
         }
@@ -175,8 +215,12 @@ impl OrderService {
                 self.restock(&order).await;
                 Ok(order)
             }
-            OrderStatus::Paid => Err(ServiceError::Conflict("the order is paid; it cannot be cancelled".into())),
-            OrderStatus::PendingPayment => Err(ServiceError::unavailable("cancellation not recorded; retry")),
+            OrderStatus::Paid => Err(ServiceError::Conflict(
+                "the order is paid; it cannot be cancelled".into(),
+            )),
+            OrderStatus::PendingPayment => Err(ServiceError::unavailable(
+                "cancellation not recorded; retry",
+            )),
         }
     }
 
@@ -185,15 +229,21 @@ impl OrderService {
             self.cx.sold_out.clear(order.promo_id);
             return;
         }
-        match self.cx.ports.ledger.restock(order.promo_id, order.stock_log_id, order.amount).await {
+        match self
+            .cx
+            .ports
+            .ledger
+            .restock(order.promo_id, order.stock_log_id, order.amount)
+            .await
+        {
             Ok(_) => self.cx.sold_out.clear(order.promo_id),
             Err(e) => tracing::error!(order_no = %order.order_no, error = %e,
                 "cancelled order's units not given back to the ledger now; the reconciler will"),
         }
     }
 
-    /// Orders waiting in the write-behind queue now.
+    /// Orders admitted and not yet answered.
     pub fn queued(&self) -> usize {
-        self.write_behind.queued()
+        self.cx.config.order_queue_capacity - self.in_flight.available_permits()
     }
 }

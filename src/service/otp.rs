@@ -27,7 +27,12 @@ impl DevOtpSender {
 
     /// The last code sent to `phone`, if any.
     pub fn last_code(&self, phone: &str) -> Option<String> {
-        self.recent.lock().iter().rev().find(|(p, _)| p == phone).map(|(_, c)| c.clone())
+        self.recent
+            .lock()
+            .iter()
+            .rev()
+            .find(|(p, _)| p == phone)
+            .map(|(_, c)| c.clone())
     }
 }
 

@@ -16,13 +16,19 @@ pub struct SoldOutFlags {
 
 impl SoldOutFlags {
     pub fn new(ttl: Duration) -> Self {
-        SoldOutFlags { ttl, flags: RwLock::new(HashMap::new()) }
+        SoldOutFlags {
+            ttl,
+            flags: RwLock::new(HashMap::new()),
+        }
     }
 
     /// Whether this instance believes the promo sold out (flag younger than
     /// the TTL).
     pub fn is_set(&self, promo: PromoId) -> bool {
-        self.flags.read().get(&promo).is_some_and(|at| at.elapsed() < self.ttl)
+        self.flags
+            .read()
+            .get(&promo)
+            .is_some_and(|at| at.elapsed() < self.ttl)
     }
 
     pub fn set(&self, promo: PromoId) {

@@ -45,7 +45,11 @@ impl TokenService {
             limit: cx.config.token_rate_per_sec,
             period: Duration::from_secs(1),
         };
-        TokenService { cx, catalog, token_rule }
+        TokenService {
+            cx,
+            catalog,
+            token_rule,
+        }
     }
 
     /// Draws a new captcha for (user, promo) and returns it as PNG; the
@@ -62,7 +66,8 @@ impl TokenService {
         })
         .await
         .map_err(|e| ServiceError::Internal(Box::new(e)))?;
-        let png = png.ok_or_else(|| ServiceError::Internal("captcha PNG encoding failed".into()))?;
+        let png =
+            png.ok_or_else(|| ServiceError::Internal("captcha PNG encoding failed".into()))?;
         self.cx
             .ports
             .kv
@@ -87,11 +92,16 @@ impl TokenService {
     ) -> ServiceResult<IssuedToken> {
         let promo = self.catalog.promo(promo_id).await?;
         if promo.item_id != item_id {
-            return Err(ServiceError::Invalid(format!("item {item_id} is not in promo {promo_id}")));
+            return Err(ServiceError::Invalid(format!(
+                "item {item_id} is not in promo {promo_id}"
+            )));
         }
         promo.check_on_sale(Utc::now())?;
         if self.cx.config.captcha_enabled {
-            let given = captcha.map(str::trim).filter(|c| !c.is_empty()).ok_or(ServiceError::WrongCaptcha)?;
+            let given = captcha
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .ok_or(ServiceError::WrongCaptcha)?;
             // Taken on any attempt: one image, one guess.
             let expected = self.cx.ports.kv.take(&captcha_key(user, promo_id)).await?;
             if expected.as_deref() != Some(given.to_lowercase().as_str()) {
@@ -99,7 +109,9 @@ impl TokenService {
             }
         }
         if !self.cx.ports.limiter.check(&self.token_rule, "all").await? {
-            return Err(ServiceError::RateLimited("too many requests; retry shortly"));
+            return Err(ServiceError::RateLimited(
+                "too many requests; retry shortly",
+            ));
         }
         if self.cx.sold_out.is_set(promo_id) {
             return Err(ServiceError::SoldOut);
@@ -113,7 +125,11 @@ impl TokenService {
         }
         let token = random_token();
         let ttl = Duration::from_secs(self.cx.config.seckill_token_ttl_secs);
-        self.cx.ports.kv.set(&token_key(&token), &binding(user, promo_id, item_id), ttl).await?;
+        self.cx
+            .ports
+            .kv
+            .set(&token_key(&token), &binding(user, promo_id, item_id), ttl)
+            .await?;
         let expires_at = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
         Ok(IssuedToken { token, expires_at })
     }
@@ -121,7 +137,13 @@ impl TokenService {
     /// Uses a token up: valid only once, and only for the (user, promo,
     /// item) it was issued for. A token presented for another binding is
     /// used up all the same (it was leaked or forged).
-    pub async fn consume(&self, token: &str, user: UserId, promo: PromoId, item: ItemId) -> ServiceResult<()> {
+    pub async fn consume(
+        &self,
+        token: &str,
+        user: UserId,
+        promo: PromoId,
+        item: ItemId,
+    ) -> ServiceResult<()> {
         if token.is_empty() || token.len() > 128 {
             return Err(ServiceError::InvalidToken);
         }

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine;
 use rand::Rng;
@@ -53,7 +55,8 @@ impl UserService {
 
     fn argon2(&self) -> Argon2<'static> {
         let c = &self.cx.config;
-        let params = Params::new(c.argon2_memory_kib, c.argon2_iterations, 1, None).unwrap_or_default();
+        let params =
+            Params::new(c.argon2_memory_kib, c.argon2_iterations, 1, None).unwrap_or_default();
         Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
     }
 
@@ -61,7 +64,9 @@ impl UserService {
         let argon = self.argon2();
         tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut OsRng);
-            argon.hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
+            argon
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
         })
         .await
         .map_err(|e| ServiceError::Internal(Box::new(e)))?
@@ -77,20 +82,29 @@ impl UserService {
             period: Duration::from_secs(3600),
         };
         if !self.cx.ports.limiter.check(&rule, phone.as_str()).await? {
-            return Err(ServiceError::RateLimited("too many codes asked for this phone; try later"));
+            return Err(ServiceError::RateLimited(
+                "too many codes asked for this phone; try later",
+            ));
         }
         let code = format!("{:06}", rand::thread_rng().gen_range(0..1_000_000));
         self.cx
             .ports
             .kv
-            .set(&format!("otp:{}", phone.as_str()), &code, Duration::from_secs(self.cx.config.otp_ttl_secs))
+            .set(
+                &format!("otp:{}", phone.as_str()),
+                &code,
+                Duration::from_secs(self.cx.config.otp_ttl_secs),
+            )
             .await?;
         self.cx
             .ports
             .otp
             .send(phone.as_str(), &code)
             .await
-            .map_err(|e| ServiceError::Unavailable { context: "the code could not be sent", source: Some(e.into()) })
+            .map_err(|e| ServiceError::Unavailable {
+                context: "the code could not be sent",
+                source: Some(e.into()),
+            })
     }
 
     /// Registers a user whose one-time code matches (the code is used up by
@@ -100,16 +114,36 @@ impl UserService {
         check_name(&r.name)?;
         check_password(&r.password)?;
         check_profile(r.gender.as_deref(), r.age)?;
-        let stored = self.cx.ports.kv.take(&format!("otp:{}", phone.as_str())).await?;
+        let stored = self
+            .cx
+            .ports
+            .kv
+            .take(&format!("otp:{}", phone.as_str()))
+            .await?;
         if stored.as_deref() != Some(r.otp.trim()) || r.otp.trim().is_empty() {
-            return Err(ServiceError::Invalid("one-time code wrong or expired; ask for a new one".into()));
+            return Err(ServiceError::Invalid(
+                "one-time code wrong or expired; ask for a new one".into(),
+            ));
         }
         let password_hash = self.hash_password(r.password).await?;
-        let user = NewUser { phone, name: r.name.trim().to_owned(), gender: r.gender, age: r.age, password_hash };
-        self.cx.ports.store.create_user(&user).await.map_err(|e| match e {
-            crate::store::StoreError::Conflict(_) => ServiceError::Conflict("this phone is already registered".into()),
-            e => e.into(),
-        })
+        let user = NewUser {
+            phone,
+            name: r.name.trim().to_owned(),
+            gender: r.gender,
+            age: r.age,
+            password_hash,
+        };
+        self.cx
+            .ports
+            .store
+            .create_user(&user)
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::Conflict(_) => {
+                    ServiceError::Conflict("this phone is already registered".into())
+                }
+                e => e.into(),
+            })
     }
 
     /// Creates many accounts at once; phones already registered are
@@ -123,16 +157,23 @@ impl UserService {
         }
         let mut phones = std::collections::HashSet::new();
         for (i, u) in users.iter().enumerate() {
-            Phone::parse(&u.phone).map_err(|e| ServiceError::Invalid(format!("users[{i}]: {}", e.0)))?;
-            check_name(&u.name).map_err(|e| ServiceError::Invalid(format!("users[{i}]: {}", e.0)))?;
-            check_password(&u.password).map_err(|e| ServiceError::Invalid(format!("users[{i}]: {}", e.0)))?;
+            Phone::parse(&u.phone)
+                .map_err(|e| ServiceError::Invalid(format!("users[{i}]: {}", e.0)))?;
+            check_name(&u.name)
+                .map_err(|e| ServiceError::Invalid(format!("users[{i}]: {}", e.0)))?;
+            check_password(&u.password)
+                .map_err(|e| ServiceError::Invalid(format!("users[{i}]: {}", e.0)))?;
             if !phones.insert(u.phone.as_str()) {
-                return Err(ServiceError::Invalid(format!("users[{i}]: phone listed twice")));
+                return Err(ServiceError::Invalid(format!(
+                    "users[{i}]: phone listed twice"
+                )));
             }
         }
         // Hash on every core; argon2 is the cost of this call.
         let argon = self.argon2();
-        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         let chunk = users.len().div_ceil(workers).max(1);
         let mut tasks = Vec::new();
         for part in users.chunks(chunk) {
@@ -142,9 +183,12 @@ impl UserService {
                 part.into_iter()
                     .map(|u| {
                         let salt = SaltString::generate(&mut OsRng);
-                        let hash = argon.hash_password(u.password.as_bytes(), &salt)?.to_string();
+                        let hash = argon
+                            .hash_password(u.password.as_bytes(), &salt)?
+                            .to_string();
                         Ok(NewUser {
-                            phone: Phone::parse(&u.phone).map_err(|_| argon2::password_hash::Error::Password)?,
+                            phone: Phone::parse(&u.phone)
+                                .map_err(|_| argon2::password_hash::Error::Password)?,
                             name: u.name.trim().to_owned(),
                             gender: None,
                             age: None,
@@ -179,7 +223,9 @@ impl UserService {
             period: Duration::from_secs(60),
         };
         if !self.cx.ports.limiter.check(&rule, phone.as_str()).await? {
-            return Err(ServiceError::RateLimited("too many login attempts for this phone; wait a minute"));
+            return Err(ServiceError::RateLimited(
+                "too many login attempts for this phone; wait a minute",
+            ));
         }
         let Some(user) = self.cx.ports.store.user_by_phone(phone.as_str()).await? else {
             return Err(WRONG);
@@ -188,7 +234,8 @@ impl UserService {
         let password = password.to_owned();
         let argon = self.argon2();
         let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash).is_ok_and(|h| argon.verify_password(password.as_bytes(), &h).is_ok())
+            PasswordHash::new(&hash)
+                .is_ok_and(|h| argon.verify_password(password.as_bytes(), &h).is_ok())
         })
         .await
         .map_err(|e| ServiceError::Internal(Box::new(e)))?;
@@ -199,7 +246,11 @@ impl UserService {
         self.cx
             .ports
             .kv
-            .set(&session_key(&token), &user.id.0.to_string(), Duration::from_secs(self.cx.config.session_ttl_secs))
+            .set(
+                &session_key(&token),
+                &user.id.0.to_string(),
+                Duration::from_secs(self.cx.config.session_ttl_secs),
+            )
             .await?;
         Ok((token, user))
     }
@@ -218,6 +269,13 @@ impl UserService {
     }
 
     pub async fn user(&self, id: UserId) -> ServiceResult<User> {
-        self.cx.ports.store.user_by_id(id).await?.ok_or(ServiceError::Unauthenticated("the session's user no longer exists"))
+        self.cx
+            .ports
+            .store
+            .user_by_id(id)
+            .await?
+            .ok_or(ServiceError::Unauthenticated(
+                "the session's user no longer exists",
+            ))
     }
 }

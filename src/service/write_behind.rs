@@ -27,7 +27,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Context, ServiceError, ServiceResult};
 use crate::cache::{Reservation, ReserveOutcome};
-use crate::domain::{ItemId, Order, OrderDraft, OrderNo, PromoId, StockLogId, StockLogStatus, UserId};
+use crate::domain::{
+    ItemId, Order, OrderDraft, OrderNo, PromoId, StockLogId, StockLogStatus, UserId,
+};
 use crate::mq::{Event, LocalTx, TxState};
 use crate::store::{Deduction, StoreError};
 
@@ -68,17 +70,14 @@ impl WriteBehind {
         WriteBehind { tx }
     }
 
-    /// A place in the queue, or `RateLimited` at once when it is full.
-    pub fn admit(&self) -> ServiceResult<mpsc::Permit<'_, Pending>> {
-        self.tx.try_reserve().map_err(|_| {
-            metrics::counter!("seckill_order_queue_full_total").increment(1);
-            ServiceError::RateLimited("the order queue is full; retry shortly")
-        })
-    }
-
-    /// Orders waiting in the queue now.
-    pub fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+    /// Queues an admitted order. Callers bound what is in flight (the order
+    /// service's admission semaphore has the queue's capacity), so this
+    /// never waits for room.
+    pub async fn submit(&self, pending: Pending) -> ServiceResult<()> {
+        self.tx
+            .send(pending)
+            .await
+            .map_err(|_| ServiceError::unavailable("the order pipeline stopped"))
     }
 }
 
@@ -124,14 +123,21 @@ impl Worker {
         let now = Utc::now();
         let reservations: Vec<Reservation> = batch
             .iter()
-            .map(|p| Reservation { promo: p.promo, user: p.user, amount: p.amount, id: self.cx.ids.next_id() })
+            .map(|p| Reservation {
+                promo: p.promo,
+                user: p.user,
+                amount: p.amount,
+                id: self.cx.ids.next_id(),
+            })
             .collect();
         let started = Instant::now();
         let outcomes = match ports.ledger.reserve(&reservations).await {
             Ok(o) if o.len() == batch.len() => o,
             Ok(_) => {
                 for p in batch {
-                    let _ = p.reply.send(Err(ServiceError::Internal("ledger answered a different count".into())));
+                    let _ = p.reply.send(Err(ServiceError::Internal(
+                        "ledger answered a different count".into(),
+                    )));
                 }
                 return;
             }
@@ -165,7 +171,10 @@ impl Worker {
                         unit_price_cents: p.unit_price_cents,
                         created_at: now,
                     };
-                    reserved.push(Reserved { draft, reply: p.reply });
+                    reserved.push(Reserved {
+                        draft,
+                        reply: p.reply,
+                    });
                 }
                 ReserveOutcome::SoldOut => {
                     self.cx.sold_out.set(p.promo);
@@ -175,7 +184,9 @@ impl Worker {
                     let _ = p.reply.send(Err(ServiceError::AlreadyBought));
                 }
                 ReserveOutcome::NotWarmed => {
-                    let _ = p.reply.send(Err(ServiceError::unavailable("the promo's stock is not loaded")));
+                    let _ = p.reply.send(Err(ServiceError::unavailable(
+                        "the promo's stock is not loaded",
+                    )));
                 }
             }
         }
@@ -189,7 +200,9 @@ impl Worker {
             tracing::warn!(orders = drafts.len(), error = %e, "stock_log insert failed; giving reservations back");
             for r in reserved {
                 self.give_back(r.draft.promo_id, r.draft.stock_log_id).await;
-                let _ = r.reply.send(Err(ServiceError::unavailable("the database is unavailable")));
+                let _ = r.reply.send(Err(ServiceError::unavailable(
+                    "the database is unavailable",
+                )));
             }
             return;
         }
@@ -285,13 +298,18 @@ impl Worker {
             }
         };
         for r in group {
-            let status = statuses.iter().find(|(id, _)| *id == r.draft.stock_log_id).map(|(_, s)| *s);
+            let status = statuses
+                .iter()
+                .find(|(id, _)| *id == r.draft.stock_log_id)
+                .map(|(_, s)| *s);
             match status {
                 Some(StockLogStatus::Committed) => {
                     let _ = r.reply.send(Ok(r.draft.to_order()));
                 }
                 Some(StockLogStatus::Init) => {
-                    let _ = r.reply.send(Err(ServiceError::unavailable("the order's outcome is not known yet")));
+                    let _ = r.reply.send(Err(ServiceError::unavailable(
+                        "the order's outcome is not known yet",
+                    )));
                 }
                 Some(StockLogStatus::RolledBack) | None => {
                     self.give_back(r.draft.promo_id, r.draft.stock_log_id).await;

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::*;
@@ -41,7 +43,9 @@ impl SqliteStore {
 
     /// Applies the SQLite migrations (idempotent).
     pub async fn migrate(&self) -> StoreResult<()> {
-        sqlx::migrate!("./migrations/sqlite").run(&self.pool).await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&self.pool)
+            .await?;
         Ok(())
     }
 }
@@ -52,7 +56,9 @@ pub(crate) fn map_unique(e: sqlx::Error) -> StoreError {
         if db.is_unique_violation() {
             let msg = db.message();
             let name = db.constraint().unwrap_or(msg);
-            let which = if name.contains("user_promo") || (msg.contains("user_id") && msg.contains("promo_id")) {
+            let which = if name.contains("user_promo")
+                || (msg.contains("user_id") && msg.contains("promo_id"))
+            {
                 "user_promo"
             } else if name.contains("phone") {
                 "phone"
@@ -95,7 +101,8 @@ fn item_of(r: &SqliteRow) -> StoreResult<Item> {
     })
 }
 
-const PROMO_COLUMNS: &str = "id, item_id, name, price_cents, start_at, end_at, published FROM promo";
+const PROMO_COLUMNS: &str =
+    "id, item_id, name, price_cents, start_at, end_at, published FROM promo";
 
 fn promo_of(r: &SqliteRow) -> StoreResult<Promo> {
     Ok(Promo {
@@ -264,13 +271,15 @@ impl CatalogStore for SqliteStore {
     }
 
     async fn items(&self, limit: u32) -> StoreResult<Vec<Item>> {
-        sqlx::query(&format!("SELECT {ITEM_COLUMNS} ORDER BY i.sales DESC, i.id LIMIT ?"))
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(item_of)
-            .collect()
+        sqlx::query(&format!(
+            "SELECT {ITEM_COLUMNS} ORDER BY i.sales DESC, i.id LIMIT ?"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(item_of)
+        .collect()
     }
 
     async fn create_promo(&self, p: &NewPromo) -> StoreResult<Promo> {
@@ -310,13 +319,15 @@ impl CatalogStore for SqliteStore {
     }
 
     async fn promos_of_item(&self, item: ItemId) -> StoreResult<Vec<Promo>> {
-        sqlx::query(&format!("SELECT {PROMO_COLUMNS} WHERE item_id = ? ORDER BY start_at"))
-            .bind(item.0)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(promo_of)
-            .collect()
+        sqlx::query(&format!(
+            "SELECT {PROMO_COLUMNS} WHERE item_id = ? ORDER BY start_at"
+        ))
+        .bind(item.0)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(promo_of)
+        .collect()
     }
 
     async fn publish_promo(&self, id: PromoId) -> StoreResult<bool> {
@@ -364,7 +375,9 @@ impl OrderStore for SqliteStore {
         let mut tx = self.pool.begin().await?;
         for chunk in drafts.chunks(100) {
             let ids: Vec<StockLogId> = chunk.iter().map(|d| d.stock_log_id).collect();
-            let mut qb = QueryBuilder::<Sqlite>::new("UPDATE stock_log SET status = 'committed', updated_at = ");
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "UPDATE stock_log SET status = 'committed', updated_at = ",
+            );
             qb.push_bind(now).push(" WHERE status = 'init' AND id IN ");
             push_ids(&mut qb, &ids);
             let flipped = qb.build().execute(&mut *tx).await?.rows_affected();
@@ -410,18 +423,27 @@ impl OrderStore for SqliteStore {
         Ok(())
     }
 
-    async fn roll_back_stock_logs(&self, ids: &[StockLogId]) -> StoreResult<Vec<(StockLogId, StockLogStatus)>> {
+    async fn roll_back_stock_logs(
+        &self,
+        ids: &[StockLogId],
+    ) -> StoreResult<Vec<(StockLogId, StockLogStatus)>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut qb = QueryBuilder::<Sqlite>::new("UPDATE stock_log SET status = 'rolled_back', updated_at = ");
-        qb.push_bind(Utc::now()).push(" WHERE status = 'init' AND id IN ");
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "UPDATE stock_log SET status = 'rolled_back', updated_at = ",
+        );
+        qb.push_bind(Utc::now())
+            .push(" WHERE status = 'init' AND id IN ");
         push_ids(&mut qb, ids);
         qb.build().execute(&self.pool).await?;
         self.stock_log_statuses(ids).await
     }
 
-    async fn stock_log_statuses(&self, ids: &[StockLogId]) -> StoreResult<Vec<(StockLogId, StockLogStatus)>> {
+    async fn stock_log_statuses(
+        &self,
+        ids: &[StockLogId],
+    ) -> StoreResult<Vec<(StockLogId, StockLogStatus)>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -431,11 +453,20 @@ impl OrderStore for SqliteStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(|r| Ok((StockLogId(r.try_get("id")?), stock_log_status_of(r.try_get::<&str, _>("status")?)?)))
+            .map(|r| {
+                Ok((
+                    StockLogId(r.try_get("id")?),
+                    stock_log_status_of(r.try_get::<&str, _>("status")?)?,
+                ))
+            })
             .collect()
     }
 
-    async fn stale_stock_logs(&self, before: DateTime<Utc>, limit: u32) -> StoreResult<Vec<(StockLogId, PromoId)>> {
+    async fn stale_stock_logs(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<(StockLogId, PromoId)>> {
         sqlx::query("SELECT id, promo_id FROM stock_log WHERE status = 'init' AND created_at < ? ORDER BY created_at LIMIT ?")
             .bind(before)
             .bind(limit)
@@ -451,18 +482,20 @@ impl OrderStore for SqliteStore {
         let mut report = DeductionReport::default();
         let mut tx = self.pool.begin().await?;
         for e in entries {
-            let status: Option<String> = sqlx::query_scalar("SELECT status FROM stock_log WHERE id = ?")
-                .bind(e.stock_log_id.0)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM stock_log WHERE id = ?")
+                    .bind(e.stock_log_id.0)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if status.as_deref() != Some("committed") {
                 report.skipped += 1;
                 continue;
             }
-            let done: Option<i64> = sqlx::query_scalar("SELECT 1 FROM stock_deduction WHERE stock_log_id = ?")
-                .bind(e.stock_log_id.0)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let done: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM stock_deduction WHERE stock_log_id = ?")
+                    .bind(e.stock_log_id.0)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if done.is_some() {
                 report.duplicates += 1;
                 continue;
@@ -507,14 +540,16 @@ impl OrderStore for SqliteStore {
     }
 
     async fn orders_of_user(&self, user: UserId, limit: u32) -> StoreResult<Vec<Order>> {
-        sqlx::query(&format!("SELECT {ORDER_COLUMNS} WHERE user_id = ? ORDER BY created_at DESC LIMIT ?"))
-            .bind(user.0)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(order_of)
-            .collect()
+        sqlx::query(&format!(
+            "SELECT {ORDER_COLUMNS} WHERE user_id = ? ORDER BY created_at DESC LIMIT ?"
+        ))
+        .bind(user.0)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(order_of)
+        .collect()
     }
 
     async fn pay_order(&self, no: &OrderNo) -> StoreResult<Order> {
@@ -532,7 +567,11 @@ impl OrderStore for SqliteStore {
             .bind(no.as_str())
             .fetch_optional(&mut *tx)
             .await?;
-        let mut order = row.as_ref().map(order_of).transpose()?.ok_or(StoreError::NotFound)?;
+        let mut order = row
+            .as_ref()
+            .map(order_of)
+            .transpose()?
+            .ok_or(StoreError::NotFound)?;
         let flipped = sqlx::query("UPDATE order_info SET status = 'cancelled', updated_at = ? WHERE order_no = ? AND status = 'pending_payment'")
             .bind(Utc::now())
             .bind(no.as_str())
@@ -540,11 +579,13 @@ impl OrderStore for SqliteStore {
             .await?
             .rows_affected();
         if flipped == 1 {
-            sqlx::query("UPDATE item_stock SET stock = stock + ?, version = version + 1 WHERE item_id = ?")
-                .bind(order.amount)
-                .bind(order.item_id.0)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE item_stock SET stock = stock + ?, version = version + 1 WHERE item_id = ?",
+            )
+            .bind(order.amount)
+            .bind(order.item_id.0)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query("UPDATE item SET sales = sales - ? WHERE id = ?")
                 .bind(order.amount)
                 .bind(order.item_id.0)
@@ -569,10 +610,12 @@ impl OrderStore for SqliteStore {
             orders: r.try_get("orders")?,
             ..PromoTotals::default()
         };
-        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM stock_log WHERE promo_id = ? GROUP BY status")
-            .bind(promo.0)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) AS n FROM stock_log WHERE promo_id = ? GROUP BY status",
+        )
+        .bind(promo.0)
+        .fetch_all(&self.pool)
+        .await?;
         for r in rows {
             let n: i64 = r.try_get("n")?;
             match stock_log_status_of(r.try_get::<&str, _>("status")?)? {
@@ -584,7 +627,12 @@ impl OrderStore for SqliteStore {
         Ok(totals)
     }
 
-    async fn place_order_in_db(&self, d: &OrderDraft, optimistic: bool, cas_retries: u32) -> StoreResult<Option<Order>> {
+    async fn place_order_in_db(
+        &self,
+        d: &OrderDraft,
+        optimistic: bool,
+        cas_retries: u32,
+    ) -> StoreResult<Option<Order>> {
         let now = Utc::now();
         let attempts = if optimistic { cas_retries.max(1) } else { 1 };
         for _ in 0..attempts {
@@ -633,7 +681,11 @@ impl OrderStore for SqliteStore {
 /// The rows a pure-database order writes besides the stock update: the
 /// journal row (already committed), the order, the deduction record (the
 /// stock moved in this transaction) and the sales.
-async fn write_db_order(tx: &mut sqlx::SqliteConnection, d: &OrderDraft, now: DateTime<Utc>) -> StoreResult<()> {
+async fn write_db_order(
+    tx: &mut sqlx::SqliteConnection,
+    d: &OrderDraft,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
     sqlx::query("INSERT INTO stock_log (id, item_id, promo_id, user_id, amount, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'committed', ?, ?)")
         .bind(d.stock_log_id.0).bind(d.item_id.0).bind(d.promo_id.0).bind(d.user_id.0).bind(d.amount).bind(now).bind(now)
         .execute(&mut *tx).await.map_err(map_unique)?;
@@ -645,8 +697,10 @@ async fn write_db_order(tx: &mut sqlx::SqliteConnection, d: &OrderDraft, now: Da
         .bind(d.stock_log_id.0).bind(d.item_id.0).bind(d.amount).bind(now)
         .execute(&mut *tx).await?;
     sqlx::query("UPDATE item SET sales = sales + ? WHERE id = ?")
-        .bind(d.amount).bind(d.item_id.0)
-        .execute(&mut *tx).await?;
+        .bind(d.amount)
+        .bind(d.item_id.0)
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 

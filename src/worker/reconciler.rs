@@ -25,7 +25,10 @@ pub struct ReconcileReport {
 pub async fn reconcile_once(cx: &Context, dry_run: bool) -> anyhow::Result<ReconcileReport> {
     let before = Utc::now() - chrono::Duration::seconds(cx.config.reconcile_after_secs as i64);
     let stale = cx.ports.store.stale_stock_logs(before, 1000).await?;
-    let mut report = ReconcileReport { stale: stale.len(), ..Default::default() };
+    let mut report = ReconcileReport {
+        stale: stale.len(),
+        ..Default::default()
+    };
     if dry_run || stale.is_empty() {
         return Ok(report);
     }
@@ -45,7 +48,8 @@ pub async fn reconcile_once(cx: &Context, dry_run: bool) -> anyhow::Result<Recon
             _ => {}
         }
     }
-    metrics::counter!("seckill_reconciled_total", "outcome" => "rolled_back").increment(report.rolled_back as u64);
+    metrics::counter!("seckill_reconciled_total", "outcome" => "rolled_back")
+        .increment(report.rolled_back as u64);
     Ok(report)
 }
 

@@ -25,19 +25,29 @@ impl StockConsumer {
 #[async_trait]
 impl MessageHandler for StockConsumer {
     async fn handle(&self, event: &Event) -> anyhow::Result<()> {
-        let Event::StockDeduct { v: 1, promo_id, entries } = event else {
+        let Event::StockDeduct {
+            v: 1,
+            promo_id,
+            entries,
+        } = event
+        else {
             tracing::error!(key = %event.key(), "stock consumer got a message it does not understand; skipped");
             return Ok(());
         };
         let report = self.store.apply_deductions(entries).await?;
-        metrics::counter!("seckill_deductions_total", "outcome" => "applied").increment(report.applied);
-        metrics::counter!("seckill_deductions_total", "outcome" => "duplicate").increment(report.duplicates);
-        metrics::counter!("seckill_deductions_total", "outcome" => "skipped").increment(report.skipped);
-        metrics::counter!("seckill_deductions_total", "outcome" => "insufficient").increment(report.insufficient);
+        metrics::counter!("seckill_deductions_total", "outcome" => "applied")
+            .increment(report.applied);
+        metrics::counter!("seckill_deductions_total", "outcome" => "duplicate")
+            .increment(report.duplicates);
+        metrics::counter!("seckill_deductions_total", "outcome" => "skipped")
+            .increment(report.skipped);
+        metrics::counter!("seckill_deductions_total", "outcome" => "insufficient")
+            .increment(report.insufficient);
         if let Some(first) = entries.first() {
-            let lag = (chrono::Utc::now() - crate::domain::IdGenerator::timestamp(first.stock_log_id))
-                .num_milliseconds()
-                .max(0) as f64
+            let lag = (chrono::Utc::now()
+                - crate::domain::IdGenerator::timestamp(first.stock_log_id))
+            .num_milliseconds()
+            .max(0) as f64
                 / 1000.0;
             metrics::histogram!("seckill_consumer_lag_seconds").record(lag);
         }

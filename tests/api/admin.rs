@@ -1,0 +1,226 @@
+use axum::http::StatusCode;
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn admin_endpoints_refuse_users_strangers_and_a_missing_token() {
+    let t = TestApp::spawn().await;
+    let user = t.user("13900000001").await;
+    let body = json!({"title": "x", "price_cents": 1, "stock": 1});
+    let r = t
+        .post("/api/v1/admin/items", Some(&user), body.clone())
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::FORBIDDEN, "FORBIDDEN")
+    );
+    let r = t.post("/api/v1/admin/items", None, body.clone()).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    let closed = TestApp::spawn_with(|c| c.admin_token = None).await;
+    let r = closed.post("/api/v1/admin/items", Some(ADMIN), body).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::FORBIDDEN, "FORBIDDEN")
+    );
+}
+
+#[tokio::test]
+async fn items_are_listed_by_sales_with_their_promo() {
+    let t = TestApp::spawn().await;
+    let quiet = t.item(10).await;
+    let (hot, promo) = t.sale(10).await;
+    let buyer = t.user("13900000002").await;
+    assert_eq!(t.buy(&buyer, promo, hot).await.status, StatusCode::CREATED);
+    let items = t.get("/api/v1/items", None).await.json();
+    let ids: Vec<i64> = items["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![hot, quiet]);
+    let first = &items["items"][0];
+    assert_eq!(first["sales"], 1);
+    assert_eq!(first["stock"], 9, "live stock from the ledger");
+    assert_eq!(first["promo"]["status"], "ongoing");
+    assert_eq!(first["promo"]["published"], true);
+}
+
+#[tokio::test]
+async fn patching_an_item_changes_what_buyers_see() {
+    let t = TestApp::spawn().await;
+    let item = t.item(5).await;
+    let r = t
+        .call(
+            "PATCH",
+            &format!("/api/v1/admin/items/{item}"),
+            Some(ADMIN),
+            Some(json!({"price_cents": 777})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        t.get(&format!("/api/v1/items/{item}"), None).await.json()["price_cents"],
+        777
+    );
+    let r = t
+        .call(
+            "PATCH",
+            &format!("/api/v1/admin/items/{item}"),
+            Some(ADMIN),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = t
+        .call(
+            "PATCH",
+            "/api/v1/admin/items/999",
+            Some(ADMIN),
+            Some(json!({"title": "x"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn promos_must_be_valid_and_must_not_overlap() {
+    let t = TestApp::spawn().await;
+    let item = t.item(5).await;
+    t.promo(item, 10, 100).await;
+    let now = chrono::Utc::now();
+    let at = |s: i64| (now + chrono::Duration::seconds(s)).to_rfc3339();
+    let r = t
+        .post("/api/v1/admin/promos", Some(ADMIN),
+            json!({"item_id": item, "name": "b", "price_cents": 10, "start_at": at(50), "end_at": at(200)}))
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::CONFLICT, "CONFLICT")
+    );
+    let r = t
+        .post("/api/v1/admin/promos", Some(ADMIN),
+            json!({"item_id": item, "name": "b", "price_cents": 10, "start_at": at(300), "end_at": at(200)}))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = t
+        .post("/api/v1/admin/promos", Some(ADMIN),
+            json!({"item_id": 999, "name": "b", "price_cents": 10, "start_at": at(300), "end_at": at(400)}))
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn bulk_users_are_created_and_duplicates_skipped() {
+    let t = TestApp::spawn().await;
+    let users = |n: usize| -> Vec<serde_json::Value> {
+        (0..n).map(|i| json!({"phone": format!("1370000{i:04}"), "name": "u", "password": "secret-pass"})).collect()
+    };
+    let r = t
+        .post(
+            "/api/v1/admin/users",
+            Some(ADMIN),
+            json!({"users": users(20)}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["created"].as_i64()),
+        (StatusCode::CREATED, Some(20))
+    );
+    let r = t
+        .post(
+            "/api/v1/admin/users",
+            Some(ADMIN),
+            json!({"users": users(25)}),
+        )
+        .await;
+    assert_eq!(r.json()["created"], 5);
+    t.login("13700000003").await;
+}
+
+#[tokio::test]
+async fn stats_show_db_and_cache_stock_and_the_journal() {
+    let t = TestApp::spawn().await;
+    let (item, promo) = t.sale(3).await;
+    let b = t.user("13900000003").await;
+    assert_eq!(t.buy(&b, promo, item).await.status, StatusCode::CREATED);
+    let s = t.settled(promo).await;
+    assert_eq!(s["stock_db"], 2);
+    assert_eq!(s["stock_cache"], 2);
+    assert_eq!(s["sold"], 1);
+    assert_eq!(s["orders"], 1);
+    assert_eq!(
+        s["stock_log"],
+        json!({"init": 0, "committed": 1, "rolled_back": 0})
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_endpoint() {
+    let t = TestApp::spawn().await;
+    let doc = t.get("/api/openapi.json", None).await.json();
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/api/v1/otp",
+        "/api/v1/users",
+        "/api/v1/sessions",
+        "/api/v1/sessions/current",
+        "/api/v1/me",
+        "/api/v1/items",
+        "/api/v1/items/{id}",
+        "/api/v1/promos/{id}/captcha",
+        "/api/v1/promos/{id}/tokens",
+        "/api/v1/orders",
+        "/api/v1/orders/{order_no}",
+        "/api/v1/orders/{order_no}/pay",
+        "/api/v1/orders/{order_no}/cancel",
+        "/api/v1/admin/users",
+        "/api/v1/admin/items",
+        "/api/v1/admin/items/{id}",
+        "/api/v1/admin/promos",
+        "/api/v1/admin/promos/{id}/publish",
+        "/api/v1/admin/promos/{id}/stats",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(
+            paths.contains_key(p),
+            "{p} missing from the OpenAPI document"
+        );
+    }
+}
+
+#[tokio::test]
+async fn readiness_names_a_dependency_that_is_down() {
+    let t = TestApp::spawn().await;
+    assert_eq!(t.get("/readyz", None).await.status, StatusCode::OK);
+    t.app.memory_bus.as_ref().unwrap().refuse_sends(true);
+    let r = t.get("/readyz", None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.json()["checks"]["message_bus"]
+        .as_str()
+        .unwrap()
+        .starts_with("down"));
+}
+
+#[tokio::test]
+async fn metrics_are_exposed_in_prometheus_text() {
+    let t = TestApp::spawn().await;
+    t.get("/api/v1/items", None).await;
+    let r = t.get("/metrics", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let text = String::from_utf8(r.bytes).unwrap();
+    assert!(text.contains("seckill_http_requests_total"), "{text}");
+}
+
+#[tokio::test]
+async fn the_web_pages_are_served() {
+    let t = TestApp::spawn().await;
+    let r = t.get("/", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&r.bytes).contains("<html"));
+    assert_eq!(t.get("/item.html", None).await.status, StatusCode::OK);
+}

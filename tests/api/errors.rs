@@ -1,0 +1,136 @@
+use axum::http::{header, Request, StatusCode};
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn malformed_json_and_wrong_types_are_400_bad_request() {
+    let t = TestApp::spawn().await;
+    let s = t.user("13500000001").await;
+    let raw = |body: &'static str| {
+        Request::post("/api/v1/orders")
+            .header(header::AUTHORIZATION, format!("Bearer {s}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(body))
+            .unwrap()
+    };
+    for body in [
+        "{",
+        "[]",
+        r#"{"promo_id": "one", "item_id": 1, "amount": 1, "token": "t"}"#,
+        r#"{"item_id": 1}"#,
+    ] {
+        let r = t.send(raw(body)).await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn invalid_values_are_422_invalid_argument() {
+    let t = TestApp::spawn().await;
+    let (item, promo) = t.sale(5).await;
+    let s = t.user("13500000002").await;
+    for amount in [0, -1, 2, 1_000_000] {
+        let r = t
+            .post(
+                "/api/v1/orders",
+                Some(&s),
+                json!({"promo_id": promo, "item_id": item, "amount": amount, "token": "x"}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "INVALID_ARGUMENT"),
+            "{amount}"
+        );
+    }
+    let r = t
+        .post("/api/v1/otp", None, json!({"phone": "not-a-phone"}))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = t
+        .post(
+            "/api/v1/admin/items",
+            Some(ADMIN),
+            json!({"title": "x", "price_cents": 0, "stock": 1}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = t
+        .post(
+            "/api/v1/admin/items",
+            Some(ADMIN),
+            json!({"title": "x".repeat(201), "price_cents": 1, "stock": 1}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn unknown_ids_are_404_and_unparsable_ids_400() {
+    let t = TestApp::spawn().await;
+    let s = t.user("13500000003").await;
+    assert_eq!(
+        t.get("/api/v1/items/424242", None).await.code(),
+        "NOT_FOUND"
+    );
+    assert_eq!(
+        t.get("/api/v1/items/abc", None).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        t.get("/api/v1/orders/nope", Some(&s)).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(t.token(&s, 999, 1).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        t.get("/api/v1/no-such-endpoint", None).await.code(),
+        "NOT_FOUND"
+    );
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_with_413() {
+    let t = TestApp::spawn_with(|c| c.max_body_bytes = 1024).await;
+    let r = t
+        .post("/api/v1/otp", None, json!({"phone": "1".repeat(4096)}))
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE")
+    );
+}
+
+#[tokio::test]
+async fn an_order_while_the_broker_is_down_is_503_and_gives_the_stock_back() {
+    let t = TestApp::spawn().await;
+    let (item, promo) = t.sale(1).await;
+    let s = t.user("13500000004").await;
+    let token = t.token(&s, promo, item).await.json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    t.app.memory_bus.as_ref().unwrap().refuse_sends(true);
+    let r = t.order(&s, promo, item, &token).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+    );
+    let stats = t.stats(promo).await;
+    assert_eq!(stats["stock_cache"], 1, "reservation given back");
+    assert_eq!(stats["orders"], 0);
+    assert_eq!(
+        stats["stock_log"],
+        json!({"init": 0, "committed": 0, "rolled_back": 1})
+    );
+    t.app.memory_bus.as_ref().unwrap().refuse_sends(false);
+    assert_eq!(
+        t.buy(&s, promo, item).await.status,
+        StatusCode::CREATED,
+        "the same buyer can buy once it is back"
+    );
+}

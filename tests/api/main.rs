@@ -1,0 +1,9 @@
+//! HTTP tests through the router on the embedded adapters (no network).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod admin;
+mod errors;
+mod orders;
+mod users;

@@ -1,0 +1,195 @@
+use axum::http::{header, StatusCode};
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn a_user_registers_with_a_one_time_code_and_logs_in() {
+    let t = TestApp::spawn().await;
+    let session = t.user("13800000001").await;
+    let me = t.get("/api/v1/me", Some(&session)).await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(me.json()["phone"], "13800000001");
+    assert!(me.json().get("password").is_none() && me.json().get("password_hash").is_none());
+}
+
+#[tokio::test]
+async fn login_sets_an_http_only_cookie_that_authenticates() {
+    let t = TestApp::spawn().await;
+    t.user("13800000002").await;
+    let r = t
+        .post(
+            "/api/v1/sessions",
+            None,
+            json!({"phone": "13800000002", "password": "secret-pass"}),
+        )
+        .await;
+    let cookie = r
+        .headers
+        .get(header::SET_COOKIE)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(cookie.contains("HttpOnly") && cookie.starts_with("seckill_session="));
+    let pair = cookie.split(';').next().unwrap();
+    let req = axum::http::Request::get("/api/v1/me")
+        .header(header::COOKIE, pair)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    assert_eq!(t.send(req).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_wrong_code_is_refused_and_used_up() {
+    let t = TestApp::spawn().await;
+    t.post("/api/v1/otp", None, json!({"phone": "13800000003"}))
+        .await;
+    let code = t.app.otp.last_code("13800000003").unwrap();
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let body = |otp: &str| json!({"phone": "13800000003", "otp": otp, "name": "x", "password": "secret-pass"});
+    let r = t.post("/api/v1/users", None, body(wrong)).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "INVALID_ARGUMENT")
+    );
+    let r = t.post("/api/v1/users", None, body(&code)).await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the code was used up by the wrong guess"
+    );
+}
+
+#[tokio::test]
+async fn a_phone_registers_only_once() {
+    let t = TestApp::spawn().await;
+    t.user("13800000004").await;
+    t.post("/api/v1/otp", None, json!({"phone": "13800000004"}))
+        .await;
+    let code = t.app.otp.last_code("13800000004").unwrap();
+    let r = t
+        .post(
+            "/api/v1/users",
+            None,
+            json!({"phone": "13800000004", "otp": code, "name": "x", "password": "secret-pass"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::CONFLICT, "CONFLICT")
+    );
+}
+
+#[tokio::test]
+async fn one_time_codes_are_rate_limited_per_phone() {
+    let t = TestApp::spawn_with(|c| c.otp_per_phone_per_hour = 2).await;
+    for _ in 0..2 {
+        assert_eq!(
+            t.post("/api/v1/otp", None, json!({"phone": "13800000005"}))
+                .await
+                .status,
+            StatusCode::ACCEPTED
+        );
+    }
+    let r = t
+        .post("/api/v1/otp", None, json!({"phone": "13800000005"}))
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED")
+    );
+    assert_eq!(
+        t.post("/api/v1/otp", None, json!({"phone": "13800000006"}))
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_unauthenticated_and_logins_are_rate_limited() {
+    let t = TestApp::spawn_with(|c| c.login_attempts_per_phone_per_minute = 3).await;
+    t.user("13800000007").await; // one attempt used
+    for _ in 0..2 {
+        let r = t
+            .post(
+                "/api/v1/sessions",
+                None,
+                json!({"phone": "13800000007", "password": "wrong-pass"}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED")
+        );
+    }
+    let r = t
+        .post(
+            "/api/v1/sessions",
+            None,
+            json!({"phone": "13800000007", "password": "secret-pass"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn logging_out_ends_the_session() {
+    let t = TestApp::spawn().await;
+    let s = t.user("13800000008").await;
+    assert_eq!(
+        t.call("DELETE", "/api/v1/sessions/current", Some(&s), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let r = t.get("/api/v1/me", Some(&s)).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED")
+    );
+}
+
+#[tokio::test]
+async fn forged_sessions_are_refused() {
+    let t = TestApp::spawn().await;
+    for token in ["", "forged", &"x".repeat(500)] {
+        let r = t.get("/api/v1/me", Some(token)).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{token:?}");
+    }
+    assert_eq!(
+        t.get("/api/v1/me", None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn cors_is_granted_with_credentials_to_listed_origins_only() {
+    let t = TestApp::spawn_with(|c| c.cors_origins = "http://shop.example:3000".into()).await;
+    let preflight = |origin: &str| {
+        axum::http::Request::builder()
+            .method("OPTIONS")
+            .uri("/api/v1/me")
+            .header(header::ORIGIN, origin)
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "GET")
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let ok = t.send(preflight("http://shop.example:3000")).await;
+    assert_eq!(
+        ok.headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).unwrap(),
+        "http://shop.example:3000"
+    );
+    assert_eq!(
+        ok.headers
+            .get(header::ACCESS_CONTROL_ALLOW_CREDENTIALS)
+            .unwrap(),
+        "true"
+    );
+    let no = t.send(preflight("http://evil.example")).await;
+    assert!(no
+        .headers
+        .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        .is_none());
+}

@@ -1,0 +1,197 @@
+//! The transactional message contract.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use parking_lot::Mutex;
+use seckill::domain::{ItemId, PromoId, StockLogId};
+use seckill::mq::memory::{MemoryBus, MemoryBusSettings};
+use seckill::mq::*;
+use seckill::store::Deduction;
+use tokio::sync::mpsc;
+
+/// Answers check-backs with a fixed state, counting them.
+pub struct FixedChecker {
+    pub state: Mutex<TxState>,
+    pub checks: Mutex<u32>,
+}
+
+#[async_trait]
+impl TxChecker for FixedChecker {
+    async fn check(&self, _event: &Event) -> TxState {
+        *self.checks.lock() += 1;
+        *self.state.lock()
+    }
+}
+
+struct Collect(mpsc::UnboundedSender<Event>, Mutex<u32>);
+
+#[async_trait]
+impl MessageHandler for Collect {
+    async fn handle(&self, event: &Event) -> anyhow::Result<()> {
+        let mut failures_left = self.1.lock();
+        if *failures_left > 0 {
+            *failures_left -= 1;
+            anyhow::bail!("injected consumer failure");
+        }
+        let _ = self.0.send(event.clone());
+        Ok(())
+    }
+}
+
+pub async fn memory_bus(checker: Arc<dyn TxChecker>) -> Arc<dyn MessageBus> {
+    Arc::new(MemoryBus::start(
+        checker,
+        MemoryBusSettings {
+            check_after: Duration::from_millis(100),
+            check_interval: Duration::from_millis(50),
+            check_max: 3,
+            redelivery_delay: Duration::from_millis(50),
+            max_redeliveries: 5,
+        },
+    ))
+}
+
+fn event(id: i64) -> Event {
+    Event::StockDeduct {
+        v: 1,
+        promo_id: PromoId(1),
+        entries: vec![Deduction {
+            stock_log_id: StockLogId(id),
+            item_id: ItemId(1),
+            amount: 1,
+        }],
+    }
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Event>, within: Duration) -> Option<Event> {
+    tokio::time::timeout(within, rx.recv()).await.ok().flatten()
+}
+
+pub async fn suite<F, Fut>(make: F)
+where
+    F: Fn(Arc<dyn TxChecker>) -> Fut,
+    Fut: Future<Output = Arc<dyn MessageBus>>,
+{
+    let checker = Arc::new(FixedChecker {
+        state: Mutex::new(TxState::Unknown),
+        checks: Mutex::new(0),
+    });
+    let bus = make(checker.clone()).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    bus.subscribe(
+        Topic::Stock,
+        "contract",
+        Delivery::Clustering,
+        Arc::new(Collect(tx, Mutex::new(0))),
+    )
+    .await
+    .unwrap();
+
+    // A half message is invisible while the local transaction runs; commit delivers it.
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let sending = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            bus.send_in_transaction(
+                event(1),
+                Box::new(move || {
+                    async move {
+                        go_rx.await.ok();
+                        TxState::Commit
+                    }
+                    .boxed()
+                }),
+            )
+            .await
+        })
+    };
+    assert!(
+        next(&mut rx, Duration::from_millis(300)).await.is_none(),
+        "half message leaked before commit"
+    );
+    go_tx.send(()).unwrap();
+    assert_eq!(sending.await.unwrap().unwrap(), TxState::Commit);
+    assert_eq!(next(&mut rx, Duration::from_secs(10)).await, Some(event(1)));
+
+    // Rollback: never delivered.
+    let st = bus
+        .send_in_transaction(event(2), Box::new(|| async { TxState::Rollback }.boxed()))
+        .await
+        .unwrap();
+    assert_eq!(st, TxState::Rollback);
+    assert!(next(&mut rx, Duration::from_millis(500)).await.is_none());
+
+    // Unknown: the check-back decides.
+    *checker.state.lock() = TxState::Commit;
+    bus.send_in_transaction(event(3), Box::new(|| async { TxState::Unknown }.boxed()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(30)).await,
+        Some(event(3)),
+        "check-back committed it"
+    );
+    assert!(*checker.checks.lock() >= 1);
+
+    *checker.state.lock() = TxState::Rollback;
+    bus.send_in_transaction(event(4), Box::new(|| async { TxState::Unknown }.boxed()))
+        .await
+        .unwrap();
+    assert!(
+        next(&mut rx, Duration::from_millis(800)).await.is_none(),
+        "check-back rolled it back"
+    );
+
+    // A consumer error is redelivered.
+    let (tx2, mut rx2) = mpsc::unbounded_channel();
+    bus.subscribe(
+        Topic::Cache,
+        "contract-retry",
+        Delivery::Broadcast,
+        Arc::new(Collect(tx2, Mutex::new(2))),
+    )
+    .await
+    .unwrap();
+    let changed = Event::ItemChanged {
+        v: 1,
+        item_id: ItemId(9),
+    };
+    bus.publish(changed.clone()).await.unwrap();
+    assert_eq!(
+        next(&mut rx2, Duration::from_secs(10)).await,
+        Some(changed),
+        "redelivered after two failures"
+    );
+}
+
+#[tokio::test]
+async fn the_in_process_bus_parks_a_message_after_the_last_check_back() {
+    let checker = Arc::new(FixedChecker {
+        state: Mutex::new(TxState::Unknown),
+        checks: Mutex::new(0),
+    });
+    let bus = MemoryBus::start(
+        checker.clone(),
+        MemoryBusSettings {
+            check_after: Duration::from_millis(10),
+            check_interval: Duration::from_millis(10),
+            check_max: 3,
+            ..Default::default()
+        },
+    );
+    bus.send_in_transaction(event(1), Box::new(|| async { TxState::Unknown }.boxed()))
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        if bus.parked() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((bus.parked(), bus.pending_half_messages()), (1, 0));
+    assert_eq!(*checker.checks.lock(), 3);
+}

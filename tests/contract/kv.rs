@@ -1,0 +1,96 @@
+//! The key/value and rate-limit contracts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use seckill::cache::{KvStore, RateLimiter, RateRule};
+
+fn key(name: &str) -> String {
+    format!("contract:{}:{}:{}", std::process::id(), name, rand_suffix())
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+pub async fn suite(kv: Arc<dyn KvStore>) {
+    let k = key("a");
+    assert_eq!(kv.get(&k).await.unwrap(), None);
+    kv.set(&k, "v1", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(kv.get(&k).await.unwrap().as_deref(), Some("v1"));
+    assert_eq!(kv.take(&k).await.unwrap().as_deref(), Some("v1"));
+    assert_eq!(kv.take(&k).await.unwrap(), None, "taken once");
+
+    let k = key("ttl");
+    kv.set(&k, "v", Duration::from_millis(1100)).await.unwrap();
+    assert!(kv.get(&k).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(kv.get(&k).await.unwrap(), None, "expired");
+    assert_eq!(kv.take(&k).await.unwrap(), None);
+
+    let k = key("del");
+    kv.set(&k, "v", Duration::from_secs(10)).await.unwrap();
+    kv.delete(&k).await.unwrap();
+    assert_eq!(kv.get(&k).await.unwrap(), None);
+
+    let k = key("gate");
+    assert!(
+        !kv.take_permit(&k).await.unwrap(),
+        "missing counter: no permit"
+    );
+    kv.set_counter(&k, 3, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let kv = kv.clone();
+            let k = k.clone();
+            tokio::spawn(async move { kv.take_permit(&k).await.unwrap() })
+        })
+        .collect();
+    let mut granted = 0;
+    for t in tasks {
+        granted += t.await.unwrap() as i32;
+    }
+    assert_eq!(granted, 3, "exactly the counter's permits");
+    assert!(!kv.take_permit(&k).await.unwrap());
+    kv.ping().await.unwrap();
+}
+
+pub async fn rate_limit_suite(l: Arc<dyn RateLimiter>) {
+    let rule = RateRule {
+        name: "contract",
+        limit: 3,
+        period: Duration::from_secs(60),
+    };
+    let k = key("rl");
+    for _ in 0..3 {
+        assert!(l.check(&rule, &k).await.unwrap());
+    }
+    assert!(
+        !l.check(&rule, &k).await.unwrap(),
+        "the fourth within the period is refused"
+    );
+    assert!(
+        l.check(&rule, &key("other")).await.unwrap(),
+        "keys are independent"
+    );
+    let fast = RateRule {
+        name: "contract_fast",
+        limit: 2,
+        period: Duration::from_millis(200),
+    };
+    let k = key("refill");
+    assert!(l.check(&fast, &k).await.unwrap());
+    assert!(l.check(&fast, &k).await.unwrap());
+    assert!(!l.check(&fast, &k).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(
+        l.check(&fast, &k).await.unwrap(),
+        "tokens refill over the period"
+    );
+}

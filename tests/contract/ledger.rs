@@ -1,0 +1,158 @@
+//! The stock ledger contract.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use seckill::cache::{Reservation, ReserveOutcome, StockLedger};
+use seckill::domain::{PromoId, StockLogId, UserId};
+
+static NEXT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
+
+/// A promo id no other test of this process uses.
+fn fresh_promo() -> PromoId {
+    PromoId(
+        std::process::id() as i64 * 1_000_000
+            + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
+fn r(promo: PromoId, user: i64, amount: i64, id: i64) -> Reservation {
+    Reservation {
+        promo,
+        user: UserId(user),
+        amount,
+        id: StockLogId(id),
+    }
+}
+
+pub async fn suite<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn StockLedger>>,
+{
+    reserves_until_sold_out_and_flags_it(make().await).await;
+    enforces_the_per_user_limit(make().await).await;
+    refuses_a_promo_that_is_not_warmed(make().await).await;
+    release_is_the_exact_inverse_once(make().await).await;
+    restock_gives_units_back_once_and_keeps_the_buyer(make().await).await;
+    warming_again_does_not_reset_a_running_sale(make().await).await;
+    concurrent_reservations_never_oversell(make().await).await;
+}
+
+async fn reserves_until_sold_out_and_flags_it(l: Arc<dyn StockLedger>) {
+    let p = fresh_promo();
+    assert!(l.warm(p, 3, 5).await.unwrap());
+    assert!(!l.sold_out(p).await.unwrap());
+    let out = l
+        .reserve(&[r(p, 1, 2, 1), r(p, 2, 2, 2), r(p, 3, 1, 3)])
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            ReserveOutcome::Reserved { remaining: 1 },
+            ReserveOutcome::SoldOut,
+            ReserveOutcome::Reserved { remaining: 0 }
+        ]
+    );
+    assert_eq!(l.stock(p).await.unwrap(), Some(0));
+    assert!(l.sold_out(p).await.unwrap());
+}
+
+async fn enforces_the_per_user_limit(l: Arc<dyn StockLedger>) {
+    let p = fresh_promo();
+    l.warm(p, 10, 2).await.unwrap();
+    let out = l
+        .reserve(&[r(p, 1, 1, 1), r(p, 1, 1, 2), r(p, 1, 1, 3), r(p, 2, 3, 4)])
+        .await
+        .unwrap();
+    assert_eq!(out[2], ReserveOutcome::AlreadyBought);
+    assert_eq!(
+        out[3],
+        ReserveOutcome::AlreadyBought,
+        "one order above the limit"
+    );
+    assert_eq!(l.stock(p).await.unwrap(), Some(8));
+}
+
+async fn refuses_a_promo_that_is_not_warmed(l: Arc<dyn StockLedger>) {
+    let p = fresh_promo();
+    assert_eq!(
+        l.reserve(&[r(p, 1, 1, 1)]).await.unwrap(),
+        vec![ReserveOutcome::NotWarmed]
+    );
+    assert_eq!(l.stock(p).await.unwrap(), None);
+    assert!(!l.release(p, StockLogId(1)).await.unwrap());
+}
+
+async fn release_is_the_exact_inverse_once(l: Arc<dyn StockLedger>) {
+    let p = fresh_promo();
+    l.warm(p, 1, 1).await.unwrap();
+    l.reserve(&[r(p, 7, 1, 70)]).await.unwrap();
+    assert!(l.sold_out(p).await.unwrap());
+    assert!(l.release(p, StockLogId(70)).await.unwrap());
+    assert!(!l.release(p, StockLogId(70)).await.unwrap(), "idempotent");
+    assert!(
+        !l.release(p, StockLogId(71)).await.unwrap(),
+        "unknown reservation: nothing to give back"
+    );
+    assert_eq!(l.stock(p).await.unwrap(), Some(1));
+    assert!(
+        !l.sold_out(p).await.unwrap(),
+        "the sold-out flag is cleared"
+    );
+    assert_eq!(
+        l.reserve(&[r(p, 7, 1, 72)]).await.unwrap(),
+        vec![ReserveOutcome::Reserved { remaining: 0 }],
+        "the buyer may buy again"
+    );
+}
+
+async fn restock_gives_units_back_once_and_keeps_the_buyer(l: Arc<dyn StockLedger>) {
+    let p = fresh_promo();
+    l.warm(p, 1, 1).await.unwrap();
+    l.reserve(&[r(p, 8, 1, 80)]).await.unwrap();
+    assert!(l.restock(p, StockLogId(80), 1).await.unwrap());
+    assert!(
+        !l.restock(p, StockLogId(80), 1).await.unwrap(),
+        "idempotent"
+    );
+    assert_eq!(l.stock(p).await.unwrap(), Some(1));
+    assert!(!l.sold_out(p).await.unwrap());
+    assert_eq!(
+        l.reserve(&[r(p, 8, 1, 81)]).await.unwrap(),
+        vec![ReserveOutcome::AlreadyBought],
+        "one order per user"
+    );
+    assert_eq!(
+        l.reserve(&[r(p, 9, 1, 82)]).await.unwrap(),
+        vec![ReserveOutcome::Reserved { remaining: 0 }]
+    );
+}
+
+async fn warming_again_does_not_reset_a_running_sale(l: Arc<dyn StockLedger>) {
+    let p = fresh_promo();
+    assert!(l.warm(p, 5, 1).await.unwrap());
+    l.reserve(&[r(p, 1, 1, 1)]).await.unwrap();
+    assert!(!l.warm(p, 5, 1).await.unwrap());
+    assert_eq!(l.stock(p).await.unwrap(), Some(4));
+}
+
+async fn concurrent_reservations_never_oversell(l: Arc<dyn StockLedger>) {
+    let p = fresh_promo();
+    l.warm(p, 50, 1).await.unwrap();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let l = l.clone();
+            tokio::spawn(async move { l.reserve(&[r(p, i, 1, 1000 + i)]).await.unwrap()[0] })
+        })
+        .collect();
+    let mut reserved = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), ReserveOutcome::Reserved { .. }) {
+            reserved += 1;
+        }
+    }
+    assert_eq!(reserved, 50);
+    assert_eq!(l.stock(p).await.unwrap(), Some(0));
+}

@@ -1,0 +1,373 @@
+//! The store contract: what every database adapter must do alike.
+
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use seckill::domain::*;
+use seckill::store::{Deduction, Store, StoreError};
+
+fn new_user(phone: &str) -> NewUser {
+    NewUser {
+        phone: Phone::parse(phone).unwrap(),
+        name: "n".into(),
+        gender: None,
+        age: Some(30),
+        password_hash: "h".into(),
+    }
+}
+
+fn new_item(stock: i64) -> NewItem {
+    NewItem {
+        title: "t".into(),
+        price_cents: 1000,
+        stock,
+        description: "d".into(),
+        image_url: String::new(),
+    }
+}
+
+fn draft(id: i64, user: UserId, item: ItemId, promo: PromoId, amount: i64) -> OrderDraft {
+    let now = Utc::now();
+    OrderDraft {
+        stock_log_id: StockLogId(id),
+        order_no: OrderNo::new(now, StockLogId(id)),
+        user_id: user,
+        item_id: item,
+        promo_id: promo,
+        amount,
+        unit_price_cents: 500,
+        created_at: now,
+    }
+}
+
+async fn setup(s: &dyn Store, stock: i64) -> (ItemId, PromoId) {
+    let item = s.create_item(&new_item(stock)).await.unwrap();
+    let now = Utc::now();
+    let promo = s
+        .create_promo(&NewPromo {
+            item_id: item.id,
+            name: "p".into(),
+            price_cents: 500,
+            start_at: now,
+            end_at: now + Duration::hours(1),
+        })
+        .await
+        .unwrap();
+    (item.id, promo.id)
+}
+
+pub async fn suite(s: Arc<dyn Store>) {
+    s.ping().await.unwrap();
+    users(&*s).await;
+    catalog(&*s).await;
+    order_flow(&*s).await;
+    a_batch_with_a_duplicate_buyer_commits_nothing(&*s).await;
+    deductions_apply_once_and_only_for_committed_rows(&*s).await;
+    cancel_gives_stock_back(&*s).await;
+    pure_database_orders(&*s).await;
+}
+
+async fn users(s: &dyn Store) {
+    let u = s.create_user(&new_user("15000000001")).await.unwrap();
+    assert!(matches!(
+        s.create_user(&new_user("15000000001")).await,
+        Err(StoreError::Conflict("phone"))
+    ));
+    assert_eq!(
+        s.user_by_phone("15000000001").await.unwrap().unwrap().id,
+        u.id
+    );
+    assert_eq!(
+        s.user_by_id(u.id).await.unwrap().unwrap().phone,
+        "15000000001"
+    );
+    assert!(s.user_by_phone("15000000999").await.unwrap().is_none());
+    let many: Vec<NewUser> = (0..1200).map(|i| new_user(&format!("151{i:08}"))).collect();
+    assert_eq!(s.create_users(&many).await.unwrap(), 1200);
+    assert_eq!(
+        s.create_users(&many[..10]).await.unwrap(),
+        0,
+        "existing phones are skipped"
+    );
+}
+
+async fn catalog(s: &dyn Store) {
+    let a = s.create_item(&new_item(5)).await.unwrap();
+    assert_eq!((a.stock, a.sales), (5, 0));
+    let patched = s
+        .update_item(
+            a.id,
+            &ItemPatch {
+                price_cents: Some(900),
+                title: Some("new".into()),
+                ..ItemPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            patched.price_cents,
+            patched.title.as_str(),
+            patched.description.as_str()
+        ),
+        (900, "new", "d")
+    );
+    assert!(matches!(
+        s.update_item(
+            ItemId(987_654),
+            &ItemPatch {
+                title: Some("x".into()),
+                ..Default::default()
+            }
+        )
+        .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(s.item(ItemId(987_654)).await.unwrap().is_none());
+    let now = Utc::now();
+    let p = s
+        .create_promo(&NewPromo {
+            item_id: a.id,
+            name: "p".into(),
+            price_cents: 100,
+            start_at: now,
+            end_at: now + Duration::minutes(5),
+        })
+        .await
+        .unwrap();
+    assert!(!p.published);
+    assert!((p.start_at - now).num_milliseconds().abs() < 1000);
+    assert!(s.publish_promo(p.id).await.unwrap());
+    assert!(!s.publish_promo(p.id).await.unwrap(), "published once");
+    assert!(s.promo(p.id).await.unwrap().unwrap().published);
+    assert_eq!(s.promos_of_item(a.id).await.unwrap().len(), 1);
+    assert!(s.promos(10).await.unwrap().iter().any(|x| x.id == p.id));
+}
+
+async fn order_flow(s: &dyn Store) {
+    let (item, promo) = setup(s, 10).await;
+    let drafts = vec![
+        draft(1_001, UserId(1), item, promo, 1),
+        draft(1_002, UserId(2), item, promo, 2),
+    ];
+    s.insert_stock_logs(&drafts).await.unwrap();
+    let ids: Vec<StockLogId> = drafts.iter().map(|d| d.stock_log_id).collect();
+    assert!(s
+        .stock_log_statuses(&ids)
+        .await
+        .unwrap()
+        .iter()
+        .all(|(_, st)| *st == StockLogStatus::Init));
+    s.commit_orders(&drafts).await.unwrap();
+    assert!(s
+        .stock_log_statuses(&ids)
+        .await
+        .unwrap()
+        .iter()
+        .all(|(_, st)| *st == StockLogStatus::Committed));
+    assert!(
+        s.commit_orders(&drafts).await.is_err(),
+        "rows are no longer init"
+    );
+    let o = s.order(&drafts[1].order_no).await.unwrap().unwrap();
+    assert_eq!(
+        (o.amount, o.total_cents, o.status),
+        (2, 1000, OrderStatus::PendingPayment)
+    );
+    assert_eq!(s.item(item).await.unwrap().unwrap().sales, 3);
+    assert_eq!(s.orders_of_user(UserId(2), 10).await.unwrap().len(), 1);
+    let totals = s.promo_totals(promo).await.unwrap();
+    assert_eq!(
+        (totals.sold, totals.orders, totals.stock_log_committed),
+        (3, 2, 2)
+    );
+
+    // Rolling back only touches init rows; a committed row stays committed.
+    let late = draft(1_003, UserId(3), item, promo, 1);
+    s.insert_stock_logs(std::slice::from_ref(&late))
+        .await
+        .unwrap();
+    let st = s
+        .roll_back_stock_logs(&[StockLogId(1_001), late.stock_log_id])
+        .await
+        .unwrap();
+    assert!(st.contains(&(StockLogId(1_001), StockLogStatus::Committed)));
+    assert!(st.contains(&(late.stock_log_id, StockLogStatus::RolledBack)));
+    assert!(
+        s.commit_orders(std::slice::from_ref(&late)).await.is_err(),
+        "a rolled-back reservation never commits"
+    );
+    assert!(s.order(&late.order_no).await.unwrap().is_none());
+
+    // Stale init rows are found for the reconciler.
+    let stale = draft(1_004, UserId(4), item, promo, 1);
+    s.insert_stock_logs(std::slice::from_ref(&stale))
+        .await
+        .unwrap();
+    let found = s
+        .stale_stock_logs(Utc::now() + Duration::seconds(1), 100)
+        .await
+        .unwrap();
+    assert!(found.contains(&(stale.stock_log_id, promo)));
+    assert!(!s
+        .stale_stock_logs(Utc::now() - Duration::hours(1), 100)
+        .await
+        .unwrap()
+        .iter()
+        .any(|(id, _)| *id == stale.stock_log_id));
+
+    // Pay and its idempotency.
+    let paid = s.pay_order(&drafts[0].order_no).await.unwrap();
+    assert_eq!(paid.status, OrderStatus::Paid);
+    assert_eq!(
+        s.pay_order(&drafts[0].order_no).await.unwrap().status,
+        OrderStatus::Paid
+    );
+    let (after, changed) = s.cancel_order(&drafts[0].order_no).await.unwrap();
+    assert_eq!(
+        (after.status, changed),
+        (OrderStatus::Paid, false),
+        "a paid order is not cancelled"
+    );
+}
+
+async fn a_batch_with_a_duplicate_buyer_commits_nothing(s: &dyn Store) {
+    let (item, promo) = setup(s, 10).await;
+    let first = draft(2_001, UserId(1), item, promo, 1);
+    s.insert_stock_logs(std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    s.commit_orders(std::slice::from_ref(&first)).await.unwrap();
+    let batch = vec![
+        draft(2_002, UserId(2), item, promo, 1),
+        draft(2_003, UserId(1), item, promo, 1),
+    ];
+    s.insert_stock_logs(&batch).await.unwrap();
+    assert!(matches!(
+        s.commit_orders(&batch).await,
+        Err(StoreError::Conflict("user_promo"))
+    ));
+    assert!(
+        s.order(&batch[0].order_no).await.unwrap().is_none(),
+        "all or nothing"
+    );
+    assert_eq!(s.item(item).await.unwrap().unwrap().sales, 1);
+    s.commit_orders(&batch[..1]).await.unwrap();
+    assert!(s.order(&batch[0].order_no).await.unwrap().is_some());
+}
+
+async fn deductions_apply_once_and_only_for_committed_rows(s: &dyn Store) {
+    let (item, promo) = setup(s, 3).await;
+    let d = vec![
+        draft(3_001, UserId(1), item, promo, 2),
+        draft(3_002, UserId(2), item, promo, 1),
+    ];
+    s.insert_stock_logs(&d).await.unwrap();
+    let entries: Vec<Deduction> = d
+        .iter()
+        .map(|d| Deduction {
+            stock_log_id: d.stock_log_id,
+            item_id: item,
+            amount: d.amount,
+        })
+        .collect();
+    let r = s.apply_deductions(&entries).await.unwrap();
+    assert_eq!((r.applied, r.skipped), (0, 2), "init rows are not deducted");
+    s.commit_orders(&d).await.unwrap();
+    let r = s.apply_deductions(&entries).await.unwrap();
+    assert_eq!(r.applied, 2);
+    let r = s.apply_deductions(&entries).await.unwrap();
+    assert_eq!(
+        (r.applied, r.duplicates),
+        (0, 2),
+        "a redelivery deducts nothing"
+    );
+    assert_eq!(s.item(item).await.unwrap().unwrap().stock, 0);
+
+    // The conditional update refuses to go below zero.
+    let over = draft(3_003, UserId(3), item, promo, 1);
+    s.insert_stock_logs(std::slice::from_ref(&over))
+        .await
+        .unwrap();
+    s.commit_orders(std::slice::from_ref(&over)).await.unwrap();
+    let r = s
+        .apply_deductions(&[Deduction {
+            stock_log_id: over.stock_log_id,
+            item_id: item,
+            amount: 1,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(r.insufficient, 1);
+    assert_eq!(s.item(item).await.unwrap().unwrap().stock, 0);
+}
+
+async fn cancel_gives_stock_back(s: &dyn Store) {
+    let (item, promo) = setup(s, 2).await;
+    let d = draft(4_001, UserId(1), item, promo, 2);
+    s.insert_stock_logs(std::slice::from_ref(&d)).await.unwrap();
+    s.commit_orders(std::slice::from_ref(&d)).await.unwrap();
+    s.apply_deductions(&[Deduction {
+        stock_log_id: d.stock_log_id,
+        item_id: item,
+        amount: 2,
+    }])
+    .await
+    .unwrap();
+    let (o, changed) = s.cancel_order(&d.order_no).await.unwrap();
+    assert_eq!((o.status, changed), (OrderStatus::Cancelled, true));
+    let (_, again) = s.cancel_order(&d.order_no).await.unwrap();
+    assert!(!again, "idempotent");
+    let it = s.item(item).await.unwrap().unwrap();
+    assert_eq!((it.stock, it.sales), (2, 0));
+    assert_eq!(
+        s.pay_order(&d.order_no).await.unwrap().status,
+        OrderStatus::Cancelled,
+        "no payment after cancel"
+    );
+    assert_eq!(s.promo_totals(promo).await.unwrap().sold, 0);
+    assert!(matches!(
+        s.cancel_order(&OrderNo("202401010000000000000000000".into()))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn pure_database_orders(s: &dyn Store) {
+    for optimistic in [false, true] {
+        let (item, promo) = setup(s, 2).await;
+        let base = if optimistic { 6_000 } else { 5_000 };
+        assert!(s
+            .place_order_in_db(&draft(base + 1, UserId(1), item, promo, 1), optimistic, 5)
+            .await
+            .unwrap()
+            .is_some());
+        assert!(matches!(
+            s.place_order_in_db(&draft(base + 2, UserId(1), item, promo, 1), optimistic, 5)
+                .await,
+            Err(StoreError::Conflict("user_promo"))
+        ));
+        assert_eq!(
+            s.item(item).await.unwrap().unwrap().stock,
+            1,
+            "the refused order rolled back its stock update"
+        );
+        assert!(s
+            .place_order_in_db(&draft(base + 3, UserId(2), item, promo, 1), optimistic, 5)
+            .await
+            .unwrap()
+            .is_some());
+        assert!(
+            s.place_order_in_db(&draft(base + 4, UserId(3), item, promo, 1), optimistic, 5)
+                .await
+                .unwrap()
+                .is_none(),
+            "sold out"
+        );
+        let it = s.item(item).await.unwrap().unwrap();
+        assert_eq!((it.stock, it.sales), (0, 2));
+        let t = s.promo_totals(promo).await.unwrap();
+        assert_eq!((t.orders, t.stock_log_committed), (2, 2));
+    }
+}
