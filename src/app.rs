@@ -9,6 +9,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rand::Rng;
 
 use crate::cache::memory::{MemoryKvStore, MemoryRateLimiter, MemoryStockLedger};
+use crate::cache::redis::{RedisConn, RedisKvStore, RedisRateLimiter, RedisStockLedger};
+use crate::cache::{KvStore, RateLimiter, StockLedger};
 use crate::config::{Config, DatabaseBackend};
 use crate::domain::IdGenerator;
 use crate::http::AppState;
@@ -22,6 +24,7 @@ use crate::service::sold_out::SoldOutFlags;
 use crate::service::tokens::TokenService;
 use crate::service::users::UserService;
 use crate::service::{Context, Ports};
+use crate::store::mysql::MysqlStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use crate::worker::{cache_invalidation::CacheInvalidation, reconciler, stock_consumer};
@@ -69,19 +72,24 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
                 .context("cannot migrate the SQLite database")?;
             Ok(Arc::new(store))
         }
-        DatabaseBackend::Mysql(_) => anyhow::bail!(
-            "this build has no MySQL adapter yet; use a sqlite:// SECKILL_DATABASE_URL"
-        ),
+        DatabaseBackend::Mysql(url) => {
+            let store = MysqlStore::connect(&url, config.database_max_connections)
+                .await
+                .with_context(|| format!("cannot reach MySQL at {}", crate::cli::redact(&url)))?;
+            store
+                .migrate()
+                .await
+                .context("cannot migrate the MySQL database")?;
+            Ok(Arc::new(store))
+        }
     }
 }
 
 /// Wires every port and service from `config` and starts the workers.
 pub async fn build(config: Config) -> anyhow::Result<App> {
     config.validate()?;
-    if config.redis_url.is_some() || config.rocketmq_namesrv.is_some() {
-        anyhow::bail!(
-            "this build runs the embedded adapters only; unset SECKILL_REDIS_URL and SECKILL_ROCKETMQ_NAMESRV"
-        );
+    if config.rocketmq_namesrv.is_some() {
+        anyhow::bail!("this build has no RocketMQ adapter yet; unset SECKILL_ROCKETMQ_NAMESRV");
     }
     let config = Arc::new(config);
     let store = open_store(&config).await?;
@@ -95,16 +103,45 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             ..MemoryBusSettings::default()
         },
     );
+    let (ledger, kv, limiter, leased_node): (
+        Arc<dyn StockLedger>,
+        Arc<dyn KvStore>,
+        Arc<dyn RateLimiter>,
+        _,
+    ) = match &config.redis_url {
+        Some(url) => {
+            let conn = RedisConn::connect(url, &config.redis_prefix)
+                .await
+                .with_context(|| format!("cannot reach Redis at {url}"))?;
+            let node = match config.node_id {
+                Some(n) => n,
+                None => conn.lease_node_id().await?,
+            };
+            (
+                Arc::new(RedisStockLedger::new(conn.clone())),
+                Arc::new(RedisKvStore::new(conn.clone())),
+                Arc::new(RedisRateLimiter::new(conn)),
+                Some(node),
+            )
+        }
+        None => (
+            Arc::new(MemoryStockLedger::new()),
+            Arc::new(MemoryKvStore::new()),
+            Arc::new(MemoryRateLimiter::new()),
+            None,
+        ),
+    };
     let ports = Ports {
         store: store.clone(),
-        ledger: Arc::new(MemoryStockLedger::new()),
-        kv: Arc::new(MemoryKvStore::new()),
-        limiter: Arc::new(MemoryRateLimiter::new()),
+        ledger,
+        kv,
+        limiter,
         bus: Arc::new(bus.clone()),
         otp: otp.clone(),
     };
     let node = config
         .node_id
+        .or(leased_node)
         .unwrap_or_else(|| rand::thread_rng().gen_range(0..=crate::domain::ids::MAX_NODE_ID));
     let context = Context {
         config: config.clone(),

@@ -54,6 +54,8 @@ pub struct Config {
     pub database_url: String,
     pub database_max_connections: u32,
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key (several deployments can share a Redis).
+    pub redis_prefix: String,
     pub rocketmq_namesrv: Option<String>,
     pub admin_token: Option<Secret>,
     pub captcha_enabled: bool,
@@ -126,6 +128,7 @@ impl Default for Config {
             database_url: "sqlite://data/seckill.db".into(),
             database_max_connections: 16,
             redis_url: None,
+            redis_prefix: "seckill:".into(),
             rocketmq_namesrv: None,
             admin_token: None,
             captcha_enabled: true,

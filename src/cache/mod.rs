@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use crate::domain::{PromoId, StockLogId, UserId};
 
 pub mod memory;
+pub mod redis;
 
 /// A cache failure: the backing service could not answer. Nothing the call
 /// describes happened, or, for a multi-key call, see the method's contract.

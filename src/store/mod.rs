@@ -13,6 +13,8 @@ use crate::domain::{
     Promo, PromoId, StockLogId, StockLogStatus, User, UserId,
 };
 
+pub mod mysql;
+mod sql;
 pub mod sqlite;
 
 /// A store failure. `Conflict` names the unique constraint that refused the

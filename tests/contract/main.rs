@@ -45,3 +45,82 @@ async fn the_sqlite_store_honours_the_store_contract() {
 async fn the_in_process_bus_honours_the_transactional_message_contract() {
     bus::suite(bus::memory_bus).await;
 }
+
+/// A fresh database on the MySQL server of `SECKILL_TEST_MYSQL_URL`
+/// (a server URL ending in `/`), dropped by the caller.
+async fn fresh_mysql(tag: &str) -> Option<(String, seckill::store::mysql::MysqlStore)> {
+    let base = std::env::var("SECKILL_TEST_MYSQL_URL").ok()?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let url = format!(
+        "{}seckill_{tag}_{}_{nanos}",
+        base.trim_end_matches('/').to_owned() + "/",
+        std::process::id()
+    );
+    let store = seckill::store::mysql::MysqlStore::connect(&url, 8)
+        .await
+        .expect("MySQL reachable");
+    store.migrate().await.unwrap();
+    Some((url, store))
+}
+
+async fn drop_mysql(url: &str) {
+    use sqlx::migrate::MigrateDatabase;
+    let _ = sqlx::MySql::drop_database(url).await;
+}
+
+#[tokio::test]
+async fn the_mysql_store_honours_the_store_contract() {
+    let Some((url, store)) = fresh_mysql("contract").await else {
+        eprintln!("SECKILL_TEST_MYSQL_URL not set: MySQL contract not run (scripts/test sets it)");
+        return;
+    };
+    store::suite(Arc::new(store)).await;
+    drop_mysql(&url).await;
+}
+
+/// A Redis connection on `SECKILL_TEST_REDIS_URL` with a prefix of its own.
+async fn redis_conn(tag: &str) -> Option<seckill::cache::redis::RedisConn> {
+    let url = std::env::var("SECKILL_TEST_REDIS_URL").ok()?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let prefix = format!("seckill-test:{tag}:{}:{nanos}:", std::process::id());
+    Some(
+        seckill::cache::redis::RedisConn::connect(&url, &prefix)
+            .await
+            .expect("Redis reachable"),
+    )
+}
+
+#[tokio::test]
+async fn the_redis_ledger_honours_the_ledger_contract() {
+    let Some(conn) = redis_conn("ledger").await else {
+        eprintln!("SECKILL_TEST_REDIS_URL not set: Redis contract not run (scripts/test sets it)");
+        return;
+    };
+    ledger::suite(|| {
+        let conn = conn.clone();
+        async move {
+            Arc::new(seckill::cache::redis::RedisStockLedger::new(conn))
+                as Arc<dyn seckill::cache::StockLedger>
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_redis_kv_store_and_rate_limiter_honour_their_contracts() {
+    let Some(conn) = redis_conn("kv").await else {
+        eprintln!("SECKILL_TEST_REDIS_URL not set: Redis contract not run (scripts/test sets it)");
+        return;
+    };
+    kv::suite(Arc::new(seckill::cache::redis::RedisKvStore::new(
+        conn.clone(),
+    )))
+    .await;
+    kv::rate_limit_suite(Arc::new(seckill::cache::redis::RedisRateLimiter::new(conn))).await;
+}

@@ -1,0 +1,438 @@
+//! Redis adapters: the ledger as one Lua script per step, key/value state
+//! with `SET PX` / `GETDEL`, and a GCRA rate limit on the server's clock
+//! that holds across every instance. Keys carry a configurable prefix; a
+//! promo's keys share the hash tag `{promo id}` so they live on one Redis
+//! Cluster slot and one script can touch them all.
+
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::Script;
+use async_trait::async_trait;
+
+use super::*;
+
+/// One multiplexed, self-reconnecting connection shared by the adapters.
+#[derive(Clone)]
+pub struct RedisConn {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+impl RedisConn {
+    /// Connects (failing fast when Redis does not answer).
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, CacheError> {
+        let client = ::redis::Client::open(url).map_err(|e| CacheError::new("bad Redis URL", e))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_response_timeout(Duration::from_secs(2))
+            .set_number_of_retries(2)
+            .set_max_delay(500);
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| CacheError::new("cannot connect to Redis", e))?;
+        Ok(RedisConn {
+            conn,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    fn key(&self, k: &str) -> String {
+        format!("{}{}", self.prefix, k)
+    }
+
+    fn promo_keys(&self, promo: PromoId) -> PromoKeys {
+        let base = format!("{}promo:{{{}}}:", self.prefix, promo.0);
+        PromoKeys {
+            stock: format!("{base}stock"),
+            limit: format!("{base}limit"),
+            buyers: format!("{base}buyers"),
+            reservations: format!("{base}resv"),
+            restocked: format!("{base}restocked"),
+            sold_out: format!("{base}soldout"),
+        }
+    }
+
+    /// A node id for order numbers, unique among the instances sharing this
+    /// Redis (a counter modulo 1024: unique while fewer than 1024 run).
+    pub async fn lease_node_id(&self) -> CacheResult<u16> {
+        let mut c = self.conn.clone();
+        let n: i64 = ::redis::cmd("INCR")
+            .arg(self.key("node_seq"))
+            .query_async(&mut c)
+            .await
+            .map_err(err("Redis INCR failed"))?;
+        Ok((n.rem_euclid(1024)) as u16)
+    }
+
+    async fn ping(&self) -> CacheResult<()> {
+        let mut c = self.conn.clone();
+        ::redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map_err(|e| CacheError::new("Redis PING failed", e))?;
+        Ok(())
+    }
+}
+
+struct PromoKeys {
+    stock: String,
+    limit: String,
+    buyers: String,
+    reservations: String,
+    restocked: String,
+    sold_out: String,
+}
+
+fn err(context: &'static str) -> impl FnOnce(::redis::RedisError) -> CacheError {
+    move |e| CacheError::new(context, e)
+}
+
+const WARM: &str = r#"
+-- KEYS: stock, limit, buyers, resv, restocked, soldout; ARGV: stock, limit
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1])
+if tonumber(ARGV[1]) <= 0 then redis.call('SET', KEYS[6], '1') end
+return 1
+"#;
+
+const RESERVE: &str = r#"
+-- KEYS: stock, limit, buyers, resv, soldout
+-- ARGV: count, then (user, amount, id) per reservation
+-- Answers per reservation: remaining stock (>= 0), -1 sold out,
+-- -2 per-user limit, -3 not warmed.
+local n = tonumber(ARGV[1])
+local out = {}
+local stock = redis.call('GET', KEYS[1])
+if not stock then
+  for i = 1, n do out[i] = -3 end
+  return out
+end
+stock = tonumber(stock)
+local limit = tonumber(redis.call('GET', KEYS[2]) or '1')
+for i = 0, n - 1 do
+  local user = ARGV[2 + i * 3]
+  local amount = tonumber(ARGV[3 + i * 3])
+  local id = ARGV[4 + i * 3]
+  local bought = tonumber(redis.call('HGET', KEYS[3], user) or '0')
+  if bought + amount > limit then
+    out[i + 1] = -2
+  elseif stock < amount then
+    out[i + 1] = -1
+  else
+    stock = stock - amount
+    redis.call('HINCRBY', KEYS[3], user, amount)
+    redis.call('HSET', KEYS[4], id, user .. ':' .. amount)
+    out[i + 1] = stock
+  end
+end
+redis.call('SET', KEYS[1], stock)
+if stock <= 0 then redis.call('SET', KEYS[5], '1') end
+return out
+"#;
+
+const RELEASE: &str = r#"
+-- KEYS: stock, buyers, resv, soldout; ARGV: id
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local v = redis.call('HGET', KEYS[3], ARGV[1])
+if not v then return 0 end
+local sep = string.find(v, ':', 1, true)
+local user = string.sub(v, 1, sep - 1)
+local amount = tonumber(string.sub(v, sep + 1))
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('INCRBY', KEYS[1], amount)
+if redis.call('HINCRBY', KEYS[2], user, -amount) <= 0 then redis.call('HDEL', KEYS[2], user) end
+redis.call('DEL', KEYS[4])
+return 1
+"#;
+
+const RESTOCK: &str = r#"
+-- KEYS: stock, restocked, soldout; ARGV: id, amount
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('INCRBY', KEYS[1], ARGV[2])
+redis.call('DEL', KEYS[3])
+return 1
+"#;
+
+/// The stock ledger in Redis.
+pub struct RedisStockLedger {
+    redis: RedisConn,
+    warm: Script,
+    reserve: Script,
+    release: Script,
+    restock: Script,
+}
+
+impl RedisStockLedger {
+    pub fn new(redis: RedisConn) -> Self {
+        RedisStockLedger {
+            redis,
+            warm: Script::new(WARM),
+            reserve: Script::new(RESERVE),
+            release: Script::new(RELEASE),
+            restock: Script::new(RESTOCK),
+        }
+    }
+}
+
+#[async_trait]
+impl StockLedger for RedisStockLedger {
+    async fn warm(&self, promo: PromoId, stock: i64, per_user_limit: i64) -> CacheResult<bool> {
+        let k = self.redis.promo_keys(promo);
+        let mut c = self.redis.conn.clone();
+        let loaded: i64 = self
+            .warm
+            .key(&k.stock)
+            .key(&k.limit)
+            .key(&k.buyers)
+            .key(&k.reservations)
+            .key(&k.restocked)
+            .key(&k.sold_out)
+            .arg(stock)
+            .arg(per_user_limit)
+            .invoke_async(&mut c)
+            .await
+            .map_err(err("ledger warm-up failed"))?;
+        Ok(loaded == 1)
+    }
+
+    async fn reserve(&self, batch: &[Reservation]) -> CacheResult<Vec<ReserveOutcome>> {
+        let mut out = vec![ReserveOutcome::NotWarmed; batch.len()];
+        // One script call per promo (a batch nearly always has one).
+        let mut promos: Vec<PromoId> = batch.iter().map(|r| r.promo).collect();
+        promos.sort();
+        promos.dedup();
+        for promo in promos {
+            let idx: Vec<usize> = (0..batch.len())
+                .filter(|&i| batch[i].promo == promo)
+                .collect();
+            let k = self.redis.promo_keys(promo);
+            let mut inv = self.reserve.prepare_invoke();
+            inv.key(&k.stock)
+                .key(&k.limit)
+                .key(&k.buyers)
+                .key(&k.reservations)
+                .key(&k.sold_out)
+                .arg(idx.len());
+            for &i in &idx {
+                let r = &batch[i];
+                inv.arg(r.user.0).arg(r.amount).arg(r.id.0);
+            }
+            let mut c = self.redis.conn.clone();
+            let answers: Vec<i64> = inv
+                .invoke_async(&mut c)
+                .await
+                .map_err(err("ledger reservation failed"))?;
+            for (&i, a) in idx.iter().zip(answers) {
+                out[i] = match a {
+                    -1 => ReserveOutcome::SoldOut,
+                    -2 => ReserveOutcome::AlreadyBought,
+                    -3 => ReserveOutcome::NotWarmed,
+                    remaining => ReserveOutcome::Reserved { remaining },
+                };
+            }
+        }
+        Ok(out)
+    }
+
+    async fn release(&self, promo: PromoId, id: StockLogId) -> CacheResult<bool> {
+        let k = self.redis.promo_keys(promo);
+        let mut c = self.redis.conn.clone();
+        let done: i64 = self
+            .release
+            .key(&k.stock)
+            .key(&k.buyers)
+            .key(&k.reservations)
+            .key(&k.sold_out)
+            .arg(id.0)
+            .invoke_async(&mut c)
+            .await
+            .map_err(err("ledger release failed"))?;
+        Ok(done == 1)
+    }
+
+    async fn restock(&self, promo: PromoId, id: StockLogId, amount: i64) -> CacheResult<bool> {
+        let k = self.redis.promo_keys(promo);
+        let mut c = self.redis.conn.clone();
+        let done: i64 = self
+            .restock
+            .key(&k.stock)
+            .key(&k.restocked)
+            .key(&k.sold_out)
+            .arg(id.0)
+            .arg(amount)
+            .invoke_async(&mut c)
+            .await
+            .map_err(err("ledger restock failed"))?;
+        Ok(done == 1)
+    }
+
+    async fn stock(&self, promo: PromoId) -> CacheResult<Option<i64>> {
+        let mut c = self.redis.conn.clone();
+        ::redis::cmd("GET")
+            .arg(self.redis.promo_keys(promo).stock)
+            .query_async(&mut c)
+            .await
+            .map_err(err("ledger read failed"))
+    }
+
+    async fn sold_out(&self, promo: PromoId) -> CacheResult<bool> {
+        let mut c = self.redis.conn.clone();
+        let n: i64 = ::redis::cmd("EXISTS")
+            .arg(self.redis.promo_keys(promo).sold_out)
+            .query_async(&mut c)
+            .await
+            .map_err(err("ledger read failed"))?;
+        Ok(n == 1)
+    }
+
+    async fn ping(&self) -> CacheResult<()> {
+        self.redis.ping().await
+    }
+}
+
+const TAKE_PERMIT: &str = r#"
+local v = tonumber(redis.call('GET', KEYS[1]) or '0')
+if v > 0 then redis.call('DECR', KEYS[1]) return 1 end
+return 0
+"#;
+
+/// Key/value state in Redis.
+pub struct RedisKvStore {
+    redis: RedisConn,
+    take_permit: Script,
+}
+
+impl RedisKvStore {
+    pub fn new(redis: RedisConn) -> Self {
+        RedisKvStore {
+            redis,
+            take_permit: Script::new(TAKE_PERMIT),
+        }
+    }
+}
+
+fn millis(ttl: Duration) -> u64 {
+    (ttl.as_millis() as u64).max(1)
+}
+
+#[async_trait]
+impl KvStore for RedisKvStore {
+    async fn set(&self, key: &str, value: &str, ttl: Duration) -> CacheResult<()> {
+        let mut c = self.redis.conn.clone();
+        ::redis::cmd("SET")
+            .arg(self.redis.key(key))
+            .arg(value)
+            .arg("PX")
+            .arg(millis(ttl))
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(err("Redis SET failed"))
+    }
+
+    async fn get(&self, key: &str) -> CacheResult<Option<String>> {
+        let mut c = self.redis.conn.clone();
+        ::redis::cmd("GET")
+            .arg(self.redis.key(key))
+            .query_async(&mut c)
+            .await
+            .map_err(err("Redis GET failed"))
+    }
+
+    async fn take(&self, key: &str) -> CacheResult<Option<String>> {
+        let mut c = self.redis.conn.clone();
+        ::redis::cmd("GETDEL")
+            .arg(self.redis.key(key))
+            .query_async(&mut c)
+            .await
+            .map_err(err("Redis GETDEL failed"))
+    }
+
+    async fn delete(&self, key: &str) -> CacheResult<()> {
+        let mut c = self.redis.conn.clone();
+        ::redis::cmd("DEL")
+            .arg(self.redis.key(key))
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(err("Redis DEL failed"))
+    }
+
+    async fn set_counter(&self, key: &str, value: i64, ttl: Duration) -> CacheResult<()> {
+        let mut c = self.redis.conn.clone();
+        ::redis::cmd("SET")
+            .arg(self.redis.key(key))
+            .arg(value)
+            .arg("PX")
+            .arg(millis(ttl))
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(err("Redis SET failed"))
+    }
+
+    async fn take_permit(&self, key: &str) -> CacheResult<bool> {
+        let mut c = self.redis.conn.clone();
+        let granted: i64 = self
+            .take_permit
+            .key(self.redis.key(key))
+            .invoke_async(&mut c)
+            .await
+            .map_err(err("Redis gate counter failed"))?;
+        Ok(granted == 1)
+    }
+
+    async fn ping(&self) -> CacheResult<()> {
+        self.redis.ping().await
+    }
+}
+
+const GCRA: &str = r#"
+-- KEYS[1]: the bucket; ARGV: emission interval (us), burst
+-- Generic cell rate algorithm on the server's clock: every instance sees
+-- the same bucket and the same time.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+if tat - now > (burst - 1) * interval then return 0 end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+return 1
+"#;
+
+/// Token buckets in Redis: one limit across every instance.
+pub struct RedisRateLimiter {
+    redis: RedisConn,
+    gcra: Script,
+}
+
+impl RedisRateLimiter {
+    pub fn new(redis: RedisConn) -> Self {
+        RedisRateLimiter {
+            redis,
+            gcra: Script::new(GCRA),
+        }
+    }
+}
+
+#[async_trait]
+impl RateLimiter for RedisRateLimiter {
+    async fn check(&self, rule: &RateRule, key: &str) -> CacheResult<bool> {
+        let limit = rule.limit.max(1);
+        let interval_us = ((rule.period.as_micros() as u64) / u64::from(limit)).max(1);
+        let mut c = self.redis.conn.clone();
+        let allowed: i64 = self
+            .gcra
+            .key(self.redis.key(&format!("rate:{}:{}", rule.name, key)))
+            .arg(interval_us)
+            .arg(limit)
+            .invoke_async(&mut c)
+            .await
+            .map_err(err("Redis rate limit failed"))?;
+        Ok(allowed == 1)
+    }
+}

@@ -1,0 +1,54 @@
+//! The MySQL store (MariaDB 10.11 and MySQL 8): the source of truth when
+//! several instances share a sale. The database is created when missing.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::migrate::MigrateDatabase;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlQueryResult, MySqlRow};
+use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row};
+
+use super::sql::{map_unique, sql_store, ITEM_COLUMNS, ORDER_COLUMNS, PROMO_COLUMNS};
+use super::*;
+
+/// The store over a MySQL pool.
+#[derive(Clone)]
+pub struct MysqlStore {
+    pool: MySqlPool,
+}
+
+impl MysqlStore {
+    /// Connects to a `mysql://` URL, creating the database when missing.
+    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
+        if !MySql::database_exists(url).await? {
+            MySql::create_database(url).await?;
+        }
+        let opts: MySqlConnectOptions = url.parse()?;
+        let pool = MySqlPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts.timezone(Some(String::from("+00:00"))))
+            .await?;
+        Ok(MysqlStore { pool })
+    }
+
+    /// Applies the MySQL migrations (idempotent).
+    pub async fn migrate(&self) -> StoreResult<()> {
+        sqlx::migrate!("./migrations/mysql").run(&self.pool).await?;
+        Ok(())
+    }
+}
+
+fn last_id(r: &MySqlQueryResult) -> i64 {
+    r.last_insert_id() as i64
+}
+
+sql_store!(
+    MysqlStore,
+    db = MySql,
+    row = MySqlRow,
+    conn = MySqlConnection,
+    insert_ignore = "INSERT IGNORE",
+    last_id = last_id
+);

@@ -1,0 +1,685 @@
+//! The SQL shared by the SQLite and MySQL stores. The statements are
+//! portable (`?` placeholders, no `RETURNING`); what differs per backend —
+//! the row and connection types, `INSERT OR IGNORE` vs `INSERT IGNORE`, how
+//! the new row's id is read — is passed to [`sql_store!`], which writes the
+//! port implementations for one adapter type.
+
+use super::StoreError;
+
+/// Maps a unique violation to the constraint it names; other errors pass.
+pub(crate) fn map_unique(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &e {
+        if db.is_unique_violation() {
+            let msg = db.message();
+            let name = db.constraint().unwrap_or(msg);
+            let which = if name.contains("user_promo")
+                || (msg.contains("user_id") && msg.contains("promo_id"))
+            {
+                "user_promo"
+            } else if name.contains("phone") {
+                "phone"
+            } else if name.contains("stock_log") || msg.contains("stock_log") {
+                "stock_log"
+            } else {
+                "unique"
+            };
+            return StoreError::Conflict(which);
+        }
+    }
+    StoreError::Db(e)
+}
+
+pub(crate) const ITEM_COLUMNS: &str =
+    "i.id, i.title, i.price_cents, i.description, i.image_url, i.sales, \
+     i.updated_at, s.stock FROM item i JOIN item_stock s ON s.item_id = i.id";
+
+pub(crate) const PROMO_COLUMNS: &str =
+    "id, item_id, name, price_cents, start_at, end_at, published FROM promo";
+
+pub(crate) const ORDER_COLUMNS: &str =
+    "order_no, stock_log_id, user_id, item_id, promo_id, amount, \
+     unit_price_cents, total_cents, status, created_at FROM order_info";
+
+/// Implements every store port for `$store` (a struct with a `pool` field)
+/// over one sqlx backend.
+macro_rules! sql_store {
+    ($store:ty, db = $db:ty, row = $row:ty, conn = $conn:ty, insert_ignore = $insert_ignore:literal, last_id = $last_id:path) => {
+
+fn user_of(r: &$row) -> StoreResult<User> {
+    Ok(User {
+        id: UserId(r.try_get("id")?),
+        phone: r.try_get("phone")?,
+        name: r.try_get("name")?,
+        gender: r.try_get("gender")?,
+        age: r.try_get("age")?,
+        password_hash: r.try_get("password_hash")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+
+fn item_of(r: &$row) -> StoreResult<Item> {
+    Ok(Item {
+        id: ItemId(r.try_get("id")?),
+        title: r.try_get("title")?,
+        price_cents: r.try_get("price_cents")?,
+        stock: r.try_get("stock")?,
+        sales: r.try_get("sales")?,
+        description: r.try_get("description")?,
+        image_url: r.try_get("image_url")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+
+fn promo_of(r: &$row) -> StoreResult<Promo> {
+    Ok(Promo {
+        id: PromoId(r.try_get("id")?),
+        item_id: ItemId(r.try_get("item_id")?),
+        name: r.try_get("name")?,
+        price_cents: r.try_get("price_cents")?,
+        start_at: r.try_get("start_at")?,
+        end_at: r.try_get("end_at")?,
+        published: r.try_get::<i64, _>("published")? != 0,
+    })
+}
+
+
+fn order_of(r: &$row) -> StoreResult<Order> {
+    Ok(Order {
+        order_no: OrderNo(r.try_get("order_no")?),
+        stock_log_id: StockLogId(r.try_get("stock_log_id")?),
+        user_id: UserId(r.try_get("user_id")?),
+        item_id: ItemId(r.try_get("item_id")?),
+        promo_id: PromoId(r.try_get("promo_id")?),
+        amount: r.try_get("amount")?,
+        unit_price_cents: r.try_get("unit_price_cents")?,
+        total_cents: r.try_get("total_cents")?,
+        status: order_status_of(r.try_get::<&str, _>("status")?)?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn push_ids(qb: &mut QueryBuilder<'_, $db>, ids: &[StockLogId]) {
+    qb.push("(");
+    let mut sep = qb.separated(", ");
+    for id in ids {
+        sep.push_bind(id.0);
+    }
+    qb.push(")");
+}
+
+#[async_trait]
+impl UserStore for $store {
+    async fn create_user(&self, u: &NewUser) -> StoreResult<User> {
+        let now = Utc::now();
+        let res = sqlx::query(
+            "INSERT INTO user (phone, name, gender, age, password_hash, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(u.phone.as_str())
+        .bind(&u.name)
+        .bind(&u.gender)
+        .bind(u.age)
+        .bind(&u.password_hash)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(map_unique)?;
+        Ok(User {
+            id: UserId($last_id(&res)),
+            phone: u.phone.as_str().to_owned(),
+            name: u.name.clone(),
+            gender: u.gender.clone(),
+            age: u.age,
+            password_hash: u.password_hash.clone(),
+            created_at: now,
+        })
+    }
+
+    async fn create_users(&self, users: &[NewUser]) -> StoreResult<u64> {
+        let now = Utc::now();
+        let mut tx = self.pool.begin().await?;
+        let mut created = 0;
+        for chunk in users.chunks(500) {
+            let mut qb = QueryBuilder::<$db>::new(
+                concat!($insert_ignore, " INTO user (phone, name, gender, age, password_hash, created_at) "),
+            );
+            qb.push_values(chunk, |mut b, u| {
+                b.push_bind(u.phone.as_str())
+                    .push_bind(&u.name)
+                    .push_bind(&u.gender)
+                    .push_bind(u.age)
+                    .push_bind(&u.password_hash)
+                    .push_bind(now);
+            });
+            created += qb.build().execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    async fn user_by_phone(&self, phone: &str) -> StoreResult<Option<User>> {
+        sqlx::query("SELECT * FROM user WHERE phone = ?")
+            .bind(phone)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(user_of)
+            .transpose()
+    }
+
+    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<User>> {
+        sqlx::query("SELECT * FROM user WHERE id = ?")
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(user_of)
+            .transpose()
+    }
+}
+
+#[async_trait]
+impl CatalogStore for $store {
+    async fn create_item(&self, it: &NewItem) -> StoreResult<Item> {
+        let now = Utc::now();
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query(
+            "INSERT INTO item (title, price_cents, description, image_url, sales, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, 0, ?, ?)",
+        )
+        .bind(it.title.trim())
+        .bind(it.price_cents)
+        .bind(&it.description)
+        .bind(&it.image_url)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let id = $last_id(&res);
+        sqlx::query("INSERT INTO item_stock (item_id, stock, version) VALUES (?, ?, 0)")
+            .bind(id)
+            .bind(it.stock)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.item(ItemId(id)).await?.ok_or(StoreError::NotFound)
+    }
+
+    async fn update_item(&self, id: ItemId, p: &ItemPatch) -> StoreResult<Item> {
+        let res = sqlx::query(
+            "UPDATE item SET title = COALESCE(?, title), price_cents = COALESCE(?, price_cents), \
+             description = COALESCE(?, description), image_url = COALESCE(?, image_url), \
+             updated_at = ? WHERE id = ?",
+        )
+        .bind(p.title.as_deref().map(str::trim))
+        .bind(p.price_cents)
+        .bind(&p.description)
+        .bind(&p.image_url)
+        .bind(Utc::now())
+        .bind(id.0)
+        .execute(&self.pool)
+        .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        self.item(id).await?.ok_or(StoreError::NotFound)
+    }
+
+    async fn item(&self, id: ItemId) -> StoreResult<Option<Item>> {
+        sqlx::query(&format!("SELECT {ITEM_COLUMNS} WHERE i.id = ?"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(item_of)
+            .transpose()
+    }
+
+    async fn items(&self, limit: u32) -> StoreResult<Vec<Item>> {
+        sqlx::query(&format!(
+            "SELECT {ITEM_COLUMNS} ORDER BY i.sales DESC, i.id LIMIT ?"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(item_of)
+        .collect()
+    }
+
+    async fn create_promo(&self, p: &NewPromo) -> StoreResult<Promo> {
+        let res = sqlx::query(
+            "INSERT INTO promo (item_id, name, price_cents, start_at, end_at, published, created_at) \
+             VALUES (?, ?, ?, ?, ?, 0, ?)",
+        )
+        .bind(p.item_id.0)
+        .bind(p.name.trim())
+        .bind(p.price_cents)
+        .bind(p.start_at)
+        .bind(p.end_at)
+        .bind(Utc::now())
+        .execute(&self.pool)
+        .await?;
+        self.promo(PromoId($last_id(&res))).await?.ok_or(StoreError::NotFound)
+    }
+
+    async fn promo(&self, id: PromoId) -> StoreResult<Option<Promo>> {
+        sqlx::query(&format!("SELECT {PROMO_COLUMNS} WHERE id = ?"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(promo_of)
+            .transpose()
+    }
+
+    async fn promos(&self, limit: u32) -> StoreResult<Vec<Promo>> {
+        sqlx::query(&format!("SELECT {PROMO_COLUMNS} ORDER BY id DESC LIMIT ?"))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(promo_of)
+            .collect()
+    }
+
+    async fn promos_of_item(&self, item: ItemId) -> StoreResult<Vec<Promo>> {
+        sqlx::query(&format!(
+            "SELECT {PROMO_COLUMNS} WHERE item_id = ? ORDER BY start_at"
+        ))
+        .bind(item.0)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(promo_of)
+        .collect()
+    }
+
+    async fn publish_promo(&self, id: PromoId) -> StoreResult<bool> {
+        let res = sqlx::query("UPDATE promo SET published = 1 WHERE id = ? AND published = 0")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(res.rows_affected() == 1)
+    }
+}
+
+#[async_trait]
+impl OrderStore for $store {
+    async fn insert_stock_logs(&self, drafts: &[OrderDraft]) -> StoreResult<()> {
+        if drafts.is_empty() {
+            return Ok(());
+        }
+        let now = Utc::now();
+        let mut tx = self.pool.begin().await?;
+        for chunk in drafts.chunks(100) {
+            let mut qb = QueryBuilder::<$db>::new(
+                "INSERT INTO stock_log (id, item_id, promo_id, user_id, amount, status, created_at, updated_at) ",
+            );
+            qb.push_values(chunk, |mut b, d| {
+                b.push_bind(d.stock_log_id.0)
+                    .push_bind(d.item_id.0)
+                    .push_bind(d.promo_id.0)
+                    .push_bind(d.user_id.0)
+                    .push_bind(d.amount)
+                    .push_bind("init")
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            qb.build().execute(&mut *tx).await.map_err(map_unique)?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn commit_orders(&self, drafts: &[OrderDraft]) -> StoreResult<()> {
+        if drafts.is_empty() {
+            return Ok(());
+        }
+        let now = Utc::now();
+        let mut tx = self.pool.begin().await?;
+        for chunk in drafts.chunks(100) {
+            let ids: Vec<StockLogId> = chunk.iter().map(|d| d.stock_log_id).collect();
+            let mut qb = QueryBuilder::<$db>::new(
+                "UPDATE stock_log SET status = 'committed', updated_at = ",
+            );
+            qb.push_bind(now).push(" WHERE status = 'init' AND id IN ");
+            push_ids(&mut qb, &ids);
+            let flipped = qb.build().execute(&mut *tx).await?.rows_affected();
+            if flipped != chunk.len() as u64 {
+                // Some reservation was already settled (rolled back by a
+                // reconciler or a timed-out caller): commit none of them.
+                return Err(StoreError::Conflict("stock_log"));
+            }
+            let mut qb = QueryBuilder::<$db>::new(
+                "INSERT INTO order_info (order_no, stock_log_id, user_id, item_id, promo_id, amount, \
+                 unit_price_cents, total_cents, status, created_at, updated_at) ",
+            );
+            qb.push_values(chunk, |mut b, d| {
+                b.push_bind(d.order_no.as_str())
+                    .push_bind(d.stock_log_id.0)
+                    .push_bind(d.user_id.0)
+                    .push_bind(d.item_id.0)
+                    .push_bind(d.promo_id.0)
+                    .push_bind(d.amount)
+                    .push_bind(d.unit_price_cents)
+                    .push_bind(d.total_cents())
+                    .push_bind("pending_payment")
+                    .push_bind(d.created_at)
+                    .push_bind(now);
+            });
+            qb.build().execute(&mut *tx).await.map_err(map_unique)?;
+        }
+        let mut sales: Vec<(ItemId, i64)> = Vec::new();
+        for d in drafts {
+            match sales.iter_mut().find(|(i, _)| *i == d.item_id) {
+                Some((_, n)) => *n += d.amount,
+                None => sales.push((d.item_id, d.amount)),
+            }
+        }
+        for (item, n) in sales {
+            sqlx::query("UPDATE item SET sales = sales + ? WHERE id = ?")
+                .bind(n)
+                .bind(item.0)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn roll_back_stock_logs(
+        &self,
+        ids: &[StockLogId],
+    ) -> StoreResult<Vec<(StockLogId, StockLogStatus)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut qb = QueryBuilder::<$db>::new(
+            "UPDATE stock_log SET status = 'rolled_back', updated_at = ",
+        );
+        qb.push_bind(Utc::now())
+            .push(" WHERE status = 'init' AND id IN ");
+        push_ids(&mut qb, ids);
+        qb.build().execute(&self.pool).await?;
+        self.stock_log_statuses(ids).await
+    }
+
+    async fn stock_log_statuses(
+        &self,
+        ids: &[StockLogId],
+    ) -> StoreResult<Vec<(StockLogId, StockLogStatus)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut qb = QueryBuilder::<$db>::new("SELECT id, status FROM stock_log WHERE id IN ");
+        push_ids(&mut qb, ids);
+        qb.build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    StockLogId(r.try_get("id")?),
+                    stock_log_status_of(r.try_get::<&str, _>("status")?)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn stale_stock_logs(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<(StockLogId, PromoId)>> {
+        sqlx::query("SELECT id, promo_id FROM stock_log WHERE status = 'init' AND created_at < ? ORDER BY created_at LIMIT ?")
+            .bind(before)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok((StockLogId(r.try_get("id")?), PromoId(r.try_get("promo_id")?))))
+            .collect()
+    }
+
+    async fn apply_deductions(&self, entries: &[Deduction]) -> StoreResult<DeductionReport> {
+        let now = Utc::now();
+        let mut report = DeductionReport::default();
+        let mut tx = self.pool.begin().await?;
+        for e in entries {
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM stock_log WHERE id = ?")
+                    .bind(e.stock_log_id.0)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if status.as_deref() != Some("committed") {
+                report.skipped += 1;
+                continue;
+            }
+            let done: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM stock_deduction WHERE stock_log_id = ?")
+                    .bind(e.stock_log_id.0)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if done.is_some() {
+                report.duplicates += 1;
+                continue;
+            }
+            let updated = sqlx::query("UPDATE item_stock SET stock = stock - ?, version = version + 1 WHERE item_id = ? AND stock >= ?")
+                .bind(e.amount)
+                .bind(e.item_id.0)
+                .bind(e.amount)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            let outcome = if updated == 1 {
+                report.applied += 1;
+                "applied"
+            } else {
+                report.insufficient += 1;
+                tracing::error!(stock_log_id = %e.stock_log_id, item_id = %e.item_id, amount = e.amount,
+                    "DB stock lower than the ledger: deduction refused by the conditional update");
+                "insufficient"
+            };
+            sqlx::query("INSERT INTO stock_deduction (stock_log_id, item_id, amount, outcome, applied_at) VALUES (?, ?, ?, ?, ?)")
+                .bind(e.stock_log_id.0)
+                .bind(e.item_id.0)
+                .bind(e.amount)
+                .bind(outcome)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    async fn order(&self, no: &OrderNo) -> StoreResult<Option<Order>> {
+        sqlx::query(&format!("SELECT {ORDER_COLUMNS} WHERE order_no = ?"))
+            .bind(no.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(order_of)
+            .transpose()
+    }
+
+    async fn orders_of_user(&self, user: UserId, limit: u32) -> StoreResult<Vec<Order>> {
+        sqlx::query(&format!(
+            "SELECT {ORDER_COLUMNS} WHERE user_id = ? ORDER BY created_at DESC LIMIT ?"
+        ))
+        .bind(user.0)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(order_of)
+        .collect()
+    }
+
+    async fn pay_order(&self, no: &OrderNo) -> StoreResult<Order> {
+        sqlx::query("UPDATE order_info SET status = 'paid', updated_at = ? WHERE order_no = ? AND status = 'pending_payment'")
+            .bind(Utc::now())
+            .bind(no.as_str())
+            .execute(&self.pool)
+            .await?;
+        self.order(no).await?.ok_or(StoreError::NotFound)
+    }
+
+    async fn cancel_order(&self, no: &OrderNo) -> StoreResult<(Order, bool)> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(&format!("SELECT {ORDER_COLUMNS} WHERE order_no = ?"))
+            .bind(no.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let mut order = row
+            .as_ref()
+            .map(order_of)
+            .transpose()?
+            .ok_or(StoreError::NotFound)?;
+        let flipped = sqlx::query("UPDATE order_info SET status = 'cancelled', updated_at = ? WHERE order_no = ? AND status = 'pending_payment'")
+            .bind(Utc::now())
+            .bind(no.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if flipped == 1 {
+            sqlx::query(
+                "UPDATE item_stock SET stock = stock + ?, version = version + 1 WHERE item_id = ?",
+            )
+            .bind(order.amount)
+            .bind(order.item_id.0)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE item SET sales = sales - ? WHERE id = ?")
+                .bind(order.amount)
+                .bind(order.item_id.0)
+                .execute(&mut *tx)
+                .await?;
+            order.status = OrderStatus::Cancelled;
+        }
+        tx.commit().await?;
+        Ok((order, flipped == 1))
+    }
+
+    async fn promo_totals(&self, promo: PromoId) -> StoreResult<PromoTotals> {
+        let r = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(amount), 0) AS SIGNED) AS sold, COUNT(*) AS orders FROM order_info \
+             WHERE promo_id = ? AND status <> 'cancelled'",
+        )
+        .bind(promo.0)
+        .fetch_one(&self.pool)
+        .await?;
+        let mut totals = PromoTotals {
+            sold: r.try_get("sold")?,
+            orders: r.try_get("orders")?,
+            ..PromoTotals::default()
+        };
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) AS n FROM stock_log WHERE promo_id = ? GROUP BY status",
+        )
+        .bind(promo.0)
+        .fetch_all(&self.pool)
+        .await?;
+        for r in rows {
+            let n: i64 = r.try_get("n")?;
+            match stock_log_status_of(r.try_get::<&str, _>("status")?)? {
+                StockLogStatus::Init => totals.stock_log_init = n,
+                StockLogStatus::Committed => totals.stock_log_committed = n,
+                StockLogStatus::RolledBack => totals.stock_log_rolled_back = n,
+            }
+        }
+        Ok(totals)
+    }
+
+    async fn place_order_in_db(
+        &self,
+        d: &OrderDraft,
+        optimistic: bool,
+        cas_retries: u32,
+    ) -> StoreResult<Option<Order>> {
+        let now = Utc::now();
+        let attempts = if optimistic { cas_retries.max(1) } else { 1 };
+        for _ in 0..attempts {
+            let mut tx = self.pool.begin().await?;
+            let updated = if optimistic {
+                let row = sqlx::query("SELECT stock, version FROM item_stock WHERE item_id = ?")
+                    .bind(d.item_id.0)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(row) = row else { return Ok(None) };
+                let (stock, version): (i64, i64) = (row.try_get("stock")?, row.try_get("version")?);
+                if stock < d.amount {
+                    return Ok(None);
+                }
+                sqlx::query("UPDATE item_stock SET stock = stock - ?, version = version + 1 WHERE item_id = ? AND version = ?")
+                    .bind(d.amount)
+                    .bind(d.item_id.0)
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+            } else {
+                let n = sqlx::query("UPDATE item_stock SET stock = stock - ?, version = version + 1 WHERE item_id = ? AND stock >= ?")
+                    .bind(d.amount)
+                    .bind(d.item_id.0)
+                    .bind(d.amount)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n == 0 {
+                    return Ok(None);
+                }
+                n
+            };
+            if updated == 0 {
+                continue; // lost the compare-and-set: read again
+            }
+            write_db_order(&mut tx, d, now).await?;
+            tx.commit().await?;
+            return Ok(Some(d.to_order()));
+        }
+        Err(StoreError::Conflict("version"))
+    }
+}
+
+/// The rows a pure-database order writes besides the stock update: the
+/// journal row (already committed), the order, the deduction record (the
+/// stock moved in this transaction) and the sales.
+async fn write_db_order(
+    tx: &mut $conn,
+    d: &OrderDraft,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    sqlx::query("INSERT INTO stock_log (id, item_id, promo_id, user_id, amount, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'committed', ?, ?)")
+        .bind(d.stock_log_id.0).bind(d.item_id.0).bind(d.promo_id.0).bind(d.user_id.0).bind(d.amount).bind(now).bind(now)
+        .execute(&mut *tx).await.map_err(map_unique)?;
+    sqlx::query("INSERT INTO order_info (order_no, stock_log_id, user_id, item_id, promo_id, amount, unit_price_cents, total_cents, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending_payment', ?, ?)")
+        .bind(d.order_no.as_str()).bind(d.stock_log_id.0).bind(d.user_id.0).bind(d.item_id.0).bind(d.promo_id.0)
+        .bind(d.amount).bind(d.unit_price_cents).bind(d.total_cents()).bind(d.created_at).bind(now)
+        .execute(&mut *tx).await.map_err(map_unique)?;
+    sqlx::query("INSERT INTO stock_deduction (stock_log_id, item_id, amount, outcome, applied_at) VALUES (?, ?, ?, 'applied', ?)")
+        .bind(d.stock_log_id.0).bind(d.item_id.0).bind(d.amount).bind(now)
+        .execute(&mut *tx).await?;
+    sqlx::query("UPDATE item SET sales = sales + ? WHERE id = ?")
+        .bind(d.amount)
+        .bind(d.item_id.0)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for $store {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+    };
+}
+
+pub(crate) use sql_store;
