@@ -85,6 +85,39 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     }
 }
 
+/// The fast-state adapters: Redis when configured, else in-memory.
+struct CacheAdapters {
+    ledger: Arc<dyn StockLedger>,
+    kv: Arc<dyn KvStore>,
+    limiter: Arc<dyn RateLimiter>,
+    /// A node id leased from Redis, unique among the instances sharing it.
+    leased_node: Option<u16>,
+}
+
+async fn cache_adapters(config: &Config) -> anyhow::Result<CacheAdapters> {
+    let Some(url) = &config.redis_url else {
+        return Ok(CacheAdapters {
+            ledger: Arc::new(MemoryStockLedger::new()),
+            kv: Arc::new(MemoryKvStore::new()),
+            limiter: Arc::new(MemoryRateLimiter::new()),
+            leased_node: None,
+        });
+    };
+    let conn = RedisConn::connect(url, &config.redis_prefix)
+        .await
+        .with_context(|| format!("cannot reach Redis at {url}"))?;
+    let leased_node = match config.node_id {
+        Some(_) => None,
+        None => Some(conn.lease_node_id().await?),
+    };
+    Ok(CacheAdapters {
+        ledger: Arc::new(RedisStockLedger::new(conn.clone())),
+        kv: Arc::new(RedisKvStore::new(conn.clone())),
+        limiter: Arc::new(RedisRateLimiter::new(conn)),
+        leased_node,
+    })
+}
+
 /// Wires every port and service from `config` and starts the workers.
 pub async fn build(config: Config) -> anyhow::Result<App> {
     config.validate()?;
@@ -103,34 +136,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             ..MemoryBusSettings::default()
         },
     );
-    let (ledger, kv, limiter, leased_node): (
-        Arc<dyn StockLedger>,
-        Arc<dyn KvStore>,
-        Arc<dyn RateLimiter>,
-        _,
-    ) = match &config.redis_url {
-        Some(url) => {
-            let conn = RedisConn::connect(url, &config.redis_prefix)
-                .await
-                .with_context(|| format!("cannot reach Redis at {url}"))?;
-            let node = match config.node_id {
-                Some(n) => n,
-                None => conn.lease_node_id().await?,
-            };
-            (
-                Arc::new(RedisStockLedger::new(conn.clone())),
-                Arc::new(RedisKvStore::new(conn.clone())),
-                Arc::new(RedisRateLimiter::new(conn)),
-                Some(node),
-            )
-        }
-        None => (
-            Arc::new(MemoryStockLedger::new()),
-            Arc::new(MemoryKvStore::new()),
-            Arc::new(MemoryRateLimiter::new()),
-            None,
-        ),
-    };
+    let caches = cache_adapters(&config).await?;
     let ports = Ports {
         store: store.clone(),
         ledger,
@@ -141,7 +147,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     };
     let node = config
         .node_id
-        .or(leased_node)
+        .or(caches.leased_node)
         .unwrap_or_else(|| rand::thread_rng().gen_range(0..=crate::domain::ids::MAX_NODE_ID));
     let context = Context {
         config: config.clone(),
