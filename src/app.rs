@@ -139,9 +139,9 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let caches = cache_adapters(&config).await?;
     let ports = Ports {
         store: store.clone(),
-        ledger,
-        kv,
-        limiter,
+        ledger: caches.ledger,
+        kv: caches.kv,
+        limiter: caches.limiter,
         bus: Arc::new(bus.clone()),
         otp: otp.clone(),
     };
