@@ -118,6 +118,9 @@ impl CatalogService {
     /// Replaces the DB stock by the ledger's while the promo is published:
     /// the DB catches up only as the consumer deducts.
     async fn live_stock(&self, item: &mut Item, promo: Option<&Promo>) {
+        if self.cx.config.order_strategy != crate::config::OrderStrategy::WriteBehind {
+            return;
+        }
         if let Some(p) = promo.filter(|p| p.published) {
             match self.cx.ports.ledger.stock(p.id).await {
                 Ok(Some(s)) => item.stock = s,
@@ -271,7 +274,11 @@ impl CatalogService {
             .await?
             .ok_or(ServiceError::NotFound("no such item"))?;
         let totals = self.cx.ports.store.promo_totals(id).await?;
-        let stock_cache = self.cx.ports.ledger.stock(id).await?;
+        // The pure-database strategies never touch the ledger after warm-up.
+        let stock_cache = match self.cx.config.order_strategy {
+            crate::config::OrderStrategy::WriteBehind => self.cx.ports.ledger.stock(id).await?,
+            _ => None,
+        };
         Ok(PromoStats {
             promo,
             stock_db: item.stock,

@@ -128,6 +128,14 @@ pub trait OrderStore: Send + Sync {
         before: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<Vec<(StockLogId, PromoId)>>;
+    /// Committed rows older than `before` whose stock was never deducted (a
+    /// deduction message lost with a crashed in-process bus, or parked by a
+    /// broker): `stock_log` is the outbox the reconciler replays.
+    async fn undeducted_stock_logs(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Deduction>>;
     /// Deducts DB stock for committed entries, each at most once ever:
     /// `UPDATE item_stock SET stock = stock - n WHERE item_id = ? AND stock >= n`
     /// with the entry's id recorded in the same transaction.

@@ -444,6 +444,28 @@ impl OrderStore for $store {
             .collect()
     }
 
+    async fn undeducted_stock_logs(&self, before: DateTime<Utc>, limit: u32) -> StoreResult<Vec<Deduction>> {
+        sqlx::query(
+            "SELECT s.id, s.item_id, s.amount FROM stock_log s \
+             LEFT JOIN stock_deduction d ON d.stock_log_id = s.id \
+             WHERE s.status = 'committed' AND d.stock_log_id IS NULL AND s.updated_at < ? \
+             ORDER BY s.updated_at LIMIT ?",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Deduction {
+                stock_log_id: StockLogId(r.try_get("id")?),
+                item_id: ItemId(r.try_get("item_id")?),
+                amount: r.try_get("amount")?,
+            })
+        })
+        .collect()
+    }
+
     async fn apply_deductions(&self, entries: &[Deduction]) -> StoreResult<DeductionReport> {
         let now = Utc::now();
         let mut report = DeductionReport::default();

@@ -1,6 +1,7 @@
-//! The reconciler settles `stock_log` rows left `init` — a crash between the
-//! journal row and the local transaction, or a half message the broker gave
-//! up checking back. A row older than `reconcile_after_secs` is flipped to
+//! The reconciler replays stock deductions of committed rows that never
+//! ran (the `stock_log` table is the outbox), and settles rows left `init`
+//! — a crash between the journal row and the local transaction, or a half
+//! message the broker gave up checking back. A row older than `reconcile_after_secs` is flipped to
 //! `rolled_back` unless its order committed meanwhile (the DB's conditional
 //! update decides the race), and its reservation is given back. Safe to run
 //! in every instance at once: each step is idempotent.
@@ -15,6 +16,8 @@ use crate::service::Context;
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReconcileReport {
+    /// Committed rows whose deduction never ran, replayed now.
+    pub replayed: usize,
     pub stale: usize,
     pub rolled_back: usize,
     pub already_committed: usize,
@@ -25,11 +28,24 @@ pub struct ReconcileReport {
 pub async fn reconcile_once(cx: &Context, dry_run: bool) -> anyhow::Result<ReconcileReport> {
     let before = Utc::now() - chrono::Duration::seconds(cx.config.reconcile_after_secs as i64);
     let stale = cx.ports.store.stale_stock_logs(before, 1000).await?;
+    let undeducted = cx.ports.store.undeducted_stock_logs(before, 1000).await?;
     let mut report = ReconcileReport {
         stale: stale.len(),
+        replayed: undeducted.len(),
         ..Default::default()
     };
-    if dry_run || stale.is_empty() {
+    if dry_run {
+        return Ok(report);
+    }
+    if !undeducted.is_empty() {
+        let r = cx.ports.store.apply_deductions(&undeducted).await?;
+        tracing::warn!(
+            rows = undeducted.len(),
+            applied = r.applied,
+            "reconciler: replayed stock deductions that never ran"
+        );
+    }
+    if stale.is_empty() {
         return Ok(report);
     }
     let ids: Vec<_> = stale.iter().map(|(id, _)| *id).collect();

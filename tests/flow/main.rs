@@ -256,3 +256,33 @@ async fn the_reconciler_settles_a_reservation_left_without_an_outcome() {
         .unwrap();
     assert_eq!(again.stale, 0);
 }
+
+#[tokio::test]
+async fn the_reconciler_replays_a_deduction_that_never_ran() {
+    let t = TestApp::spawn_with(|c| c.reconcile_after_secs = 0).await;
+    let (item, promo) = t.sale(2).await;
+    let users = buyers(&t, "1883", 1).await;
+    buy(&t, users[0], promo, item).await.unwrap();
+    t.settled(promo).await;
+    // Forget the deduction, as if the message had died with the process.
+    let pool = db(&t).await;
+    sqlx::query("DELETE FROM stock_deduction")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE item_stock SET stock = stock + 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(t.stats(promo).await["stock_db"], 2);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let report = seckill::worker::reconciler::reconcile_once(&t.app.context, false)
+        .await
+        .unwrap();
+    assert_eq!(report.replayed, 1);
+    assert_eq!(t.stats(promo).await["stock_db"], 1);
+    let again = seckill::worker::reconciler::reconcile_once(&t.app.context, false)
+        .await
+        .unwrap();
+    assert_eq!(again.replayed, 0);
+}
