@@ -15,7 +15,8 @@ use crate::config::{Config, DatabaseBackend};
 use crate::domain::IdGenerator;
 use crate::http::AppState;
 use crate::mq::memory::{MemoryBus, MemoryBusSettings};
-use crate::mq::{Delivery, Topic};
+use crate::mq::rocketmq::{RocketMqBus, RocketMqSettings};
+use crate::mq::{Delivery, MessageBus, Topic};
 use crate::service::catalog::CatalogService;
 use crate::service::checkback::StockLogChecker;
 use crate::service::orders::OrderService;
@@ -121,34 +122,53 @@ async fn cache_adapters(config: &Config) -> anyhow::Result<CacheAdapters> {
 /// Wires every port and service from `config` and starts the workers.
 pub async fn build(config: Config) -> anyhow::Result<App> {
     config.validate()?;
-    if config.rocketmq_namesrv.is_some() {
-        anyhow::bail!("this build has no RocketMQ adapter yet; unset SECKILL_ROCKETMQ_NAMESRV");
-    }
     let config = Arc::new(config);
     let store = open_store(&config).await?;
     let otp = Arc::new(DevOtpSender::new());
-    let bus = MemoryBus::start(
-        Arc::new(StockLogChecker::new(store.clone())),
-        MemoryBusSettings {
-            check_after: Duration::from_millis(config.tx_check_after_ms),
-            check_interval: Duration::from_millis(config.tx_check_interval_ms.max(10)),
-            check_max: config.tx_check_max,
-            ..MemoryBusSettings::default()
-        },
-    );
+    let checker = Arc::new(StockLogChecker::new(store.clone()));
     let caches = cache_adapters(&config).await?;
+    let node = config
+        .node_id
+        .or(caches.leased_node)
+        .unwrap_or_else(|| rand::thread_rng().gen_range(0..=crate::domain::ids::MAX_NODE_ID));
+    let (bus, memory_bus): (Arc<dyn MessageBus>, Option<MemoryBus>) = match &config.rocketmq_namesrv
+    {
+        Some(namesrv) => {
+            let settings = RocketMqSettings {
+                namesrv: namesrv.clone(),
+                prefix: config.rocketmq_prefix.clone(),
+                instance: format!("seckill-{}-{node}", std::process::id()),
+                listener_deadline: Duration::from_millis(config.rocketmq_listener_deadline_ms),
+            };
+            let bus = RocketMqBus::start(settings, checker)
+                .await
+                .with_context(|| {
+                    format!("cannot start the RocketMQ client for name server {namesrv}")
+                })?;
+            (Arc::new(bus), None)
+        }
+        None => {
+            let bus = MemoryBus::start(
+                checker,
+                MemoryBusSettings {
+                    check_after: Duration::from_millis(config.tx_check_after_ms),
+                    check_interval: Duration::from_millis(config.tx_check_interval_ms.max(10)),
+                    check_max: config.tx_check_max,
+                    ..MemoryBusSettings::default()
+                },
+            );
+            (Arc::new(bus.clone()), Some(bus))
+        }
+    };
     let ports = Ports {
         store: store.clone(),
         ledger: caches.ledger,
         kv: caches.kv,
         limiter: caches.limiter,
-        bus: Arc::new(bus.clone()),
+        bus,
         otp: otp.clone(),
     };
-    let node = config
-        .node_id
-        .or(caches.leased_node)
-        .unwrap_or_else(|| rand::thread_rng().gen_range(0..=crate::domain::ids::MAX_NODE_ID));
+
     let context = Context {
         config: config.clone(),
         ports: ports.clone(),
@@ -199,6 +219,6 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         state,
         context,
         otp,
-        memory_bus: Some(bus),
+        memory_bus,
     })
 }

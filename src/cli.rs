@@ -28,6 +28,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// `serve --demo`: seed demo items and a promo starting in a minute.
     Demo(ServeArgs),
+    /// A flash crowd against a deployment over HTTP, with invariant checks.
+    Drill(crate::drill::DrillArgs),
     /// Apply the database migrations and exit.
     Migrate(DbArgs),
     /// Settle `stock_log` rows left `init` (one pass) and exit.
@@ -134,6 +136,19 @@ pub fn main() -> anyhow::Result<()> {
                 args.apply(&mut config);
                 config.demo = true;
                 crate::server::serve(config).await
+            }
+            Command::Drill(args) => {
+                let json = args.json;
+                let report = crate::drill::run(args).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    print!("{}", report.render());
+                }
+                if !report.violations.is_empty() {
+                    anyhow::bail!("{} invariant(s) violated", report.violations.len());
+                }
+                Ok(())
             }
             Command::Migrate(db) => {
                 db.apply(&mut config);

@@ -57,6 +57,12 @@ pub struct Config {
     /// Prefix of every Redis key (several deployments can share a Redis).
     pub redis_prefix: String,
     pub rocketmq_namesrv: Option<String>,
+    /// Prefix of RocketMQ topics and groups (several deployments can share
+    /// a broker).
+    pub rocketmq_prefix: String,
+    /// Deadline of a local transaction, check-back or consumer call run from
+    /// the RocketMQ client's threads (below its 30 s task limit).
+    pub rocketmq_listener_deadline_ms: u64,
     pub admin_token: Option<Secret>,
     pub captcha_enabled: bool,
     /// Comma-separated origins allowed credentialed CORS.
@@ -130,6 +136,8 @@ impl Default for Config {
             redis_url: None,
             redis_prefix: "seckill:".into(),
             rocketmq_namesrv: None,
+            rocketmq_prefix: "seckill-".into(),
+            rocketmq_listener_deadline_ms: 10_000,
             admin_token: None,
             captcha_enabled: true,
             cors_origins: String::new(),
@@ -234,6 +242,23 @@ impl Config {
                     "SECKILL_CORS_ORIGINS entry {o:?} is not a valid origin"
                 )));
             }
+        }
+        if let Some(ns) = &self.rocketmq_namesrv {
+            let ok = ns.split(';').all(|a| {
+                let a = a.trim();
+                a.rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+            });
+            if !ok {
+                return Err(ConfigError(format!(
+                    "SECKILL_ROCKETMQ_NAMESRV must be host:port[;host:port] (got {ns:?})"
+                )));
+            }
+        }
+        if !(1_000..=25_000).contains(&self.rocketmq_listener_deadline_ms) {
+            return Err(ConfigError(
+                "SECKILL_ROCKETMQ_LISTENER_DEADLINE_MS must be 1000..=25000 (the client gives up at 30 s)".into(),
+            ));
         }
         if let Some(n) = self.node_id {
             if n > crate::domain::ids::MAX_NODE_ID {

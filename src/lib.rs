@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! seckill — a flash-sale (秒杀) backend that never oversells and never loses
 //! an order.
 //!
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod domain;
+pub mod drill;
 pub mod http;
 pub mod mq;
 pub mod server;

@@ -17,6 +17,7 @@ use crate::domain::{ItemId, PromoId};
 use crate::store::Deduction;
 
 pub mod memory;
+pub mod rocketmq;
 
 /// Every message on the bus. Tagged and versioned so that old consumers can
 /// refuse what they do not understand; consumers are idempotent by a key the
@@ -59,13 +60,16 @@ impl Event {
 pub enum Topic {
     Stock,
     Cache,
+    /// Readiness pings; never consumed.
+    Health,
 }
 
 impl Topic {
     pub fn name(self) -> &'static str {
         match self {
-            Topic::Stock => "seckill_stock",
-            Topic::Cache => "seckill_cache",
+            Topic::Stock => "stock",
+            Topic::Cache => "cache",
+            Topic::Health => "health",
         }
     }
 }

@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! HTTP tests through the router on the embedded adapters (no network).
 
 #[path = "../common/mod.rs"]

@@ -146,26 +146,65 @@ where
         "check-back rolled it back"
     );
 
-    // A consumer error is redelivered.
+    // A consumer error is redelivered (clustering: the broker retries).
     let (tx2, mut rx2) = mpsc::unbounded_channel();
     bus.subscribe(
-        Topic::Cache,
+        Topic::Stock,
         "contract-retry",
-        Delivery::Broadcast,
-        Arc::new(Collect(tx2, Mutex::new(2))),
+        Delivery::Clustering,
+        Arc::new(Collect(tx2, Mutex::new(1))),
     )
     .await
     .unwrap();
+    bus.send_in_transaction(event(5), Box::new(|| async { TxState::Commit }.boxed()))
+        .await
+        .unwrap();
+    let mut redelivered = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        match next(&mut rx2, Duration::from_secs(5)).await {
+            Some(e) if e == event(5) => {
+                redelivered = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(redelivered, "the failed delivery came again");
+
+    // Broadcast: a subscriber that is ready gets what is published. A
+    // broadcast consumer starts at the newest offset, so publish until its
+    // first message arrives (bounded), then once more and expect that one.
+    let (tx3, mut rx3) = mpsc::unbounded_channel();
+    bus.subscribe(
+        Topic::Cache,
+        "contract-cache",
+        Delivery::Broadcast,
+        Arc::new(Collect(tx3, Mutex::new(0))),
+    )
+    .await
+    .unwrap();
+    let mut ready = false;
+    for i in 0..60 {
+        bus.publish(Event::ItemChanged {
+            v: 1,
+            item_id: ItemId(1000 + i),
+        })
+        .await
+        .unwrap();
+        if next(&mut rx3, Duration::from_millis(500)).await.is_some() {
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "the broadcast consumer never received anything");
+    while next(&mut rx3, Duration::from_millis(300)).await.is_some() {}
     let changed = Event::ItemChanged {
         v: 1,
         item_id: ItemId(9),
     };
     bus.publish(changed.clone()).await.unwrap();
-    assert_eq!(
-        next(&mut rx2, Duration::from_secs(10)).await,
-        Some(changed),
-        "redelivered after two failures"
-    );
+    assert_eq!(next(&mut rx3, Duration::from_secs(10)).await, Some(changed));
 }
 
 #[tokio::test]

@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! Contract tests: one generic suite per port, run here against the
 //! embedded adapters, and against Redis / MariaDB / RocketMQ when their URLs
 //! are given (`SECKILL_TEST_REDIS_URL`, `SECKILL_TEST_MYSQL_URL`,
@@ -123,4 +124,32 @@ async fn the_redis_kv_store_and_rate_limiter_honour_their_contracts() {
     )))
     .await;
     kv::rate_limit_suite(Arc::new(seckill::cache::redis::RedisRateLimiter::new(conn))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_rocketmq_bus_honours_the_transactional_message_contract() {
+    let Ok(namesrv) = std::env::var("SECKILL_TEST_ROCKETMQ_NAMESRV") else {
+        eprintln!("SECKILL_TEST_ROCKETMQ_NAMESRV not set: RocketMQ contract not run (scripts/test sets it)");
+        return;
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    bus::suite(|checker| {
+        let settings = seckill::mq::rocketmq::RocketMqSettings {
+            namesrv: namesrv.clone(),
+            prefix: format!("contract-{nanos}-"),
+            instance: format!("contract-{}", std::process::id()),
+            listener_deadline: std::time::Duration::from_secs(10),
+        };
+        async move {
+            Arc::new(
+                seckill::mq::rocketmq::RocketMqBus::start(settings, checker)
+                    .await
+                    .expect("RocketMQ reachable"),
+            ) as Arc<dyn seckill::mq::MessageBus>
+        }
+    })
+    .await;
 }

@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! The order flow through the real service layer on embedded adapters:
 //! a crowd racing for stock, and failures injected into the local
 //! transaction.

@@ -1,0 +1,209 @@
+//! The drill's HTTP client: one keep-alive pool, one call per endpoint.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+/// What a request ended with.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Token(String),
+    Created(String),
+    /// Status and code of a refusal.
+    Refused(u16, String),
+    /// No answer (connection error, timeout).
+    Failed(String),
+}
+
+impl Outcome {
+    pub fn label(&self) -> String {
+        match self {
+            Outcome::Token(_) => "token".into(),
+            Outcome::Created(_) => "created".into(),
+            Outcome::Refused(s, code) => format!("{s} {code}"),
+            Outcome::Failed(e) if e.contains("timed out") => "no answer (timeout)".into(),
+            Outcome::Failed(_) => "no answer (connection)".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub captcha_enabled: bool,
+    pub per_user_limit: i64,
+    pub order_strategy: String,
+}
+
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    admin: String,
+}
+
+impl Api {
+    pub fn new(base: &str, admin: &str, connections: usize) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(connections)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Api {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            admin: admin.to_owned(),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+        let r = self.http.get(self.url(path)).send().await?;
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("GET {path}: {status} {v}");
+        }
+        Ok(v)
+    }
+
+    pub async fn client_config(&self) -> anyhow::Result<ClientConfig> {
+        let v = self.get_json("/api/v1/config").await?;
+        Ok(ClientConfig {
+            captcha_enabled: v["captcha_enabled"].as_bool().unwrap_or(true),
+            per_user_limit: v["per_user_limit"].as_i64().unwrap_or(1),
+            order_strategy: v["order_strategy"].as_str().unwrap_or("unknown").to_owned(),
+        })
+    }
+
+    pub async fn server_time(&self) -> anyhow::Result<DateTime<Utc>> {
+        let v = self.get_json("/api/v1/time").await?;
+        v["now"]
+            .as_str()
+            .context("time")?
+            .parse()
+            .context("server time")
+    }
+
+    pub async fn admin_post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(&self.admin)
+            .json(&body)
+            .send()
+            .await?;
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("POST {path}: {status} {v}");
+        }
+        Ok(v)
+    }
+
+    pub async fn admin_get(&self, path: &str) -> anyhow::Result<Value> {
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(&self.admin)
+            .send()
+            .await?;
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("GET {path}: {status} {v}");
+        }
+        Ok(v)
+    }
+
+    pub async fn login(&self, phone: &str, password: &str) -> anyhow::Result<String> {
+        for attempt in 0..20u64 {
+            let r = self
+                .http
+                .post(self.url("/api/v1/sessions"))
+                .json(&json!({"phone": phone, "password": password}))
+                .send()
+                .await?;
+            let status = r.status();
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            if status.as_u16() == 201 {
+                return v["token"].as_str().map(str::to_owned).context("token");
+            }
+            if status.as_u16() != 429 && status.as_u16() != 503 {
+                bail!("login of {phone}: {status} {v}");
+            }
+            tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
+        }
+        bail!("login of {phone} kept being refused")
+    }
+
+    async fn call(&self, req: reqwest::RequestBuilder) -> (Result<(u16, Value), String>, f64) {
+        let started = Instant::now();
+        let res = match req.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                match r.json::<Value>().await {
+                    Ok(v) => Ok((status, v)),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        (res, started.elapsed().as_secs_f64() * 1000.0)
+    }
+
+    fn outcome(res: Result<(u16, Value), String>, ok: impl FnOnce(&Value) -> Outcome) -> Outcome {
+        match res {
+            Ok((201, v)) => ok(&v),
+            Ok((status, v)) => {
+                Outcome::Refused(status, v["code"].as_str().unwrap_or("?").to_owned())
+            }
+            Err(e) => Outcome::Failed(e),
+        }
+    }
+
+    pub async fn token(&self, session: &str, promo: i64, item: i64) -> (Outcome, f64) {
+        let req = self
+            .http
+            .post(self.url(&format!("/api/v1/promos/{promo}/tokens")))
+            .bearer_auth(session)
+            .json(&json!({"item_id": item}));
+        let (res, ms) = self.call(req).await;
+        (
+            Self::outcome(res, |v| {
+                Outcome::Token(v["token"].as_str().unwrap_or_default().to_owned())
+            }),
+            ms,
+        )
+    }
+
+    pub async fn order(&self, session: &str, promo: i64, item: i64, token: &str) -> (Outcome, f64) {
+        let req = self
+            .http
+            .post(self.url("/api/v1/orders"))
+            .bearer_auth(session)
+            .json(&json!({"promo_id": promo, "item_id": item, "amount": 1, "token": token}));
+        let (res, ms) = self.call(req).await;
+        (
+            Self::outcome(res, |v| {
+                Outcome::Created(v["order_no"].as_str().unwrap_or_default().to_owned())
+            }),
+            ms,
+        )
+    }
+
+    pub async fn order_exists(&self, session: &str, no: &str) -> anyhow::Result<bool> {
+        let r = self
+            .http
+            .get(self.url(&format!("/api/v1/orders/{no}")))
+            .bearer_auth(session)
+            .send()
+            .await?;
+        Ok(r.status().as_u16() == 200)
+    }
+}

@@ -1,0 +1,374 @@
+//! The RocketMQ bus (`rocketmq-client-rust`, remoting protocol: the same code
+//! talks to the Rust broker here and to an Apache RocketMQ cluster).
+//!
+//! - Transactional sends use a `TransactionMQProducer`. Its listener is
+//!   synchronous and runs on the client's blocking pool, so it drives our
+//!   async local transaction and check-back on the app runtime with
+//!   `Handle::block_on` under a deadline below the client's 30 s task limit.
+//!   The closure of the local transaction travels as the send's `arg`.
+//! - Consumers are push consumers: clustering for stock deduction (failures
+//!   are redelivered by the broker), broadcasting for cache invalidation
+//!   (each instance gets each message; a fixed instance name per consumer
+//!   and its offsets folder are created, as the client needs).
+//! - The client runtime is built explicitly, large enough that a burst of
+//!   local transactions is never skipped (ROCKETMQ.md, pitfall 1).
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rocketmq_client_rust::{
+    ClientConfig, ClientRuntime, ClientRuntimeConfig, ConsumeConcurrentlyContext,
+    ConsumeConcurrentlyStatus, DefaultMQProducer, DefaultMQPushConsumer, LocalTransactionState,
+    MQPushConsumer, MessageListenerConcurrently, SendStatus, TelemetryHandle, TransactionListener,
+    TransactionMQProducer,
+};
+use rocketmq_model::common::consumer::consume_from_where::ConsumeFromWhere;
+use rocketmq_model::common::message::message_ext::MessageExt;
+use rocketmq_model::common::message::message_single::Message;
+use rocketmq_model::common::message::MessageTrait;
+use rocketmq_protocol::protocol::heartbeat::message_model::MessageModel;
+use rocketmq_runtime::{RuntimeConfig, RuntimeOwner};
+
+use super::*;
+
+/// Settings of the RocketMQ bus.
+#[derive(Debug, Clone)]
+pub struct RocketMqSettings {
+    /// `host:port[;host:port]`.
+    pub namesrv: String,
+    /// Prefix of topics and groups (several deployments can share a broker).
+    pub prefix: String,
+    /// Distinguishes this process's broadcast consumers.
+    pub instance: String,
+    /// The local transaction's and check-back's deadline.
+    pub listener_deadline: Duration,
+}
+
+/// The local transaction handed to the listener through the send's `arg`.
+struct LocalSlot(Mutex<Option<LocalTx>>);
+
+struct Listener {
+    app: tokio::runtime::Handle,
+    checker: Arc<dyn TxChecker>,
+    deadline: Duration,
+}
+
+fn to_rocketmq(state: TxState) -> LocalTransactionState {
+    match state {
+        TxState::Commit => LocalTransactionState::CommitMessage,
+        TxState::Rollback => LocalTransactionState::RollbackMessage,
+        TxState::Unknown => LocalTransactionState::Unknown,
+    }
+}
+
+fn from_rocketmq(state: LocalTransactionState) -> TxState {
+    match state {
+        LocalTransactionState::CommitMessage => TxState::Commit,
+        LocalTransactionState::RollbackMessage => TxState::Rollback,
+        LocalTransactionState::Unknown => TxState::Unknown,
+    }
+}
+
+fn decode(body: Option<&[u8]>) -> Option<Event> {
+    serde_json::from_slice(body?).ok()
+}
+
+impl TransactionListener for Listener {
+    fn execute_local_transaction(
+        &self,
+        _msg: &dyn MessageTrait,
+        arg: Option<&(dyn Any + Send + Sync)>,
+    ) -> LocalTransactionState {
+        let Some(local) = arg
+            .and_then(|a| a.downcast_ref::<LocalSlot>())
+            .and_then(|s| s.0.lock().take())
+        else {
+            tracing::error!("transactional send without its local transaction; rolling back");
+            return LocalTransactionState::RollbackMessage;
+        };
+        let deadline = self.deadline;
+        let state = self
+            .app
+            .block_on(async move { tokio::time::timeout(deadline, local()).await });
+        to_rocketmq(state.unwrap_or(TxState::Unknown))
+    }
+
+    fn check_local_transaction(&self, msg: &MessageExt) -> LocalTransactionState {
+        let Some(event) = decode(msg.body().as_deref()) else {
+            tracing::error!(msg_id = %msg.msg_id(), "check-back for a message we cannot read; rolling back");
+            return LocalTransactionState::RollbackMessage;
+        };
+        let checker = self.checker.clone();
+        let deadline = self.deadline;
+        let state = self
+            .app
+            .block_on(async move { tokio::time::timeout(deadline, checker.check(&event)).await })
+            .unwrap_or(TxState::Unknown);
+        metrics::counter!("seckill_checkbacks_total", "outcome" => state.as_str()).increment(1);
+        to_rocketmq(state)
+    }
+}
+
+struct Consumer {
+    app: tokio::runtime::Handle,
+    handler: Arc<dyn MessageHandler>,
+    deadline: Duration,
+    group: String,
+}
+
+impl MessageListenerConcurrently for Consumer {
+    fn consume_message(
+        &self,
+        msgs: &[&MessageExt],
+        _context: &ConsumeConcurrentlyContext,
+    ) -> rocketmq_client_rust::ClientResult<ConsumeConcurrentlyStatus> {
+        for msg in msgs {
+            let Some(event) = decode(msg.body().as_deref()) else {
+                tracing::error!(group = %self.group, msg_id = %msg.msg_id(), "unreadable message skipped");
+                continue;
+            };
+            let handler = self.handler.clone();
+            let deadline = self.deadline;
+            let outcome = self.app.block_on(async move {
+                tokio::time::timeout(deadline, handler.handle(&event)).await
+            });
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(group = %self.group, error = %format!("{e:#}"), "consumer failed; the broker redelivers");
+                    return Ok(ConsumeConcurrentlyStatus::ReconsumeLater);
+                }
+                Err(_) => {
+                    tracing::warn!(group = %self.group, "consumer timed out; the broker redelivers");
+                    return Ok(ConsumeConcurrentlyStatus::ReconsumeLater);
+                }
+            }
+        }
+        Ok(ConsumeConcurrentlyStatus::ConsumeSuccess)
+    }
+}
+
+/// The RocketMQ adapter of [`MessageBus`].
+pub struct RocketMqBus {
+    settings: RocketMqSettings,
+    app: tokio::runtime::Handle,
+    client: Arc<ClientRuntime>,
+    tx_producer: TransactionMQProducer,
+    producer: DefaultMQProducer,
+    consumers: tokio::sync::Mutex<Vec<DefaultMQPushConsumer>>,
+    /// Owns the client's runtime; dropped last.
+    _owner: RuntimeOwner,
+}
+
+fn mq_err(context: &str, e: impl std::fmt::Debug) -> MqError {
+    MqError(format!("{context}: {e:?}"))
+}
+
+impl RocketMqBus {
+    /// Builds the client runtime, starts both producers and creates the
+    /// topics. Call inside the app's multi-thread runtime.
+    pub async fn start(
+        settings: RocketMqSettings,
+        checker: Arc<dyn TxChecker>,
+    ) -> Result<Self, MqError> {
+        let app = tokio::runtime::Handle::current();
+        let mut cfg = RuntimeConfig::default()
+            .with_max_blocking_threads(128)
+            .map_err(|e| mq_err("runtime", e))?;
+        cfg.thread_name = "rocketmq-client".to_string();
+        // Every listener call runs on this lane: room for a burst of local
+        // transactions plus every consumer thread, so none is skipped.
+        cfg.blocking_lane_policies.metadata_io.max_concurrency = 96;
+        cfg.blocking_lane_policies.metadata_io.max_queue_depth = 4096;
+        let owner = RuntimeOwner::plan(cfg)
+            .map_err(|e| mq_err("runtime plan", e))?
+            .build()
+            .map_err(|e| mq_err("runtime build", e))?;
+        let client = ClientRuntime::try_new(
+            owner.root_context().component("client"),
+            ClientRuntimeConfig::default(),
+            TelemetryHandle::noop(),
+        )
+        .map_err(|e| mq_err("client runtime", e))?;
+        let listener = Listener {
+            app: app.clone(),
+            checker,
+            deadline: settings.listener_deadline,
+        };
+        let mut tx_producer = TransactionMQProducer::builder(client.clone())
+            .producer_group(format!("{}tx_producer", settings.prefix))
+            .name_server_addr(settings.namesrv.clone())
+            .send_msg_timeout(3_000)
+            .check_thread_pool_min_size(4)
+            .check_thread_pool_max_size(16)
+            .transaction_listener(listener)
+            .build();
+        tx_producer
+            .start()
+            .await
+            .map_err(|e| mq_err("transactional producer start", e))?;
+        let mut producer = DefaultMQProducer::builder(client.clone())
+            .producer_group(format!("{}producer", settings.prefix))
+            .name_server_addr(settings.namesrv.clone())
+            .send_msg_timeout(3_000)
+            .build();
+        producer
+            .start()
+            .await
+            .map_err(|e| mq_err("producer start", e))?;
+        for (topic, queues) in [(Topic::Stock, 4), (Topic::Cache, 1), (Topic::Health, 1)] {
+            let name = format!("{}{}", settings.prefix, topic.name());
+            if let Err(e) = producer
+                .create_topic("TBW102", &name, queues, HashMap::new())
+                .await
+            {
+                // The broker may create it on first use (autoCreateTopicEnable).
+                tracing::warn!(topic = %name, error = ?e, "topic not created explicitly");
+            }
+        }
+        Ok(RocketMqBus {
+            settings,
+            app,
+            client,
+            tx_producer,
+            producer,
+            consumers: tokio::sync::Mutex::new(Vec::new()),
+            _owner: owner,
+        })
+    }
+
+    fn topic(&self, topic: Topic) -> String {
+        format!("{}{}", self.settings.prefix, topic.name())
+    }
+
+    fn message(&self, event: &Event) -> Result<Message, MqError> {
+        let body = serde_json::to_vec(event).map_err(|e| mq_err("encode", e))?;
+        Message::builder()
+            .topic(self.topic(event.topic()))
+            .tags(event.topic().name())
+            .key(event.key())
+            .body(body)
+            .build()
+            .map_err(|e| mq_err("message", e))
+    }
+
+    /// Stops consumers and producers (best effort).
+    pub async fn shutdown(&mut self) {
+        for mut c in self.consumers.lock().await.drain(..) {
+            c.shutdown().await;
+        }
+        self.tx_producer.shutdown().await;
+        self.producer.shutdown().await;
+        let _ = self.client.shutdown().await;
+    }
+}
+
+fn offsets_root() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".rocketmq_offsets"))
+        .unwrap_or_else(|| PathBuf::from("/tmp/.rocketmq_offsets"))
+}
+
+#[async_trait]
+impl MessageBus for RocketMqBus {
+    async fn send_in_transaction(&self, event: Event, local: LocalTx) -> Result<TxState, MqError> {
+        let msg = self.message(&event)?;
+        let slot = LocalSlot(Mutex::new(Some(local)));
+        let result = self
+            .tx_producer
+            .send_message_in_transaction(msg, Some(slot))
+            .await
+            .map_err(|e| mq_err("transactional send", e))?;
+        Ok(result
+            .local_transaction_state
+            .map(from_rocketmq)
+            .unwrap_or(TxState::Unknown))
+    }
+
+    async fn publish(&self, event: Event) -> Result<(), MqError> {
+        let msg = self.message(&event)?;
+        match self.producer.send_with_timeout(msg, 3_000).await {
+            Ok(Some(r)) if r.send_status == SendStatus::SendOk => Ok(()),
+            Ok(other) => Err(mq_err("send not stored", other)),
+            Err(e) => Err(mq_err("send", e)),
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        topic: Topic,
+        group: &str,
+        delivery: Delivery,
+        handler: Arc<dyn MessageHandler>,
+    ) -> Result<(), MqError> {
+        let group = format!("{}{}", self.settings.prefix, group);
+        let listener = Consumer {
+            app: self.app.clone(),
+            handler,
+            deadline: self.settings.listener_deadline,
+            group: group.clone(),
+        };
+        let mut cc = ClientConfig::new();
+        cc.set_namesrv_addr(self.settings.namesrv.clone().into());
+        let (model, from, threads) = match delivery {
+            Delivery::Clustering => (
+                MessageModel::Clustering,
+                ConsumeFromWhere::ConsumeFromFirstOffset,
+                8,
+            ),
+            Delivery::Broadcast => {
+                // A broadcast consumer keeps offsets in a local folder the
+                // client does not create, under a name that must be unique.
+                cc.set_instance_name(format!("{}-{}", self.settings.instance, group).into());
+                let dir = offsets_root().join(cc.build_mq_client_id()).join(&group);
+                std::fs::create_dir_all(&dir).map_err(|e| mq_err("offsets folder", e))?;
+                // A starting instance caches nothing: earlier invalidations
+                // do not concern it.
+                (
+                    MessageModel::Broadcasting,
+                    ConsumeFromWhere::ConsumeFromLastOffset,
+                    2,
+                )
+            }
+        };
+        let mut consumer = DefaultMQPushConsumer::builder(self.client.clone())
+            .client_config(cc)
+            .consumer_group(group.clone())
+            .message_model(model)
+            .consume_from_where(from)
+            .consume_thread_min(threads)
+            .consume_thread_max(threads * 2)
+            .build();
+        consumer
+            .subscribe(self.topic(topic), "*")
+            .await
+            .map_err(|e| mq_err("subscribe", e))?;
+        consumer.register_message_listener_concurrently(listener);
+        consumer
+            .start()
+            .await
+            .map_err(|e| mq_err("consumer start", e))?;
+        self.consumers.lock().await.push(consumer);
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), MqError> {
+        // A real round trip to a broker: the name server alone says nothing
+        // about whether messages can be stored.
+        let msg = Message::builder()
+            .topic(self.topic(Topic::Health))
+            .body(b"ping".to_vec())
+            .build()
+            .map_err(|e| mq_err("message", e))?;
+        match self.producer.send_with_timeout(msg, 1_000).await {
+            Ok(Some(r)) if r.send_status == SendStatus::SendOk => Ok(()),
+            Ok(other) => Err(mq_err("broker did not store the ping", other)),
+            Err(e) => Err(mq_err("broker unreachable", e)),
+        }
+    }
+}
