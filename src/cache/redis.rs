@@ -313,15 +313,13 @@ impl RedisKvStore {
             take_permit: Script::new(TAKE_PERMIT),
         }
     }
-}
 
-fn millis(ttl: Duration) -> u64 {
-    (ttl.as_millis() as u64).max(1)
-}
-
-#[async_trait]
-impl KvStore for RedisKvStore {
-    async fn set(&self, key: &str, value: &str, ttl: Duration) -> CacheResult<()> {
+    async fn set_px(
+        &self,
+        key: &str,
+        value: impl ::redis::ToRedisArgs + Send + Sync,
+        ttl: Duration,
+    ) -> CacheResult<()> {
         let mut c = self.redis.conn.clone();
         ::redis::cmd("SET")
             .arg(self.redis.key(key))
@@ -331,6 +329,17 @@ impl KvStore for RedisKvStore {
             .query_async::<()>(&mut c)
             .await
             .map_err(err("Redis SET failed"))
+    }
+}
+
+fn millis(ttl: Duration) -> u64 {
+    (ttl.as_millis() as u64).max(1)
+}
+
+#[async_trait]
+impl KvStore for RedisKvStore {
+    async fn set(&self, key: &str, value: &str, ttl: Duration) -> CacheResult<()> {
+        self.set_px(key, value, ttl).await
     }
 
     async fn get(&self, key: &str) -> CacheResult<Option<String>> {
@@ -361,15 +370,7 @@ impl KvStore for RedisKvStore {
     }
 
     async fn set_counter(&self, key: &str, value: i64, ttl: Duration) -> CacheResult<()> {
-        let mut c = self.redis.conn.clone();
-        ::redis::cmd("SET")
-            .arg(self.redis.key(key))
-            .arg(value)
-            .arg("PX")
-            .arg(millis(ttl))
-            .query_async::<()>(&mut c)
-            .await
-            .map_err(err("Redis SET failed"))
+        self.set_px(key, value, ttl).await
     }
 
     async fn take_permit(&self, key: &str) -> CacheResult<bool> {
