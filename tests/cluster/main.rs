@@ -45,17 +45,30 @@ fn cluster() -> Option<Cluster> {
     let db = std::env::var("CLUSTER_DB").unwrap_or_else(|_| "seckill".into());
     Some(Cluster {
         front: format!("http://127.0.0.1:{port}"),
-        instances: instances.split_whitespace().map(|p| format!("http://127.0.0.1:{p}")).collect(),
+        instances: instances
+            .split_whitespace()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect(),
         db_url: format!("mysql://root@127.0.0.1:3306/{db}"),
     })
 }
 
 async fn mysql(c: &Cluster) -> MySqlPool {
-    MySqlPoolOptions::new().max_connections(4).connect(&c.db_url).await.expect("MariaDB")
+    MySqlPoolOptions::new()
+        .max_connections(4)
+        .connect(&c.db_url)
+        .await
+        .expect("MariaDB")
 }
 
 async fn scalar(pool: &MySqlPool, sql: &str, promo: i64) -> i64 {
-    sqlx::query(sql).bind(promo).fetch_one(pool).await.unwrap().try_get::<i64, _>(0).unwrap()
+    sqlx::query(sql)
+        .bind(promo)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .try_get::<i64, _>(0)
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -82,11 +95,51 @@ async fn a_thousand_buyers_through_nginx_buy_exactly_the_hundred_units() {
     // MariaDB, directly.
     let pool = mysql(&c).await;
     let p = report.promo_id;
-    assert_eq!(scalar(&pool, "SELECT COUNT(*) FROM order_info WHERE promo_id = ?", p).await, 100);
-    assert_eq!(scalar(&pool, "SELECT COUNT(DISTINCT user_id) FROM order_info WHERE promo_id = ?", p).await, 100);
-    assert_eq!(scalar(&pool, "SELECT s.stock FROM item_stock s JOIN promo p ON p.item_id = s.item_id WHERE p.id = ?", p).await, 0);
-    assert_eq!(scalar(&pool, "SELECT i.sales FROM item i JOIN promo p ON p.item_id = i.id WHERE p.id = ?", p).await, 100);
-    assert_eq!(scalar(&pool, "SELECT COUNT(*) FROM stock_log WHERE promo_id = ? AND status <> 'committed'", p).await, 0);
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT COUNT(*) FROM order_info WHERE promo_id = ?",
+            p
+        )
+        .await,
+        100
+    );
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT COUNT(DISTINCT user_id) FROM order_info WHERE promo_id = ?",
+            p
+        )
+        .await,
+        100
+    );
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT s.stock FROM item_stock s JOIN promo p ON p.item_id = s.item_id WHERE p.id = ?",
+            p
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT i.sales FROM item i JOIN promo p ON p.item_id = i.id WHERE p.id = ?",
+            p
+        )
+        .await,
+        100
+    );
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT COUNT(*) FROM stock_log WHERE promo_id = ? AND status <> 'committed'",
+            p
+        )
+        .await,
+        0
+    );
     assert_eq!(report.stats["stock_cache"], 0, "Redis stock");
     // Both instances took orders: the two node ids appear in the order numbers.
     let nodes: i64 = scalar(
@@ -98,7 +151,13 @@ async fn a_thousand_buyers_through_nginx_buy_exactly_the_hundred_units() {
     assert_eq!(nodes, 2, "orders came through both instances");
 }
 
-async fn http_json(client: &reqwest::Client, method: reqwest::Method, url: &str, auth: &str, body: Option<Value>) -> (u16, Value) {
+async fn http_json(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    auth: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut req = client.request(method, url).bearer_auth(auth);
     if let Some(b) = body {
         req = req.json(&b);
@@ -117,7 +176,11 @@ async fn a_crash_between_half_message_and_local_commit_is_settled_and_the_stock_
         let http = http.clone();
         async move { http_json(&http, reqwest::Method::POST, &url, ADMIN, Some(body)).await }
     };
-    let (_, item) = post(format!("{}/api/v1/admin/items", c.front), json!({"title": "crash", "price_cents": 100, "stock": 5})).await;
+    let (_, item) = post(
+        format!("{}/api/v1/admin/items", c.front),
+        json!({"title": "crash", "price_cents": 100, "stock": 5}),
+    )
+    .await;
     let item = item["id"].as_i64().unwrap();
     let now = chrono::Utc::now();
     let (_, promo) = post(
@@ -126,45 +189,99 @@ async fn a_crash_between_half_message_and_local_commit_is_settled_and_the_stock_
     )
     .await;
     let promo = promo["id"].as_i64().unwrap();
-    post(format!("{}/api/v1/admin/promos/{promo}/publish", c.front), json!({})).await;
+    post(
+        format!("{}/api/v1/admin/promos/{promo}/publish", c.front),
+        json!({}),
+    )
+    .await;
     let phone = format!("177{:08}", now.timestamp_millis() % 100_000_000);
-    post(format!("{}/api/v1/admin/users", c.front), json!({"users": [{"phone": phone, "name": "c", "password": "crash-password"}]})).await;
+    post(
+        format!("{}/api/v1/admin/users", c.front),
+        json!({"users": [{"phone": phone, "name": "c", "password": "crash-password"}]}),
+    )
+    .await;
 
     // Everything goes to the first instance, the one we kill.
     let victim = c.instances[0].clone();
-    let (_, session) = http_json(&http, reqwest::Method::POST, &format!("{victim}/api/v1/sessions"), "", Some(json!({"phone": phone, "password": "crash-password"}))).await;
+    let (_, session) = http_json(
+        &http,
+        reqwest::Method::POST,
+        &format!("{victim}/api/v1/sessions"),
+        "",
+        Some(json!({"phone": phone, "password": "crash-password"})),
+    )
+    .await;
     let session = session["token"].as_str().unwrap().to_owned();
-    let (_, token) = http_json(&http, reqwest::Method::POST, &format!("{victim}/api/v1/promos/{promo}/tokens"), &session, Some(json!({"item_id": item}))).await;
+    let (_, token) = http_json(
+        &http,
+        reqwest::Method::POST,
+        &format!("{victim}/api/v1/promos/{promo}/tokens"),
+        &session,
+        Some(json!({"item_id": item})),
+    )
+    .await;
     let token = token["token"].as_str().unwrap().to_owned();
 
     // Hold the item row: the local transaction blocks on its sales update,
     // after the half message was sent.
     let pool = mysql(&c).await;
     let mut blocker = pool.begin().await.unwrap();
-    sqlx::query("SELECT id FROM item WHERE id = ? FOR UPDATE").bind(item).fetch_one(&mut *blocker).await.unwrap();
+    sqlx::query("SELECT id FROM item WHERE id = ? FOR UPDATE")
+        .bind(item)
+        .fetch_one(&mut *blocker)
+        .await
+        .unwrap();
     let order = {
         let http = http.clone();
         let url = format!("{victim}/api/v1/orders");
         tokio::spawn(async move {
-            http.post(url).bearer_auth(session).json(&json!({"promo_id": promo, "item_id": item, "amount": 1, "token": token})).send().await
+            http.post(url)
+                .bearer_auth(session)
+                .json(&json!({"promo_id": promo, "item_id": item, "amount": 1, "token": token}))
+                .send()
+                .await
         })
     };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while scalar(&pool, "SELECT COUNT(*) FROM stock_log WHERE promo_id = ? AND status = 'init'", promo).await == 0 {
-        assert!(Instant::now() < deadline, "the order never reached its local transaction");
+    while scalar(
+        &pool,
+        "SELECT COUNT(*) FROM stock_log WHERE promo_id = ? AND status = 'init'",
+        promo,
+    )
+    .await
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the order never reached its local transaction"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stats_url = format!("{}/api/v1/admin/promos/{promo}/stats", c.front);
     let (_, before) = http_json(&http, reqwest::Method::GET, &stats_url, ADMIN, None).await;
-    assert_eq!(before["stock_cache"], 4, "the reservation is held: {before}");
+    assert_eq!(
+        before["stock_cache"], 4,
+        "the reservation is held: {before}"
+    );
 
     // kill -9 the instance in the middle of its local transaction.
-    let pid_file = format!("{}/.cluster/seckill-{}.pid", env!("CARGO_MANIFEST_DIR"), victim.rsplit(':').next().unwrap());
+    let pid_file = format!(
+        "{}/.cluster/seckill-{}.pid",
+        env!("CARGO_MANIFEST_DIR"),
+        victim.rsplit(':').next().unwrap()
+    );
     let pid = std::fs::read_to_string(&pid_file).unwrap();
-    assert!(Command::new("kill").args(["-9", pid.trim()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap()
+        .success());
     let answer = order.await.unwrap();
-    assert!(answer.is_err() || !answer.unwrap().status().is_success(), "a crashed order is never reported bought");
+    assert!(
+        answer.is_err() || !answer.unwrap().status().is_success(),
+        "a crashed order is never reported bought"
+    );
     blocker.rollback().await.unwrap();
 
     // The surviving instance's reconciler settles the row; the broker's
@@ -184,11 +301,23 @@ async fn a_crash_between_half_message_and_local_commit_is_settled_and_the_stock_
     // The broker asked: the check-back answered from stock_log (rollback).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let metrics = http.get(format!("{}/metrics", c.instances[1])).send().await.unwrap().text().await.unwrap();
-        if metrics.lines().any(|l| l.starts_with("seckill_checkbacks_total") && l.contains("outcome=\"rollback\"")) {
+        let metrics = http
+            .get(format!("{}/metrics", c.instances[1]))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.lines().any(|l| {
+            l.starts_with("seckill_checkbacks_total") && l.contains("outcome=\"rollback\"")
+        }) {
             break;
         }
-        assert!(Instant::now() < deadline, "no check-back answered rollback on the surviving instance");
+        assert!(
+            Instant::now() < deadline,
+            "no check-back answered rollback on the surviving instance"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let root = env!("CARGO_MANIFEST_DIR");
