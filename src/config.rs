@@ -202,7 +202,17 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig.merge(Env::prefixed("SECKILL_").ignore(&["config"]));
+        // Only variables naming a setting: tools share the prefix
+        // (SECKILL_CONFIG, SECKILL_TEST_*, scripts' own) and must not stop
+        // the server. A typo in a file is still refused (deny_unknown_fields).
+        let known: Vec<String> = serde_json::to_value(Config::default())
+            .ok()
+            .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect()))
+            .unwrap_or_default();
+        fig = fig.merge(
+            Env::prefixed("SECKILL_")
+                .filter(move |k| known.iter().any(|n| k.as_str().eq_ignore_ascii_case(n))),
+        );
         fig.extract()
             .map_err(|e| ConfigError(format!("bad setting: {e}")))
     }
@@ -386,6 +396,7 @@ mod tests {
             jail.set_env("SECKILL_ORDER_STRATEGY", "db-lock");
             jail.set_env("SECKILL_CAPTCHA_ENABLED", "false");
             jail.set_env("SECKILL_ADMIN_TOKEN", "0123456789abcdef");
+            jail.set_env("SECKILL_TEST_SOMETHING", "ignored: not a setting");
             let c = Config::load(Some(std::path::Path::new("s.toml"))).unwrap();
             assert_eq!(c.http_addr, "127.0.0.1:9000");
             assert_eq!(c.gate_factor, 9);

@@ -299,7 +299,9 @@ async fn a_crash_between_half_message_and_local_commit_is_settled_and_the_stock_
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The broker asked: the check-back answered from stock_log (rollback).
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // The broker keeps trying the dead producer's session until it expires
+    // (seen here: about a minute) before it asks the other instance.
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let metrics = http
             .get(format!("{}/metrics", c.instances[1]))
