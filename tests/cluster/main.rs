@@ -14,6 +14,9 @@ use sqlx::{MySqlPool, Row};
 
 const ADMIN: &str = "cluster-admin-token-0123456789";
 
+/// A front end served from another origin, allowed credentialed CORS.
+const SHOP_ORIGIN: &str = "http://shop.example:3000";
+
 /// The tests share one cluster and must not overlap (one kills an instance).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -37,6 +40,7 @@ fn cluster() -> Option<Cluster> {
         .env("SECKILL_ARGON2_ITERATIONS", "1")
         .env("SECKILL_RECONCILE_AFTER_SECS", "5")
         .env("SECKILL_RECONCILE_INTERVAL_SECS", "1")
+        .env("SECKILL_CORS_ORIGINS", SHOP_ORIGIN)
         .status()
         .expect("scripts/cluster runs");
     assert!(status.success(), "scripts/cluster up failed");
@@ -294,6 +298,7 @@ async fn a_crash_between_half_message_and_local_commit_is_settled_and_the_stock_
         .env("SECKILL_ARGON2_ITERATIONS", "1")
         .env("SECKILL_RECONCILE_AFTER_SECS", "5")
         .env("SECKILL_RECONCILE_INTERVAL_SECS", "1")
+        .env("SECKILL_CORS_ORIGINS", SHOP_ORIGIN)
         .status()
         .unwrap();
     assert!(status.success());
@@ -336,4 +341,112 @@ async fn a_crash_between_half_message_and_local_commit_is_settled_and_the_stock_
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_opened_on_one_instance_is_valid_on_the_other_and_cors_admits_listed_origins_only(
+) {
+    let _serial = SERIAL.lock().await;
+    let Some(c) = cluster() else { return };
+    let http = reqwest::Client::new();
+    let phone = format!(
+        "176{:08}",
+        chrono::Utc::now().timestamp_millis() % 100_000_000
+    );
+    let (status, _) = http_json(
+        &http,
+        reqwest::Method::POST,
+        &format!("{}/api/v1/admin/users", c.front),
+        ADMIN,
+        Some(json!({"users": [{"phone": phone, "name": "s", "password": "session-password"}]})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, login) = http_json(
+        &http,
+        reqwest::Method::POST,
+        &format!("{}/api/v1/sessions", c.instances[0]),
+        "",
+        Some(json!({"phone": phone, "password": "session-password"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let token = login["token"].as_str().unwrap();
+    let (status, me) = http_json(
+        &http,
+        reqwest::Method::GET,
+        &format!("{}/api/v1/me", c.instances[1]),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, me["phone"].as_str()),
+        (200, Some(phone.as_str())),
+        "the other instance knows the session"
+    );
+    let (status, _) = http_json(
+        &http,
+        reqwest::Method::DELETE,
+        &format!("{}/api/v1/sessions/current", c.instances[1]),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, _) = http_json(
+        &http,
+        reqwest::Method::GET,
+        &format!("{}/api/v1/me", c.instances[0]),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(
+        status, 401,
+        "logging out on one instance ends the session on both"
+    );
+
+    // Through nginx: a listed origin gets credentialed CORS, another none.
+    let preflight = |origin: &'static str| {
+        http.request(reqwest::Method::OPTIONS, format!("{}/api/v1/me", c.front))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "GET")
+            .header("Access-Control-Request-Headers", "authorization")
+            .send()
+    };
+    let ok = preflight(SHOP_ORIGIN).await.unwrap();
+    assert_eq!(
+        ok.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap()),
+        Some(SHOP_ORIGIN)
+    );
+    assert_eq!(
+        ok.headers()
+            .get("access-control-allow-credentials")
+            .map(|v| v.to_str().unwrap()),
+        Some("true")
+    );
+    let no = preflight("http://evil.example").await.unwrap();
+    assert!(no.headers().get("access-control-allow-origin").is_none());
+
+    // nginx serves the pages from disk and the readiness of the instances.
+    let page = http
+        .get(format!("{}/item.html", c.front))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.headers().get("etag").is_some());
+    let (status, ready) = http_json(
+        &http,
+        reqwest::Method::GET,
+        &format!("{}/readyz", c.front),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["checks"]["message_bus"], "ok");
 }
