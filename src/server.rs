@@ -15,15 +15,16 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     }
     let addr = config.listen_addr()?;
     let demo = config.demo;
+    // Bind first: a taken port stops start-up before anything is written.
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (set SECKILL_HTTP_ADDR or --addr to another port)")
+    })?;
     let app = crate::app::build(config).await?;
     if demo {
         crate::demo::seed(&app.state)
             .await
             .context("cannot seed the demo")?;
     }
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen on {addr} (set SECKILL_HTTP_ADDR or --addr to another port)")
-    })?;
     tracing::info!(%addr, database = %crate::cli::redact(&app.state.config.database_url),
         strategy = app.state.config.order_strategy.as_str(), "seckill serving; open http://{addr}/");
     let router = crate::http::router(app.state.clone());

@@ -63,11 +63,13 @@ pub fn router(state: AppState) -> Router {
             HeaderValue::from_static("no-store"),
         ));
     let web_dir = web_dir(&state.config);
+    // Pages and assets are revalidated on every use (Last-Modified /
+    // If-Modified-Since, answered 304): a deploy shows at once.
     let pages = Router::new()
         .fallback_service(ServeDir::new(web_dir).append_index_html_on_directories(true))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CACHE_CONTROL,
-            HeaderValue::from_static("public, max-age=60"),
+            HeaderValue::from_static("no-cache"),
         ));
     Router::new()
         .nest("/api", api)

@@ -1,8 +1,8 @@
 // Admin console: items, promos, publish, live promo stats and health.
 // The admin token lives in sessionStorage only and goes out as a bearer header.
 import {
-  $, api, clearResult, el, fmtTime, getAdminToken, money, parseYuan, renderNav,
-  setAdminToken, showResult, STATUS_LABEL, toLocalInput, toRfc3339,
+  $, api, clearResult, el, fmtTime, getAdminToken, money, parseYuan, promoPhase, renderNav,
+  setAdminToken, showResult, startClock, STATUS_LABEL, toLocalInput, toRfc3339,
 } from './app.js';
 
 let items = new Map(); // id → ItemView
@@ -80,9 +80,9 @@ function fillEdit() {
   $('#edit-image-url').value = it?.image_url ?? '';
 }
 
-function refreshSelects(editId) {
+function refreshSelects(editId, promoItemId) {
   fillSelect($('#edit-item-select'), editId);
-  fillSelect($('#promo-item-select'));
+  fillSelect($('#promo-item-select'), promoItemId);
   fillEdit();
 }
 
@@ -116,7 +116,7 @@ $('#create-item-form').addEventListener('submit', async (e) => {
   try {
     const it = await api('admin/items', { method: 'POST', body, admin: true });
     items.set(it.id, it);
-    refreshSelects(it.id);
+    refreshSelects(it.id, it.id); // the next step is usually a promo for this new item
     e.target.reset();
     showResult(out, 'OK', 'ok', `Created item #${it.id} “${it.title}”.`);
   } catch (err) {
@@ -218,7 +218,7 @@ function renderPromos() {
       td('Price', 'num', money(p.price_cents)),
       td('Start', null, fmtTime(p.start_at)),
       td('End', null, fmtTime(p.end_at)),
-      td('Status', null, el('span', { class: 'badge', dataset: { status: p.status } }, STATUS_LABEL[p.status] || p.status)),
+      td('Status', null, el('span', { class: 'badge promo-phase', dataset: { status: promoPhase(p) } }, STATUS_LABEL[promoPhase(p)] || promoPhase(p))),
       td('Published', 'published', el('span', { class: p.published ? 'badge ok' : 'badge' }, p.published ? 'yes' : 'no')),
       td('', null, actions));
   });
@@ -362,12 +362,26 @@ function drawChart(samples, now) {
   ctx.fill();
 }
 
+/** The status column follows the server clock, not the copy fetched when the list loaded. */
+function updatePhases() {
+  for (const p of promos) {
+    const badge = $(`#promos-body tr[data-promo-id="${p.id}"] .promo-phase`);
+    const phase = promoPhase(p);
+    if (badge && badge.dataset.status !== phase) {
+      badge.dataset.status = phase;
+      badge.textContent = STATUS_LABEL[phase] || phase;
+    }
+  }
+}
+
 window.addEventListener('resize', () => { if (watch) drawChart(watch.samples, performance.now()); });
 
 // ---- start -------------------------------------------------------------------------
 
 renderNav();
 defaultPromoTimes();
+startClock(30000).then(updatePhases);
+setInterval(updatePhases, 1000);
 pollHealth();
 loadItems();
 loadPromos();

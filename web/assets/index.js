@@ -8,7 +8,8 @@ function card(it) {
     : [el('span', { class: 'price' }, money(it.price_cents))];
   const badges = p
     ? [el('span', { class: 'badge promo-status', dataset: { status: p.status } }, STATUS_LABEL[p.status] || p.status),
-      p.published ? null : el('span', { class: 'badge' }, 'not published')]
+      p.published ? null : el('span', { class: 'badge' }, 'not published'),
+      p.status === 'ongoing' && it.stock <= 0 ? el('span', { class: 'badge sold-out' }, 'Sold out') : null]
     : [];
   return el('a', { class: 'item-card', href: `item.html?id=${encodeURIComponent(it.id)}`, dataset: { itemId: it.id, testid: 'item-card' } },
     itemImage(it.image_url, it.title),

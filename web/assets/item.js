@@ -20,7 +20,7 @@ const captchaReady = api('config').then((c) => c?.captcha_enabled !== false).cat
 
 const FAILURE = {
   SOLD_OUT: 'Sold out: every unit has been taken.',
-  ALREADY_BOUGHT: 'You have already bought this item in this sale.',
+  ALREADY_BOUGHT: 'You already have an order in this sale (one per person; a cancelled order counts too).',
   PROMO_NOT_STARTED: 'The sale has not started yet.',
   PROMO_ENDED: 'The sale has ended.',
   PROMO_NOT_PUBLISHED: 'This sale is not open yet.',
@@ -51,6 +51,7 @@ function render() {
   if ((p?.id ?? null) !== S.promoId) { // a different promo: earlier answers no longer apply
     S.promoId = p?.id ?? null;
     S.blocked = null;
+    if (p) checkOwned(p.id);
   }
   $('#item').hidden = false;
   $('#item-missing').hidden = true;
@@ -77,6 +78,24 @@ function render() {
   tick();
 }
 
+/**
+ * A returning buyer who already has an order in this promo sees "Already
+ * bought" up front instead of solving a captcha only to be told so. Any order
+ * counts, cancelled ones too: the server keeps one order per user and promo
+ * (a cancelled order still answers ALREADY_BOUGHT), and this page buys one
+ * unit at a time.
+ */
+async function checkOwned(promoId) {
+  if (!(await userReady)) return;
+  try {
+    const { orders } = await api('orders');
+    if (orders.some((o) => o.promo_id === promoId) && S.promoId === promoId && S.blocked === null) {
+      S.blocked = 'ALREADY_BOUGHT';
+      tick();
+    }
+  } catch { /* a nicety: the order call still answers ALREADY_BOUGHT */ }
+}
+
 /** Countdown, status badge and buy button; runs 4× a second. */
 function tick() {
   const it = S.item;
@@ -98,9 +117,9 @@ function tick() {
       : phase === 'ended' ? ['ended', 'Sale ended']
       : !p.published ? ['not_published', 'Not open yet']
       : phase === 'not_started' ? ['not_started', 'Starts soon']
-      : S.blocked === 'SOLD_OUT' || it.stock <= 0 ? ['sold_out', 'Sold out']
-      : S.blocked === 'ALREADY_BOUGHT' ? ['already_bought', 'Already bought']
       : S.blocked === 'BOUGHT' ? ['bought', 'Bought ✓']
+      : S.blocked === 'ALREADY_BOUGHT' ? ['already_bought', 'Already bought']
+      : S.blocked === 'SOLD_OUT' || it.stock <= 0 ? ['sold_out', 'Sold out']
       : ['ready', `Buy now · ${money(p.price_cents)}`];
   }
   buy.disabled = state !== 'ready';
