@@ -69,6 +69,26 @@ impl CatalogService {
         CatalogService { cx, promos }
     }
 
+    /// An item from the DB, or `NOT_FOUND`.
+    async fn load_item(&self, id: ItemId) -> ServiceResult<Item> {
+        self.cx
+            .ports
+            .store
+            .item(id)
+            .await?
+            .ok_or(ServiceError::NotFound("no such item"))
+    }
+
+    /// A promo from the DB (not the cache), or `NOT_FOUND`.
+    async fn load_promo(&self, id: PromoId) -> ServiceResult<Promo> {
+        self.cx
+            .ports
+            .store
+            .promo(id)
+            .await?
+            .ok_or(ServiceError::NotFound("no such promo"))
+    }
+
     pub async fn create_item(&self, item: NewItem) -> ServiceResult<ItemView> {
         item.validate()?;
         let item = self.cx.ports.store.create_item(&item).await?;
@@ -133,13 +153,7 @@ impl CatalogService {
     }
 
     pub async fn item(&self, id: ItemId) -> ServiceResult<ItemView> {
-        let item = self
-            .cx
-            .ports
-            .store
-            .item(id)
-            .await?
-            .ok_or(ServiceError::NotFound("no such item"))?;
+        let item = self.load_item(id).await?;
         self.view(item).await
     }
 
@@ -165,13 +179,7 @@ impl CatalogService {
     /// Creates a promo for an item; two promos of one item may not overlap
     /// (they would sell the same stock).
     pub async fn create_promo(&self, p: NewPromo) -> ServiceResult<Promo> {
-        let item = self
-            .cx
-            .ports
-            .store
-            .item(p.item_id)
-            .await?
-            .ok_or(ServiceError::NotFound("no such item"))?;
+        let item = self.load_item(p.item_id).await?;
         p.validate(item.price_cents, Utc::now())?;
         let others = self.cx.ports.store.promos_of_item(p.item_id).await?;
         if let Some(o) = others.iter().find(|o| o.overlaps(p.start_at, p.end_at)) {
@@ -191,13 +199,7 @@ impl CatalogService {
         if let Some(p) = self.promos.get(&id).await {
             return Ok(p);
         }
-        let p = self
-            .cx
-            .ports
-            .store
-            .promo(id)
-            .await?
-            .ok_or(ServiceError::NotFound("no such promo"))?;
+        let p = self.load_promo(id).await?;
         let p = Arc::new(p);
         self.promos.insert(id, p.clone()).await;
         Ok(p)
@@ -211,26 +213,14 @@ impl CatalogService {
     /// counter (stock × gate factor), clears sold-out flags, then marks it
     /// published. Publishing again changes nothing.
     pub async fn publish(&self, id: PromoId) -> ServiceResult<Promo> {
-        let promo = self
-            .cx
-            .ports
-            .store
-            .promo(id)
-            .await?
-            .ok_or(ServiceError::NotFound("no such promo"))?;
+        let promo = self.load_promo(id).await?;
         if promo.published {
             return Ok(promo);
         }
         if promo.state_at(Utc::now()) == PromoState::Ended {
             return Err(ServiceError::PromoEnded);
         }
-        let item = self
-            .cx
-            .ports
-            .store
-            .item(promo.item_id)
-            .await?
-            .ok_or(ServiceError::NotFound("no such item"))?;
+        let item = self.load_item(promo.item_id).await?;
         let cfg = &self.cx.config;
         self.cx
             .ports
@@ -259,20 +249,8 @@ impl CatalogService {
     }
 
     pub async fn stats(&self, id: PromoId) -> ServiceResult<PromoStats> {
-        let promo = self
-            .cx
-            .ports
-            .store
-            .promo(id)
-            .await?
-            .ok_or(ServiceError::NotFound("no such promo"))?;
-        let item = self
-            .cx
-            .ports
-            .store
-            .item(promo.item_id)
-            .await?
-            .ok_or(ServiceError::NotFound("no such item"))?;
+        let promo = self.load_promo(id).await?;
+        let item = self.load_item(promo.item_id).await?;
         let totals = self.cx.ports.store.promo_totals(id).await?;
         // The pure-database strategies never touch the ledger after warm-up.
         let stock_cache = match self.cx.config.order_strategy {

@@ -120,7 +120,6 @@ impl OrderService {
                         item: promo.item_id,
                         amount: req.amount,
                         unit_price_cents: promo.price_cents,
-                        admitted_at: Instant::now(),
                         reply,
                     })
                     .await?;

@@ -40,7 +40,6 @@ pub struct Pending {
     pub item: ItemId,
     pub amount: i64,
     pub unit_price_cents: i64,
-    pub admitted_at: Instant,
     pub reply: oneshot::Sender<ServiceResult<Order>>,
 }
 

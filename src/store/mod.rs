@@ -168,7 +168,7 @@ pub trait Store: UserStore + CatalogStore + OrderStore {
     async fn ping(&self) -> StoreResult<()>;
 }
 
-/// Orders of statuses a caller cares about (used by filters in adapters).
+/// Parses an `order_info.status` column.
 pub fn order_status_of(s: &str) -> StoreResult<OrderStatus> {
     OrderStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("order status {s:?}")))
 }

@@ -2,8 +2,6 @@
 //! SQLite file, and one helper per endpoint.
 #![allow(dead_code)]
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
@@ -272,8 +270,4 @@ impl TestApp {
         }
         panic!("never settled: {last}");
     }
-}
-
-pub fn shared<T>(t: T) -> Arc<T> {
-    Arc::new(t)
 }
