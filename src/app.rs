@@ -19,6 +19,7 @@ use crate::mq::rocketmq::{RocketMqBus, RocketMqSettings};
 use crate::mq::{Delivery, MessageBus, Topic};
 use crate::service::catalog::CatalogService;
 use crate::service::checkback::StockLogChecker;
+use crate::service::monitor::{self, SaleMonitor};
 use crate::service::orders::OrderService;
 use crate::service::otp::DevOtpSender;
 use crate::service::sold_out::SoldOutFlags;
@@ -192,7 +193,10 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             Topic::Stock,
             stock_consumer::GROUP,
             Delivery::Clustering,
-            Arc::new(stock_consumer::StockConsumer::new(store.clone())),
+            Arc::new(stock_consumer::StockConsumer::new(
+                store.clone(),
+                ports.kv.clone(),
+            )),
         )
         .await?;
     ports
@@ -205,6 +209,11 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         )
         .await?;
     tokio::spawn(reconciler::run(context.clone()));
+    let monitor = Arc::new(SaleMonitor::new(context.clone()));
+    tokio::spawn(monitor::run_heartbeat(
+        monitor.clone(),
+        Duration::from_millis(config.heartbeat_interval_ms.max(100)),
+    ));
 
     let state = AppState {
         config,
@@ -213,6 +222,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         catalog,
         tokens,
         orders,
+        monitor,
         metrics: metrics_handle(),
     };
     Ok(App {

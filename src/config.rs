@@ -65,6 +65,10 @@ pub struct Config {
     pub rocketmq_listener_deadline_ms: u64,
     pub admin_token: Option<Secret>,
     pub captcha_enabled: bool,
+    /// Log each captcha's answer at `info` (for automated browser tests
+    /// only; never in production: it defeats the captcha for anyone who can
+    /// read the log).
+    pub captcha_log_answers: bool,
     /// Comma-separated origins allowed credentialed CORS.
     pub cors_origins: String,
     pub order_strategy: OrderStrategy,
@@ -108,6 +112,21 @@ pub struct Config {
     pub local_sold_out_ttl_ms: u64,
     /// How long promos are cached in-process.
     pub promo_cache_ttl_ms: u64,
+    /// Item details cached in-process: at most this many items.
+    pub item_cache_capacity: u64,
+    /// How long an item detail lives in the process-local cache (the bound
+    /// on staleness when an invalidation broadcast is lost).
+    pub item_cache_local_ttl_ms: u64,
+    /// How long an item detail lives in the shared cache (Redis).
+    pub item_cache_shared_ttl_secs: u64,
+    /// How long "no such item" is remembered in the shared cache.
+    pub item_cache_negative_ttl_ms: u64,
+    /// Delayed double delete: the shared entry is deleted again this long
+    /// after a write (kills a stale value a concurrent reader wrote back).
+    pub item_cache_double_delete_ms: u64,
+    /// How long a promo's live ledger stock is reused for item pages (0:
+    /// ask the ledger on every read).
+    pub item_live_stock_ttl_ms: u64,
     /// First check-back this long after a half message (in-process bus).
     pub tx_check_after_ms: u64,
     pub tx_check_interval_ms: u64,
@@ -116,6 +135,9 @@ pub struct Config {
     /// reconciler.
     pub reconcile_after_secs: u64,
     pub reconcile_interval_secs: u64,
+    /// How often each instance flushes its refusal counts and writes its
+    /// heartbeat (the admin dashboard's instance list and refusal chart).
+    pub heartbeat_interval_ms: u64,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
     /// Accounts per bulk-creation request.
@@ -125,6 +147,17 @@ pub struct Config {
     pub argon2_iterations: u32,
     /// Seed demo items and a promo at start-up (`serve --demo`).
     pub demo: bool,
+}
+
+impl Config {
+    /// The staleness bound the item cache states: after an item write
+    /// returns, no instance serves the old detail later than this (the
+    /// delayed second delete, then at most one local TTL), provided the
+    /// writing instance lives to run its second delete. Broadcasts usually
+    /// make it much shorter.
+    pub fn item_staleness_bound_ms(&self) -> u64 {
+        self.item_cache_double_delete_ms + self.item_cache_local_ttl_ms
+    }
 }
 
 impl Default for Config {
@@ -140,6 +173,7 @@ impl Default for Config {
             rocketmq_listener_deadline_ms: 10_000,
             admin_token: None,
             captcha_enabled: true,
+            captcha_log_answers: false,
             cors_origins: String::new(),
             order_strategy: OrderStrategy::WriteBehind,
             web_dir: PathBuf::from("web"),
@@ -163,6 +197,13 @@ impl Default for Config {
             cas_retries: 16,
             local_sold_out_ttl_ms: 500,
             promo_cache_ttl_ms: 1_000,
+            item_cache_capacity: 10_000,
+            item_cache_local_ttl_ms: 1_000,
+            item_cache_shared_ttl_secs: 60,
+            item_cache_negative_ttl_ms: 5_000,
+            item_cache_double_delete_ms: 500,
+            item_live_stock_ttl_ms: 100,
+            heartbeat_interval_ms: 1_000,
             tx_check_after_ms: 3_000,
             tx_check_interval_ms: 1_000,
             tx_check_max: 15,
@@ -277,7 +318,7 @@ impl Config {
                 )));
             }
         }
-        let positive: [(&str, u64); 12] = [
+        let positive: [(&str, u64); 17] = [
             ("SECKILL_SESSION_TTL_SECS", self.session_ttl_secs),
             ("SECKILL_OTP_TTL_SECS", self.otp_ttl_secs),
             ("SECKILL_CAPTCHA_TTL_SECS", self.captcha_ttl_secs),
@@ -295,6 +336,23 @@ impl Config {
             ("SECKILL_BATCH_MAX", self.batch_max as u64),
             ("SECKILL_BATCH_WORKERS", self.batch_workers as u64),
             ("SECKILL_LOCAL_TX_TIMEOUT_MS", self.local_tx_timeout_ms),
+            ("SECKILL_ITEM_CACHE_CAPACITY", self.item_cache_capacity),
+            (
+                "SECKILL_ITEM_CACHE_LOCAL_TTL_MS",
+                self.item_cache_local_ttl_ms,
+            ),
+            (
+                "SECKILL_ITEM_CACHE_SHARED_TTL_SECS",
+                self.item_cache_shared_ttl_secs,
+            ),
+            (
+                "SECKILL_ITEM_CACHE_NEGATIVE_TTL_MS",
+                self.item_cache_negative_ttl_ms,
+            ),
+            (
+                "SECKILL_ITEM_CACHE_DOUBLE_DELETE_MS",
+                self.item_cache_double_delete_ms,
+            ),
             ("SECKILL_MAX_BODY_BYTES", self.max_body_bytes as u64),
         ];
         for (name, v) in positive {

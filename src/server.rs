@@ -34,8 +34,11 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     )
     .with_graceful_shutdown(shutdown_signal())
     .await?;
-    // Let in-flight batches finish their commits before the process ends.
+    // Let in-flight batches finish their commits before the process ends,
+    // hand over the last refusal counts and leave the instance list.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = app.state.monitor.flush().await;
+    let _ = app.state.monitor.leave().await;
     tracing::info!("seckill stopped");
     Ok(())
 }

@@ -121,6 +121,7 @@ impl StockLedger for MemoryStockLedger {
 enum Value {
     Text(String),
     Counter(i64),
+    Hash(HashMap<String, String>),
 }
 
 /// Key/value state with lazy expiry and a periodic sweep, so expired keys
@@ -143,6 +144,32 @@ impl MemoryKvStore {
         MemoryKvStore {
             map: Mutex::new(HashMap::new()),
             writes_since_sweep: Mutex::new(0),
+        }
+    }
+
+    /// Changes the hash under `key` (a fresh one when missing, expired or
+    /// not a hash) in one critical section, and sets its TTL.
+    fn update_hash(&self, key: &str, ttl: Duration, f: impl FnOnce(&mut HashMap<String, String>)) {
+        let now = Instant::now();
+        let mut map = self.map.lock();
+        let entry = map
+            .entry(key.to_owned())
+            .or_insert_with(|| (Value::Hash(HashMap::new()), now));
+        if !matches!(entry, (Value::Hash(_), exp) if *exp > now) {
+            *entry = (Value::Hash(HashMap::new()), now);
+        }
+        if let (Value::Hash(h), exp) = entry {
+            f(h);
+            *exp = now + ttl;
+        }
+    }
+
+    /// A copy of the hash under `key` (empty when missing, expired or not a
+    /// hash).
+    fn live_hash(&self, key: &str) -> HashMap<String, String> {
+        match self.map.lock().get(key) {
+            Some((Value::Hash(h), exp)) if *exp > Instant::now() => h.clone(),
+            _ => HashMap::new(),
         }
     }
 
@@ -203,6 +230,43 @@ impl KvStore for MemoryKvStore {
             }
             _ => false,
         })
+    }
+
+    async fn hash_add(&self, key: &str, deltas: &[(&str, i64)], ttl: Duration) -> CacheResult<()> {
+        self.update_hash(key, ttl, |h| {
+            for (field, delta) in deltas {
+                let n = h
+                    .get(*field)
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .unwrap_or(0);
+                h.insert((*field).to_owned(), (n + delta).to_string());
+            }
+        });
+        Ok(())
+    }
+
+    async fn hash_set(
+        &self,
+        key: &str,
+        field: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> CacheResult<()> {
+        self.update_hash(key, ttl, |h| {
+            h.insert(field.to_owned(), value.to_owned());
+        });
+        Ok(())
+    }
+
+    async fn hash_delete(&self, key: &str, field: &str) -> CacheResult<()> {
+        if let Some((Value::Hash(h), _)) = self.map.lock().get_mut(key) {
+            h.remove(field);
+        }
+        Ok(())
+    }
+
+    async fn hash_get_all(&self, key: &str) -> CacheResult<Vec<(String, String)>> {
+        Ok(self.live_hash(key).into_iter().collect())
     }
 
     async fn ping(&self) -> CacheResult<()> {

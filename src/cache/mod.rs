@@ -102,6 +102,16 @@ pub trait KvStore: Send + Sync {
     /// Takes one permit from a counter: true when it was positive (and is now
     /// one less); false when it is zero or missing.
     async fn take_permit(&self, key: &str) -> CacheResult<bool>;
+    /// Adds each delta to its field of a hash of counters (created at 0),
+    /// and (re)sets the hash's TTL. One step.
+    async fn hash_add(&self, key: &str, deltas: &[(&str, i64)], ttl: Duration) -> CacheResult<()>;
+    /// Sets one field of a hash and (re)sets the hash's TTL.
+    async fn hash_set(&self, key: &str, field: &str, value: &str, ttl: Duration)
+        -> CacheResult<()>;
+    /// Removes one field of a hash.
+    async fn hash_delete(&self, key: &str, field: &str) -> CacheResult<()>;
+    /// Every field of a hash (empty when missing), in no particular order.
+    async fn hash_get_all(&self, key: &str) -> CacheResult<Vec<(String, String)>>;
     async fn ping(&self) -> CacheResult<()>;
 }
 

@@ -384,6 +384,68 @@ impl KvStore for RedisKvStore {
         Ok(granted == 1)
     }
 
+    async fn hash_add(&self, key: &str, deltas: &[(&str, i64)], ttl: Duration) -> CacheResult<()> {
+        let key = self.redis.key(key);
+        let mut pipe = ::redis::pipe();
+        pipe.atomic();
+        for (field, delta) in deltas {
+            pipe.cmd("HINCRBY")
+                .arg(&key)
+                .arg(*field)
+                .arg(*delta)
+                .ignore();
+        }
+        pipe.cmd("PEXPIRE").arg(&key).arg(millis(ttl)).ignore();
+        let mut c = self.redis.conn.clone();
+        pipe.query_async::<()>(&mut c)
+            .await
+            .map_err(err("Redis HINCRBY failed"))
+    }
+
+    async fn hash_set(
+        &self,
+        key: &str,
+        field: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> CacheResult<()> {
+        let key = self.redis.key(key);
+        let mut c = self.redis.conn.clone();
+        ::redis::pipe()
+            .atomic()
+            .cmd("HSET")
+            .arg(&key)
+            .arg(field)
+            .arg(value)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(millis(ttl))
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(err("Redis HSET failed"))
+    }
+
+    async fn hash_delete(&self, key: &str, field: &str) -> CacheResult<()> {
+        let mut c = self.redis.conn.clone();
+        ::redis::cmd("HDEL")
+            .arg(self.redis.key(key))
+            .arg(field)
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(err("Redis HDEL failed"))
+    }
+
+    async fn hash_get_all(&self, key: &str) -> CacheResult<Vec<(String, String)>> {
+        let mut c = self.redis.conn.clone();
+        ::redis::cmd("HGETALL")
+            .arg(self.redis.key(key))
+            .query_async(&mut c)
+            .await
+            .map_err(err("Redis HGETALL failed"))
+    }
+
     async fn ping(&self) -> CacheResult<()> {
         self.redis.ping().await
     }

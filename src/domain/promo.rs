@@ -16,6 +16,24 @@ pub struct Promo {
     pub start_at: DateTime<Utc>,
     pub end_at: DateTime<Utc>,
     pub published: bool,
+    /// The item's stock and sales when the promo was published (the ledger's
+    /// starting point); `None` until then.
+    pub baseline: Option<PromoBaseline>,
+}
+
+/// What a promo's ledger started from: live stock is the ledger's, live
+/// sales are `sales + (stock - live stock)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PromoBaseline {
+    pub stock: i64,
+    pub sales: i64,
+}
+
+impl PromoBaseline {
+    /// The item's sales when the ledger holds `live_stock`.
+    pub fn sales_at(&self, live_stock: i64) -> i64 {
+        self.sales + (self.stock - live_stock).max(0)
+    }
 }
 
 /// Where a promo stands at an instant.
@@ -114,6 +132,7 @@ mod tests {
             start_at: now + Duration::seconds(10),
             end_at: now + Duration::seconds(20),
             published,
+            baseline: None,
         }
     }
 

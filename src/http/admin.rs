@@ -24,6 +24,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/promos", post(create_promo).get(list_promos))
         .route("/admin/promos/{id}/publish", post(publish))
         .route("/admin/promos/{id}/stats", get(stats))
+        .route("/admin/instances", get(instances))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -112,6 +113,31 @@ pub struct PromoStatsDto {
     /// Orders not cancelled.
     pub orders: i64,
     pub stock_log: StockLogCounts,
+    /// Token and order requests refused, by reason (`sold_out`,
+    /// `rate_limited`, …), the whole cluster's, as of each instance's last
+    /// heartbeat (`SECKILL_HEARTBEAT_INTERVAL_MS`).
+    #[schema(value_type = Object)]
+    pub refused: std::collections::BTreeMap<String, i64>,
+}
+
+/// One instance of the deployment, from its heartbeat.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InstanceDto {
+    pub node_id: u16,
+    pub http_addr: String,
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    pub seen_at: DateTime<Utc>,
+    /// No heartbeat for more than three intervals.
+    pub stale: bool,
+    /// Each dependency as that instance sees it: `ok` or why not.
+    #[schema(value_type = Object)]
+    pub checks: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InstanceList {
+    pub instances: Vec<InstanceDto>,
 }
 
 /// Creates many accounts at once (support, drills).
@@ -237,7 +263,9 @@ pub async fn stats(
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<ApiJson<PromoStatsDto>> {
     let s = state.catalog.stats(PromoId(id)).await?;
+    let refused = state.monitor.refusals(PromoId(id)).await?;
     Ok(ApiJson(PromoStatsDto {
+        refused: refused.into_iter().collect(),
         promo_id: s.promo.id.0,
         item_id: s.promo.item_id.0,
         stock_db: s.stock_db,
@@ -249,5 +277,32 @@ pub async fn stats(
             committed: s.totals.stock_log_committed,
             rolled_back: s.totals.stock_log_rolled_back,
         },
+    }))
+}
+
+/// The instances of the deployment and their health, from their heartbeats.
+#[utoipa::path(get, path = "/api/v1/admin/instances", tag = "admin", security(("admin" = [])),
+    responses((status = 200, body = InstanceList), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn instances(
+    State(state): State<AppState>,
+    _: Admin,
+) -> ApiResult<ApiJson<InstanceList>> {
+    let stale_after =
+        std::time::Duration::from_millis(state.config.heartbeat_interval_ms.max(100) * 3);
+    let list = state.monitor.instances(stale_after).await?;
+    Ok(ApiJson(InstanceList {
+        instances: list
+            .into_iter()
+            .map(|i| InstanceDto {
+                node_id: i.beat.node_id,
+                http_addr: i.beat.http_addr,
+                version: i.beat.version,
+                started_at: i.beat.started_at,
+                seen_at: i.beat.seen_at,
+                stale: i.stale,
+                checks: i.beat.checks,
+            })
+            .collect(),
     }))
 }

@@ -1,8 +1,6 @@
 //! Liveness, readiness, metrics, and the small facts pages need (server
 //! time, client settings).
 
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
@@ -52,29 +50,12 @@ pub async fn healthz() -> ApiJson<Health> {
 /// 200 when every dependency answers, else 503 naming the ones down.
 #[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let p = &state.ports;
-    let limit = Duration::from_secs(2);
-    let (db, cache, bus) = tokio::join!(
-        tokio::time::timeout(limit, p.store.ping()),
-        tokio::time::timeout(limit, async {
-            p.ledger.ping().await?;
-            p.kv.ping().await
-        }),
-        tokio::time::timeout(limit, p.bus.ping()),
-    );
-    fn verdict<E: std::fmt::Display>(
-        r: Result<Result<(), E>, tokio::time::error::Elapsed>,
-    ) -> String {
-        match r {
-            Ok(Ok(())) => "ok".into(),
-            Ok(Err(e)) => format!("down: {e}"),
-            Err(_) => "down: no answer within 2 s".into(),
-        }
-    }
-    let mut checks = serde_json::Map::new();
-    checks.insert("database".into(), verdict(db).into());
-    checks.insert("cache".into(), verdict(cache).into());
-    checks.insert("message_bus".into(), verdict(bus).into());
+    let checks: serde_json::Map<String, serde_json::Value> =
+        crate::service::monitor::check_dependencies(&state.ports)
+            .await
+            .into_iter()
+            .map(|(k, v)| (k, v.into()))
+            .collect();
     let ready = checks.values().all(|v| v == "ok");
     let status = if ready {
         StatusCode::OK
@@ -116,6 +97,9 @@ pub struct ClientConfig {
     pub captcha_enabled: bool,
     pub per_user_limit: i64,
     pub order_strategy: String,
+    /// The item cache's stated staleness bound: after an item or promo
+    /// write returns, no instance serves the old detail later than this.
+    pub item_staleness_bound_ms: u64,
 }
 
 /// Settings a front end needs.
@@ -126,5 +110,6 @@ pub async fn client_config(State(state): State<AppState>) -> ApiJson<ClientConfi
         captcha_enabled: c.captcha_enabled,
         per_user_limit: c.per_user_limit,
         order_strategy: c.order_strategy.as_str().into(),
+        item_staleness_bound_ms: c.item_staleness_bound_ms(),
     })
 }

@@ -42,6 +42,7 @@ pub struct AppState {
     pub catalog: Arc<CatalogService>,
     pub tokens: Arc<TokenService>,
     pub orders: Arc<OrderService>,
+    pub monitor: Arc<crate::service::monitor::SaleMonitor>,
     pub metrics: PrometheusHandle,
 }
 

@@ -134,7 +134,8 @@ pub async fn issue_token(
             ItemId(req.item_id),
             req.captcha.as_deref(),
         )
-        .await?;
+        .await
+        .inspect_err(|e| state.monitor.refused(PromoId(id), e.reason()))?;
     Ok((
         StatusCode::CREATED,
         ApiJson(TokenView {
@@ -165,7 +166,8 @@ pub async fn place(
                 token: r.token,
             },
         )
-        .await?;
+        .await
+        .inspect_err(|e| state.monitor.refused(PromoId(r.promo_id), e.reason()))?;
     Ok((StatusCode::CREATED, ApiJson(OrderDto::from(&order))))
 }
 

@@ -7,9 +7,12 @@ use std::time::Duration;
 use chrono::Utc;
 use moka::future::Cache;
 
+use super::item_cache::ItemCache;
 use super::{Context, ServiceError, ServiceResult};
 use crate::domain::promo::NotOnSale;
-use crate::domain::{Item, ItemId, ItemPatch, NewItem, NewPromo, Promo, PromoId, PromoState};
+use crate::domain::{
+    Item, ItemId, ItemPatch, NewItem, NewPromo, Promo, PromoBaseline, PromoId, PromoState,
+};
 use crate::mq::Event;
 use crate::store::PromoTotals;
 
@@ -33,6 +36,9 @@ pub struct PromoStats {
 pub struct CatalogService {
     cx: Context,
     promos: Cache<PromoId, Arc<Promo>>,
+    items: Arc<ItemCache>,
+    /// A promo's ledger stock, reused for `item_live_stock_ttl_ms`.
+    live_stock: Cache<PromoId, i64>,
 }
 
 /// How long a promo's gate counter outlives the promo.
@@ -66,7 +72,19 @@ impl CatalogService {
             .max_capacity(10_000)
             .time_to_live(Duration::from_millis(cx.config.promo_cache_ttl_ms.max(1)))
             .build();
-        CatalogService { cx, promos }
+        let live_stock = Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(Duration::from_millis(
+                cx.config.item_live_stock_ttl_ms.max(1),
+            ))
+            .build();
+        let items = Arc::new(ItemCache::new(cx.clone()));
+        CatalogService {
+            cx,
+            promos,
+            items,
+            live_stock,
+        }
     }
 
     /// An item from the DB, or `NOT_FOUND`.
@@ -92,6 +110,8 @@ impl CatalogService {
     pub async fn create_item(&self, item: NewItem) -> ServiceResult<ItemView> {
         item.validate()?;
         let item = self.cx.ports.store.create_item(&item).await?;
+        // A probe of this id before it existed may have left a negative entry.
+        self.item_changed(item.id).await;
         Ok(ItemView { item, promo: None })
     }
 
@@ -113,48 +133,95 @@ impl CatalogService {
                 crate::store::StoreError::NotFound => ServiceError::NotFound("no such item"),
                 e => e.into(),
             })?;
-        self.announce_change(id).await;
-        self.view(item).await
-    }
-
-    async fn announce_change(&self, item_id: ItemId) {
-        if let Err(e) = self
-            .cx
-            .ports
-            .bus
-            .publish(Event::ItemChanged { v: 1, item_id })
-            .await
-        {
-            tracing::warn!(item_id = %item_id, error = %e, "item change not broadcast; caches expire by TTL");
-        }
-    }
-
-    async fn view(&self, mut item: Item) -> ServiceResult<ItemView> {
-        let promo = featured(self.cx.ports.store.promos_of_item(item.id).await?);
-        self.live_stock(&mut item, promo.as_ref()).await;
+        self.item_changed(id).await;
+        let promo = featured(self.cx.ports.store.promos_of_item(id).await?);
+        let mut item = item;
+        self.live_figures(&mut item, promo.as_ref()).await;
         Ok(ItemView { item, promo })
     }
 
-    /// Replaces the DB stock by the ledger's while the promo is published:
-    /// the DB catches up only as the consumer deducts.
-    async fn live_stock(&self, item: &mut Item, promo: Option<&Promo>) {
+    /// After a write to an item or its promos: delete the shared cache
+    /// entry, drop this instance's copy, tell every instance, and delete
+    /// (and tell) again after `item_cache_double_delete_ms`.
+    async fn item_changed(&self, item_id: ItemId) {
+        self.items.delete_shared(item_id).await;
+        self.items.forget_local(item_id).await;
+        self.promos.invalidate_all();
+        announce(&self.cx, item_id).await;
+        let items = self.items.clone();
+        let cx = self.cx.clone();
+        let delay = Duration::from_millis(self.cx.config.item_cache_double_delete_ms);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            items.delete_shared(item_id).await;
+            announce(&cx, item_id).await;
+        });
+    }
+
+    /// Shows the live stock and sales: while a published promo runs in
+    /// write-behind mode, the ledger's stock (the DB catches up only as the
+    /// consumer deducts) and the sales derived from it; with the pure-DB
+    /// strategies, the DB row's, read now (every order changes it).
+    async fn live_figures(&self, item: &mut Item, promo: Option<&Promo>) {
         if self.cx.config.order_strategy != crate::config::OrderStrategy::WriteBehind {
-            return;
-        }
-        if let Some(p) = promo.filter(|p| p.published) {
-            match self.cx.ports.ledger.stock(p.id).await {
-                Ok(Some(s)) => item.stock = s,
+            match self.cx.ports.store.item(item.id).await {
+                Ok(Some(row)) => {
+                    item.stock = row.stock;
+                    item.sales = row.sales;
+                }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(promo_id = %p.id, error = %e, "ledger stock unavailable; showing DB stock")
+                    tracing::warn!(item_id = %item.id, error = %e, "live stock unavailable; showing cached figures")
                 }
+            }
+            return;
+        }
+        let Some(p) = promo.filter(|p| p.published) else {
+            return;
+        };
+        if let Some(stock) = self.ledger_stock(p.id).await {
+            item.stock = stock;
+            if let Some(b) = p.baseline {
+                item.sales = b.sales_at(stock);
             }
         }
     }
 
+    /// A promo's ledger stock (0 at once when this instance knows it is
+    /// sold out), reused for `item_live_stock_ttl_ms`.
+    async fn ledger_stock(&self, promo: PromoId) -> Option<i64> {
+        if self.cx.sold_out.is_set(promo) {
+            return Some(0);
+        }
+        let ask = async {
+            match self.cx.ports.ledger.stock(promo).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(promo_id = %promo, error = %e, "ledger stock unavailable; showing DB stock");
+                    None
+                }
+            }
+        };
+        if self.cx.config.item_live_stock_ttl_ms == 0 {
+            return ask.await;
+        }
+        self.live_stock.optionally_get_with(promo, ask).await
+    }
+
+    /// An item as buyers see it, through the item cache, with live figures.
     pub async fn item(&self, id: ItemId) -> ServiceResult<ItemView> {
-        let item = self.load_item(id).await?;
-        self.view(item).await
+        let snapshot = self.items.get(id).await?;
+        let mut item = snapshot
+            .item
+            .ok_or(ServiceError::NotFound("no such item"))?;
+        let promo = featured(snapshot.promos);
+        self.live_figures(&mut item, promo.as_ref()).await;
+        Ok(ItemView { item, promo })
+    }
+
+    /// The item cache (for the race tests and the invalidation consumer).
+    pub fn item_cache(&self) -> &ItemCache {
+        &self.items
     }
 
     /// Items, most sales first.
@@ -170,7 +237,7 @@ impl CatalogService {
                 .collect();
             promos.retain(|p| p.item_id != item.id);
             let promo = featured(mine);
-            self.live_stock(&mut item, promo.as_ref()).await;
+            self.live_figures(&mut item, promo.as_ref()).await;
             out.push(ItemView { item, promo });
         }
         Ok(out)
@@ -189,7 +256,7 @@ impl CatalogService {
             )));
         }
         let promo = self.cx.ports.store.create_promo(&p).await?;
-        self.announce_change(p.item_id).await;
+        self.item_changed(p.item_id).await;
         Ok(promo)
     }
 
@@ -238,14 +305,16 @@ impl CatalogService {
             )
             .await?;
         self.cx.sold_out.clear(id);
-        self.cx.ports.store.publish_promo(id).await?;
-        self.promos.invalidate(&id).await;
-        self.announce_change(promo.item_id).await;
+        let baseline = PromoBaseline {
+            stock: item.stock,
+            sales: item.sales,
+        };
+        self.cx.ports.store.publish_promo(id, baseline).await?;
+        self.live_stock.invalidate(&id).await;
+        self.item_changed(promo.item_id).await;
         tracing::info!(promo_id = %id, item_id = %promo.item_id, stock = item.stock, "promo published; stock warmed up");
-        Ok(Promo {
-            published: true,
-            ..promo
-        })
+        // A concurrent publish may have won; the DB has the baseline kept.
+        self.load_promo(id).await
     }
 
     pub async fn stats(&self, id: PromoId) -> ServiceResult<PromoStats> {
@@ -267,10 +336,23 @@ impl CatalogService {
 
     /// Drops this instance's cached copies of an item and its promos (after
     /// a change announced on the bus).
-    pub async fn forget_item(&self, _item: ItemId) {
+    pub async fn forget_item(&self, item: ItemId) {
+        self.items.forget_local(item).await;
         // Promos are few and cached briefly: dropping them all is cheaper
         // than indexing them by item.
         self.promos.invalidate_all();
+    }
+}
+
+/// Broadcasts an item change (every instance drops its cached copies).
+async fn announce(cx: &Context, item_id: ItemId) {
+    if let Err(e) = cx
+        .ports
+        .bus
+        .publish(Event::ItemChanged { v: 1, item_id })
+        .await
+    {
+        tracing::warn!(item_id = %item_id, error = %e, "item change not broadcast; local caches expire by TTL");
     }
 }
 

@@ -12,6 +12,8 @@ use crate::store::{Store, StoreError};
 
 pub mod catalog;
 pub mod checkback;
+pub mod item_cache;
+pub mod monitor;
 pub mod orders;
 pub mod otp;
 pub mod sold_out;

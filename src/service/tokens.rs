@@ -68,6 +68,9 @@ impl TokenService {
         .map_err(|e| ServiceError::Internal(Box::new(e)))?;
         let png =
             png.ok_or_else(|| ServiceError::Internal("captcha PNG encoding failed".into()))?;
+        if self.cx.config.captcha_log_answers {
+            tracing::info!(user_id = %user, promo_id = %promo, answer = %answer, "captcha drawn (SECKILL_CAPTCHA_LOG_ANSWERS)");
+        }
         self.cx
             .ports
             .kv

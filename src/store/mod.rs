@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{
     Item, ItemId, ItemPatch, NewItem, NewPromo, NewUser, Order, OrderDraft, OrderNo, OrderStatus,
-    Promo, PromoId, StockLogId, StockLogStatus, User, UserId,
+    Promo, PromoBaseline, PromoId, StockLogId, StockLogStatus, User, UserId,
 };
 
 pub mod mysql;
@@ -61,8 +61,9 @@ pub trait CatalogStore: Send + Sync {
     async fn promo(&self, id: PromoId) -> StoreResult<Option<Promo>>;
     async fn promos(&self, limit: u32) -> StoreResult<Vec<Promo>>;
     async fn promos_of_item(&self, item: ItemId) -> StoreResult<Vec<Promo>>;
-    /// Marks a promo published. Returns false when it already was.
-    async fn publish_promo(&self, id: PromoId) -> StoreResult<bool>;
+    /// Marks a promo published, recording what its ledger was warmed with.
+    /// Returns false when it already was (the first baseline stays).
+    async fn publish_promo(&self, id: PromoId, baseline: PromoBaseline) -> StoreResult<bool>;
 }
 
 /// Totals of one promo, for the admin's stats.

@@ -34,7 +34,7 @@ pub(crate) const ITEM_COLUMNS: &str =
      i.updated_at, s.stock FROM item i JOIN item_stock s ON s.item_id = i.id";
 
 pub(crate) const PROMO_COLUMNS: &str =
-    "id, item_id, name, price_cents, start_at, end_at, published FROM promo";
+    "id, item_id, name, price_cents, start_at, end_at, published, warm_stock, warm_sales FROM promo";
 
 pub(crate) const ORDER_COLUMNS: &str =
     "order_no, stock_log_id, user_id, item_id, promo_id, amount, \
@@ -81,6 +81,13 @@ fn promo_of(r: &$row) -> StoreResult<Promo> {
         start_at: r.try_get("start_at")?,
         end_at: r.try_get("end_at")?,
         published: r.try_get::<i64, _>("published")? != 0,
+        baseline: match (
+            r.try_get::<Option<i64>, _>("warm_stock")?,
+            r.try_get::<Option<i64>, _>("warm_sales")?,
+        ) {
+            (Some(stock), Some(sales)) => Some(PromoBaseline { stock, sales }),
+            _ => None,
+        },
     })
 }
 
@@ -297,9 +304,14 @@ impl CatalogStore for $store {
         .collect()
     }
 
-    async fn publish_promo(&self, id: PromoId) -> StoreResult<bool> {
-        let res = sqlx::query("UPDATE promo SET published = 1 WHERE id = ? AND published = 0")
-            .bind(id.0)
+    async fn publish_promo(&self, id: PromoId, baseline: PromoBaseline) -> StoreResult<bool> {
+        let res = sqlx::query(
+            "UPDATE promo SET published = 1, warm_stock = ?, warm_sales = ? \
+             WHERE id = ? AND published = 0",
+        )
+        .bind(baseline.stock)
+        .bind(baseline.sales)
+        .bind(id.0)
             .execute(&self.pool)
             .await?;
         Ok(res.rows_affected() == 1)

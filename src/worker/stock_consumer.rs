@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::cache::KvStore;
 use crate::mq::{Event, MessageHandler};
+use crate::service::item_cache::shared_key;
 use crate::store::Store;
 
 /// The consumer group name of stock deduction.
@@ -14,11 +16,14 @@ pub const GROUP: &str = "seckill_stock_deduct";
 
 pub struct StockConsumer {
     store: Arc<dyn Store>,
+    kv: Arc<dyn KvStore>,
 }
 
 impl StockConsumer {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        StockConsumer { store }
+    /// `kv`: the shared item cache, whose entries of the deducted items are
+    /// deleted (their DB stock and sales changed).
+    pub fn new(store: Arc<dyn Store>, kv: Arc<dyn KvStore>) -> Self {
+        StockConsumer { store, kv }
     }
 }
 
@@ -35,6 +40,15 @@ impl MessageHandler for StockConsumer {
             return Ok(());
         };
         let report = self.store.apply_deductions(entries).await?;
+        if report.applied > 0 {
+            let mut items: Vec<_> = entries.iter().map(|e| e.item_id).collect();
+            items.dedup();
+            for item in items {
+                if let Err(e) = self.kv.delete(&shared_key(item)).await {
+                    tracing::warn!(item_id = %item, error = %e, "shared item entry not deleted; it expires by TTL");
+                }
+            }
+        }
         metrics::counter!("seckill_deductions_total", "outcome" => "applied")
             .increment(report.applied);
         metrics::counter!("seckill_deductions_total", "outcome" => "duplicate")

@@ -224,3 +224,45 @@ async fn the_web_pages_are_served() {
     assert!(String::from_utf8_lossy(&r.bytes).contains("<html"));
     assert_eq!(t.get("/item.html", None).await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_dashboard_sees_refusals_by_reason_and_every_instance_with_its_health() {
+    let t = TestApp::spawn_with(|c| c.heartbeat_interval_ms = 100).await;
+    let (item, promo) = t.sale(1).await;
+    let buyers = t.users("1370000", 3).await;
+    assert_eq!(
+        t.buy(&buyers[0], promo, item).await.status,
+        StatusCode::CREATED
+    );
+    for b in &buyers[1..] {
+        assert_eq!(t.buy(b, promo, item).await.code(), "SOLD_OUT");
+    }
+    let again = t.buy(&buyers[0], promo, item).await.code();
+    assert!(again == "SOLD_OUT" || again == "ALREADY_BOUGHT", "{again}");
+    // Counted locally, flushed to the shared counters on the next beat.
+    let mut stats = serde_json::Value::Null;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        stats = t.stats(promo).await;
+        if stats["refused"]["sold_out"].as_i64().unwrap_or(0) >= 2 {
+            break;
+        }
+    }
+    assert!(
+        stats["refused"]["sold_out"].as_i64().unwrap_or(0) >= 2,
+        "{stats}"
+    );
+    assert_eq!(stats["sold"], 1);
+
+    let r = t.get("/api/v1/admin/instances", Some(ADMIN)).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    let list = r.json()["instances"].as_array().cloned().unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["stale"], false);
+    assert_eq!(list[0]["checks"]["database"], "ok");
+    assert_eq!(list[0]["checks"]["cache"], "ok");
+    assert_eq!(list[0]["checks"]["message_bus"], "ok");
+    // Users cannot see it.
+    let r = t.get("/api/v1/admin/instances", Some(&buyers[0])).await;
+    assert!(r.status == StatusCode::UNAUTHORIZED || r.status == StatusCode::FORBIDDEN);
+}

@@ -5,6 +5,7 @@
 mod common;
 
 mod admin;
+mod cache;
 mod errors;
 mod orders;
 mod users;

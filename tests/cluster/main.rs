@@ -433,3 +433,124 @@ async fn a_session_opened_on_one_instance_is_valid_on_the_other_and_cors_admits_
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["checks"]["message_bus"], "ok");
 }
+
+/// Readers hammer both instances directly while a writer changes an item's
+/// price through nginx: after each write returns, no instance may serve an
+/// older price later than the bound the system states (`/api/v1/config`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_item_update_is_seen_on_every_instance_within_the_stated_staleness_bound() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let _serial = SERIAL.lock().await;
+    let Some(c) = cluster() else { return };
+    let http = reqwest::Client::new();
+    let (status, cfg) = http_json(
+        &http,
+        reqwest::Method::GET,
+        &format!("{}/api/v1/config", c.front),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let bound = Duration::from_millis(cfg["item_staleness_bound_ms"].as_u64().unwrap());
+    let (status, item) = http_json(
+        &http,
+        reqwest::Method::POST,
+        &format!("{}/api/v1/admin/items", c.front),
+        ADMIN,
+        Some(
+            json!({"title": "Staleness probe", "price_cents": 1000, "stock": 1,
+                    "description": "d", "image_url": ""}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{item}");
+    let id = item["id"].as_i64().unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for (n, base) in c.instances.iter().enumerate() {
+        for _ in 0..3 {
+            let (http, stop) = (http.clone(), stop.clone());
+            let url = format!("{base}/api/v1/items/{id}");
+            readers.push(tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    let r = http.get(&url).send().await.expect("answer");
+                    assert_eq!(r.status(), 200);
+                    let v: Value = r.json().await.unwrap();
+                    seen.push((n, t0, v["price_cents"].as_i64().unwrap()));
+                }
+                seen
+            }));
+        }
+    }
+    let mut writes = Vec::new(); // (price, when the write returned)
+    for i in 1..=20 {
+        let price = 1000 + i;
+        let (status, body) = http_json(
+            &http,
+            reqwest::Method::PATCH,
+            &format!("{}/api/v1/admin/items/{id}", c.front),
+            ADMIN,
+            Some(json!({ "price_cents": price })),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        writes.push((price, Instant::now()));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    tokio::time::sleep(bound + Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut reads = Vec::new();
+    for r in readers {
+        reads.extend(r.await.unwrap());
+    }
+
+    // A read that started after the write of `p + 1` returned, yet showed
+    // `p` or older, was stale by (start − that write's return).
+    let mut stale: Vec<Duration> = Vec::new();
+    let mut per_instance = vec![Duration::ZERO; c.instances.len()];
+    for (n, t0, p) in &reads {
+        if let Some((_, returned)) = writes.iter().find(|(w, at)| *w > *p && *at <= *t0) {
+            let age = *t0 - *returned;
+            stale.push(age);
+            per_instance[*n] = per_instance[*n].max(age);
+        }
+    }
+    stale.sort();
+    let max = stale.last().copied().unwrap_or_default();
+    let p99 = stale
+        .get((stale.len() * 99 / 100).min(stale.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default();
+    eprintln!(
+        "staleness: {} reads, {} stale, max {:?}, p99 {:?}, per instance {:?}, bound {:?}",
+        reads.len(),
+        stale.len(),
+        max,
+        p99,
+        per_instance,
+        bound
+    );
+    assert!(reads.len() > 200, "readers ran: {}", reads.len());
+    assert!(
+        max <= bound,
+        "an instance served an old price {max:?} after the write returned (bound {bound:?})"
+    );
+    // Every instance ends on the last price.
+    for base in &c.instances {
+        let r: Value = http
+            .get(format!("{base}/api/v1/items/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["price_cents"], 1020, "{base}");
+    }
+}

@@ -58,6 +58,48 @@ pub async fn suite(kv: Arc<dyn KvStore>) {
     }
     assert_eq!(granted, 3, "exactly the counter's permits");
     assert!(!kv.take_permit(&k).await.unwrap());
+
+    let k = key("hash");
+    assert!(kv.hash_get_all(&k).await.unwrap().is_empty());
+    let ttl = Duration::from_secs(10);
+    kv.hash_add(&k, &[("sold_out", 2), ("rate_limited", 1)], ttl)
+        .await
+        .unwrap();
+    let adds: Vec<_> = (0..10)
+        .map(|_| {
+            let kv = kv.clone();
+            let k = k.clone();
+            tokio::spawn(async move { kv.hash_add(&k, &[("sold_out", 1)], ttl).await.unwrap() })
+        })
+        .collect();
+    for a in adds {
+        a.await.unwrap();
+    }
+    let mut all = kv.hash_get_all(&k).await.unwrap();
+    all.sort();
+    assert_eq!(
+        all,
+        vec![
+            ("rate_limited".to_owned(), "1".to_owned()),
+            ("sold_out".to_owned(), "12".to_owned())
+        ],
+        "counters add up, none lost"
+    );
+    let k = key("fields");
+    kv.hash_set(&k, "n1", "a", ttl).await.unwrap();
+    kv.hash_set(&k, "n2", "b", ttl).await.unwrap();
+    kv.hash_set(&k, "n1", "c", ttl).await.unwrap();
+    kv.hash_delete(&k, "n2").await.unwrap();
+    assert_eq!(
+        kv.hash_get_all(&k).await.unwrap(),
+        vec![("n1".to_owned(), "c".to_owned())]
+    );
+    let k = key("hash-ttl");
+    kv.hash_set(&k, "f", "v", Duration::from_millis(300))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(kv.hash_get_all(&k).await.unwrap().is_empty(), "expired");
     kv.ping().await.unwrap();
 }
 

@@ -138,8 +138,16 @@ async fn catalog(s: &dyn Store) {
         .unwrap();
     assert!(!p.published);
     assert!((p.start_at - now).num_milliseconds().abs() < 1000);
-    assert!(s.publish_promo(p.id).await.unwrap());
-    assert!(!s.publish_promo(p.id).await.unwrap(), "published once");
+    let base = PromoBaseline { stock: 7, sales: 3 };
+    assert!(s.publish_promo(p.id, base).await.unwrap());
+    let again = PromoBaseline { stock: 1, sales: 9 };
+    assert!(
+        !s.publish_promo(p.id, again).await.unwrap(),
+        "published once"
+    );
+    let stored = s.promo(p.id).await.unwrap().unwrap();
+    assert!(stored.published);
+    assert_eq!(stored.baseline, Some(base), "the first baseline stays");
     assert!(s.promo(p.id).await.unwrap().unwrap().published);
     assert_eq!(s.promos_of_item(a.id).await.unwrap().len(), 1);
     assert!(s.promos(10).await.unwrap().iter().any(|x| x.id == p.id));

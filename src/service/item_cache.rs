@@ -1,0 +1,364 @@
+//! Item detail through three tiers, cache-aside: a process-local cache
+//! (`moka`, bounded by entries and TTL) → the shared cache (the kv port:
+//! Redis in a cluster) → the DB. A miss loads from the tier below and fills
+//! back; concurrent misses of one key on one instance share one load
+//! (single flight); unknown ids are remembered too (negative entries), so
+//! random ids cannot hammer the DB.
+//!
+//! A write goes: DB update → delete the shared entry → drop this instance's
+//! copy → broadcast (every instance drops its copy) → after
+//! `item_cache_double_delete_ms`, delete the shared entry again and
+//! broadcast again. The second delete kills a stale row that a reader, who
+//! loaded it from the DB before the write, put back after the first delete;
+//! the second broadcast drops any local copy taken from it. Hence the stated
+//! bound: an update is visible on every instance within
+//! `double_delete + local TTL` even if broadcasts are lost (see
+//! `Config::item_staleness_bound_ms`).
+//!
+//! A load that started before an invalidation of its key is never served
+//! after it: each entry carries the epoch at which its load began, and each
+//! invalidation records the epoch it happened at.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use moka::future::Cache;
+use serde::{Deserialize, Serialize};
+
+use super::{Context, ServiceError, ServiceResult};
+use crate::domain::{Item, ItemId, Promo, PromoBaseline, PromoId};
+
+/// What one item's detail is built from: the row and its promos (the
+/// featured one is chosen at read time, by the clock). `item: None` is a
+/// negative entry.
+#[derive(Debug, Clone)]
+pub struct ItemSnapshot {
+    pub item: Option<Item>,
+    pub promos: Vec<Promo>,
+}
+
+/// What this instance's item cache did since start-up (also in `/metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ItemCacheStats {
+    pub local_hits: u64,
+    pub local_misses: u64,
+    pub shared_hits: u64,
+    pub shared_misses: u64,
+    pub db_loads: u64,
+    pub invalidations: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    local_hits: AtomicU64,
+    local_misses: AtomicU64,
+    shared_hits: AtomicU64,
+    shared_misses: AtomicU64,
+    db_loads: AtomicU64,
+    invalidations: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+struct Entry {
+    snapshot: ItemSnapshot,
+    /// The epoch at which the load that made this entry began.
+    epoch: u64,
+}
+
+pub struct ItemCache {
+    cx: Context,
+    local: Cache<ItemId, Arc<Entry>>,
+    /// The epoch of the last invalidation of each recently invalidated item
+    /// (kept a little longer than a local entry lives).
+    invalidated: moka::sync::Cache<ItemId, u64>,
+    epoch: AtomicU64,
+    counters: Counters,
+}
+
+/// The shared cache's key of an item.
+pub fn shared_key(id: ItemId) -> String {
+    format!("item:{id}")
+}
+
+fn count(tier: &'static str, result: &'static str) {
+    metrics::counter!("seckill_item_cache_requests_total", "tier" => tier, "result" => result)
+        .increment(1);
+}
+
+impl ItemCache {
+    pub fn new(cx: Context) -> Self {
+        let ttl = Duration::from_millis(cx.config.item_cache_local_ttl_ms.max(1));
+        let local = Cache::builder()
+            .max_capacity(cx.config.item_cache_capacity.max(1))
+            .time_to_live(ttl)
+            .build();
+        let invalidated = moka::sync::Cache::builder()
+            .max_capacity(cx.config.item_cache_capacity.max(1))
+            .time_to_live(ttl * 2 + Duration::from_secs(1))
+            .build();
+        ItemCache {
+            cx,
+            local,
+            invalidated,
+            epoch: AtomicU64::new(1),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn stats(&self) -> ItemCacheStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ItemCacheStats {
+            local_hits: get(&c.local_hits),
+            local_misses: get(&c.local_misses),
+            shared_hits: get(&c.shared_hits),
+            shared_misses: get(&c.shared_misses),
+            db_loads: get(&c.db_loads),
+            invalidations: get(&c.invalidations),
+        }
+    }
+
+    /// An item's snapshot through the tiers. `NOT_FOUND` for an unknown id.
+    pub async fn get(&self, id: ItemId) -> ServiceResult<ItemSnapshot> {
+        // Two tries: the second only when the first returned an entry whose
+        // load raced an invalidation.
+        for _ in 0..2 {
+            let entry = match self.local.get(&id).await {
+                Some(e) => {
+                    count("local", "hit");
+                    bump(&self.counters.local_hits);
+                    e
+                }
+                None => {
+                    count("local", "miss");
+                    bump(&self.counters.local_misses);
+                    let start = self.epoch.load(Ordering::Acquire);
+                    self.local
+                        .try_get_with(id, self.load(id, start))
+                        .await
+                        .map_err(|e| match Arc::try_unwrap(e) {
+                            Ok(e) => e,
+                            Err(_) => ServiceError::unavailable("item store"),
+                        })?
+                }
+            };
+            if self.invalidated.get(&id).is_some_and(|at| entry.epoch < at) {
+                // Drop it only if it is still the cached entry: another
+                // request may already have put a fresh one in its place.
+                if let Some(current) = self.local.get(&id).await {
+                    if Arc::ptr_eq(&current, &entry) {
+                        self.local.invalidate(&id).await;
+                    }
+                }
+                continue;
+            }
+            return found(entry.snapshot.clone());
+        }
+        // Invalidated twice while loading: read through, cache nothing.
+        let snapshot = self.load_db(id).await?;
+        found(snapshot)
+    }
+
+    /// Shared tier, then the DB; fills the shared tier back from the DB.
+    async fn load(&self, id: ItemId, start: u64) -> ServiceResult<Arc<Entry>> {
+        let kv = &self.cx.ports.kv;
+        let key = shared_key(id);
+        let mut shared_up = true;
+        match kv.get(&key).await {
+            Ok(Some(json)) => match serde_json::from_str::<Stored>(&json) {
+                Ok(s) => {
+                    count("shared", if s.item.is_some() { "hit" } else { "negative" });
+                    bump(&self.counters.shared_hits);
+                    return Ok(Arc::new(Entry {
+                        snapshot: s.into(),
+                        epoch: start,
+                    }));
+                }
+                Err(e) => {
+                    tracing::warn!(item_id = %id, error = %e, "unreadable shared item entry; reloading");
+                }
+            },
+            Ok(None) => {
+                count("shared", "miss");
+                bump(&self.counters.shared_misses);
+            }
+            Err(e) => {
+                shared_up = false;
+                count("shared", "error");
+                tracing::warn!(item_id = %id, error = %e, "shared cache unavailable; reading the DB");
+            }
+        }
+        let snapshot = self.load_db(id).await?;
+        if shared_up {
+            let ttl = if snapshot.item.is_some() {
+                Duration::from_secs(self.cx.config.item_cache_shared_ttl_secs)
+            } else {
+                Duration::from_millis(self.cx.config.item_cache_negative_ttl_ms)
+            };
+            let json = serde_json::to_string(&Stored::from(&snapshot))
+                .map_err(|e| ServiceError::Internal(Box::new(e)))?;
+            self.fill_shared(id, &json, ttl).await;
+        }
+        Ok(Arc::new(Entry {
+            snapshot,
+            epoch: start,
+        }))
+    }
+
+    async fn load_db(&self, id: ItemId) -> ServiceResult<ItemSnapshot> {
+        metrics::counter!("seckill_item_cache_db_loads_total").increment(1);
+        bump(&self.counters.db_loads);
+        let store = &self.cx.ports.store;
+        let item = store.item(id).await?;
+        let promos = match item {
+            Some(_) => store.promos_of_item(id).await?,
+            None => Vec::new(),
+        };
+        Ok(ItemSnapshot { item, promos })
+    }
+
+    /// Puts a serialized snapshot into the shared tier (the fill-back step
+    /// of a load; public so that the race the double delete exists for can
+    /// be reproduced step by step).
+    pub async fn fill_shared(&self, id: ItemId, json: &str, ttl: Duration) {
+        if let Err(e) = self.cx.ports.kv.set(&shared_key(id), json, ttl).await {
+            tracing::warn!(item_id = %id, error = %e, "shared item entry not filled");
+        }
+    }
+
+    /// The serialized form of an item's DB snapshot, as a load would put it
+    /// into the shared tier.
+    pub async fn snapshot_json(&self, id: ItemId) -> ServiceResult<String> {
+        let s = self.load_db(id).await?;
+        serde_json::to_string(&Stored::from(&s)).map_err(|e| ServiceError::Internal(Box::new(e)))
+    }
+
+    /// Deletes the shared entry (after a DB write).
+    pub async fn delete_shared(&self, id: ItemId) {
+        match self.cx.ports.kv.delete(&shared_key(id)).await {
+            Ok(()) => {
+                metrics::counter!("seckill_item_cache_invalidations_total", "tier" => "shared")
+                    .increment(1);
+            }
+            Err(e) => tracing::warn!(
+                item_id = %id, error = %e,
+                "shared item entry not deleted; it expires by TTL"
+            ),
+        }
+    }
+
+    /// Drops this instance's copy; loads that began before now are not
+    /// served afterwards.
+    pub async fn forget_local(&self, id: ItemId) {
+        let at = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.invalidated.insert(id, at);
+        self.local.invalidate(&id).await;
+        bump(&self.counters.invalidations);
+        metrics::counter!("seckill_item_cache_invalidations_total", "tier" => "local").increment(1);
+    }
+}
+
+fn found(s: ItemSnapshot) -> ServiceResult<ItemSnapshot> {
+    match s.item {
+        Some(_) => Ok(s),
+        None => Err(ServiceError::NotFound("no such item")),
+    }
+}
+
+/// The shared tier's JSON form of a snapshot.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    item: Option<StoredItem>,
+    promos: Vec<StoredPromo>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredItem {
+    id: i64,
+    title: String,
+    price_cents: i64,
+    stock: i64,
+    sales: i64,
+    description: String,
+    image_url: String,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredPromo {
+    id: i64,
+    item_id: i64,
+    name: String,
+    price_cents: i64,
+    start_at: DateTime<Utc>,
+    end_at: DateTime<Utc>,
+    published: bool,
+    warm: Option<(i64, i64)>,
+}
+
+impl From<&ItemSnapshot> for Stored {
+    fn from(s: &ItemSnapshot) -> Self {
+        Stored {
+            item: s.item.as_ref().map(|i| StoredItem {
+                id: i.id.0,
+                title: i.title.clone(),
+                price_cents: i.price_cents,
+                stock: i.stock,
+                sales: i.sales,
+                description: i.description.clone(),
+                image_url: i.image_url.clone(),
+                updated_at: i.updated_at,
+            }),
+            promos: s
+                .promos
+                .iter()
+                .map(|p| StoredPromo {
+                    id: p.id.0,
+                    item_id: p.item_id.0,
+                    name: p.name.clone(),
+                    price_cents: p.price_cents,
+                    start_at: p.start_at,
+                    end_at: p.end_at,
+                    published: p.published,
+                    warm: p.baseline.map(|b| (b.stock, b.sales)),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<Stored> for ItemSnapshot {
+    fn from(s: Stored) -> Self {
+        ItemSnapshot {
+            item: s.item.map(|i| Item {
+                id: ItemId(i.id),
+                title: i.title,
+                price_cents: i.price_cents,
+                stock: i.stock,
+                sales: i.sales,
+                description: i.description,
+                image_url: i.image_url,
+                updated_at: i.updated_at,
+            }),
+            promos: s
+                .promos
+                .into_iter()
+                .map(|p| Promo {
+                    id: PromoId(p.id),
+                    item_id: ItemId(p.item_id),
+                    name: p.name,
+                    price_cents: p.price_cents,
+                    start_at: p.start_at,
+                    end_at: p.end_at,
+                    published: p.published,
+                    baseline: p.warm.map(|(stock, sales)| PromoBaseline { stock, sales }),
+                })
+                .collect(),
+        }
+    }
+}
