@@ -275,11 +275,15 @@ const show = (v) => (v == null ? '—' : String(v));
 
 function showStats(w, s) {
   const now = performance.now();
+  const refused = s.refused || {};
   if (w.prev) {
     const dt = (now - w.prev.t) / 1000;
-    w.samples.push({ t: now, rate: dt > 0 ? Math.max(0, (s.orders - w.prev.orders) / dt) : 0 });
+    const per = (a, b) => (dt > 0 ? Math.max(0, (a - b) / dt) : 0);
+    const reasons = {};
+    for (const [k, v] of Object.entries(refused)) reasons[k] = per(v, w.prev.refused[k] || 0);
+    w.samples.push({ t: now, rate: per(s.orders, w.prev.orders), refused: reasons });
   }
-  w.prev = { t: now, orders: s.orders };
+  w.prev = { t: now, orders: s.orders, refused };
   w.samples = w.samples.filter((x) => x.t >= now - 60000);
 
   // Initial stock ≈ sold + what is left (the cache leads the DB in write-behind mode).
@@ -303,7 +307,43 @@ function showStats(w, s) {
   $('#stats-log-init').textContent = show(s.stock_log?.init);
   $('#stats-log-committed').textContent = show(s.stock_log?.committed);
   $('#stats-log-rolled-back').textContent = show(s.stock_log?.rolled_back);
+  const totalRefused = Object.values(refused).reduce((a, b) => a + b, 0);
+  const lastRefused = last ? Object.values(last.refused).reduce((a, b) => a + b, 0) : null;
+  $('#stats-refused').textContent = show(totalRefused);
+  $('#stats-refused-rate').textContent = lastRefused == null ? '—' : lastRefused.toFixed(1);
+  $('#refusals-body').replaceChildren(...Object.entries(refused)
+    .sort((a, b) => b[1] - a[1])
+    .map(([k, v]) => el('tr', { 'data-reason': k },
+      el('td', { 'data-label': 'Reason' }, REASON_LABEL[k] || k),
+      el('td', { class: 'num', 'data-label': 'Total' }, String(v)),
+      el('td', { class: 'num', 'data-label': 'Per second' }, last && last.refused[k] != null ? last.refused[k].toFixed(1) : '—'))));
   drawChart(w.samples, now);
+}
+
+const REASON_LABEL = {
+  sold_out: 'sold out',
+  already_bought: 'already bought',
+  rate_limited: 'queue full / rate limited',
+  promo_not_started: 'not started',
+  promo_ended: 'ended',
+  invalid_token: 'bad or used token',
+  wrong_captcha: 'wrong captcha',
+  unavailable: 'unavailable (503)',
+};
+
+/** Series colours: orders first, then refusal reasons in a fixed order. */
+const PALETTE = ['#e4393c', '#2563eb', '#16a34a', '#9333ea', '#d97706', '#0891b2', '#db2777', '#4b5563', '#65a30d'];
+
+function chartSeries(samples) {
+  const reasons = [...new Set(samples.flatMap((x) => Object.keys(x.refused || {})))].sort();
+  return [
+    { name: 'orders/s', color: PALETTE[0], value: (x) => x.rate, fill: true },
+    ...reasons.map((r, i) => ({
+      name: `refused: ${REASON_LABEL[r] || r}`,
+      color: PALETTE[1 + (i % (PALETTE.length - 1))],
+      value: (x) => (x.refused && x.refused[r]) || 0,
+    })),
+  ];
 }
 
 function niceMax(v) {
@@ -325,7 +365,8 @@ function drawChart(samples, now) {
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, w, h);
   const L = 40; const R = 8; const T = 10; const B = 18;
-  const max = niceMax(Math.max(1, ...samples.map((s) => s.rate)));
+  const series = chartSeries(samples);
+  const max = niceMax(Math.max(1, ...samples.flatMap((s) => series.map((f) => f.value(s)))));
   const x = (t) => L + (1 - (now - t) / 60000) * (w - L - R);
   const y = (v) => h - B - (v / max) * (h - T - B);
   ctx.font = '11px system-ui, sans-serif';
@@ -348,18 +389,61 @@ function drawChart(samples, now) {
   ctx.fillText('−60 s', L, h);
   ctx.textAlign = 'right';
   ctx.fillText('now', w - R, h);
+  $('#stats-legend').replaceChildren(...series.map((f) =>
+    el('li', { style: `--swatch: ${f.color}` }, f.name)));
   if (!samples.length) return;
-  ctx.beginPath();
-  samples.forEach((s, i) => (i ? ctx.lineTo(x(s.t), y(s.rate)) : ctx.moveTo(x(s.t), y(s.rate))));
-  ctx.strokeStyle = '#e4393c';
-  ctx.lineWidth = 2;
-  ctx.lineJoin = 'round';
-  ctx.stroke();
-  ctx.lineTo(x(samples[samples.length - 1].t), y(0));
-  ctx.lineTo(x(samples[0].t), y(0));
-  ctx.closePath();
-  ctx.fillStyle = 'rgba(255, 106, 0, 0.15)';
-  ctx.fill();
+  for (const f of series.slice().reverse()) {
+    ctx.beginPath();
+    samples.forEach((s, i) => (i ? ctx.lineTo(x(s.t), y(f.value(s))) : ctx.moveTo(x(s.t), y(f.value(s)))));
+    ctx.strokeStyle = f.color;
+    ctx.lineWidth = 2;
+    ctx.lineJoin = 'round';
+    ctx.stroke();
+    if (f.fill) {
+      ctx.lineTo(x(samples[samples.length - 1].t), y(0));
+      ctx.lineTo(x(samples[0].t), y(0));
+      ctx.closePath();
+      ctx.fillStyle = 'rgba(255, 106, 0, 0.15)';
+      ctx.fill();
+    }
+  }
+}
+
+// ---- instances ---------------------------------------------------------------------
+
+const since = (iso) => {
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime()) ? '—' : d.toLocaleString();
+};
+
+function checkCell(label, v) {
+  const ok = v === 'ok';
+  return el('td', { 'data-label': label, class: ok ? 'ok' : 'bad', title: v || '' }, ok ? 'ok' : (v ? 'down' : '—'));
+}
+
+async function pollInstances() {
+  let next = 2000;
+  try {
+    if (getAdminToken()) {
+      const r = await api('admin/instances', { admin: true });
+      const list = r.instances || [];
+      $('#instances-body').replaceChildren(...list.map((i) => el('tr', { 'data-node': String(i.node_id), 'data-stale': String(i.stale) },
+        el('td', { 'data-label': 'Node' }, String(i.node_id)),
+        el('td', { 'data-label': 'Address' }, i.http_addr),
+        el('td', { 'data-label': 'Up since' }, since(i.started_at)),
+        el('td', { 'data-label': 'Last heartbeat', class: i.stale ? 'bad' : '' }, i.stale ? `${since(i.seen_at)} (silent)` : since(i.seen_at)),
+        checkCell('Database', i.checks?.database),
+        checkCell('Cache', i.checks?.cache),
+        checkCell('Message bus', i.checks?.message_bus))));
+      const live = list.filter((i) => !i.stale).length;
+      $('#instances-summary').textContent = `${live} live of ${list.length}`;
+    }
+  } catch (e) {
+    const denied = e.status === 401 || e.status === 403;
+    $('#instances-summary').textContent = denied ? 'admin token needed' : 'unavailable';
+    if (denied) next = 10000; // a wrong token: do not keep knocking
+  }
+  setTimeout(pollInstances, next);
 }
 
 /** The status column follows the server clock, not the copy fetched when the list loaded. */
@@ -383,5 +467,6 @@ defaultPromoTimes();
 startClock(30000).then(updatePhases);
 setInterval(updatePhases, 1000);
 pollHealth();
+pollInstances();
 loadItems();
 loadPromos();
