@@ -29,9 +29,9 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct BulkUserDto {
-    #[schema(max_length = 16)]
+    #[schema(max_length = 16, pattern = r"^\+?[0-9]{6,15}$")]
     pub phone: String,
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(min_length = 1, max_length = 64, pattern = r"\S")]
     pub name: String,
     #[schema(min_length = 8, max_length = 128)]
     pub password: String,
@@ -50,38 +50,44 @@ pub struct Created {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct NewItemRequest {
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub title: String,
     #[schema(minimum = 1, maximum = 1000000000)]
+    #[serde(deserialize_with = "super::int::i64")]
     pub price_cents: i64,
     #[schema(minimum = 0, maximum = 100000000)]
+    #[serde(deserialize_with = "super::int::i64")]
     pub stock: i64,
     #[serde(default)]
     #[schema(max_length = 4000)]
     pub description: String,
+    /// Empty, an http(s) URL or a path starting with `/`.
     #[serde(default)]
-    #[schema(max_length = 1024)]
+    #[schema(max_length = 1024, pattern = "^(https?://|/|$)")]
     pub image_url: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ItemPatchRequest {
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub title: Option<String>,
     #[schema(minimum = 1, maximum = 1000000000)]
+    #[serde(default, deserialize_with = "super::int::opt_i64")]
     pub price_cents: Option<i64>,
     #[schema(max_length = 4000)]
     pub description: Option<String>,
-    #[schema(max_length = 1024)]
+    #[schema(max_length = 1024, pattern = "^(https?://|/|$)")]
     pub image_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct NewPromoRequest {
+    #[serde(deserialize_with = "super::int::i64")]
     pub item_id: i64,
-    #[schema(min_length = 1, max_length = 100)]
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub name: String,
     #[schema(minimum = 1)]
+    #[serde(deserialize_with = "super::int::i64")]
     pub price_cents: i64,
     /// RFC 3339 with offset.
     pub start_at: DateTime<FixedOffset>,

@@ -28,6 +28,7 @@ pub mod admin;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod int;
 pub mod items;
 pub mod openapi;
 pub mod orders;

@@ -28,6 +28,7 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct TokenRequest {
+    #[serde(deserialize_with = "super::int::i64")]
     pub item_id: i64,
     /// The captcha's characters; required unless captcha is off.
     #[schema(max_length = 16)]
@@ -42,9 +43,12 @@ pub struct TokenView {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct OrderRequest {
+    #[serde(deserialize_with = "super::int::i64")]
     pub promo_id: i64,
+    #[serde(deserialize_with = "super::int::i64")]
     pub item_id: i64,
     /// Units, 1 up to the per-user limit.
+    #[serde(deserialize_with = "super::int::i64")]
     pub amount: i64,
     /// The seckill token (single use).
     #[schema(max_length = 128)]

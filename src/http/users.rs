@@ -26,7 +26,7 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct OtpRequest {
     /// 6 to 15 digits, optionally starting with `+`.
-    #[schema(max_length = 16)]
+    #[schema(max_length = 16, pattern = r"^\+?[0-9]{6,15}$")]
     pub phone: String,
 }
 
@@ -35,19 +35,22 @@ pub struct Empty {}
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterRequest {
-    #[schema(max_length = 16)]
+    #[schema(max_length = 16, pattern = r"^\+?[0-9]{6,15}$")]
     pub phone: String,
     /// The one-time code sent to the phone.
     #[schema(max_length = 16)]
     pub otp: String,
-    #[schema(min_length = 1, max_length = 64)]
+    /// Not blank.
+    #[schema(min_length = 1, max_length = 64, pattern = r"\S")]
     pub name: String,
     #[schema(min_length = 8, max_length = 128)]
     pub password: String,
     /// `male`, `female` or `other`.
+    #[schema(pattern = "^(male|female|other)$")]
     pub gender: Option<String>,
     #[schema(minimum = 1, maximum = 150)]
-    pub age: Option<i32>,
+    #[serde(default, deserialize_with = "super::int::opt_i64")]
+    pub age: Option<i64>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -109,7 +112,8 @@ pub async fn register(
             name: r.name,
             password: r.password,
             gender: r.gender,
-            age: r.age,
+            // Out of i32 is out of 1..=150 too: the profile check refuses it.
+            age: r.age.map(|a| i32::try_from(a).unwrap_or(i32::MAX)),
         })
         .await?;
     Ok((StatusCode::CREATED, ApiJson(UserView::from(&user))))
