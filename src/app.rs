@@ -122,6 +122,8 @@ async fn cache_adapters(config: &Config) -> anyhow::Result<CacheAdapters> {
 
 /// Wires every port and service from `config` and starts the workers.
 pub async fn build(config: Config) -> anyhow::Result<App> {
+    // The recorder first: handles registered before it would count nowhere.
+    let metrics = metrics_handle();
     config.validate()?;
     let config = Arc::new(config);
     let store = open_store(&config).await?;
@@ -223,7 +225,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         tokens,
         orders,
         monitor,
-        metrics: metrics_handle(),
+        metrics,
     };
     Ok(App {
         state,

@@ -78,6 +78,7 @@ pub struct ItemCache {
     invalidated: moka::sync::Cache<ItemId, u64>,
     epoch: AtomicU64,
     counters: Counters,
+    meters: Meters,
 }
 
 /// The shared cache's key of an item.
@@ -85,9 +86,29 @@ pub fn shared_key(id: ItemId) -> String {
     format!("item:{id}")
 }
 
-fn count(tier: &'static str, result: &'static str) {
-    metrics::counter!("seckill_item_cache_requests_total", "tier" => tier, "result" => result)
-        .increment(1);
+/// The cache's Prometheus counters, registered once (a labelled look-up
+/// per request would cost more than the local hit it counts).
+struct Meters {
+    local_hit: metrics::Counter,
+    local_miss: metrics::Counter,
+    shared_hit: metrics::Counter,
+    shared_negative: metrics::Counter,
+    shared_miss: metrics::Counter,
+    shared_error: metrics::Counter,
+}
+
+impl Meters {
+    fn new() -> Self {
+        let c = |tier: &'static str, result: &'static str| metrics::counter!("seckill_item_cache_requests_total", "tier" => tier, "result" => result);
+        Meters {
+            local_hit: c("local", "hit"),
+            local_miss: c("local", "miss"),
+            shared_hit: c("shared", "hit"),
+            shared_negative: c("shared", "negative"),
+            shared_miss: c("shared", "miss"),
+            shared_error: c("shared", "error"),
+        }
+    }
 }
 
 impl ItemCache {
@@ -107,6 +128,7 @@ impl ItemCache {
             invalidated,
             epoch: AtomicU64::new(1),
             counters: Counters::default(),
+            meters: Meters::new(),
         }
     }
 
@@ -130,12 +152,12 @@ impl ItemCache {
         for _ in 0..2 {
             let entry = match self.local.get(&id).await {
                 Some(e) => {
-                    count("local", "hit");
+                    self.meters.local_hit.increment(1);
                     bump(&self.counters.local_hits);
                     e
                 }
                 None => {
-                    count("local", "miss");
+                    self.meters.local_miss.increment(1);
                     bump(&self.counters.local_misses);
                     let start = self.epoch.load(Ordering::Acquire);
                     self.local
@@ -172,7 +194,10 @@ impl ItemCache {
         match kv.get(&key).await {
             Ok(Some(json)) => match serde_json::from_str::<Stored>(&json) {
                 Ok(s) => {
-                    count("shared", if s.item.is_some() { "hit" } else { "negative" });
+                    match s.item {
+                        Some(_) => self.meters.shared_hit.increment(1),
+                        None => self.meters.shared_negative.increment(1),
+                    }
                     bump(&self.counters.shared_hits);
                     return Ok(Arc::new(Entry {
                         snapshot: s.into(),
@@ -184,12 +209,12 @@ impl ItemCache {
                 }
             },
             Ok(None) => {
-                count("shared", "miss");
+                self.meters.shared_miss.increment(1);
                 bump(&self.counters.shared_misses);
             }
             Err(e) => {
                 shared_up = false;
-                count("shared", "error");
+                self.meters.shared_error.increment(1);
                 tracing::warn!(item_id = %id, error = %e, "shared cache unavailable; reading the DB");
             }
         }
