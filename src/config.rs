@@ -84,6 +84,17 @@ pub struct Config {
     pub otp_ttl_secs: u64,
     pub otp_per_phone_per_hour: u32,
     pub login_attempts_per_phone_per_minute: u32,
+    /// Login attempts one client address may make per minute (0: no limit).
+    pub login_attempts_per_ip_per_minute: u32,
+    /// One-time codes one client address may ask for per hour (0: no limit).
+    pub otp_per_ip_per_hour: u32,
+    /// The request header that carries the client's address when a trusted
+    /// proxy sets it (nginx: `x-real-ip`); unset, the peer address is used.
+    /// Set it only behind a proxy that overwrites the header.
+    pub client_ip_header: Option<String>,
+    /// On SIGTERM, how long in-flight requests (and their batches) may take
+    /// before the process exits anyway.
+    pub shutdown_timeout_secs: u64,
     pub captcha_ttl_secs: u64,
     pub seckill_token_ttl_secs: u64,
     /// Tokens a promo hands out = stock × this factor.
@@ -182,6 +193,10 @@ impl Default for Config {
             session_ttl_secs: 24 * 3600,
             otp_ttl_secs: 300,
             otp_per_phone_per_hour: 5,
+            login_attempts_per_ip_per_minute: 600,
+            otp_per_ip_per_hour: 60,
+            client_ip_header: None,
+            shutdown_timeout_secs: 20,
             login_attempts_per_phone_per_minute: 10,
             captcha_ttl_secs: 120,
             seckill_token_ttl_secs: 300,

@@ -1,5 +1,6 @@
 //! Running the server: bind, serve, shut down gracefully on SIGTERM/Ctrl-C.
 
+use std::future::IntoFuture;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -28,12 +29,30 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     tracing::info!(%addr, database = %crate::cli::redact(&app.state.config.database_url),
         strategy = app.state.config.order_strategy.as_str(), "seckill serving; open http://{addr}/");
     let router = crate::http::router(app.state.clone());
-    axum::serve(
+    let bound = Duration::from_secs(app.state.config.shutdown_timeout_secs);
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = stopping_tx.send(());
+    })
+    .into_future();
+    tokio::pin!(server);
+    // Serve; once the signal came, give requests in flight (and the batches
+    // they wait for) at most `shutdown_timeout_secs` to finish. Anything not
+    // committed by then is settled by the reconciler from `stock_log`.
+    tokio::select! {
+        r = &mut server => r?,
+        _ = async {
+            let _ = stopping_rx.await;
+            tokio::time::sleep(bound).await;
+        } => {
+            tracing::warn!(bound_secs = bound.as_secs(), "requests still in flight at the shutdown bound; exiting anyway");
+        }
+    }
     // Let in-flight batches finish their commits before the process ends,
     // hand over the last refusal counts and leave the instance list.
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -139,7 +139,10 @@ impl Api {
             }
             tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
         }
-        bail!("login of {phone} kept being refused")
+        bail!(
+            "login of {phone} kept being refused (429/503): a drill logs every buyer in from one \
+             address; raise SECKILL_LOGIN_ATTEMPTS_PER_IP_PER_MINUTE on the deployment (0: no limit)"
+        )
     }
 
     async fn call(&self, req: reqwest::RequestBuilder) -> (Result<(u16, Value), String>, f64) {

@@ -53,6 +53,37 @@ pub fn session_token(parts: &Parts) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
+/// The client's address, for per-address limits: the configured header's
+/// value when `client_ip_header` is set (a trusted proxy overwrites it), else
+/// the peer address; empty when neither is known (in-process tests).
+#[derive(Debug, Clone)]
+pub struct ClientIp(pub String);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(name) = state.config.client_ip_header.as_deref() {
+            if let Some(v) = parts.headers.get(name).and_then(|v| v.to_str().ok()) {
+                // A list (`X-Forwarded-For`): the first is the client.
+                let first = v.split(',').next().unwrap_or("").trim();
+                if let Ok(ip) = first.parse::<std::net::IpAddr>() {
+                    return Ok(ClientIp(ip.to_string()));
+                }
+            }
+        }
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_default();
+        Ok(ClientIp(peer))
+    }
+}
+
 /// The logged-in user; 401 without a valid session.
 #[derive(Debug, Clone)]
 pub struct CurrentUser {

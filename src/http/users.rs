@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiResult, ErrorBody};
-use super::extract::{ApiJson, CurrentUser, SESSION_COOKIE};
+use super::extract::{ApiJson, ClientIp, CurrentUser, SESSION_COOKIE};
 use super::AppState;
 use crate::domain::User;
 use crate::service::users::Registration;
@@ -90,9 +90,10 @@ pub struct SessionView {
         (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn send_otp(
     state: axum::extract::State<AppState>,
+    client: ClientIp,
     ApiJson(req): ApiJson<OtpRequest>,
 ) -> ApiResult<(StatusCode, ApiJson<Empty>)> {
-    state.users.send_otp(&req.phone).await?;
+    state.users.send_otp(&req.phone, &client.0).await?;
     Ok((StatusCode::ACCEPTED, ApiJson(Empty {})))
 }
 
@@ -125,9 +126,10 @@ pub async fn register(
         (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn login(
     state: axum::extract::State<AppState>,
+    client: ClientIp,
     ApiJson(r): ApiJson<LoginRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let (token, user) = state.users.login(&r.phone, &r.password).await?;
+    let (token, user) = state.users.login(&r.phone, &r.password, &client.0).await?;
     let cookie = session_cookie(&state, &token, state.config.session_ttl_secs);
     let mut headers = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&cookie) {

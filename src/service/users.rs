@@ -74,8 +74,42 @@ impl UserService {
     }
 
     /// Sends a one-time code to a phone, at most `otp_per_phone_per_hour`.
-    pub async fn send_otp(&self, phone: &str) -> ServiceResult<()> {
+    /// A per-client-address limit; skipped when the limit is 0 or the
+    /// address unknown.
+    async fn per_client(
+        &self,
+        name: &'static str,
+        limit: u32,
+        period: Duration,
+        client: &str,
+        refusal: &'static str,
+    ) -> ServiceResult<()> {
+        if limit == 0 || client.is_empty() {
+            return Ok(());
+        }
+        let rule = RateRule {
+            name,
+            limit,
+            period,
+        };
+        if !self.cx.ports.limiter.check(&rule, client).await? {
+            return Err(ServiceError::RateLimited(refusal));
+        }
+        Ok(())
+    }
+
+    /// Sends a one-time code; limited per phone and per client address
+    /// (`client`: empty when unknown).
+    pub async fn send_otp(&self, phone: &str, client: &str) -> ServiceResult<()> {
         let phone = Phone::parse(phone)?;
+        self.per_client(
+            "otp_per_ip",
+            self.cx.config.otp_per_ip_per_hour,
+            Duration::from_secs(3600),
+            client,
+            "too many codes asked from this address; try later",
+        )
+        .await?;
         let rule = RateRule {
             name: "otp_per_phone",
             limit: self.cx.config.otp_per_phone_per_hour,
@@ -211,7 +245,12 @@ impl UserService {
 
     /// Checks a phone and password and opens a session. Attempts are limited
     /// per phone, so passwords cannot be guessed at speed.
-    pub async fn login(&self, phone: &str, password: &str) -> ServiceResult<(String, User)> {
+    pub async fn login(
+        &self,
+        phone: &str,
+        password: &str,
+        client: &str,
+    ) -> ServiceResult<(String, User)> {
         const WRONG: ServiceError = ServiceError::Unauthenticated("wrong phone or password");
         let phone = Phone::parse(phone)?;
         if password.is_empty() || password.len() > 128 {
@@ -227,6 +266,14 @@ impl UserService {
                 "too many login attempts for this phone; wait a minute",
             ));
         }
+        self.per_client(
+            "login_per_ip",
+            self.cx.config.login_attempts_per_ip_per_minute,
+            Duration::from_secs(60),
+            client,
+            "too many login attempts from this address; wait a minute",
+        )
+        .await?;
         let Some(user) = self.cx.ports.store.user_by_phone(phone.as_str()).await? else {
             return Err(WRONG);
         };

@@ -193,3 +193,50 @@ async fn cors_is_granted_with_credentials_to_listed_origins_only() {
         .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
         .is_none());
 }
+
+async fn login_from(t: &TestApp, phone: &str, ip: &str) -> StatusCode {
+    let req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/api/v1/sessions")
+        .header("content-type", "application/json")
+        .header("x-real-ip", ip)
+        .body(axum::body::Body::from(
+            serde_json::json!({"phone": phone, "password": "wrong-password"}).to_string(),
+        ))
+        .unwrap();
+    t.send(req).await.status
+}
+
+#[tokio::test]
+async fn logins_are_limited_per_client_address_from_the_trusted_proxy_header() {
+    let t = TestApp::spawn_with(|c| {
+        c.login_attempts_per_ip_per_minute = 3;
+        c.client_ip_header = Some("x-real-ip".into());
+    })
+    .await;
+    // Different phones (the per-phone limit stays out of it), one address.
+    for i in 0..3 {
+        let s = login_from(&t, &format!("1360000000{i}"), "203.0.113.7").await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        login_from(&t, "13600000009", "203.0.113.7").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        login_from(&t, "13600000008", "198.51.100.1").await,
+        StatusCode::UNAUTHORIZED,
+        "another address is not limited"
+    );
+}
+
+#[tokio::test]
+async fn the_client_address_header_is_ignored_unless_configured() {
+    let t = TestApp::spawn_with(|c| c.login_attempts_per_ip_per_minute = 2).await;
+    // Without a trusted proxy the header is the client's own claim: a
+    // spoofer cannot get other addresses limited (nor dodge its own limit).
+    for i in 0..5 {
+        let s = login_from(&t, &format!("1350000000{i}"), "203.0.113.7").await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+}
