@@ -287,6 +287,21 @@ impl CatalogService {
         if promo.state_at(Utc::now()) == PromoState::Ended {
             return Err(ServiceError::PromoEnded);
         }
+        // The ledger is warmed from the DB stock: while an earlier sale of the
+        // item still has reservations not settled into it, that stock is too
+        // high and warming from it would sell units twice.
+        let unsettled = self
+            .cx
+            .ports
+            .store
+            .unsettled_units_of_item(promo.item_id)
+            .await?;
+        if unsettled > 0 {
+            return Err(ServiceError::Conflict(format!(
+                "an earlier sale of this item is still settling ({unsettled} units not yet \
+                 deducted from its stock); publish again in a few seconds"
+            )));
+        }
         let item = self.load_item(promo.item_id).await?;
         let cfg = &self.cx.config;
         self.cx

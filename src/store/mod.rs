@@ -137,6 +137,10 @@ pub trait OrderStore: Send + Sync {
         before: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<Vec<Deduction>>;
+    /// Units of an item's promos not yet settled in its DB stock: `init`
+    /// rows, and committed rows whose deduction has not been applied. A new
+    /// promo of the item must not be warmed from the DB stock until this is 0.
+    async fn unsettled_units_of_item(&self, item: ItemId) -> StoreResult<i64>;
     /// Deducts DB stock for committed entries, each at most once ever:
     /// `UPDATE item_stock SET stock = stock - n WHERE item_id = ? AND stock >= n`
     /// with the entry's id recorded in the same transaction.

@@ -478,6 +478,19 @@ impl OrderStore for $store {
         .collect()
     }
 
+    async fn unsettled_units_of_item(&self, item: ItemId) -> StoreResult<i64> {
+        let n: Option<i64> = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(s.amount), 0) AS SIGNED) FROM stock_log s \
+             LEFT JOIN stock_deduction d ON d.stock_log_id = s.id \
+             WHERE s.promo_id IN (SELECT id FROM promo WHERE item_id = ?) \
+               AND (s.status = 'init' OR (s.status = 'committed' AND d.stock_log_id IS NULL))",
+        )
+        .bind(item.0)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n.unwrap_or(0))
+    }
+
     async fn apply_deductions(&self, entries: &[Deduction]) -> StoreResult<DeductionReport> {
         let now = Utc::now();
         let mut report = DeductionReport::default();

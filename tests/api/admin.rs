@@ -266,3 +266,43 @@ async fn the_dashboard_sees_refusals_by_reason_and_every_instance_with_its_healt
     let r = t.get("/api/v1/admin/instances", Some(&buyers[0])).await;
     assert!(r.status == StatusCode::UNAUTHORIZED || r.status == StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn a_promo_is_not_published_while_an_earlier_sale_of_its_item_is_still_settling() {
+    use seckill::domain::{ItemId, OrderDraft, OrderNo, PromoId, StockLogId, UserId};
+    let t = TestApp::spawn().await;
+    let item = t.item(5).await;
+    let first = t.promo(item, -10, 1).await;
+    t.publish(first).await;
+    // A reservation of the first sale not yet settled into the DB stock.
+    let now = chrono::Utc::now();
+    let id = StockLogId(t.app.context.ids.next_id().0);
+    let draft = OrderDraft {
+        stock_log_id: id,
+        order_no: OrderNo::new(now, id),
+        user_id: UserId(1),
+        item_id: ItemId(item),
+        promo_id: PromoId(first),
+        amount: 2,
+        unit_price_cents: 5000,
+        created_at: now,
+    };
+    let store = t.app.context.ports.store.clone();
+    store.insert_stock_logs(&[draft]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // the first promo ends
+    let second = t.promo(item, 1, 3600).await;
+    let r = t
+        .call(
+            "POST",
+            &format!("/api/v1/admin/promos/{second}/publish"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.json());
+    assert_eq!(r.code(), "CONFLICT");
+    assert!(r.json()["message"].as_str().unwrap().contains("2 units"));
+    // Once it is settled, publishing works.
+    store.roll_back_stock_logs(&[id]).await.unwrap();
+    t.publish(second).await;
+}

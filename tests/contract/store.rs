@@ -271,7 +271,13 @@ async fn deductions_apply_once_and_only_for_committed_rows(s: &dyn Store) {
         draft(3_001, UserId(1), item, promo, 2),
         draft(3_002, UserId(2), item, promo, 1),
     ];
+    assert_eq!(s.unsettled_units_of_item(item).await.unwrap(), 0);
     s.insert_stock_logs(&d).await.unwrap();
+    assert_eq!(
+        s.unsettled_units_of_item(item).await.unwrap(),
+        3,
+        "init rows are unsettled"
+    );
     let entries: Vec<Deduction> = d
         .iter()
         .map(|d| Deduction {
@@ -283,8 +289,14 @@ async fn deductions_apply_once_and_only_for_committed_rows(s: &dyn Store) {
     let r = s.apply_deductions(&entries).await.unwrap();
     assert_eq!((r.applied, r.skipped), (0, 2), "init rows are not deducted");
     s.commit_orders(&d).await.unwrap();
+    assert_eq!(
+        s.unsettled_units_of_item(item).await.unwrap(),
+        3,
+        "committed but not deducted is unsettled"
+    );
     let r = s.apply_deductions(&entries).await.unwrap();
     assert_eq!(r.applied, 2);
+    assert_eq!(s.unsettled_units_of_item(item).await.unwrap(), 0);
     let r = s.apply_deductions(&entries).await.unwrap();
     assert_eq!(
         (r.applied, r.duplicates),
