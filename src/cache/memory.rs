@@ -105,6 +105,44 @@ impl StockLedger for MemoryStockLedger {
         Ok(true)
     }
 
+    async fn rebuild(
+        &self,
+        promo: PromoId,
+        per_user_limit: i64,
+        journal: &SaleJournal,
+    ) -> CacheResult<bool> {
+        let mut promos = self.promos.lock();
+        if promos.contains_key(&promo) {
+            return Ok(false);
+        }
+        promos.insert(
+            promo,
+            PromoLedger {
+                stock: journal.ledger_stock(),
+                limit: per_user_limit,
+                buyers: journal.buyers.iter().copied().collect(),
+                reservations: journal
+                    .open
+                    .iter()
+                    .map(|&(id, user, amount)| (id, (user, amount)))
+                    .collect(),
+                restocked: journal.restocked.iter().copied().collect(),
+            },
+        );
+        Ok(true)
+    }
+
+    async fn adjust(&self, promo: PromoId, expected: i64, delta: i64) -> CacheResult<bool> {
+        let mut promos = self.promos.lock();
+        match promos.get_mut(&promo) {
+            Some(p) if p.stock == expected => {
+                p.stock = (p.stock + delta).max(0);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn stock(&self, promo: PromoId) -> CacheResult<Option<i64>> {
         Ok(self.promos.lock().get(&promo).map(|p| p.stock))
     }
@@ -214,6 +252,16 @@ impl KvStore for MemoryKvStore {
     async fn delete(&self, key: &str) -> CacheResult<()> {
         self.map.lock().remove(key);
         Ok(())
+    }
+
+    async fn set_if_absent(&self, key: &str, value: &str, ttl: Duration) -> CacheResult<bool> {
+        let now = Instant::now();
+        let mut map = self.map.lock();
+        if map.get(key).is_some_and(|(_, exp)| *exp > now) {
+            return Ok(false);
+        }
+        map.insert(key.to_owned(), (Value::Text(value.to_owned()), now + ttl));
+        Ok(true)
     }
 
     async fn set_counter(&self, key: &str, value: i64, ttl: Duration) -> CacheResult<()> {

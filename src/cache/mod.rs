@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::domain::{PromoId, StockLogId, UserId};
+use crate::domain::{PromoId, SaleJournal, StockLogId, UserId};
 
 pub mod memory;
 pub mod redis;
@@ -81,6 +81,21 @@ pub trait StockLedger: Send + Sync {
     /// Gives back the units of a cancelled order (the buyer stays recorded:
     /// one order per user per promo). Idempotent per id: true the first time.
     async fn restock(&self, promo: PromoId, id: StockLogId, amount: i64) -> CacheResult<bool>;
+    /// Loads a promo's ledger from what the DB knows (`journal`): stock
+    /// `journal.ledger_stock()`, its buyers, its undecided reservations
+    /// (so a later rollback gives them back) and the cancelled ones (never
+    /// restocked twice). Like `warm`, only when the promo is not loaded:
+    /// true when loaded now.
+    async fn rebuild(
+        &self,
+        promo: PromoId,
+        per_user_limit: i64,
+        journal: &SaleJournal,
+    ) -> CacheResult<bool>;
+    /// Drift repair: adds `delta` to the promo's stock when it still is
+    /// `expected` (sets or clears the sold-out flag to match). False when
+    /// the stock moved meanwhile or the promo is not loaded.
+    async fn adjust(&self, promo: PromoId, expected: i64, delta: i64) -> CacheResult<bool>;
     /// The promo's stock, `None` when it is not warmed.
     async fn stock(&self, promo: PromoId) -> CacheResult<Option<i64>>;
     /// Whether the sold-out flag is set.
@@ -97,6 +112,8 @@ pub trait KvStore: Send + Sync {
     /// Reads and deletes in one step: a value is taken at most once.
     async fn take(&self, key: &str) -> CacheResult<Option<String>>;
     async fn delete(&self, key: &str) -> CacheResult<()>;
+    /// Sets `key` only when it is absent (a lease): true when set now.
+    async fn set_if_absent(&self, key: &str, value: &str, ttl: Duration) -> CacheResult<bool>;
     /// Sets an integer counter (a promo's gate) with a TTL.
     async fn set_counter(&self, key: &str, value: i64, ttl: Duration) -> CacheResult<()>;
     /// Takes one permit from a counter: true when it was positive (and is now

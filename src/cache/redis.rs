@@ -157,6 +157,47 @@ redis.call('DEL', KEYS[3])
 return 1
 "#;
 
+const REBUILD: &str = r#"
+-- KEYS: stock, limit, buyers, resv, restocked, soldout
+-- ARGV: stock, limit, n open, (id, user, amount) per open reservation,
+--       n buyers, (user, units) per buyer, n restocked, id per restocked
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+local i = 3
+local n = tonumber(ARGV[i])
+for _ = 1, n do
+  redis.call('HSET', KEYS[4], ARGV[i + 1], ARGV[i + 2] .. ':' .. ARGV[i + 3])
+  i = i + 3
+end
+i = i + 1
+n = tonumber(ARGV[i])
+for _ = 1, n do
+  redis.call('HSET', KEYS[3], ARGV[i + 1], ARGV[i + 2])
+  i = i + 2
+end
+i = i + 1
+n = tonumber(ARGV[i])
+for _ = 1, n do
+  redis.call('SADD', KEYS[5], ARGV[i + 1])
+  i = i + 1
+end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1])
+if tonumber(ARGV[1]) <= 0 then redis.call('SET', KEYS[6], '1') end
+return 1
+"#;
+
+const ADJUST: &str = r#"
+-- KEYS: stock, soldout; ARGV: expected, delta
+local v = redis.call('GET', KEYS[1])
+if not v or tonumber(v) ~= tonumber(ARGV[1]) then return 0 end
+local stock = tonumber(v) + tonumber(ARGV[2])
+if stock < 0 then stock = 0 end
+redis.call('SET', KEYS[1], stock)
+if stock <= 0 then redis.call('SET', KEYS[2], '1') else redis.call('DEL', KEYS[2]) end
+return 1
+"#;
+
 /// The stock ledger in Redis.
 pub struct RedisStockLedger {
     redis: RedisConn,
@@ -164,6 +205,8 @@ pub struct RedisStockLedger {
     reserve: Script,
     release: Script,
     restock: Script,
+    rebuild: Script,
+    adjust: Script,
 }
 
 impl RedisStockLedger {
@@ -174,6 +217,8 @@ impl RedisStockLedger {
             reserve: Script::new(RESERVE),
             release: Script::new(RELEASE),
             restock: Script::new(RESTOCK),
+            rebuild: Script::new(REBUILD),
+            adjust: Script::new(ADJUST),
         }
     }
 }
@@ -267,6 +312,57 @@ impl StockLedger for RedisStockLedger {
             .invoke_async(&mut c)
             .await
             .map_err(err("ledger restock failed"))?;
+        Ok(done == 1)
+    }
+
+    async fn rebuild(
+        &self,
+        promo: PromoId,
+        per_user_limit: i64,
+        journal: &SaleJournal,
+    ) -> CacheResult<bool> {
+        let k = self.redis.promo_keys(promo);
+        let mut inv = self.rebuild.prepare_invoke();
+        inv.key(&k.stock)
+            .key(&k.limit)
+            .key(&k.buyers)
+            .key(&k.reservations)
+            .key(&k.restocked)
+            .key(&k.sold_out)
+            .arg(journal.ledger_stock())
+            .arg(per_user_limit)
+            .arg(journal.open.len());
+        for (id, user, amount) in &journal.open {
+            inv.arg(id.0).arg(user.0).arg(*amount);
+        }
+        inv.arg(journal.buyers.len());
+        for (user, units) in &journal.buyers {
+            inv.arg(user.0).arg(*units);
+        }
+        inv.arg(journal.restocked.len());
+        for id in &journal.restocked {
+            inv.arg(id.0);
+        }
+        let mut c = self.redis.conn.clone();
+        let loaded: i64 = inv
+            .invoke_async(&mut c)
+            .await
+            .map_err(err("ledger rebuild failed"))?;
+        Ok(loaded == 1)
+    }
+
+    async fn adjust(&self, promo: PromoId, expected: i64, delta: i64) -> CacheResult<bool> {
+        let k = self.redis.promo_keys(promo);
+        let mut c = self.redis.conn.clone();
+        let done: i64 = self
+            .adjust
+            .key(&k.stock)
+            .key(&k.sold_out)
+            .arg(expected)
+            .arg(delta)
+            .invoke_async(&mut c)
+            .await
+            .map_err(err("ledger adjust failed"))?;
         Ok(done == 1)
     }
 
@@ -367,6 +463,20 @@ impl KvStore for RedisKvStore {
             .query_async::<()>(&mut c)
             .await
             .map_err(err("Redis DEL failed"))
+    }
+
+    async fn set_if_absent(&self, key: &str, value: &str, ttl: Duration) -> CacheResult<bool> {
+        let mut c = self.redis.conn.clone();
+        let set: Option<String> = ::redis::cmd("SET")
+            .arg(self.redis.key(key))
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl))
+            .query_async(&mut c)
+            .await
+            .map_err(err("Redis SET NX failed"))?;
+        Ok(set.is_some())
     }
 
     async fn set_counter(&self, key: &str, value: i64, ttl: Duration) -> CacheResult<()> {

@@ -21,6 +21,35 @@ pub struct Promo {
     pub baseline: Option<PromoBaseline>,
 }
 
+/// What the DB knows of one promo's sale, read in one transaction: enough
+/// to rebuild its ledger when the cache lost it (Redis restarted empty, or
+/// an embedded process restarted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SaleJournal {
+    /// The item's DB stock.
+    pub db_stock: i64,
+    /// Units of the item's sales not yet settled in `db_stock` (`init`
+    /// rows, committed rows not deducted yet).
+    pub unsettled: i64,
+    /// Reservations still undecided (`init` rows): (id, user, units). They
+    /// must be in the rebuilt ledger so that a rollback gives them back.
+    pub open: Vec<(crate::domain::StockLogId, crate::domain::UserId, i64)>,
+    /// Units per buyer over every reservation not rolled back (the per-user
+    /// limit; a cancelled order still counts).
+    pub buyers: Vec<(crate::domain::UserId, i64)>,
+    /// Reservations of cancelled orders, whose units are back in
+    /// `db_stock` already: never to be restocked again.
+    pub restocked: Vec<crate::domain::StockLogId>,
+}
+
+impl SaleJournal {
+    /// The stock the promo's ledger must hold: the DB stock less what is
+    /// reserved and not yet deducted.
+    pub fn ledger_stock(&self) -> i64 {
+        (self.db_stock - self.unsettled).max(0)
+    }
+}
+
 /// What a promo's ledger started from: live stock is the ledger's, live
 /// sales are `sales + (stock - live stock)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -209,6 +209,22 @@ impl MessageBus for MemoryBus {
         Ok(())
     }
 
+    async fn publish_delayed(&self, event: Event, delay: Duration) -> Result<(), MqError> {
+        if self.inner.refuse_sends.load(Ordering::Relaxed) {
+            return Err(MqError(
+                "in-process bus refusing sends (fault injection)".into(),
+            ));
+        }
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(inner) = inner.upgrade() {
+                MemoryBus::deliver(&inner, event);
+            }
+        });
+        Ok(())
+    }
+
     async fn subscribe(
         &self,
         topic: Topic,

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{ItemId, PromoId};
+use crate::domain::{ItemId, OrderNo, PromoId};
 use crate::store::Deduction;
 
 pub mod memory;
@@ -33,6 +33,9 @@ pub enum Event {
     },
     /// An item (or its promo) changed: drop cached copies.
     ItemChanged { v: u8, item_id: ItemId },
+    /// Orders whose payment time is up (a delayed message sent when they
+    /// were committed): cancel those still unpaid.
+    PaymentDue { v: u8, order_nos: Vec<OrderNo> },
 }
 
 impl Event {
@@ -40,6 +43,7 @@ impl Event {
         match self {
             Event::StockDeduct { .. } => Topic::Stock,
             Event::ItemChanged { .. } => Topic::Cache,
+            Event::PaymentDue { .. } => Topic::PaymentDue,
         }
     }
 
@@ -51,6 +55,10 @@ impl Event {
                 .map(|e| e.stock_log_id.to_string())
                 .unwrap_or_default(),
             Event::ItemChanged { item_id, .. } => item_id.to_string(),
+            Event::PaymentDue { order_nos, .. } => order_nos
+                .first()
+                .map(|n| n.as_str().to_owned())
+                .unwrap_or_default(),
         }
     }
 }
@@ -60,6 +68,8 @@ impl Event {
 pub enum Topic {
     Stock,
     Cache,
+    /// Payment time-outs (delayed messages).
+    PaymentDue,
     /// Readiness pings; never consumed.
     Health,
 }
@@ -69,6 +79,7 @@ impl Topic {
         match self {
             Topic::Stock => "stock",
             Topic::Cache => "cache",
+            Topic::PaymentDue => "payment_due",
             Topic::Health => "health",
         }
     }
@@ -134,6 +145,14 @@ pub trait MessageBus: Send + Sync {
     async fn send_in_transaction(&self, event: Event, local: LocalTx) -> Result<TxState, MqError>;
     /// Publishes a plain message (visible at once).
     async fn publish(&self, event: Event) -> Result<(), MqError>;
+    /// Publishes a message delivered `delay` from now (RocketMQ's delayed
+    /// messages; a timer in process). Not kept across a restart of the
+    /// in-process bus: callers keep a sweep behind it.
+    async fn publish_delayed(
+        &self,
+        event: Event,
+        delay: std::time::Duration,
+    ) -> Result<(), MqError>;
     /// Registers a consumer for a topic under a group.
     async fn subscribe(
         &self,

@@ -221,7 +221,12 @@ impl RocketMqBus {
             .start()
             .await
             .map_err(|e| mq_err("producer start", e))?;
-        for (topic, queues) in [(Topic::Stock, 4), (Topic::Cache, 1), (Topic::Health, 1)] {
+        for (topic, queues) in [
+            (Topic::Stock, 4),
+            (Topic::Cache, 1),
+            (Topic::PaymentDue, 2),
+            (Topic::Health, 1),
+        ] {
             let name = format!("{}{}", settings.prefix, topic.name());
             if let Err(e) = producer
                 .create_topic("TBW102", &name, queues, HashMap::new())
@@ -247,14 +252,20 @@ impl RocketMqBus {
     }
 
     fn message(&self, event: &Event) -> Result<Message, MqError> {
+        self.message_after(event, None)
+    }
+
+    fn message_after(&self, event: &Event, delay: Option<Duration>) -> Result<Message, MqError> {
         let body = serde_json::to_vec(event).map_err(|e| mq_err("encode", e))?;
-        Message::builder()
+        let mut b = Message::builder()
             .topic(self.topic(event.topic()))
             .tags(event.topic().name())
             .key(event.key())
-            .body(body)
-            .build()
-            .map_err(|e| mq_err("message", e))
+            .body(body);
+        if let Some(d) = delay {
+            b = b.delay_millis((d.as_millis() as u64).max(1));
+        }
+        b.build().map_err(|e| mq_err("message", e))
     }
 
     /// Stops consumers and producers (best effort).
@@ -296,6 +307,15 @@ impl MessageBus for RocketMqBus {
             Ok(Some(r)) if r.send_status == SendStatus::SendOk => Ok(()),
             Ok(other) => Err(mq_err("send not stored", other)),
             Err(e) => Err(mq_err("send", e)),
+        }
+    }
+
+    async fn publish_delayed(&self, event: Event, delay: Duration) -> Result<(), MqError> {
+        let msg = self.message_after(&event, Some(delay))?;
+        match self.producer.send_with_timeout(msg, 3_000).await {
+            Ok(Some(r)) if r.send_status == SendStatus::SendOk => Ok(()),
+            Ok(other) => Err(mq_err("delayed send not stored", other)),
+            Err(e) => Err(mq_err("delayed send", e)),
         }
     }
 

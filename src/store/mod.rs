@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{
     Item, ItemId, ItemPatch, NewItem, NewPromo, NewUser, Order, OrderDraft, OrderNo, OrderStatus,
-    Promo, PromoBaseline, PromoId, StockLogId, StockLogStatus, User, UserId,
+    Promo, PromoBaseline, PromoId, SaleJournal, StockLogId, StockLogStatus, User, UserId,
 };
 
 pub mod mysql;
@@ -141,6 +141,12 @@ pub trait OrderStore: Send + Sync {
     /// rows, and committed rows whose deduction has not been applied. A new
     /// promo of the item must not be warmed from the DB stock until this is 0.
     async fn unsettled_units_of_item(&self, item: ItemId) -> StoreResult<i64>;
+    /// Everything a rebuilt ledger needs about a promo's sale, read in one
+    /// DB transaction (see [`SaleJournal`]).
+    async fn sale_journal(&self, promo: PromoId, item: ItemId) -> StoreResult<SaleJournal>;
+    /// Orders still `pending_payment` that were placed before `before`,
+    /// oldest first (the payment time-out's sweep).
+    async fn unpaid_orders(&self, before: DateTime<Utc>, limit: u32) -> StoreResult<Vec<OrderNo>>;
     /// Deducts DB stock for committed entries, each at most once ever:
     /// `UPDATE item_stock SET stock = stock - n WHERE item_id = ? AND stock >= n`
     /// with the entry's id recorded in the same transaction.

@@ -491,6 +491,66 @@ impl OrderStore for $store {
         Ok(n.unwrap_or(0))
     }
 
+    async fn sale_journal(&self, promo: PromoId, item: ItemId) -> StoreResult<SaleJournal> {
+        let mut tx = self.pool.begin().await?;
+        let db_stock: Option<i64> = sqlx::query_scalar("SELECT stock FROM item_stock WHERE item_id = ?")
+            .bind(item.0)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let unsettled: Option<i64> = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(s.amount), 0) AS SIGNED) FROM stock_log s \
+             LEFT JOIN stock_deduction d ON d.stock_log_id = s.id \
+             WHERE s.promo_id IN (SELECT id FROM promo WHERE item_id = ?) \
+               AND (s.status = 'init' OR (s.status = 'committed' AND d.stock_log_id IS NULL))",
+        )
+        .bind(item.0)
+        .fetch_one(&mut *tx)
+        .await?;
+        let open = sqlx::query("SELECT id, user_id, amount FROM stock_log WHERE promo_id = ? AND status = 'init'")
+            .bind(promo.0)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| Ok((StockLogId(r.try_get("id")?), UserId(r.try_get("user_id")?), r.try_get("amount")?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let buyers = sqlx::query(
+            "SELECT user_id, CAST(SUM(amount) AS SIGNED) AS units FROM stock_log \
+             WHERE promo_id = ? AND status <> 'rolled_back' GROUP BY user_id",
+        )
+        .bind(promo.0)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| Ok((UserId(r.try_get("user_id")?), r.try_get("units")?)))
+        .collect::<StoreResult<Vec<_>>>()?;
+        let restocked = sqlx::query("SELECT stock_log_id FROM order_info WHERE promo_id = ? AND status = 'cancelled'")
+            .bind(promo.0)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| Ok(StockLogId(r.try_get("stock_log_id")?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok(SaleJournal {
+            db_stock: db_stock.ok_or(StoreError::NotFound)?,
+            unsettled: unsettled.unwrap_or(0),
+            open,
+            buyers,
+            restocked,
+        })
+    }
+
+    async fn unpaid_orders(&self, before: DateTime<Utc>, limit: u32) -> StoreResult<Vec<OrderNo>> {
+        sqlx::query("SELECT order_no FROM order_info WHERE status = 'pending_payment' AND created_at < ? ORDER BY created_at LIMIT ?")
+            .bind(before)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok(OrderNo(r.try_get("order_no")?)))
+            .collect()
+    }
+
     async fn apply_deductions(&self, entries: &[Deduction]) -> StoreResult<DeductionReport> {
         let now = Utc::now();
         let mut report = DeductionReport::default();

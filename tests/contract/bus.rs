@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::FutureExt;
 use parking_lot::Mutex;
-use seckill::domain::{ItemId, PromoId, StockLogId};
+use seckill::domain::{ItemId, OrderNo, PromoId, StockLogId};
 use seckill::mq::memory::{MemoryBus, MemoryBusSettings};
 use seckill::mq::*;
 use seckill::store::Deduction;
@@ -171,6 +171,31 @@ where
         }
     }
     assert!(redelivered, "the failed delivery came again");
+
+    // A delayed message: not delivered before its time, delivered after.
+    let (tx4, mut rx4) = mpsc::unbounded_channel();
+    bus.subscribe(
+        Topic::PaymentDue,
+        "contract-due",
+        Delivery::Clustering,
+        Arc::new(Collect(tx4, Mutex::new(0))),
+    )
+    .await
+    .unwrap();
+    let due = Event::PaymentDue {
+        v: 1,
+        order_nos: vec![OrderNo("20240101000000000000042".into())],
+    };
+    let sent = tokio::time::Instant::now();
+    bus.publish_delayed(due.clone(), Duration::from_millis(2_000))
+        .await
+        .unwrap();
+    assert!(
+        next(&mut rx4, Duration::from_millis(1_500)).await.is_none(),
+        "a delayed message came early"
+    );
+    assert_eq!(next(&mut rx4, Duration::from_secs(20)).await, Some(due));
+    assert!(sent.elapsed() >= Duration::from_millis(1_900));
 
     // Broadcast: a subscriber that is ready gets what is published. A
     // broadcast consumer starts at the newest offset, so publish until its

@@ -32,6 +32,27 @@ pub async fn suite(kv: Arc<dyn KvStore>) {
     assert_eq!(kv.get(&k).await.unwrap(), None, "expired");
     assert_eq!(kv.take(&k).await.unwrap(), None);
 
+    let k = key("lease");
+    assert!(kv
+        .set_if_absent(&k, "a", Duration::from_millis(1100))
+        .await
+        .unwrap());
+    assert!(
+        !kv.set_if_absent(&k, "b", Duration::from_secs(10))
+            .await
+            .unwrap(),
+        "held"
+    );
+    assert_eq!(kv.get(&k).await.unwrap().as_deref(), Some("a"));
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(
+        kv.set_if_absent(&k, "c", Duration::from_secs(10))
+            .await
+            .unwrap(),
+        "expired lease taken"
+    );
+    kv.delete(&k).await.unwrap();
+
     let k = key("del");
     kv.set(&k, "v", Duration::from_secs(10)).await.unwrap();
     kv.delete(&k).await.unwrap();

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use seckill::cache::{Reservation, ReserveOutcome, StockLedger};
-use seckill::domain::{PromoId, StockLogId, UserId};
+use seckill::domain::{PromoId, SaleJournal, StockLogId, UserId};
 
 static NEXT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
 
@@ -37,6 +37,71 @@ where
     restock_gives_units_back_once_and_keeps_the_buyer(make().await).await;
     warming_again_does_not_reset_a_running_sale(make().await).await;
     concurrent_reservations_never_oversell(make().await).await;
+    a_rebuilt_ledger_holds_the_journal_and_loads_once(make().await).await;
+    adjust_is_a_compare_and_set(make().await).await;
+}
+
+async fn a_rebuilt_ledger_holds_the_journal_and_loads_once(l: Arc<dyn StockLedger>) {
+    let p = fresh_promo();
+    // DB stock 10, 3 units unsettled: user 1 holds an undecided
+    // reservation (id 7, 2 units), user 2 a committed one, user 3's order
+    // (id 9) was cancelled and its unit is back in the DB stock.
+    let journal = SaleJournal {
+        db_stock: 10,
+        unsettled: 3,
+        open: vec![(StockLogId(7), UserId(1), 2)],
+        buyers: vec![(UserId(1), 2), (UserId(2), 1), (UserId(3), 1)],
+        restocked: vec![StockLogId(9)],
+    };
+    assert!(l.rebuild(p, 2, &journal).await.unwrap());
+    assert_eq!(l.stock(p).await.unwrap(), Some(7));
+    assert!(!l.rebuild(p, 2, &journal).await.unwrap(), "loads once");
+    assert!(
+        !l.warm(p, 100, 2).await.unwrap(),
+        "a warm-up does not reset it"
+    );
+    // Limits hold: user 1 has 2 of 2, user 2 may take one more.
+    let out = l
+        .reserve(&[r(p, 1, 1, 20), r(p, 2, 1, 21), r(p, 2, 1, 22)])
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            ReserveOutcome::AlreadyBought,
+            ReserveOutcome::Reserved { remaining: 6 },
+            ReserveOutcome::AlreadyBought
+        ]
+    );
+    // The undecided reservation is given back once; the cancelled one is
+    // never restocked again.
+    assert!(l.release(p, StockLogId(7)).await.unwrap());
+    assert!(!l.release(p, StockLogId(7)).await.unwrap());
+    assert!(!l.restock(p, StockLogId(9), 1).await.unwrap());
+    assert_eq!(l.stock(p).await.unwrap(), Some(8));
+    // A sold-out journal loads sold out.
+    let q = fresh_promo();
+    let empty = SaleJournal {
+        db_stock: 2,
+        unsettled: 2,
+        ..SaleJournal::default()
+    };
+    assert!(l.rebuild(q, 1, &empty).await.unwrap());
+    assert_eq!(l.stock(q).await.unwrap(), Some(0));
+    assert!(l.sold_out(q).await.unwrap());
+}
+
+async fn adjust_is_a_compare_and_set(l: Arc<dyn StockLedger>) {
+    let p = fresh_promo();
+    assert!(!l.adjust(p, 0, 1).await.unwrap(), "not loaded");
+    assert!(l.warm(p, 0, 1).await.unwrap());
+    assert!(l.sold_out(p).await.unwrap());
+    assert!(!l.adjust(p, 1, 2).await.unwrap(), "stock moved: refused");
+    assert!(l.adjust(p, 0, 2).await.unwrap());
+    assert_eq!(l.stock(p).await.unwrap(), Some(2));
+    assert!(!l.sold_out(p).await.unwrap(), "flag cleared");
+    assert!(l.adjust(p, 2, -2).await.unwrap());
+    assert!(l.sold_out(p).await.unwrap(), "flag set at zero");
 }
 
 async fn reserves_until_sold_out_and_flags_it(l: Arc<dyn StockLedger>) {

@@ -65,6 +65,71 @@ pub async fn suite(s: Arc<dyn Store>) {
     deductions_apply_once_and_only_for_committed_rows(&*s).await;
     cancel_gives_stock_back(&*s).await;
     pure_database_orders(&*s).await;
+    the_sale_journal_has_what_a_ledger_rebuild_needs(&*s).await;
+}
+
+async fn the_sale_journal_has_what_a_ledger_rebuild_needs(s: &dyn Store) {
+    let (item, promo) = setup(s, 10).await;
+    // User 1: committed and deducted (2). User 2: committed, not deducted
+    // (1). User 3: undecided (3). User 4: rolled back. User 5: cancelled.
+    let d1 = draft(8_001, UserId(1), item, promo, 2);
+    let d2 = draft(8_002, UserId(2), item, promo, 1);
+    let d3 = draft(8_003, UserId(3), item, promo, 3);
+    let d4 = draft(8_004, UserId(4), item, promo, 1);
+    let d5 = draft(8_005, UserId(5), item, promo, 1);
+    s.insert_stock_logs(&[d1.clone(), d2.clone(), d3.clone(), d4.clone(), d5.clone()])
+        .await
+        .unwrap();
+    s.commit_orders(&[d1.clone(), d2.clone(), d5.clone()])
+        .await
+        .unwrap();
+    s.roll_back_stock_logs(&[d4.stock_log_id]).await.unwrap();
+    let deduct = |d: &OrderDraft| Deduction {
+        stock_log_id: d.stock_log_id,
+        item_id: item,
+        amount: d.amount,
+    };
+    s.apply_deductions(&[deduct(&d1), deduct(&d5)])
+        .await
+        .unwrap();
+    s.cancel_order(&d5.order_no).await.unwrap();
+
+    let j = s.sale_journal(promo, item).await.unwrap();
+    assert_eq!(j.db_stock, 10 - 2 - 1 + 1);
+    assert_eq!(j.unsettled, 1 + 3, "committed-undeducted and undecided");
+    assert_eq!(j.ledger_stock(), 4);
+    assert_eq!(j.open, vec![(d3.stock_log_id, UserId(3), 3)]);
+    let mut buyers = j.buyers.clone();
+    buyers.sort();
+    assert_eq!(
+        buyers,
+        vec![
+            (UserId(1), 2),
+            (UserId(2), 1),
+            (UserId(3), 3),
+            (UserId(5), 1)
+        ]
+    );
+    assert_eq!(j.restocked, vec![d5.stock_log_id]);
+
+    // The payment sweep finds unpaid orders by age.
+    let later = Utc::now() + Duration::seconds(1);
+    let mut unpaid = s.unpaid_orders(later, 100).await.unwrap();
+    unpaid.retain(|n| [&d1.order_no, &d2.order_no, &d5.order_no].contains(&n));
+    unpaid.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    assert_eq!(unpaid, vec![d1.order_no.clone(), d2.order_no.clone()]);
+    s.pay_order(&d1.order_no).await.unwrap();
+    let earlier = Utc::now() - Duration::hours(1);
+    assert!(!s
+        .unpaid_orders(earlier, 100)
+        .await
+        .unwrap()
+        .contains(&d2.order_no));
+    assert!(!s
+        .unpaid_orders(later, 100)
+        .await
+        .unwrap()
+        .contains(&d1.order_no));
 }
 
 async fn users(s: &dyn Store) {
