@@ -29,7 +29,9 @@ use crate::service::{Context, Ports};
 use crate::store::mysql::MysqlStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
-use crate::worker::{cache_invalidation::CacheInvalidation, reconciler, stock_consumer};
+use crate::worker::{
+    cache_invalidation::CacheInvalidation, payment_due, reconciler, stock_consumer,
+};
 
 /// A wired application: the HTTP state plus handles tests and tools use.
 pub struct App {
@@ -179,6 +181,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         sold_out: Arc::new(SoldOutFlags::new(Duration::from_millis(
             config.local_sold_out_ttl_ms,
         ))),
+        recovery: Arc::new(crate::service::recovery::LedgerRecovery::new()),
     };
     let catalog = Arc::new(CatalogService::new(context.clone()));
     let tokens = Arc::new(TokenService::new(context.clone(), catalog.clone()));
@@ -208,6 +211,15 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             "seckill_cache",
             Delivery::Broadcast,
             Arc::new(CacheInvalidation::new(catalog.clone())),
+        )
+        .await?;
+    ports
+        .bus
+        .subscribe(
+            Topic::PaymentDue,
+            payment_due::GROUP,
+            Delivery::Clustering,
+            Arc::new(payment_due::PaymentDueConsumer::new(context.clone())),
         )
         .await?;
     tokio::spawn(reconciler::run(context.clone()));

@@ -146,6 +146,19 @@ pub struct Config {
     /// reconciler.
     pub reconcile_after_secs: u64,
     pub reconcile_interval_secs: u64,
+    /// An unpaid order is cancelled (its units given back) this long after
+    /// it was placed: a delayed message (a timer in the embedded default),
+    /// with the reconciler's sweep behind it.
+    pub order_payment_timeout_secs: u64,
+    /// Before a promo's ledger is rebuilt from the DB (Redis restarted
+    /// empty, or a restarted embedded process), orders wait this long for
+    /// reservations taken before the loss to reach the DB; a drift repair
+    /// also needs the sale unchanged for this long. At least the local
+    /// transaction's deadline.
+    pub ledger_rebuild_quiet_ms: u64,
+    /// Every API request is answered within this deadline (503 UNAVAILABLE
+    /// past it: the outcome of an order is then found under My orders).
+    pub request_timeout_ms: u64,
     /// How often each instance flushes its refusal counts and writes its
     /// heartbeat (the admin dashboard's instance list and refusal chart).
     pub heartbeat_interval_ms: u64,
@@ -224,6 +237,9 @@ impl Default for Config {
             tx_check_max: 15,
             reconcile_after_secs: 60,
             reconcile_interval_secs: 10,
+            order_payment_timeout_secs: 15 * 60,
+            ledger_rebuild_quiet_ms: 6_000,
+            request_timeout_ms: 15_000,
             max_body_bytes: 2 * 1024 * 1024,
             bulk_users_max: 20_000,
             argon2_memory_kib: 19_456,
@@ -333,7 +349,16 @@ impl Config {
                 )));
             }
         }
-        let positive: [(&str, u64); 17] = [
+        let positive: [(&str, u64); 20] = [
+            (
+                "SECKILL_ORDER_PAYMENT_TIMEOUT_SECS",
+                self.order_payment_timeout_secs,
+            ),
+            ("SECKILL_REQUEST_TIMEOUT_MS", self.request_timeout_ms),
+            (
+                "SECKILL_RECONCILE_INTERVAL_SECS",
+                self.reconcile_interval_secs,
+            ),
             ("SECKILL_SESSION_TTL_SECS", self.session_ttl_secs),
             ("SECKILL_OTP_TTL_SECS", self.otp_ttl_secs),
             ("SECKILL_CAPTCHA_TTL_SECS", self.captcha_ttl_secs),
@@ -378,6 +403,20 @@ impl Config {
         if !(1..=1000).contains(&self.per_user_limit) {
             return Err(ConfigError(
                 "SECKILL_PER_USER_LIMIT must be 1..=1000".into(),
+            ));
+        }
+        if self.ledger_rebuild_quiet_ms < self.local_tx_timeout_ms {
+            return Err(ConfigError(
+                "SECKILL_LEDGER_REBUILD_QUIET_MS must be at least SECKILL_LOCAL_TX_TIMEOUT_MS \
+                 (a rebuild must not start while a reservation taken before the loss may still commit)"
+                    .into(),
+            ));
+        }
+        if self.request_timeout_ms <= self.local_tx_timeout_ms {
+            return Err(ConfigError(
+                "SECKILL_REQUEST_TIMEOUT_MS must be above SECKILL_LOCAL_TX_TIMEOUT_MS \
+                 (an order's answer includes its local transaction)"
+                    .into(),
             ));
         }
         if self.batch_max > 1000 {

@@ -31,12 +31,16 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     let router = crate::http::router(app.state.clone());
     let bound = Duration::from_secs(app.state.config.shutdown_timeout_secs);
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let orders = app.state.orders.clone();
     let server = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
         shutdown_signal().await;
+        // No new orders; those admitted finish (their batches commit or
+        // give their reservations back) before the process ends.
+        orders.drain();
         let _ = stopping_tx.send(());
     })
     .into_future();
@@ -53,9 +57,14 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
             tracing::warn!(bound_secs = bound.as_secs(), "requests still in flight at the shutdown bound; exiting anyway");
         }
     }
-    // Let in-flight batches finish their commits before the process ends,
-    // hand over the last refusal counts and leave the instance list.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Orders admitted on connections that are gone still finish their
+    // batches (bounded too), then the last refusal counts are handed over
+    // and the instance leaves the list.
+    let drained_by = tokio::time::Instant::now() + bound;
+    while !app.state.orders.idle() && tokio::time::Instant::now() < drained_by {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let _ = app.state.monitor.flush().await;
     let _ = app.state.monitor.leave().await;
     tracing::info!("seckill stopped");

@@ -50,12 +50,16 @@ pub async fn healthz() -> ApiJson<Health> {
 /// 200 when every dependency answers, else 503 naming the ones down.
 #[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let checks: serde_json::Map<String, serde_json::Value> =
+    let mut checks: serde_json::Map<String, serde_json::Value> =
         crate::service::monitor::check_dependencies(&state.ports)
             .await
             .into_iter()
             .map(|(k, v)| (k, v.into()))
             .collect();
+    if state.orders.draining() {
+        // Shutting down: balancers take this instance out first.
+        checks.insert("instance".into(), "shutting down".into());
+    }
     let ready = checks.values().all(|v| v == "ok");
     let status = if ready {
         StatusCode::OK

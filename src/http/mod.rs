@@ -60,6 +60,10 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", api)
         .route("/openapi.json", get(openapi_json))
         .fallback(api_not_found)
+        .layer(middleware::from_fn_with_state(
+            std::time::Duration::from_millis(state.config.request_timeout_ms),
+            deadline,
+        ))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
@@ -118,6 +122,26 @@ async fn openapi_json() -> impl IntoResponse {
 
 async fn api_not_found() -> error::ApiError {
     ServiceError::NotFound("no such endpoint").into()
+}
+
+/// Answers every API request within the deadline: past it, 503
+/// UNAVAILABLE (never a hang). An order still in the pipeline then commits
+/// or is given back as usual; its buyer finds it under My orders.
+async fn deadline(
+    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            metrics::counter!("seckill_http_deadline_exceeded_total").increment(1);
+            error::ApiError::from(ServiceError::unavailable(
+                "no answer within the request deadline; retry (an order's outcome shows under your orders)",
+            ))
+            .into_response()
+        }
+    }
 }
 
 /// Counts requests and records their latency by route and status.

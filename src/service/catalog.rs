@@ -309,7 +309,7 @@ impl CatalogService {
             .ledger
             .warm(id, item.stock, cfg.per_user_limit)
             .await?;
-        let gate_ttl = (promo.end_at - Utc::now()).to_std().unwrap_or_default() + GATE_GRACE;
+        let gate_ttl = gate_ttl(&promo);
         self.cx
             .ports
             .kv
@@ -369,6 +369,11 @@ async fn announce(cx: &Context, item_id: ItemId) {
     {
         tracing::warn!(item_id = %item_id, error = %e, "item change not broadcast; local caches expire by TTL");
     }
+}
+
+/// How long a promo's gate counter is kept: until its end, and a grace.
+pub fn gate_ttl(promo: &Promo) -> Duration {
+    (promo.end_at - Utc::now()).to_std().unwrap_or_default() + GATE_GRACE
 }
 
 /// The key of a promo's gate counter.

@@ -16,6 +16,8 @@ pub mod item_cache;
 pub mod monitor;
 pub mod orders;
 pub mod otp;
+pub mod payment;
+pub mod recovery;
 pub mod sold_out;
 pub mod tokens;
 pub mod users;
@@ -151,4 +153,6 @@ pub struct Context {
     pub ports: Ports,
     pub ids: Arc<IdGenerator>,
     pub sold_out: Arc<sold_out::SoldOutFlags>,
+    /// Ledger rebuilds this process runs (see [`recovery`]).
+    pub recovery: Arc<recovery::LedgerRecovery>,
 }

@@ -14,6 +14,7 @@ use chrono::Utc;
 use tokio::sync::{oneshot, Semaphore};
 
 use super::catalog::CatalogService;
+use super::payment;
 use super::tokens::TokenService;
 use super::write_behind::{Pending, WriteBehind};
 use super::{Context, ServiceError, ServiceResult};
@@ -40,6 +41,9 @@ pub struct OrderService {
     /// left, new orders get 429 at once instead of piling up.
     in_flight: Arc<Semaphore>,
     order_rule: RateRule,
+    /// Set on shutdown: new orders are refused (503) while those admitted
+    /// finish.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl OrderService {
@@ -58,7 +62,24 @@ impl OrderService {
             write_behind,
             in_flight,
             order_rule,
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Stops taking orders (shutdown): new ones get 503, admitted ones
+    /// finish. [`OrderService::idle`] tells when none is left.
+    pub fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether no admitted order is waiting for its answer.
+    pub fn idle(&self) -> bool {
+        self.queued() == 0
     }
 
     /// Places an order; answers only once it is committed in the DB.
@@ -80,6 +101,11 @@ impl OrderService {
     }
 
     async fn place_inner(&self, user: UserId, req: PlaceOrder) -> ServiceResult<Order> {
+        if self.draining() {
+            return Err(ServiceError::unavailable(
+                "this instance is shutting down; retry (another instance takes the order)",
+            ));
+        }
         let limit = self.cx.config.per_user_limit;
         if req.amount < 1 || req.amount > limit {
             return Err(ServiceError::Invalid(format!(
@@ -148,7 +174,10 @@ impl OrderService {
                     .place_order_in_db(&draft, optimistic, self.cx.config.cas_retries)
                     .await
                 {
-                    Ok(Some(order)) => Ok(order),
+                    Ok(Some(order)) => {
+                        payment::schedule(&self.cx, std::slice::from_ref(&order.order_no)).await;
+                        Ok(order)
+                    }
                     Ok(None) => {
                         self.cx.sold_out.set(promo.id);
                         Err(ServiceError::SoldOut)
@@ -177,17 +206,22 @@ impl OrderService {
     }
 
     /// Mock payment: `pending_payment` → `paid`; paying again answers the
-    /// paid order; a cancelled order cannot be paid.
+    /// paid order; a cancelled order cannot be paid, nor one whose payment
+    /// time is up (it is cancelled now, its units given back).
     pub async fn pay(&self, user: UserId, no: &str) -> ServiceResult<Order> {
         let order = self.get(user, no).await?;
         let order = match order.status {
+            OrderStatus::PendingPayment if Utc::now() >= payment::due_at(&self.cx, &order) => {
+                payment::cancel(&self.cx, &order.order_no).await?.0
+            }
             OrderStatus::PendingPayment => self.cx.ports.store.pay_order(&order.order_no).await?,
             _ => order,
         };
         match order.status {
             OrderStatus::Paid => Ok(order),
             OrderStatus::Cancelled => Err(ServiceError::Conflict(
-                "the order was cancelled; it cannot be paid".into(),
+                "the order was cancelled (by its buyer or at its payment time-out); it cannot be paid"
+                    .into(),
             )),
             OrderStatus::PendingPayment => {
                 Err(ServiceError::unavailable("payment not recorded; retry"))
@@ -208,36 +242,15 @@ impl OrderService {
             OrderStatus::Cancelled => return Ok(order),
             OrderStatus::PendingPayment => {}
         }
-        let (order, _) = self.cx.ports.store.cancel_order(&order.order_no).await?;
+        let (order, _) = payment::cancel(&self.cx, &order.order_no).await?;
         match order.status {
-            OrderStatus::Cancelled => {
-                self.restock(&order).await;
-                Ok(order)
-            }
+            OrderStatus::Cancelled => Ok(order),
             OrderStatus::Paid => Err(ServiceError::Conflict(
                 "the order is paid; it cannot be cancelled".into(),
             )),
             OrderStatus::PendingPayment => Err(ServiceError::unavailable(
                 "cancellation not recorded; retry",
             )),
-        }
-    }
-
-    async fn restock(&self, order: &Order) {
-        if self.cx.config.order_strategy != OrderStrategy::WriteBehind {
-            self.cx.sold_out.clear(order.promo_id);
-            return;
-        }
-        match self
-            .cx
-            .ports
-            .ledger
-            .restock(order.promo_id, order.stock_log_id, order.amount)
-            .await
-        {
-            Ok(_) => self.cx.sold_out.clear(order.promo_id),
-            Err(e) => tracing::error!(order_no = %order.order_no, error = %e,
-                "cancelled order's units not given back to the ledger now; the reconciler will"),
         }
     }
 

@@ -124,6 +124,14 @@ impl TokenService {
             return Err(ServiceError::SoldOut);
         }
         if !self.cx.ports.kv.take_permit(&gate_key(promo_id)).await? {
+            // No permit: the gate is spent, or the cache lost it with the
+            // ledger (then it is rebuilt from the DB; 503 until then).
+            if self.cx.ports.ledger.stock(promo_id).await?.is_none() {
+                self.cx.recovery.trigger(&self.cx, promo_id);
+                return Err(ServiceError::unavailable(
+                    "the promo's stock is being reloaded; retry shortly",
+                ));
+            }
             return Err(ServiceError::SoldOut);
         }
         let token = random_token();

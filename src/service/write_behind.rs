@@ -25,7 +25,7 @@ use futures::FutureExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Context, ServiceError, ServiceResult};
+use super::{payment, Context, ServiceError, ServiceResult};
 use crate::cache::{Reservation, ReserveOutcome};
 use crate::domain::{
     ItemId, Order, OrderDraft, OrderNo, PromoId, StockLogId, StockLogStatus, UserId,
@@ -183,8 +183,11 @@ impl Worker {
                     let _ = p.reply.send(Err(ServiceError::AlreadyBought));
                 }
                 ReserveOutcome::NotWarmed => {
+                    // Published (the order path checked) yet not loaded: the
+                    // cache lost it. Rebuilt from the DB; 503 until then.
+                    self.cx.recovery.trigger(&self.cx, p.promo);
                     let _ = p.reply.send(Err(ServiceError::unavailable(
-                        "the promo's stock is not loaded",
+                        "the promo's stock is being reloaded; retry shortly",
                     )));
                 }
             }
@@ -248,9 +251,11 @@ impl Worker {
             let failure = failure.lock().take();
             match sent {
                 Ok(TxState::Commit) => {
+                    let nos: Vec<OrderNo> = group.iter().map(|r| r.draft.order_no.clone()).collect();
                     for r in group {
                         let _ = r.reply.send(Ok(r.draft.to_order()));
                     }
+                    self.schedule_payment_due(nos);
                 }
                 Ok(TxState::Rollback) if group.len() > 1 && matches!(failure, Some(StoreError::Conflict(_))) => {
                     // One order broke a unique key (e.g. a user's second order
@@ -296,6 +301,7 @@ impl Worker {
                 return;
             }
         };
+        let mut committed = Vec::new();
         for r in group {
             let status = statuses
                 .iter()
@@ -303,6 +309,7 @@ impl Worker {
                 .map(|(_, s)| *s);
             match status {
                 Some(StockLogStatus::Committed) => {
+                    committed.push(r.draft.order_no.clone());
                     let _ = r.reply.send(Ok(r.draft.to_order()));
                 }
                 Some(StockLogStatus::Init) => {
@@ -316,6 +323,17 @@ impl Worker {
                 }
             }
         }
+        self.schedule_payment_due(committed);
+    }
+
+    /// The payment time-outs of orders just committed, sent off the batch
+    /// worker's path.
+    fn schedule_payment_due(&self, orders: Vec<OrderNo>) {
+        if orders.is_empty() {
+            return;
+        }
+        let cx = self.cx.clone();
+        tokio::spawn(async move { payment::schedule(&cx, &orders).await });
     }
 
     async fn give_back(&self, promo: PromoId, id: StockLogId) {

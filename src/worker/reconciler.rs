@@ -1,17 +1,45 @@
-//! The reconciler replays stock deductions of committed rows that never
-//! ran (the `stock_log` table is the outbox), and settles rows left `init`
-//! — a crash between the journal row and the local transaction, or a half
-//! message the broker gave up checking back. A row older than `reconcile_after_secs` is flipped to
-//! `rolled_back` unless its order committed meanwhile (the DB's conditional
-//! update decides the race), and its reservation is given back. Safe to run
-//! in every instance at once: each step is idempotent.
+//! The reconciler: what no request and no message may be trusted to finish.
+//! Each pass, in every instance (each step is idempotent, so instances may
+//! run them at once):
+//!
+//! 1. replays stock deductions of committed rows that never ran (the
+//!    `stock_log` table is the outbox);
+//! 2. settles rows left `init` longer than `reconcile_after_secs` — a crash
+//!    between the journal row and the local transaction, or a half message
+//!    the broker gave up checking back: flipped to `rolled_back` unless the
+//!    order committed meanwhile (the DB's conditional update decides the
+//!    race), and the reservation given back;
+//! 3. cancels unpaid orders `reconcile_after_secs` past their payment time
+//!    (the delayed message normally did it first);
+//! 4. for each promo on sale (write-behind): rebuilds a ledger the cache
+//!    lost, and compares the ledger's stock with the DB's — DB stock less
+//!    the units reserved and not yet deducted. A difference that stays the
+//!    same while nothing in the sale moves for `ledger_rebuild_quiet_ms`
+//!    (two passes) is drift — a reservation not given back when the cache
+//!    failed, say — and is repaired with a compare-and-set on the ledger,
+//!    one audit log line per repair. A moving sale is never "repaired":
+//!    its differences are reservations in flight.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use crate::domain::StockLogStatus;
-use crate::service::Context;
+use crate::config::OrderStrategy;
+use crate::domain::{PromoId, PromoState, StockLogStatus};
+use crate::service::{payment, Context};
+
+/// A promo whose ledger and DB disagree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    pub promo_id: PromoId,
+    /// The ledger's stock.
+    pub ledger: i64,
+    /// DB stock − units reserved and not yet deducted.
+    pub expected: i64,
+    /// Repaired in this pass (the difference held still long enough).
+    pub repaired: bool,
+}
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -22,10 +50,150 @@ pub struct ReconcileReport {
     pub rolled_back: usize,
     pub already_committed: usize,
     pub released: usize,
+    /// Unpaid orders past their time cancelled by the sweep.
+    pub unpaid_cancelled: usize,
+    /// Promos on sale whose ledger was missing (a rebuild was started).
+    pub ledgers_missing: usize,
+    /// Promos whose ledger disagrees with the DB.
+    pub drifts: Vec<Drift>,
 }
 
-/// One pass over stale rows. With `dry_run`, only counts them.
-pub async fn reconcile_once(cx: &Context, dry_run: bool) -> anyhow::Result<ReconcileReport> {
+impl ReconcileReport {
+    /// Drifts seen but not repaired yet (they need a second, still look).
+    pub fn drifts_pending(&self) -> usize {
+        self.drifts.iter().filter(|d| !d.repaired).count()
+    }
+}
+
+/// Everything that moves when a sale moves, read DB first, ledger last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Observation {
+    db_stock: i64,
+    unsettled: i64,
+    stock_logs: (i64, i64, i64),
+    orders: i64,
+    ledger: i64,
+}
+
+/// Keeps what earlier passes saw (drift needs two looks).
+#[derive(Default)]
+pub struct Reconciler {
+    seen: HashMap<PromoId, (Observation, Instant)>,
+}
+
+impl Reconciler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// One pass (see the module docs). With `dry_run`, only counts and
+    /// reports; nothing changes.
+    pub async fn pass(&mut self, cx: &Context, dry_run: bool) -> anyhow::Result<ReconcileReport> {
+        let mut report = settle_journal(cx, dry_run).await?;
+        if !dry_run {
+            let grace = Duration::from_secs(cx.config.reconcile_after_secs);
+            report.unpaid_cancelled = payment::sweep(cx, grace, 1000).await?;
+        }
+        if cx.config.order_strategy == OrderStrategy::WriteBehind {
+            self.check_ledgers(cx, dry_run, &mut report).await?;
+        }
+        Ok(report)
+    }
+
+    async fn check_ledgers(
+        &mut self,
+        cx: &Context,
+        dry_run: bool,
+        report: &mut ReconcileReport,
+    ) -> anyhow::Result<()> {
+        let ports = &cx.ports;
+        let now = Utc::now();
+        let live: Vec<_> = ports
+            .store
+            .promos(1000)
+            .await?
+            .into_iter()
+            .filter(|p| p.published && p.state_at(now) != PromoState::Ended)
+            .collect();
+        self.seen.retain(|id, _| live.iter().any(|p| p.id == *id));
+        let quiet = Duration::from_millis(cx.config.ledger_rebuild_quiet_ms);
+        for promo in live {
+            let item = ports.store.item(promo.item_id).await?;
+            let unsettled = ports.store.unsettled_units_of_item(promo.item_id).await?;
+            let totals = ports.store.promo_totals(promo.id).await?;
+            let Some(item) = item else { continue };
+            let Some(ledger) = ports.ledger.stock(promo.id).await? else {
+                report.ledgers_missing += 1;
+                self.seen.remove(&promo.id);
+                if !dry_run {
+                    cx.recovery.trigger(cx, promo.id);
+                }
+                continue;
+            };
+            let seen = Observation {
+                db_stock: item.stock,
+                unsettled,
+                stock_logs: (
+                    totals.stock_log_init,
+                    totals.stock_log_committed,
+                    totals.stock_log_rolled_back,
+                ),
+                orders: totals.orders,
+                ledger,
+            };
+            let expected = (item.stock - unsettled).max(0);
+            if expected == ledger {
+                self.seen.remove(&promo.id);
+                continue;
+            }
+            let held = match self.seen.get(&promo.id) {
+                Some((before, since)) if *before == seen => since.elapsed() >= quiet,
+                _ => {
+                    self.seen.insert(promo.id, (seen, Instant::now()));
+                    false
+                }
+            };
+            let mut drift = Drift {
+                promo_id: promo.id,
+                ledger,
+                expected,
+                repaired: false,
+            };
+            if held && !dry_run && cx.recovery.is_running(promo.id) {
+                // A rebuild of this promo is under way here: leave it be.
+            } else if held && !dry_run {
+                if ports
+                    .ledger
+                    .adjust(promo.id, ledger, expected - ledger)
+                    .await?
+                {
+                    drift.repaired = true;
+                    self.seen.remove(&promo.id);
+                    if expected > 0 {
+                        cx.sold_out.clear(promo.id);
+                    }
+                    metrics::counter!("seckill_ledger_drift_repairs_total").increment(1);
+                    tracing::warn!(
+                        promo_id = %promo.id,
+                        ledger_before = ledger,
+                        ledger_after = expected,
+                        db_stock = item.stock,
+                        unsettled,
+                        "audit: reconciler repaired the promo's ledger drift (ledger = DB stock − unsettled units)"
+                    );
+                }
+            } else if !held {
+                tracing::info!(promo_id = %promo.id, ledger, expected,
+                    "ledger and DB differ; repaired if it holds still for the quiet time");
+            }
+            report.drifts.push(drift);
+        }
+        Ok(())
+    }
+}
+
+/// Steps 1 and 2: replays lost deductions and settles stale `init` rows.
+async fn settle_journal(cx: &Context, dry_run: bool) -> anyhow::Result<ReconcileReport> {
     let before = Utc::now() - chrono::Duration::seconds(cx.config.reconcile_after_secs as i64);
     let stale = cx.ports.store.stale_stock_logs(before, 1000).await?;
     let undeducted = cx.ports.store.undeducted_stock_logs(before, 1000).await?;
@@ -69,12 +237,19 @@ pub async fn reconcile_once(cx: &Context, dry_run: bool) -> anyhow::Result<Recon
     Ok(report)
 }
 
+/// One pass with no memory of earlier ones (drift is reported, and
+/// repaired only by a later pass of the same [`Reconciler`]).
+pub async fn reconcile_once(cx: &Context, dry_run: bool) -> anyhow::Result<ReconcileReport> {
+    Reconciler::new().pass(cx, dry_run).await
+}
+
 /// Runs passes forever, every `reconcile_interval_secs`.
 pub async fn run(cx: Context) {
     let every = Duration::from_secs(cx.config.reconcile_interval_secs.max(1));
+    let mut reconciler = Reconciler::new();
     loop {
         tokio::time::sleep(every).await;
-        if let Err(e) = reconcile_once(&cx, false).await {
+        if let Err(e) = reconciler.pass(&cx, false).await {
             tracing::warn!(error = %format!("{e:#}"), "reconciler pass failed; retrying next interval");
         }
     }

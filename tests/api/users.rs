@@ -240,3 +240,175 @@ async fn the_client_address_header_is_ignored_unless_configured() {
         assert_eq!(s, StatusCode::UNAUTHORIZED);
     }
 }
+
+#[tokio::test]
+async fn expired_sessions_seckill_tokens_and_captchas_are_refused() {
+    let t = TestApp::spawn_with(|c| {
+        c.captcha_enabled = true;
+        c.session_ttl_secs = 4;
+        c.seckill_token_ttl_secs = 1;
+        c.captcha_ttl_secs = 1;
+    })
+    .await;
+    let (item, promo) = t.sale(5).await;
+    let b = t.user("13800000031").await;
+    let me = t.get("/api/v1/me", Some(&b)).await.json()["id"]
+        .as_i64()
+        .unwrap();
+    // A captcha answered after its time.
+    t.get(&format!("/api/v1/promos/{promo}/captcha"), Some(&b))
+        .await;
+    let captcha_key = format!("captcha:{promo}:{me}");
+    let answer = t
+        .app
+        .state
+        .ports
+        .kv
+        .get(&captcha_key)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let r = t
+        .post(
+            &format!("/api/v1/promos/{promo}/tokens"),
+            Some(&b),
+            json!({"item_id": item, "captcha": answer}),
+        )
+        .await;
+    assert_eq!(r.code(), "WRONG_CAPTCHA", "expired captcha");
+    // A seckill token used after its time.
+    t.get(&format!("/api/v1/promos/{promo}/captcha"), Some(&b))
+        .await;
+    let answer = t
+        .app
+        .state
+        .ports
+        .kv
+        .get(&captcha_key)
+        .await
+        .unwrap()
+        .unwrap();
+    let r = t
+        .post(
+            &format!("/api/v1/promos/{promo}/tokens"),
+            Some(&b),
+            json!({"item_id": item, "captcha": answer}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let r = t.order(&b, promo, item, &token).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::FORBIDDEN, "INVALID_TOKEN"),
+        "expired token"
+    );
+    // The session itself, past its TTL.
+    assert_eq!(t.get("/api/v1/me", Some(&b)).await.status, StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(2_000)).await;
+    let r = t.get("/api/v1/me", Some(&b)).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
+        "expired session"
+    );
+}
+
+/// Collects everything the app logs, at every level.
+#[derive(Clone, Default)]
+struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn passwords_never_appear_in_logs_or_responses() {
+    let sink = LogSink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // This test's runtime is single-threaded: every task it polls logs here.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let t = TestApp::spawn().await;
+    let password = "Very-Secret-Pass-4711";
+    let phone = "13800000032";
+    t.post("/api/v1/otp", None, json!({"phone": phone})).await;
+    let otp = t.app.otp.last_code(phone).unwrap();
+    let mut bodies = Vec::new();
+    let r = t
+        .post(
+            "/api/v1/users",
+            None,
+            json!({"phone": phone, "otp": otp, "name": "P", "password": password}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    bodies.push(r.bytes);
+    for attempt in [password, "Wrong-Pass-0815", password] {
+        let r = t
+            .post(
+                "/api/v1/sessions",
+                None,
+                json!({"phone": phone, "password": attempt}),
+            )
+            .await;
+        bodies.push(r.bytes);
+    }
+    let r = t
+        .post(
+            "/api/v1/admin/users",
+            Some(ADMIN),
+            json!({"users": [{"phone": "13800000033", "name": "Q", "password": password}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    bodies.push(r.bytes);
+    // A registration refused for a bad field does not echo the password.
+    let r = t
+        .post(
+            "/api/v1/users",
+            None,
+            json!({"phone": "x", "otp": "1", "name": "P", "password": password}),
+        )
+        .await;
+    bodies.push(r.bytes);
+    let hash = t
+        .app
+        .state
+        .ports
+        .store
+        .user_by_phone(phone)
+        .await
+        .unwrap()
+        .unwrap()
+        .password_hash;
+    let logs = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        !logs.is_empty(),
+        "the app logged nothing: the sink is not wired"
+    );
+    for secret in [password, "Wrong-Pass-0815", hash.as_str()] {
+        assert!(
+            !logs.contains(secret),
+            "a password is in the logs: {secret}"
+        );
+        for b in &bodies {
+            assert!(
+                !String::from_utf8_lossy(b).contains(secret),
+                "a password is in a response"
+            );
+        }
+    }
+}

@@ -18,7 +18,7 @@ pub const ADMIN: &str = "test-admin-token-0123456789";
 pub struct TestApp {
     pub app: App,
     pub router: Router,
-    _dir: tempfile::TempDir,
+    dir: std::sync::Arc<tempfile::TempDir>,
 }
 
 /// A response: status, headers and JSON (or raw) body.
@@ -59,16 +59,25 @@ impl TestApp {
     }
 
     pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+        Self::spawn_in(dir, tweak).await
+    }
+
+    async fn spawn_in(
+        dir: std::sync::Arc<tempfile::TempDir>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestApp {
         let mut config = test_config(dir.path());
         tweak(&mut config);
         let app = seckill::app::build(config).await.expect("app builds");
         let router = seckill::http::router(app.state.clone());
-        TestApp {
-            app,
-            router,
-            _dir: dir,
-        }
+        TestApp { app, router, dir }
+    }
+
+    /// A second process on the same database (an embedded restart: the
+    /// in-memory ledger, sessions and tokens start empty).
+    pub async fn restarted(&self, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        Self::spawn_in(self.dir.clone(), tweak).await
     }
 
     pub async fn call(

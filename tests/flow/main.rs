@@ -287,3 +287,262 @@ async fn the_reconciler_replays_a_deduction_that_never_ran() {
         .unwrap();
     assert_eq!(again.replayed, 0);
 }
+
+/// Quick settings for the recovery tests: a short local transaction
+/// deadline, and the quiet time a rebuild or a drift repair waits for.
+fn quick_recovery(c: &mut seckill::config::Config) {
+    c.local_tx_timeout_ms = 300;
+    c.ledger_rebuild_quiet_ms = 400;
+    c.request_timeout_ms = 2_000;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpaid_order_is_cancelled_at_its_time_out_and_its_unit_sold_to_another_buyer() {
+    let t = TestApp::spawn_with(|c| c.order_payment_timeout_secs = 1).await;
+    let (item, promo) = t.sale(1).await;
+    let users = buyers(&t, "1884", 2).await;
+    let order = buy(&t, users[0], promo, item).await.unwrap();
+    assert!(matches!(
+        buy(&t, users[1], promo, item).await,
+        Err(ServiceError::SoldOut)
+    ));
+    // The delayed message (a timer here) cancels it and gives the unit back.
+    let mut cancelled = None;
+    for _ in 0..100 {
+        let o = t
+            .app
+            .state
+            .orders
+            .get(users[0], order.order_no.as_str())
+            .await
+            .unwrap();
+        if o.status == seckill::domain::OrderStatus::Cancelled {
+            cancelled = Some(o);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(cancelled.is_some(), "never cancelled at its time-out");
+    let stats = t.settled(promo).await;
+    assert_eq!(
+        (stats["stock_db"].as_i64(), stats["sold"].as_i64()),
+        (Some(1), Some(0))
+    );
+    // Paying late is refused; the unit goes to the other buyer.
+    assert!(matches!(
+        t.app
+            .state
+            .orders
+            .pay(users[0], order.order_no.as_str())
+            .await,
+        Err(ServiceError::Conflict(_))
+    ));
+    let other = buy(&t, users[1], promo, item).await.unwrap();
+    assert_eq!(other.user_id, users[1]);
+    let stats = t.settled(promo).await;
+    assert_eq!(
+        (stats["stock_db"].as_i64(), stats["sold"].as_i64()),
+        (Some(0), Some(1))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_after_the_time_is_up_is_refused_and_the_sweep_cancels_what_no_timer_did() {
+    let t = TestApp::spawn_with(|c| c.order_payment_timeout_secs = 3600).await;
+    let (item, promo) = t.sale(3).await;
+    let users = buyers(&t, "1885", 2).await;
+    let a = buy(&t, users[0], promo, item).await.unwrap();
+    let b = buy(&t, users[1], promo, item).await.unwrap();
+    // The same system an hour later: its timers died with an old process.
+    let mut later = (*t.app.context.config).clone();
+    later.order_payment_timeout_secs = 1;
+    let cx = seckill::service::Context {
+        config: Arc::new(later),
+        ..t.app.context.clone()
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let swept = seckill::service::payment::sweep(&cx, std::time::Duration::ZERO, 100)
+        .await
+        .unwrap();
+    assert_eq!(swept, 2);
+    for (u, o) in [(users[0], &a), (users[1], &b)] {
+        let o = t
+            .app
+            .state
+            .orders
+            .get(u, o.order_no.as_str())
+            .await
+            .unwrap();
+        assert_eq!(o.status, seckill::domain::OrderStatus::Cancelled);
+    }
+    let stats = t.settled(promo).await;
+    assert_eq!(
+        (stats["stock_cache"].as_i64(), stats["sold"].as_i64()),
+        (Some(3), Some(0))
+    );
+    assert_eq!(
+        seckill::service::payment::sweep(&cx, std::time::Duration::ZERO, 100)
+            .await
+            .unwrap(),
+        0,
+        "idempotent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_the_ledger_is_rebuilt_from_the_db_and_the_sale_goes_on_without_overselling(
+) {
+    let first = TestApp::spawn_with(quick_recovery).await;
+    let (item, promo) = first.sale(5).await;
+    let users = buyers(&first, "1886", 8).await;
+    for &u in &users[..2] {
+        buy(&first, u, promo, item).await.unwrap();
+    }
+    // An undecided reservation at the moment of the crash: journalled,
+    // never committed.
+    let stranded = first.app.context.ids.next_id();
+    let now = chrono::Utc::now();
+    first
+        .app
+        .state
+        .ports
+        .store
+        .insert_stock_logs(&[seckill::domain::OrderDraft {
+            stock_log_id: stranded,
+            order_no: seckill::domain::OrderNo::new(now, stranded),
+            user_id: users[7],
+            item_id: ItemId(item),
+            promo_id: PromoId(promo),
+            amount: 1,
+            unit_price_cents: 1,
+            created_at: now,
+        }])
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        if first.stats(promo).await["stock_db"] == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+
+    let t = first
+        .restarted(|c| {
+            quick_recovery(c);
+            c.reconcile_after_secs = 1;
+        })
+        .await;
+    // Nothing is loaded: 503 until the rebuild, then orders resume.
+    let refused = buy(&t, users[2], promo, item).await;
+    assert!(
+        matches!(refused, Err(ServiceError::Unavailable { .. })),
+        "{refused:?}"
+    );
+    let mut sold = 0;
+    let mut waited = 0;
+    for &u in &users[2..7] {
+        loop {
+            match buy(&t, u, promo, item).await {
+                Ok(_) => {
+                    sold += 1;
+                    break;
+                }
+                Err(ServiceError::SoldOut) => break,
+                Err(ServiceError::Unavailable { .. }) if waited < 100 => {
+                    waited += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("unexpected refusal: {e:?}"),
+            }
+        }
+    }
+    // 5 units: 2 sold before, 1 held by the stranded reservation.
+    assert_eq!(sold, 2, "the rebuilt ledger sold exactly what was left");
+    // A buyer of the first process is still known to the per-user limit.
+    assert!(matches!(
+        buy(&t, users[0], promo, item).await,
+        Err(ServiceError::AlreadyBought | ServiceError::SoldOut)
+    ));
+    // The reconciler rolls the stranded reservation back and gives its
+    // unit back to the rebuilt ledger; the last buyer gets it.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let report = seckill::worker::reconciler::reconcile_once(&t.app.context, false)
+        .await
+        .unwrap();
+    assert_eq!((report.rolled_back, report.released), (1, 1), "{report:?}");
+    buy(&t, users[6], promo, item).await.unwrap();
+    let stats = t.settled(promo).await;
+    assert_eq!(stats["sold"], 5);
+    assert_eq!(stats["orders"], 5);
+    assert_eq!(stats["stock_db"], 0);
+    assert_eq!(stats["stock_cache"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_drift_is_repaired_only_once_it_holds_still_and_a_dry_run_changes_nothing() {
+    let t = TestApp::spawn_with(quick_recovery).await;
+    let (item, promo) = t.sale(6).await;
+    let users = buyers(&t, "1887", 1).await;
+    buy(&t, users[0], promo, item).await.unwrap();
+    t.settled(promo).await;
+    let ledger = &t.app.state.ports.ledger;
+    // A reservation taken by an instance that died before journalling it:
+    // the ledger is 2 units low.
+    let lost = seckill::cache::Reservation {
+        promo: PromoId(promo),
+        user: UserId(999_999),
+        amount: 1,
+        id: t.app.context.ids.next_id(),
+    };
+    ledger.reserve(&[lost]).await.unwrap();
+    ledger
+        .reserve(&[seckill::cache::Reservation {
+            user: UserId(999_998),
+            id: t.app.context.ids.next_id(),
+            ..lost
+        }])
+        .await
+        .unwrap();
+    assert_eq!(t.stats(promo).await["stock_cache"], 3);
+
+    let mut r = seckill::worker::reconciler::Reconciler::new();
+    let dry = r.pass(&t.app.context, true).await.unwrap();
+    assert_eq!(dry.drifts.len(), 1, "{dry:?}");
+    assert_eq!((dry.drifts[0].ledger, dry.drifts[0].expected), (3, 5));
+    let first = r.pass(&t.app.context, false).await.unwrap();
+    assert_eq!(first.drifts_pending(), 1, "not repaired on a first look");
+    assert_eq!(t.stats(promo).await["stock_cache"], 3);
+    tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+    let dry_again = r.pass(&t.app.context, true).await.unwrap();
+    assert_eq!(dry_again.drifts_pending(), 1, "a dry run never repairs");
+    let second = r.pass(&t.app.context, false).await.unwrap();
+    assert!(second.drifts[0].repaired, "{second:?}");
+    assert_eq!(t.stats(promo).await["stock_cache"], 5);
+
+    // The other way (units given back twice): the ledger is high.
+    ledger
+        .restock(PromoId(promo), t.app.context.ids.next_id(), 2)
+        .await
+        .unwrap();
+    assert_eq!(t.stats(promo).await["stock_cache"], 7);
+    r.pass(&t.app.context, false).await.unwrap();
+    // A sale that moves is not repaired: its difference is in flight.
+    ledger
+        .reserve(&[seckill::cache::Reservation {
+            user: UserId(999_997),
+            id: t.app.context.ids.next_id(),
+            ..lost
+        }])
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+    let moved = r.pass(&t.app.context, false).await.unwrap();
+    assert_eq!(moved.drifts_pending(), 1, "{moved:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+    let held = r.pass(&t.app.context, false).await.unwrap();
+    assert!(held.drifts[0].repaired, "{held:?}");
+    let stats = t.stats(promo).await;
+    assert_eq!(stats["stock_cache"], 5);
+    assert_eq!(stats["stock_db"], 5);
+    assert_eq!(stats["sold"], 1);
+}

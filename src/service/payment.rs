@@ -1,0 +1,139 @@
+//! Payment time-outs and cancellation.
+//!
+//! An order is `pending_payment` until paid. When it is committed, a
+//! delayed `PaymentDue` message is sent for `order_payment_timeout_secs`
+//! later (RocketMQ's delayed messages; a timer in the embedded default);
+//! its consumer cancels the orders still unpaid. Behind it, the
+//! reconciler sweeps unpaid orders past their time (a delayed message lost
+//! with a crashed in-process bus, or never sent). Cancelling gives the units
+//! back to the DB stock (in the cancel's transaction) and to the ledger
+//! (once per order, by its `stock_log` id), so another buyer can have them.
+//! A payment after the time is up is refused, and the order cancelled.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::Context;
+use crate::config::OrderStrategy;
+use crate::domain::{Order, OrderNo, OrderStatus};
+use crate::mq::Event;
+use crate::store::{StoreError, StoreResult};
+
+/// Orders per `PaymentDue` message.
+const PER_MESSAGE: usize = 256;
+
+/// How long after it was placed an order may be paid.
+pub fn timeout(cx: &Context) -> chrono::Duration {
+    chrono::Duration::seconds(cx.config.order_payment_timeout_secs as i64)
+}
+
+/// When `order`'s payment time is up.
+pub fn due_at(cx: &Context, order: &Order) -> DateTime<Utc> {
+    order.created_at + timeout(cx)
+}
+
+/// Sends the delayed `PaymentDue` messages for orders just committed. A
+/// failed send is logged: the reconciler's sweep cancels them all the same.
+pub async fn schedule(cx: &Context, orders: &[OrderNo]) {
+    let delay = Duration::from_secs(cx.config.order_payment_timeout_secs);
+    for chunk in orders.chunks(PER_MESSAGE) {
+        let event = Event::PaymentDue {
+            v: 1,
+            order_nos: chunk.to_vec(),
+        };
+        if let Err(e) = cx.ports.bus.publish_delayed(event, delay).await {
+            metrics::counter!("seckill_payment_timeouts_unscheduled_total")
+                .increment(chunk.len() as u64);
+            tracing::warn!(orders = chunk.len(), error = %e,
+                "payment time-out not scheduled; the reconciler's sweep cancels them when due");
+        }
+    }
+}
+
+/// Cancels an unpaid order and gives its units back. Returns the order as
+/// it stands after and whether this call cancelled it (false: it was paid
+/// or cancelled already).
+pub async fn cancel(cx: &Context, no: &OrderNo) -> StoreResult<(Order, bool)> {
+    let (order, cancelled) = cx.ports.store.cancel_order(no).await?;
+    if order.status == OrderStatus::Cancelled {
+        // Also when an earlier call cancelled it but died before this step:
+        // `restock` is idempotent per order.
+        give_back(cx, &order).await;
+    }
+    Ok((order, cancelled))
+}
+
+/// The ledger's side of a cancellation (the DB's is in `cancel_order`).
+async fn give_back(cx: &Context, order: &Order) {
+    if cx.config.order_strategy != OrderStrategy::WriteBehind {
+        cx.sold_out.clear(order.promo_id);
+        return;
+    }
+    match cx
+        .ports
+        .ledger
+        .restock(order.promo_id, order.stock_log_id, order.amount)
+        .await
+    {
+        Ok(_) => cx.sold_out.clear(order.promo_id),
+        Err(e) => tracing::error!(order_no = %order.order_no, error = %e,
+            "cancelled order's units not given back to the ledger now; the reconciler's drift repair will"),
+    }
+}
+
+/// What became of an order whose payment time came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Cancelled now, units given back.
+    Cancelled,
+    /// Paid, cancelled already, or gone: nothing to do.
+    Settled,
+    /// Not due yet (a clock ahead of ours): due this much later.
+    NotYet(Duration),
+}
+
+/// Cancels `no` if it is still unpaid and its time is up.
+pub async fn expire(cx: &Context, no: &OrderNo) -> StoreResult<Expiry> {
+    let Some(order) = cx.ports.store.order(no).await? else {
+        return Ok(Expiry::Settled);
+    };
+    if order.status != OrderStatus::PendingPayment {
+        return Ok(Expiry::Settled);
+    }
+    let left = due_at(cx, &order) - Utc::now();
+    if left > chrono::Duration::zero() {
+        return Ok(Expiry::NotYet(left.to_std().unwrap_or_default()));
+    }
+    match cancel(cx, no).await {
+        Ok((_, true)) => {
+            metrics::counter!("seckill_orders_expired_total").increment(1);
+            tracing::info!(order_no = %no, "unpaid order cancelled at its payment time-out; units given back");
+            Ok(Expiry::Cancelled)
+        }
+        Ok(_) => Ok(Expiry::Settled),
+        Err(StoreError::NotFound) => Ok(Expiry::Settled),
+        Err(e) => Err(e),
+    }
+}
+
+/// The reconciler's sweep: cancels unpaid orders past their time (plus
+/// `grace`, so the delayed message normally comes first). Returns how many
+/// it cancelled.
+pub async fn sweep(cx: &Context, grace: Duration, limit: u32) -> StoreResult<usize> {
+    let before = Utc::now() - timeout(cx) - chrono::Duration::from_std(grace).unwrap_or_default();
+    let due = cx.ports.store.unpaid_orders(before, limit).await?;
+    let mut cancelled = 0;
+    for no in &due {
+        if expire(cx, no).await? == Expiry::Cancelled {
+            cancelled += 1;
+        }
+    }
+    if cancelled > 0 {
+        tracing::warn!(
+            cancelled,
+            "reconciler: unpaid orders past their time cancelled by the sweep"
+        );
+    }
+    Ok(cancelled)
+}

@@ -1,0 +1,148 @@
+//! Rebuilding a promo's stock ledger from the DB when the cache lost it:
+//! Redis restarted empty (it keeps nothing on disk), or an embedded process
+//! restarted with its in-memory ledger gone.
+//!
+//! Until the rebuild is done the order path answers 503: a reservation
+//! would find no stock loaded. One instance rebuilds (a lease in the shared
+//! key/value store); first it waits `ledger_rebuild_quiet_ms`, so that every
+//! reservation taken before the loss has reached the DB (journalled `init`,
+//! then committed or rolled back — the local transaction's deadline bounds
+//! it). Then, from one DB transaction ([`SaleJournal`]): stock = DB stock −
+//! units reserved and not yet deducted; the buyers (per-user limit); the
+//! undecided reservations (a later rollback gives them back); the cancelled
+//! orders (never restocked twice). The gate counter is set again from the
+//! rebuilt stock.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use parking_lot::Mutex;
+
+use super::catalog::{gate_key, gate_ttl};
+use super::Context;
+use crate::domain::{PromoId, PromoState};
+
+/// The promos this process is rebuilding (at most one task per promo).
+#[derive(Default)]
+pub struct LedgerRecovery {
+    running: Mutex<HashSet<PromoId>>,
+}
+
+/// What a rebuild attempt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebuildOutcome {
+    /// Loaded now, with this stock.
+    Rebuilt { stock: i64 },
+    /// Another instance holds the lease, or the ledger was loaded meanwhile.
+    NotNeeded,
+    /// The promo is not published or has ended: nothing to load.
+    NotOnSale,
+}
+
+impl LedgerRecovery {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts a rebuild of `promo`'s ledger in the background unless this
+    /// process runs one already. Returns at once.
+    pub fn trigger(&self, cx: &Context, promo: PromoId) {
+        if !self.running.lock().insert(promo) {
+            return;
+        }
+        let cx = cx.clone();
+        tokio::spawn(async move {
+            match rebuild(&cx, promo).await {
+                Ok(_) => {}
+                Err(e) => tracing::error!(promo_id = %promo, error = %format!("{e:#}"),
+                    "ledger rebuild failed; retried on the next order or reconciler pass"),
+            }
+            cx.recovery.running.lock().remove(&promo);
+        });
+    }
+
+    /// Whether this process is rebuilding `promo` now.
+    pub fn is_running(&self, promo: PromoId) -> bool {
+        self.running.lock().contains(&promo)
+    }
+}
+
+fn lease_key(promo: PromoId) -> String {
+    format!("ledger_rebuild:{promo}")
+}
+
+/// Rebuilds `promo`'s ledger when it is missing (see the module docs).
+pub async fn rebuild(cx: &Context, promo_id: PromoId) -> anyhow::Result<RebuildOutcome> {
+    let ports = &cx.ports;
+    let quiet = Duration::from_millis(cx.config.ledger_rebuild_quiet_ms);
+    let lease_ttl = quiet + Duration::from_secs(60);
+    if !ports
+        .kv
+        .set_if_absent(&lease_key(promo_id), &cx.ids.node().to_string(), lease_ttl)
+        .await?
+    {
+        return Ok(RebuildOutcome::NotNeeded);
+    }
+    let result = rebuild_leased(cx, promo_id, quiet).await;
+    if let Err(e) = ports.kv.delete(&lease_key(promo_id)).await {
+        tracing::warn!(promo_id = %promo_id, error = %e, "rebuild lease not released; it expires");
+    }
+    result
+}
+
+async fn rebuild_leased(
+    cx: &Context,
+    promo_id: PromoId,
+    quiet: Duration,
+) -> anyhow::Result<RebuildOutcome> {
+    let ports = &cx.ports;
+    let Some(promo) = ports.store.promo(promo_id).await? else {
+        return Ok(RebuildOutcome::NotOnSale);
+    };
+    if !promo.published || promo.state_at(Utc::now()) == PromoState::Ended {
+        return Ok(RebuildOutcome::NotOnSale);
+    }
+    if ports.ledger.stock(promo_id).await?.is_some() {
+        return Ok(RebuildOutcome::NotNeeded);
+    }
+    tracing::warn!(promo_id = %promo_id, quiet_ms = quiet.as_millis() as u64,
+        "promo's stock ledger is missing (cache restarted empty?); orders get 503 until it is rebuilt from the DB");
+    metrics::counter!("seckill_ledger_rebuilds_total", "phase" => "started").increment(1);
+    // Every reservation taken before the loss reaches the DB meanwhile.
+    tokio::time::sleep(quiet).await;
+    let journal = ports.store.sale_journal(promo_id, promo.item_id).await?;
+    let stock = journal.ledger_stock();
+    if !ports
+        .ledger
+        .rebuild(promo_id, cx.config.per_user_limit, &journal)
+        .await?
+    {
+        return Ok(RebuildOutcome::NotNeeded);
+    }
+    ports
+        .kv
+        .set_counter(
+            &gate_key(promo_id),
+            stock.saturating_mul(i64::from(cx.config.gate_factor)),
+            gate_ttl(&promo),
+        )
+        .await?;
+    if stock > 0 {
+        cx.sold_out.clear(promo_id);
+    } else {
+        cx.sold_out.set(promo_id);
+    }
+    metrics::counter!("seckill_ledger_rebuilds_total", "phase" => "done").increment(1);
+    tracing::warn!(
+        promo_id = %promo_id,
+        stock,
+        db_stock = journal.db_stock,
+        unsettled = journal.unsettled,
+        open_reservations = journal.open.len(),
+        buyers = journal.buyers.len(),
+        cancelled = journal.restocked.len(),
+        "audit: promo's stock ledger rebuilt from the DB; orders resume"
+    );
+    Ok(RebuildOutcome::Rebuilt { stock })
+}
