@@ -136,6 +136,25 @@ impl OrderService {
         self.tokens
             .consume(&req.token, user, promo.id, promo.item_id)
             .await?;
+        let result = self.commit(user, &promo, &req).await;
+        if let Err(ServiceError::Unavailable { .. } | ServiceError::RateLimited(_)) = &result {
+            // Not the buyer's doing (a dependency down, contention): the
+            // token stays good for a retry. A second order can never come of
+            // it — the ledger's per-user limit and the DB's unique key hold.
+            self.tokens
+                .give_back(&req.token, user, promo.id, promo.item_id)
+                .await;
+        }
+        result
+    }
+
+    /// The strategy's half of `place`: reserve and commit the order.
+    async fn commit(
+        &self,
+        user: UserId,
+        promo: &crate::domain::Promo,
+        req: &PlaceOrder,
+    ) -> ServiceResult<Order> {
         match self.cx.config.order_strategy {
             OrderStrategy::WriteBehind => {
                 let (reply, answer) = oneshot::channel();

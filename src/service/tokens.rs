@@ -145,6 +145,21 @@ impl TokenService {
         Ok(IssuedToken { token, expires_at })
     }
 
+    /// Makes a used-up token good again (its order failed for a reason not
+    /// the buyer's: 503, contention), for its full TTL. Best effort.
+    pub async fn give_back(&self, token: &str, user: UserId, promo: PromoId, item: ItemId) {
+        let ttl = Duration::from_secs(self.cx.config.seckill_token_ttl_secs);
+        if let Err(e) = self
+            .cx
+            .ports
+            .kv
+            .set(&token_key(token), &binding(user, promo, item), ttl)
+            .await
+        {
+            tracing::debug!(error = %e, "seckill token not given back; the buyer asks a new one");
+        }
+    }
+
     /// Uses a token up: valid only once, and only for the (user, promo,
     /// item) it was issued for. A token presented for another binding is
     /// used up all the same (it was leaked or forged).

@@ -1,9 +1,12 @@
 //! End-to-end tests on the real stack: `scripts/cluster up` (MariaDB, Redis,
 //! RocketMQ, two instances, nginx), a crowd through nginx checked against
-//! MariaDB directly, and a crash between the half message and the local
-//! commit. Run by `scripts/test` (which sets SECKILL_TEST_CLUSTER=1 and the
-//! cluster's settings); skipped otherwise.
+//! MariaDB directly, a crash between the half message and the local
+//! commit, and fault drills (faults.rs: an instance, Redis, the broker or
+//! MariaDB lost mid-sale). Run by `scripts/test` (which sets
+//! SECKILL_TEST_CLUSTER=1 and the cluster's settings); skipped otherwise.
 #![recursion_limit = "256"]
+
+mod faults;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -12,37 +15,57 @@ use serde_json::{json, Value};
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::{MySqlPool, Row};
 
-const ADMIN: &str = "cluster-admin-token-0123456789";
+pub(crate) const ADMIN: &str = "cluster-admin-token-0123456789";
 
 /// A front end served from another origin, allowed credentialed CORS.
 const SHOP_ORIGIN: &str = "http://shop.example:3000";
 
 /// The tests share one cluster and must not overlap (one kills an instance).
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-struct Cluster {
-    front: String,
-    instances: Vec<String>,
-    db_url: String,
+pub(crate) struct Cluster {
+    /// nginx, in front of every instance.
+    pub(crate) front: String,
+    /// Each instance directly, `http://127.0.0.1:<port>`.
+    pub(crate) instances: Vec<String>,
+    pub(crate) db_url: String,
 }
 
-fn cluster() -> Option<Cluster> {
+/// The settings the instances run with, on the first start and on every
+/// restart alike (`scripts/cluster` passes each `SECKILL_*` variable on).
+const INSTANCE_ENV: &[(&str, &str)] = &[
+    ("SECKILL_ADMIN_TOKEN", ADMIN),
+    ("SECKILL_CAPTCHA_ENABLED", "false"),
+    ("SECKILL_ARGON2_MEMORY_KIB", "64"),
+    ("SECKILL_ARGON2_ITERATIONS", "1"),
+    ("SECKILL_RECONCILE_AFTER_SECS", "5"),
+    ("SECKILL_RECONCILE_INTERVAL_SECS", "1"),
+    ("SECKILL_CORS_ORIGINS", SHOP_ORIGIN),
+    // The crowd logs in from this one address (through nginx).
+    ("SECKILL_LOGIN_ATTEMPTS_PER_IP_PER_MINUTE", "0"),
+    // Every answer within 8 s (the fault drills count a longer wait as a
+    // hang); a ledger lost with Redis is rebuilt after 3 s without
+    // reservations in flight, which needs the local transaction's own
+    // deadline at most that; no unpaid order is cancelled during a test.
+    ("SECKILL_REQUEST_TIMEOUT_MS", "8000"),
+    ("SECKILL_LOCAL_TX_TIMEOUT_MS", "3000"),
+    ("SECKILL_LEDGER_REBUILD_QUIET_MS", "3000"),
+    ("SECKILL_ORDER_PAYMENT_TIMEOUT_SECS", "900"),
+];
+
+/// `scripts/cluster <args>` with the instances' settings.
+pub(crate) fn cluster_script(args: &[&str]) -> Command {
+    let mut cmd = Command::new(format!("{}/scripts/cluster", env!("CARGO_MANIFEST_DIR")));
+    cmd.args(args).envs(INSTANCE_ENV.iter().copied());
+    cmd
+}
+
+pub(crate) fn cluster() -> Option<Cluster> {
     if std::env::var("SECKILL_TEST_CLUSTER").ok().as_deref() != Some("1") {
         eprintln!("SECKILL_TEST_CLUSTER not set: cluster tests not run (scripts/test runs them)");
         return None;
     }
-    let root = env!("CARGO_MANIFEST_DIR");
-    let status = Command::new(format!("{root}/scripts/cluster"))
-        .arg("up")
-        .env("SECKILL_ADMIN_TOKEN", ADMIN)
-        .env("SECKILL_CAPTCHA_ENABLED", "false")
-        .env("SECKILL_ARGON2_MEMORY_KIB", "64")
-        .env("SECKILL_ARGON2_ITERATIONS", "1")
-        .env("SECKILL_RECONCILE_AFTER_SECS", "5")
-        .env("SECKILL_RECONCILE_INTERVAL_SECS", "1")
-        .env("SECKILL_CORS_ORIGINS", SHOP_ORIGIN)
-        // The crowd logs in from this one address (through nginx).
-        .env("SECKILL_LOGIN_ATTEMPTS_PER_IP_PER_MINUTE", "0")
+    let status = cluster_script(&["up"])
         .status()
         .expect("scripts/cluster runs");
     assert!(status.success(), "scripts/cluster up failed");
@@ -59,7 +82,7 @@ fn cluster() -> Option<Cluster> {
     })
 }
 
-async fn mysql(c: &Cluster) -> MySqlPool {
+pub(crate) async fn mysql(c: &Cluster) -> MySqlPool {
     MySqlPoolOptions::new()
         .max_connections(4)
         .connect(&c.db_url)
@@ -67,7 +90,7 @@ async fn mysql(c: &Cluster) -> MySqlPool {
         .expect("MariaDB")
 }
 
-async fn scalar(pool: &MySqlPool, sql: &str, promo: i64) -> i64 {
+pub(crate) async fn scalar(pool: &MySqlPool, sql: &str, promo: i64) -> i64 {
     sqlx::query(sql)
         .bind(promo)
         .fetch_one(pool)
@@ -157,7 +180,7 @@ async fn a_thousand_buyers_through_nginx_buy_exactly_the_hundred_units() {
     assert_eq!(nodes, 2, "orders came through both instances");
 }
 
-async fn http_json(
+pub(crate) async fn http_json(
     client: &reqwest::Client,
     method: reqwest::Method,
     url: &str,
@@ -290,19 +313,8 @@ async fn a_crash_between_half_message_and_local_commit_is_settled_and_the_stock_
     );
     blocker.rollback().await.unwrap();
     // A supervisor restarts the dead instance (same producer group).
-    let root = env!("CARGO_MANIFEST_DIR");
     let port = victim.rsplit(':').next().unwrap().to_owned();
-    let status = Command::new(format!("{root}/scripts/cluster"))
-        .args(["restart-instance", &port])
-        .env("SECKILL_ADMIN_TOKEN", ADMIN)
-        .env("SECKILL_CAPTCHA_ENABLED", "false")
-        .env("SECKILL_ARGON2_MEMORY_KIB", "64")
-        .env("SECKILL_ARGON2_ITERATIONS", "1")
-        .env("SECKILL_RECONCILE_AFTER_SECS", "5")
-        .env("SECKILL_RECONCILE_INTERVAL_SECS", "1")
-        .env("SECKILL_CORS_ORIGINS", SHOP_ORIGIN)
-        // The crowd logs in from this one address (through nginx).
-        .env("SECKILL_LOGIN_ATTEMPTS_PER_IP_PER_MINUTE", "0")
+    let status = cluster_script(&["restart-instance", &port])
         .status()
         .unwrap();
     assert!(status.success());
