@@ -9,7 +9,9 @@ use sqlx::migrate::MigrateDatabase;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlQueryResult, MySqlRow};
 use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row};
 
-use super::sql::{map_unique, sql_store, ITEM_COLUMNS, ORDER_COLUMNS, PROMO_COLUMNS};
+use super::sql::{
+    map_unique, sql_store, ITEM_COLUMNS, ORDER_COLUMNS, PROMO_COLUMNS, UNSETTLED_UNITS_OF_ITEM,
+};
 use super::*;
 
 /// The store over a MySQL pool.

@@ -40,6 +40,14 @@ pub(crate) const ORDER_COLUMNS: &str =
     "order_no, stock_log_id, user_id, item_id, promo_id, amount, \
      unit_price_cents, total_cents, status, created_at FROM order_info";
 
+/// Units of an item's sales not yet settled in its DB stock: `init` rows,
+/// and committed rows whose deduction has not been applied.
+pub(crate) const UNSETTLED_UNITS_OF_ITEM: &str =
+    "SELECT CAST(COALESCE(SUM(s.amount), 0) AS SIGNED) FROM stock_log s \
+     LEFT JOIN stock_deduction d ON d.stock_log_id = s.id \
+     WHERE s.promo_id IN (SELECT id FROM promo WHERE item_id = ?) \
+       AND (s.status = 'init' OR (s.status = 'committed' AND d.stock_log_id IS NULL))";
+
 /// Implements every store port for `$store` (a struct with a `pool` field)
 /// over one sqlx backend.
 macro_rules! sql_store {
@@ -479,12 +487,7 @@ impl OrderStore for $store {
     }
 
     async fn unsettled_units_of_item(&self, item: ItemId) -> StoreResult<i64> {
-        let n: Option<i64> = sqlx::query_scalar(
-            "SELECT CAST(COALESCE(SUM(s.amount), 0) AS SIGNED) FROM stock_log s \
-             LEFT JOIN stock_deduction d ON d.stock_log_id = s.id \
-             WHERE s.promo_id IN (SELECT id FROM promo WHERE item_id = ?) \
-               AND (s.status = 'init' OR (s.status = 'committed' AND d.stock_log_id IS NULL))",
-        )
+        let n: Option<i64> = sqlx::query_scalar(UNSETTLED_UNITS_OF_ITEM)
         .bind(item.0)
         .fetch_one(&self.pool)
         .await?;
@@ -497,12 +500,7 @@ impl OrderStore for $store {
             .bind(item.0)
             .fetch_optional(&mut *tx)
             .await?;
-        let unsettled: Option<i64> = sqlx::query_scalar(
-            "SELECT CAST(COALESCE(SUM(s.amount), 0) AS SIGNED) FROM stock_log s \
-             LEFT JOIN stock_deduction d ON d.stock_log_id = s.id \
-             WHERE s.promo_id IN (SELECT id FROM promo WHERE item_id = ?) \
-               AND (s.status = 'init' OR (s.status = 'committed' AND d.stock_log_id IS NULL))",
-        )
+        let unsettled: Option<i64> = sqlx::query_scalar(UNSETTLED_UNITS_OF_ITEM)
         .bind(item.0)
         .fetch_one(&mut *tx)
         .await?;

@@ -12,7 +12,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
-use super::sql::{map_unique, sql_store, ITEM_COLUMNS, ORDER_COLUMNS, PROMO_COLUMNS};
+use super::sql::{
+    map_unique, sql_store, ITEM_COLUMNS, ORDER_COLUMNS, PROMO_COLUMNS, UNSETTLED_UNITS_OF_ITEM,
+};
 use super::*;
 
 /// The store over a SQLite pool.

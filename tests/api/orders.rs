@@ -184,35 +184,12 @@ async fn with_captcha_on_a_token_needs_the_right_answer_once() {
         .await;
     assert_eq!(r.code(), "WRONG_CAPTCHA");
     // The answer is what the image shows; read it from the store to play the human.
-    t.get(&format!("/api/v1/promos/{promo}/captcha"), Some(&b))
-        .await;
-    let me = t.get("/api/v1/me", Some(&b)).await.json()["id"]
-        .as_i64()
-        .unwrap();
-    let answer = t
-        .app
-        .state
-        .ports
-        .kv
-        .get(&format!("captcha:{promo}:{me}"))
-        .await
-        .unwrap()
-        .unwrap();
+    let answer = t.captcha_answer(&b, promo).await;
     let r = t
-        .post(
-            &format!("/api/v1/promos/{promo}/tokens"),
-            Some(&b),
-            json!({"item_id": item, "captcha": answer.to_uppercase()}),
-        )
+        .token_with_captcha(&b, promo, item, &answer.to_uppercase())
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
-    let r = t
-        .post(
-            &format!("/api/v1/promos/{promo}/tokens"),
-            Some(&b),
-            json!({"item_id": item, "captcha": answer}),
-        )
-        .await;
+    let r = t.token_with_captcha(&b, promo, item, &answer).await;
     assert_eq!(r.code(), "WRONG_CAPTCHA", "single use");
 }
 

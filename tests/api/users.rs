@@ -252,50 +252,14 @@ async fn expired_sessions_seckill_tokens_and_captchas_are_refused() {
     .await;
     let (item, promo) = t.sale(5).await;
     let b = t.user("13800000031").await;
-    let me = t.get("/api/v1/me", Some(&b)).await.json()["id"]
-        .as_i64()
-        .unwrap();
     // A captcha answered after its time.
-    t.get(&format!("/api/v1/promos/{promo}/captcha"), Some(&b))
-        .await;
-    let captcha_key = format!("captcha:{promo}:{me}");
-    let answer = t
-        .app
-        .state
-        .ports
-        .kv
-        .get(&captcha_key)
-        .await
-        .unwrap()
-        .unwrap();
+    let answer = t.captcha_answer(&b, promo).await;
     tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
-    let r = t
-        .post(
-            &format!("/api/v1/promos/{promo}/tokens"),
-            Some(&b),
-            json!({"item_id": item, "captcha": answer}),
-        )
-        .await;
+    let r = t.token_with_captcha(&b, promo, item, &answer).await;
     assert_eq!(r.code(), "WRONG_CAPTCHA", "expired captcha");
     // A seckill token used after its time.
-    t.get(&format!("/api/v1/promos/{promo}/captcha"), Some(&b))
-        .await;
-    let answer = t
-        .app
-        .state
-        .ports
-        .kv
-        .get(&captcha_key)
-        .await
-        .unwrap()
-        .unwrap();
-    let r = t
-        .post(
-            &format!("/api/v1/promos/{promo}/tokens"),
-            Some(&b),
-            json!({"item_id": item, "captcha": answer}),
-        )
-        .await;
+    let answer = t.captcha_answer(&b, promo).await;
+    let r = t.token_with_captcha(&b, promo, item, &answer).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
     let token = r.json()["token"].as_str().unwrap().to_owned();
     tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;

@@ -239,6 +239,42 @@ impl TestApp {
         .await
     }
 
+    /// Asks a captcha image and reads its answer from the store, playing
+    /// the human who reads the picture.
+    pub async fn captcha_answer(&self, session: &str, promo: i64) -> String {
+        let img = self
+            .get(&format!("/api/v1/promos/{promo}/captcha"), Some(session))
+            .await;
+        assert_eq!(img.status, StatusCode::OK);
+        let me = self.get("/api/v1/me", Some(session)).await.json()["id"]
+            .as_i64()
+            .unwrap();
+        self.app
+            .state
+            .ports
+            .kv
+            .get(&format!("captcha:{promo}:{me}"))
+            .await
+            .unwrap()
+            .expect("a captcha is pending")
+    }
+
+    /// Asks a seckill token with a captcha answer.
+    pub async fn token_with_captcha(
+        &self,
+        session: &str,
+        promo: i64,
+        item: i64,
+        answer: &str,
+    ) -> Resp {
+        self.post(
+            &format!("/api/v1/promos/{promo}/tokens"),
+            Some(session),
+            json!({"item_id": item, "captcha": answer}),
+        )
+        .await
+    }
+
     pub async fn order(&self, session: &str, promo: i64, item: i64, token: &str) -> Resp {
         self.post(
             "/api/v1/orders",
