@@ -200,13 +200,25 @@ impl Api {
         )
     }
 
+    /// Whether the buyer finds the order: 200 yes, 404 no; a busy answer
+    /// (429, 5xx, no connection) is asked again, as a client would.
     pub async fn order_exists(&self, session: &str, no: &str) -> anyhow::Result<bool> {
-        let r = self
-            .http
-            .get(self.url(&format!("/api/v1/orders/{no}")))
-            .bearer_auth(session)
-            .send()
-            .await?;
-        Ok(r.status().as_u16() == 200)
+        let mut last = String::new();
+        for attempt in 0..20u64 {
+            match self
+                .http
+                .get(self.url(&format!("/api/v1/orders/{no}")))
+                .bearer_auth(session)
+                .send()
+                .await
+            {
+                Ok(r) if r.status().as_u16() == 200 => return Ok(true),
+                Ok(r) if r.status().as_u16() == 404 => return Ok(false),
+                Ok(r) => last = r.status().to_string(),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50 * (attempt + 1))).await;
+        }
+        anyhow::bail!("order {no} could not be looked up: {last}")
     }
 }

@@ -186,13 +186,33 @@ impl OrderService {
                     created_at: now,
                 };
                 let optimistic = strategy == OrderStrategy::DbOptimistic;
-                match self
-                    .cx
-                    .ports
-                    .store
-                    .place_order_in_db(&draft, optimistic, self.cx.config.cas_retries)
-                    .await
+                // Bounded like the write-behind local transaction: a DB too
+                // busy to commit in time answers 503 well within the request
+                // deadline (the dropped transaction rolls back), rather than
+                // a deadline answer for an order that commits afterwards.
+                let bound = Duration::from_millis(self.cx.config.local_tx_timeout_ms);
+                let placed = match tokio::time::timeout(
+                    bound,
+                    self.cx.ports.store.place_order_in_db(
+                        &draft,
+                        optimistic,
+                        self.cx.config.cas_retries,
+                    ),
+                )
+                .await
                 {
+                    Ok(placed) => placed,
+                    // Cut off while committing, it may have committed: the DB says.
+                    Err(_) => match self.cx.ports.store.order(&draft.order_no).await? {
+                        Some(order) => Ok(Some(order)),
+                        None => {
+                            return Err(ServiceError::unavailable(
+                                "the database did not commit the order in time; retry",
+                            ))
+                        }
+                    },
+                };
+                match placed {
                     Ok(Some(order)) => {
                         payment::schedule(&self.cx, std::slice::from_ref(&order.order_no)).await;
                         Ok(order)
