@@ -53,6 +53,13 @@ async fn an_app_instance_killed_mid_sale_loses_no_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_app_instance_stopped_gracefully_mid_sale_loses_no_order() {
+    let _serial = SERIAL.lock().await;
+    let Some(c) = cluster() else { return };
+    drill(&c, Fault::TermInstance).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_restarted_empty_mid_sale_rebuilds_the_ledger() {
     let _serial = SERIAL.lock().await;
     let Some(c) = cluster() else { return };
@@ -100,6 +107,10 @@ enum Fault {
     /// `kill -9` the first instance, 3 s later `scripts/cluster
     /// restart-instance` (a supervisor's restart).
     KillInstance,
+    /// SIGTERM to the first instance (a deploy): it must stop taking
+    /// orders, finish those admitted and exit within its shutdown bound;
+    /// 1 s later it is started again.
+    TermInstance,
     /// `SHUTDOWN NOSAVE`, 1 s later started again, empty.
     RestartRedisEmpty,
     /// `kill -9` the broker, 3 s later `scripts/rocketmq up`.
@@ -112,6 +123,7 @@ impl Fault {
     fn drill(self) -> &'static str {
         match self {
             Fault::KillInstance => "an_app_instance_killed_mid_sale_loses_no_order",
+            Fault::TermInstance => "an_app_instance_stopped_gracefully_mid_sale_loses_no_order",
             Fault::RestartRedisEmpty => "redis_restarted_empty_mid_sale_rebuilds_the_ledger",
             Fault::KillBroker => "the_broker_killed_and_restarted_mid_sale_loses_no_order",
             Fault::StopMariadb => "mariadb_stopped_for_seconds_mid_sale_loses_no_order",
@@ -125,6 +137,7 @@ impl Fault {
             Fault::RestartRedisEmpty => 2,
             Fault::KillBroker => 3,
             Fault::StopMariadb => 4,
+            Fault::TermInstance => 5,
         }
     }
 
@@ -134,6 +147,11 @@ impl Fault {
             Fault::KillInstance => {
                 kill_9(&victim_pid_file(c)).await;
                 tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            Fault::TermInstance => {
+                let took = terminate(&victim_pid_file(c), SHUTDOWN_BOUND).await;
+                eprintln!("{}: SIGTERM → exit in {took:?}", self.drill());
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Fault::RestartRedisEmpty => {
                 // Its exit code says nothing useful (the connection drops).
@@ -171,7 +189,9 @@ impl Fault {
     fn bring_back(self, c: &Cluster) -> Command {
         let root = env!("CARGO_MANIFEST_DIR");
         match self {
-            Fault::KillInstance => cluster_script(&["restart-instance", victim_port(c)]),
+            Fault::KillInstance | Fault::TermInstance => {
+                cluster_script(&["restart-instance", victim_port(c)])
+            }
             Fault::RestartRedisEmpty => {
                 let mut cmd = Command::new(format!("{root}/scripts/services"));
                 cmd.arg("redis");
@@ -201,8 +221,10 @@ struct RestoreOnPanic<'a> {
 impl Drop for RestoreOnPanic<'_> {
     fn drop(&mut self) {
         let up = match self.fault {
-            Fault::KillInstance => std::fs::read_to_string(victim_pid_file(self.c))
-                .is_ok_and(|pid| running(pid.trim())),
+            Fault::KillInstance | Fault::TermInstance => {
+                std::fs::read_to_string(victim_pid_file(self.c))
+                    .is_ok_and(|pid| running(pid.trim()))
+            }
             _ => false,
         };
         if std::thread::panicking() && !up {
@@ -263,6 +285,37 @@ async fn kill_9(pid_file: &Path) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = std::fs::remove_file(pid_file);
+}
+
+/// The instances' `shutdown_timeout_secs` (the default, 20 s) and a margin
+/// for the last batches and the hand-over after it.
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(25);
+
+/// SIGTERM, then waits for the process to end; panics past `within`.
+/// Returns how long it took.
+async fn terminate(pid_file: &Path, within: Duration) -> Duration {
+    let pid =
+        std::fs::read_to_string(pid_file).unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()));
+    let pid = pid.trim();
+    let started = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", pid])
+        .status()
+        .expect("kill runs");
+    assert!(
+        status.success(),
+        "kill -TERM {pid} ({})",
+        pid_file.display()
+    );
+    while running(pid) {
+        assert!(
+            started.elapsed() < within,
+            "the instance did not exit within {within:?} of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = std::fs::remove_file(pid_file);
+    started.elapsed()
 }
 
 /// The process exists and is not a zombie.
