@@ -37,19 +37,8 @@ impl MemoryStockLedger {
 #[async_trait]
 impl StockLedger for MemoryStockLedger {
     async fn warm(&self, promo: PromoId, stock: i64, per_user_limit: i64) -> CacheResult<bool> {
-        let mut promos = self.promos.lock();
-        if promos.contains_key(&promo) {
-            return Ok(false);
-        }
-        promos.insert(
-            promo,
-            PromoLedger {
-                stock,
-                limit: per_user_limit,
-                ..PromoLedger::default()
-            },
-        );
-        Ok(true)
+        self.rebuild(promo, per_user_limit, &SaleJournal::opening(stock))
+            .await
     }
 
     async fn reserve(&self, batch: &[Reservation]) -> CacheResult<Vec<ReserveOutcome>> {

@@ -88,16 +88,6 @@ fn err(context: &'static str) -> impl FnOnce(::redis::RedisError) -> CacheError 
     move |e| CacheError::new(context, e)
 }
 
-const WARM: &str = r#"
--- KEYS: stock, limit, buyers, resv, restocked, soldout; ARGV: stock, limit
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('DEL', KEYS[3], KEYS[4], KEYS[5], KEYS[6])
-redis.call('SET', KEYS[2], ARGV[2])
-redis.call('SET', KEYS[1], ARGV[1])
-if tonumber(ARGV[1]) <= 0 then redis.call('SET', KEYS[6], '1') end
-return 1
-"#;
-
 const RESERVE: &str = r#"
 -- KEYS: stock, limit, buyers, resv, soldout
 -- ARGV: count, then (user, amount, id) per reservation
@@ -201,7 +191,6 @@ return 1
 /// The stock ledger in Redis.
 pub struct RedisStockLedger {
     redis: RedisConn,
-    warm: Script,
     reserve: Script,
     release: Script,
     restock: Script,
@@ -213,7 +202,6 @@ impl RedisStockLedger {
     pub fn new(redis: RedisConn) -> Self {
         RedisStockLedger {
             redis,
-            warm: Script::new(WARM),
             reserve: Script::new(RESERVE),
             release: Script::new(RELEASE),
             restock: Script::new(RESTOCK),
@@ -226,22 +214,8 @@ impl RedisStockLedger {
 #[async_trait]
 impl StockLedger for RedisStockLedger {
     async fn warm(&self, promo: PromoId, stock: i64, per_user_limit: i64) -> CacheResult<bool> {
-        let k = self.redis.promo_keys(promo);
-        let mut c = self.redis.conn.clone();
-        let loaded: i64 = self
-            .warm
-            .key(&k.stock)
-            .key(&k.limit)
-            .key(&k.buyers)
-            .key(&k.reservations)
-            .key(&k.restocked)
-            .key(&k.sold_out)
-            .arg(stock)
-            .arg(per_user_limit)
-            .invoke_async(&mut c)
+        self.rebuild(promo, per_user_limit, &SaleJournal::opening(stock))
             .await
-            .map_err(err("ledger warm-up failed"))?;
-        Ok(loaded == 1)
     }
 
     async fn reserve(&self, batch: &[Reservation]) -> CacheResult<Vec<ReserveOutcome>> {

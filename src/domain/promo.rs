@@ -43,6 +43,15 @@ pub struct SaleJournal {
 }
 
 impl SaleJournal {
+    /// A sale before its first order: `stock` units, nobody bought yet (a
+    /// promo's warm-up at publish).
+    pub fn opening(stock: i64) -> Self {
+        SaleJournal {
+            db_stock: stock,
+            ..SaleJournal::default()
+        }
+    }
+
     /// The stock the promo's ledger must hold: the DB stock less what is
     /// reserved and not yet deducted.
     pub fn ledger_stock(&self) -> i64 {

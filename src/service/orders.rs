@@ -214,7 +214,7 @@ impl OrderService {
                 };
                 match placed {
                     Ok(Some(order)) => {
-                        payment::schedule(&self.cx, std::slice::from_ref(&order.order_no)).await;
+                        payment::schedule_soon(&self.cx, vec![order.order_no.clone()]);
                         Ok(order)
                     }
                     Ok(None) => {

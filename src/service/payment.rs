@@ -51,6 +51,16 @@ pub async fn schedule(cx: &Context, orders: &[OrderNo]) {
     }
 }
 
+/// [`schedule`] off the caller's path (an order's answer never waits for
+/// the broker): spawned, and nothing to do for no orders.
+pub fn schedule_soon(cx: &Context, orders: Vec<OrderNo>) {
+    if orders.is_empty() {
+        return;
+    }
+    let cx = cx.clone();
+    tokio::spawn(async move { schedule(&cx, &orders).await });
+}
+
 /// Cancels an unpaid order and gives its units back. Returns the order as
 /// it stands after and whether this call cancelled it (false: it was paid
 /// or cancelled already).

@@ -20,7 +20,7 @@ use chrono::Utc;
 use parking_lot::Mutex;
 
 use super::catalog::{gate_key, gate_ttl};
-use super::Context;
+use super::{Context, ServiceError};
 use crate::domain::{PromoId, PromoState};
 
 /// The promos this process is rebuilding (at most one task per promo).
@@ -60,6 +60,13 @@ impl LedgerRecovery {
             }
             cx.recovery.running.lock().remove(&promo);
         });
+    }
+
+    /// For a caller that found `promo`'s ledger missing: starts the rebuild
+    /// and gives the answer to send meanwhile (503).
+    pub fn reload(&self, cx: &Context, promo: PromoId) -> ServiceError {
+        self.trigger(cx, promo);
+        ServiceError::unavailable("the promo's stock is being reloaded; retry shortly")
     }
 
     /// Whether this process is rebuilding `promo` now.

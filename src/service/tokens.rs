@@ -127,10 +127,7 @@ impl TokenService {
             // No permit: the gate is spent, or the cache lost it with the
             // ledger (then it is rebuilt from the DB; 503 until then).
             if self.cx.ports.ledger.stock(promo_id).await?.is_none() {
-                self.cx.recovery.trigger(&self.cx, promo_id);
-                return Err(ServiceError::unavailable(
-                    "the promo's stock is being reloaded; retry shortly",
-                ));
+                return Err(self.cx.recovery.reload(&self.cx, promo_id));
             }
             return Err(ServiceError::SoldOut);
         }

@@ -185,10 +185,9 @@ impl Worker {
                 ReserveOutcome::NotWarmed => {
                     // Published (the order path checked) yet not loaded: the
                     // cache lost it. Rebuilt from the DB; 503 until then.
-                    self.cx.recovery.trigger(&self.cx, p.promo);
-                    let _ = p.reply.send(Err(ServiceError::unavailable(
-                        "the promo's stock is being reloaded; retry shortly",
-                    )));
+                    let _ = p
+                        .reply
+                        .send(Err(self.cx.recovery.reload(&self.cx, p.promo)));
                 }
             }
         }
@@ -255,7 +254,7 @@ impl Worker {
                     for r in group {
                         let _ = r.reply.send(Ok(r.draft.to_order()));
                     }
-                    self.schedule_payment_due(nos);
+                    payment::schedule_soon(&self.cx, nos);
                 }
                 Ok(TxState::Rollback) if group.len() > 1 && matches!(failure, Some(StoreError::Conflict(_))) => {
                     // One order broke a unique key (e.g. a user's second order
@@ -323,17 +322,7 @@ impl Worker {
                 }
             }
         }
-        self.schedule_payment_due(committed);
-    }
-
-    /// The payment time-outs of orders just committed, sent off the batch
-    /// worker's path.
-    fn schedule_payment_due(&self, orders: Vec<OrderNo>) {
-        if orders.is_empty() {
-            return;
-        }
-        let cx = self.cx.clone();
-        tokio::spawn(async move { payment::schedule(&cx, &orders).await });
+        payment::schedule_soon(&self.cx, committed);
     }
 
     async fn give_back(&self, promo: PromoId, id: StockLogId) {
