@@ -549,53 +549,95 @@ impl OrderStore for $store {
             .collect()
     }
 
+    /// A whole message in a handful of statements, whatever its size: the
+    /// committed ids and those already deducted are read with one `IN`
+    /// each, each item's stock takes one conditional update for the sum of
+    /// its entries (entry by entry only when that sum does not fit), and
+    /// the deduction records go in one multi-row insert. Items are updated
+    /// in id order, so two consumers never wait on each other's rows in
+    /// opposite orders.
     async fn apply_deductions(&self, entries: &[Deduction]) -> StoreResult<DeductionReport> {
-        let now = Utc::now();
         let mut report = DeductionReport::default();
+        if entries.is_empty() {
+            return Ok(report);
+        }
+        let now = Utc::now();
         let mut tx = self.pool.begin().await?;
+        let mut committed = std::collections::HashSet::new();
+        let mut done = std::collections::HashSet::new();
+        for chunk in entries.chunks(500) {
+            let ids: Vec<StockLogId> = chunk.iter().map(|e| e.stock_log_id).collect();
+            let mut qb = QueryBuilder::<$db>::new("SELECT id FROM stock_log WHERE status = 'committed' AND id IN ");
+            push_ids(&mut qb, &ids);
+            for r in qb.build().fetch_all(&mut *tx).await? {
+                committed.insert(r.try_get::<i64, _>(0)?);
+            }
+            let mut qb = QueryBuilder::<$db>::new("SELECT stock_log_id FROM stock_deduction WHERE stock_log_id IN ");
+            push_ids(&mut qb, &ids);
+            for r in qb.build().fetch_all(&mut *tx).await? {
+                done.insert(r.try_get::<i64, _>(0)?);
+            }
+        }
+        // Per item, in id order: the entries to deduct now.
+        let mut by_item: std::collections::BTreeMap<i64, Vec<&Deduction>> = Default::default();
         for e in entries {
-            let status: Option<String> =
-                sqlx::query_scalar("SELECT status FROM stock_log WHERE id = ?")
-                    .bind(e.stock_log_id.0)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if status.as_deref() != Some("committed") {
+            if !committed.contains(&e.stock_log_id.0) {
                 report.skipped += 1;
-                continue;
-            }
-            let done: Option<i64> =
-                sqlx::query_scalar("SELECT 1 FROM stock_deduction WHERE stock_log_id = ?")
-                    .bind(e.stock_log_id.0)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if done.is_some() {
+            } else if !done.insert(e.stock_log_id.0) {
+                // Deducted before, or twice in this message.
                 report.duplicates += 1;
-                continue;
+            } else {
+                by_item.entry(e.item_id.0).or_default().push(e);
             }
+        }
+        let mut records: Vec<(&Deduction, &'static str)> = Vec::new();
+        for (item, group) in by_item {
+            let total: i64 = group.iter().map(|e| e.amount).sum();
             let updated = sqlx::query("UPDATE item_stock SET stock = stock - ?, version = version + 1 WHERE item_id = ? AND stock >= ?")
-                .bind(e.amount)
-                .bind(e.item_id.0)
-                .bind(e.amount)
+                .bind(total)
+                .bind(item)
+                .bind(total)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            let outcome = if updated == 1 {
-                report.applied += 1;
-                "applied"
-            } else {
-                report.insufficient += 1;
-                tracing::error!(stock_log_id = %e.stock_log_id, item_id = %e.item_id, amount = e.amount,
-                    "DB stock lower than the ledger: deduction refused by the conditional update");
-                "insufficient"
-            };
-            sqlx::query("INSERT INTO stock_deduction (stock_log_id, item_id, amount, outcome, applied_at) VALUES (?, ?, ?, ?, ?)")
-                .bind(e.stock_log_id.0)
-                .bind(e.item_id.0)
-                .bind(e.amount)
-                .bind(outcome)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            if updated == 1 {
+                report.applied += group.len() as u64;
+                records.extend(group.into_iter().map(|e| (e, "applied")));
+                continue;
+            }
+            // Not enough for all of them: each on its own, so that what fits
+            // is deducted and only the rest is refused.
+            for e in group {
+                let updated = sqlx::query("UPDATE item_stock SET stock = stock - ?, version = version + 1 WHERE item_id = ? AND stock >= ?")
+                    .bind(e.amount)
+                    .bind(e.item_id.0)
+                    .bind(e.amount)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if updated == 1 {
+                    report.applied += 1;
+                    records.push((e, "applied"));
+                } else {
+                    report.insufficient += 1;
+                    tracing::error!(stock_log_id = %e.stock_log_id, item_id = %e.item_id, amount = e.amount,
+                        "DB stock lower than the ledger: deduction refused by the conditional update");
+                    records.push((e, "insufficient"));
+                }
+            }
+        }
+        for chunk in records.chunks(200) {
+            let mut qb = QueryBuilder::<$db>::new(
+                "INSERT INTO stock_deduction (stock_log_id, item_id, amount, outcome, applied_at) ",
+            );
+            qb.push_values(chunk, |mut b, (e, outcome)| {
+                b.push_bind(e.stock_log_id.0)
+                    .push_bind(e.item_id.0)
+                    .push_bind(e.amount)
+                    .push_bind(*outcome)
+                    .push_bind(now);
+            });
+            qb.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(report)

@@ -63,6 +63,7 @@ pub async fn suite(s: Arc<dyn Store>) {
     order_flow(&*s).await;
     a_batch_with_a_duplicate_buyer_commits_nothing(&*s).await;
     deductions_apply_once_and_only_for_committed_rows(&*s).await;
+    a_message_too_big_for_the_stock_deducts_what_fits_and_each_entry_once(&*s).await;
     cancel_gives_stock_back(&*s).await;
     pure_database_orders(&*s).await;
     the_sale_journal_has_what_a_ledger_rebuild_needs(&*s).await;
@@ -386,6 +387,40 @@ async fn deductions_apply_once_and_only_for_committed_rows(s: &dyn Store) {
         .unwrap();
     assert_eq!(r.insufficient, 1);
     assert_eq!(s.item(item).await.unwrap().unwrap().stock, 0);
+}
+
+async fn a_message_too_big_for_the_stock_deducts_what_fits_and_each_entry_once(s: &dyn Store) {
+    let (item, promo) = setup(s, 3).await;
+    let d = vec![
+        draft(3_101, UserId(1), item, promo, 2),
+        draft(3_102, UserId(2), item, promo, 1),
+        draft(3_103, UserId(3), item, promo, 1),
+    ];
+    s.insert_stock_logs(&d).await.unwrap();
+    s.commit_orders(&d).await.unwrap();
+    let mut entries: Vec<Deduction> = d
+        .iter()
+        .map(|d| Deduction {
+            stock_log_id: d.stock_log_id,
+            item_id: item,
+            amount: d.amount,
+        })
+        .collect();
+    // The same entry twice in one message (a producer retry merged in).
+    entries.push(entries[0]);
+    let r = s.apply_deductions(&entries).await.unwrap();
+    assert_eq!(
+        (r.applied, r.insufficient, r.duplicates),
+        (2, 1, 1),
+        "4 units asked of 3: the first two entries fit, the third is refused, the repeat counted once"
+    );
+    assert_eq!(s.item(item).await.unwrap().unwrap().stock, 0);
+    let r = s.apply_deductions(&entries).await.unwrap();
+    assert_eq!(
+        (r.applied, r.duplicates),
+        (0, 4),
+        "a redelivery deducts nothing"
+    );
 }
 
 async fn cancel_gives_stock_back(s: &dyn Store) {
