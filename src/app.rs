@@ -178,9 +178,10 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         config: config.clone(),
         ports: ports.clone(),
         ids: Arc::new(IdGenerator::new(node)),
-        sold_out: Arc::new(SoldOutFlags::new(Duration::from_millis(
-            config.local_sold_out_ttl_ms,
-        ))),
+        sold_out: Arc::new(SoldOutFlags::with_poll(
+            Duration::from_millis(config.local_sold_out_ttl_ms),
+            Duration::from_millis(config.sold_out_poll_ms),
+        )),
         recovery: Arc::new(crate::service::recovery::LedgerRecovery::new()),
     };
     let catalog = Arc::new(CatalogService::new(context.clone()));
@@ -210,7 +211,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             Topic::Cache,
             "seckill_cache",
             Delivery::Broadcast,
-            Arc::new(CacheInvalidation::new(catalog.clone())),
+            Arc::new(CacheInvalidation::new(catalog.clone(), users.clone())),
         )
         .await?;
     ports

@@ -81,6 +81,12 @@ pub struct Config {
     pub cookie_secure: bool,
 
     pub session_ttl_secs: u64,
+    /// How long an instance reuses a session it looked up (0: ask the
+    /// shared store every time). A log-out is broadcast to every instance;
+    /// this is the bound should the broadcast be lost.
+    pub session_cache_ttl_ms: u64,
+    /// Sessions an instance keeps in that cache at most.
+    pub session_cache_capacity: u64,
     pub otp_ttl_secs: u64,
     pub otp_per_phone_per_hour: u32,
     pub login_attempts_per_phone_per_minute: u32,
@@ -107,6 +113,13 @@ pub struct Config {
     pub token_rate_per_sec: u32,
     /// Orders admitted in flight at once; beyond, `429` at once.
     pub order_queue_capacity: usize,
+    /// Buying requests (token and order) one instance works on at once;
+    /// past it they are answered 429 at once, before any work (0: no
+    /// limit). An overload guard: it bounds the memory and the work a
+    /// crowd can pile onto one instance. Set low it does not buy latency on
+    /// a CPU-bound machine — the shed requests come back and cost CPU too
+    /// (docs/BENCHMARKS.md).
+    pub order_path_max_in_flight: usize,
     /// Group commit: at most this many orders per local transaction.
     pub batch_max: usize,
     /// Group commit: wait at most this long for a batch to fill.
@@ -121,6 +134,10 @@ pub struct Config {
     /// How long a process-local sold-out flag is trusted before the ledger
     /// is asked again.
     pub local_sold_out_ttl_ms: u64,
+    /// While a promo is not known sold out here, how often the token path
+    /// asks the shared ledger whether another instance sold it out (0:
+    /// every token request).
+    pub sold_out_poll_ms: u64,
     /// How long promos are cached in-process.
     pub promo_cache_ttl_ms: u64,
     /// Item details cached in-process: at most this many items.
@@ -204,6 +221,8 @@ impl Default for Config {
             node_id: None,
             cookie_secure: false,
             session_ttl_secs: 24 * 3600,
+            session_cache_ttl_ms: 2_000,
+            session_cache_capacity: 200_000,
             otp_ttl_secs: 300,
             otp_per_phone_per_hour: 5,
             login_attempts_per_ip_per_minute: 600,
@@ -218,12 +237,14 @@ impl Default for Config {
             order_rate_per_sec: 50_000,
             token_rate_per_sec: 50_000,
             order_queue_capacity: 4096,
+            order_path_max_in_flight: 2048,
             batch_max: 128,
             batch_linger_ms: 1,
             batch_workers: 4,
             local_tx_timeout_ms: 5_000,
             cas_retries: 16,
             local_sold_out_ttl_ms: 500,
+            sold_out_poll_ms: 50,
             promo_cache_ttl_ms: 1_000,
             item_cache_capacity: 10_000,
             item_cache_local_ttl_ms: 1_000,

@@ -53,7 +53,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(users::router())
         .merge(items::router())
-        .merge(orders::router())
+        .merge(orders::router(&state.config))
         .merge(admin::router())
         .merge(health::api_router());
     let api = Router::new()

@@ -1,29 +1,69 @@
 //! The order path over HTTP: captcha, seckill tokens, orders, payment.
 
-use axum::extract::State;
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 use utoipa::ToSchema;
 
-use super::error::{ApiResult, ErrorBody};
+use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath, CurrentUser};
 use super::AppState;
+use crate::config::Config;
 use crate::domain::{ItemId, Order, OrderStatus, PromoId};
 use crate::service::orders::PlaceOrder;
+use crate::service::ServiceError;
 
-pub fn router() -> Router<AppState> {
+pub fn router(config: &Config) -> Router<AppState> {
+    let buying = Router::new()
+        .route("/promos/{id}/tokens", post(issue_token))
+        .route("/orders", post(place).get(list));
+    // Load shedding in front of the buying requests: past
+    // `order_path_max_in_flight` on this instance, 429 at once (before the
+    // session, the body or any round trip): what a crowd can pile onto one
+    // instance is bounded.
+    let buying = match config.order_path_max_in_flight {
+        0 => buying,
+        n => buying.route_layer(middleware::from_fn_with_state(
+            Arc::new(Semaphore::new(n)),
+            shed,
+        )),
+    };
     Router::new()
         .route("/promos/{id}/captcha", get(captcha))
-        .route("/promos/{id}/tokens", post(issue_token))
-        .route("/orders", post(place).get(list))
+        .merge(buying)
         .route("/orders/{order_no}", get(detail))
         .route("/orders/{order_no}/pay", post(pay))
         .route("/orders/{order_no}/cancel", post(cancel))
+}
+
+/// Admits a buying request (POST) when this instance has fewer than its
+/// limit in flight, else answers 429 with `Retry-After`.
+async fn shed(State(gate): State<Arc<Semaphore>>, req: Request, next: Next) -> Response {
+    if req.method() != Method::POST {
+        return next.run(req).await;
+    }
+    match gate.try_acquire() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => {
+            metrics::counter!("seckill_requests_shed_total").increment(1);
+            let mut resp = ApiError::from(ServiceError::RateLimited(
+                "this instance is busy with other buyers; retry shortly",
+            ))
+            .into_response();
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            resp
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

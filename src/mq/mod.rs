@@ -36,13 +36,15 @@ pub enum Event {
     /// Orders whose payment time is up (a delayed message sent when they
     /// were committed): cancel those still unpaid.
     PaymentDue { v: u8, order_nos: Vec<OrderNo> },
+    /// A session ended (log-out): drop every instance's cached copy.
+    SessionEnded { v: u8, token: String },
 }
 
 impl Event {
     pub fn topic(&self) -> Topic {
         match self {
             Event::StockDeduct { .. } => Topic::Stock,
-            Event::ItemChanged { .. } => Topic::Cache,
+            Event::ItemChanged { .. } | Event::SessionEnded { .. } => Topic::Cache,
             Event::PaymentDue { .. } => Topic::PaymentDue,
         }
     }
@@ -55,6 +57,7 @@ impl Event {
                 .map(|e| e.stock_log_id.to_string())
                 .unwrap_or_default(),
             Event::ItemChanged { item_id, .. } => item_id.to_string(),
+            Event::SessionEnded { .. } => "session".to_owned(),
             Event::PaymentDue { order_nos, .. } => order_nos
                 .first()
                 .map(|n| n.as_str().to_owned())

@@ -1,8 +1,8 @@
 //! Placing, reading, paying and cancelling orders.
 //!
-//! `place` runs the order path's front half — rate limit, promo on sale,
-//! local sold-out flag, a place in the bounded queue, the seckill token used
-//! up — then hands the order to the configured strategy and waits for its
+//! `place` runs the order path's front half — promo on sale, local
+//! sold-out flag, rate limit, a place in the bounded queue, the seckill
+//! token used up — then hands the order to the configured strategy and waits for its
 //! commit. The queue place is taken before the token so that a full queue
 //! (429) never burns the buyer's token; it is held until the answer, so the
 //! bound covers orders being committed too, not just those waiting.
@@ -112,11 +112,6 @@ impl OrderService {
                 "amount must be between 1 and {limit}"
             )));
         }
-        if !self.cx.ports.limiter.check(&self.order_rule, "all").await? {
-            return Err(ServiceError::RateLimited(
-                "too many orders right now; retry shortly",
-            ));
-        }
         let promo = self.catalog.promo(req.promo_id).await?;
         if promo.item_id != req.item_id {
             return Err(ServiceError::Invalid(format!(
@@ -125,8 +120,25 @@ impl OrderService {
             )));
         }
         promo.check_on_sale(Utc::now())?;
+        // The crowd after the last unit is answered here, from this
+        // process's flag: no round trip, no rate-limit permit spent.
         if self.cx.sold_out.is_set(promo.id) {
             return Err(ServiceError::SoldOut);
+        }
+        // The flag lapses (stock may come back); the shared one is asked
+        // again at most once per `sold_out_poll_ms`, so a crowd keeps being
+        // answered here rather than each request spending a token on it.
+        if self.cx.config.order_strategy == OrderStrategy::WriteBehind
+            && self.cx.sold_out.due_for_check(promo.id)
+            && self.cx.ports.ledger.sold_out(promo.id).await?
+        {
+            self.cx.sold_out.set(promo.id);
+            return Err(ServiceError::SoldOut);
+        }
+        if !self.cx.ports.limiter.check(&self.order_rule, "all").await? {
+            return Err(ServiceError::RateLimited(
+                "too many orders right now; retry shortly",
+            ));
         }
         let _admitted = self.in_flight.clone().try_acquire_owned().map_err(|_| {
             metrics::counter!("seckill_order_queue_full_total").increment(1);

@@ -12,13 +12,48 @@ use crate::domain::PromoId;
 pub struct SoldOutFlags {
     ttl: Duration,
     flags: RwLock<HashMap<PromoId, Instant>>,
+    /// How often the shared flag is asked while this one is not set.
+    poll: Duration,
+    checked: RwLock<HashMap<PromoId, Instant>>,
 }
 
 impl SoldOutFlags {
     pub fn new(ttl: Duration) -> Self {
+        Self::with_poll(ttl, Duration::ZERO)
+    }
+
+    /// `poll`: at most one look at the shared flag per promo per `poll`
+    /// (zero: every time).
+    pub fn with_poll(ttl: Duration, poll: Duration) -> Self {
         SoldOutFlags {
             ttl,
             flags: RwLock::new(HashMap::new()),
+            poll,
+            checked: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Whether the shared sold-out flag should be asked now: true at most
+    /// once per poll interval per promo (the caller then asks).
+    pub fn due_for_check(&self, promo: PromoId) -> bool {
+        if self.poll.is_zero() {
+            return true;
+        }
+        if self
+            .checked
+            .read()
+            .get(&promo)
+            .is_some_and(|at| at.elapsed() < self.poll)
+        {
+            return false;
+        }
+        let mut checked = self.checked.write();
+        match checked.get(&promo) {
+            Some(at) if at.elapsed() < self.poll => false,
+            _ => {
+                checked.insert(promo, Instant::now());
+                true
+            }
         }
     }
 
@@ -58,5 +93,17 @@ mod tests {
         f.set(PromoId(1));
         f.clear(PromoId(1));
         assert!(!f.is_set(PromoId(1)));
+    }
+
+    #[test]
+    fn the_shared_flag_is_asked_at_most_once_per_poll_interval() {
+        let f = SoldOutFlags::with_poll(Duration::from_millis(30), Duration::from_millis(30));
+        assert!(f.due_for_check(PromoId(1)));
+        assert!(!f.due_for_check(PromoId(1)));
+        assert!(f.due_for_check(PromoId(2)), "per promo");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(f.due_for_check(PromoId(1)));
+        let every = SoldOutFlags::new(Duration::from_millis(30));
+        assert!(every.due_for_check(PromoId(1)) && every.due_for_check(PromoId(1)));
     }
 }

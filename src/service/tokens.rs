@@ -100,6 +100,9 @@ impl TokenService {
             )));
         }
         promo.check_on_sale(Utc::now())?;
+        if self.cx.sold_out.is_set(promo_id) {
+            return Err(ServiceError::SoldOut);
+        }
         if self.cx.config.captcha_enabled {
             let given = captcha
                 .map(str::trim)
@@ -116,10 +119,12 @@ impl TokenService {
                 "too many requests; retry shortly",
             ));
         }
-        if self.cx.sold_out.is_set(promo_id) {
-            return Err(ServiceError::SoldOut);
-        }
-        if self.cx.ports.ledger.sold_out(promo_id).await? {
+        // Another instance may have sold the last unit: the ledger's flag is
+        // asked at most once per `sold_out_poll_ms` per promo (a token handed
+        // out meanwhile only meets "sold out" at the order).
+        if self.cx.sold_out.due_for_check(promo_id)
+            && self.cx.ports.ledger.sold_out(promo_id).await?
+        {
             self.cx.sold_out.set(promo_id);
             return Err(ServiceError::SoldOut);
         }

@@ -36,6 +36,11 @@ pub struct BulkUser {
 
 pub struct UserService {
     cx: Context,
+    /// Sessions seen recently (token → user), so that the order path does
+    /// not ask the shared store on every request. Entries live at most
+    /// `session_cache_ttl_ms`; a log-out drops them on every instance (a
+    /// broadcast), so a session ends everywhere within that bound at worst.
+    sessions: Option<moka::sync::Cache<String, UserId>>,
 }
 
 fn session_key(token: &str) -> String {
@@ -50,7 +55,14 @@ pub fn random_token() -> String {
 
 impl UserService {
     pub fn new(cx: Context) -> Self {
-        UserService { cx }
+        let ttl = cx.config.session_cache_ttl_ms;
+        let sessions = (ttl > 0 && cx.config.session_cache_capacity > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(cx.config.session_cache_capacity)
+                .time_to_live(Duration::from_millis(ttl))
+                .build()
+        });
+        UserService { cx, sessions }
     }
 
     fn argon2(&self) -> Argon2<'static> {
@@ -302,8 +314,34 @@ impl UserService {
         Ok((token, user))
     }
 
+    /// Ends a session: gone from the shared store at once, and from every
+    /// instance's session cache when the broadcast arrives (at worst when
+    /// the entry's `session_cache_ttl_ms` runs out).
     pub async fn logout(&self, token: &str) -> ServiceResult<()> {
-        Ok(self.cx.ports.kv.delete(&session_key(token)).await?)
+        self.cx.ports.kv.delete(&session_key(token)).await?;
+        self.forget_session(token);
+        if self.sessions.is_some() {
+            if let Err(e) = self
+                .cx
+                .ports
+                .bus
+                .publish(crate::mq::Event::SessionEnded {
+                    v: 1,
+                    token: token.to_owned(),
+                })
+                .await
+            {
+                tracing::warn!(error = %e, "log-out not broadcast; other instances forget the session within session_cache_ttl_ms");
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops this instance's cached copy of a session.
+    pub fn forget_session(&self, token: &str) {
+        if let Some(c) = &self.sessions {
+            c.invalidate(token);
+        }
     }
 
     /// The user a session token belongs to; `None` when unknown or expired.
@@ -311,8 +349,15 @@ impl UserService {
         if token.is_empty() || token.len() > 128 {
             return Ok(None);
         }
+        if let Some(user) = self.sessions.as_ref().and_then(|c| c.get(token)) {
+            return Ok(Some(user));
+        }
         let v = self.cx.ports.kv.get(&session_key(token)).await?;
-        Ok(v.and_then(|s| s.parse().ok()).map(UserId))
+        let user = v.and_then(|s| s.parse().ok()).map(UserId);
+        if let (Some(c), Some(u)) = (&self.sessions, user) {
+            c.insert(token.to_owned(), u);
+        }
+        Ok(user)
     }
 
     pub async fn user(&self, id: UserId) -> ServiceResult<User> {

@@ -1,5 +1,6 @@
 //! The cache-invalidation consumer (broadcast: every instance gets every
-//! message) drops this instance's cached copies of a changed item.
+//! message) drops this instance's cached copies of a changed item or an
+//! ended session.
 
 use std::sync::Arc;
 
@@ -7,23 +8,29 @@ use async_trait::async_trait;
 
 use crate::mq::{Event, MessageHandler};
 use crate::service::catalog::CatalogService;
+use crate::service::users::UserService;
 
 pub struct CacheInvalidation {
     catalog: Arc<CatalogService>,
+    users: Arc<UserService>,
 }
 
 impl CacheInvalidation {
-    pub fn new(catalog: Arc<CatalogService>) -> Self {
-        CacheInvalidation { catalog }
+    pub fn new(catalog: Arc<CatalogService>, users: Arc<UserService>) -> Self {
+        CacheInvalidation { catalog, users }
     }
 }
 
 #[async_trait]
 impl MessageHandler for CacheInvalidation {
     async fn handle(&self, event: &Event) -> anyhow::Result<()> {
-        if let Event::ItemChanged { item_id, .. } = event {
-            self.catalog.forget_item(*item_id).await;
-            metrics::counter!("seckill_cache_invalidations_total").increment(1);
+        match event {
+            Event::ItemChanged { item_id, .. } => {
+                self.catalog.forget_item(*item_id).await;
+                metrics::counter!("seckill_cache_invalidations_total").increment(1);
+            }
+            Event::SessionEnded { token, .. } => self.users.forget_session(token),
+            _ => {}
         }
         Ok(())
     }

@@ -384,6 +384,16 @@ async fn a_session_opened_on_one_instance_is_valid_on_the_other_and_cors_admits_
         (200, Some(phone.as_str())),
         "the other instance knows the session"
     );
+    // Instance 0 has the session in its local session cache now.
+    let (status, _) = http_json(
+        &http,
+        reqwest::Method::GET,
+        &format!("{}/api/v1/me", c.instances[0]),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
     let (status, _) = http_json(
         &http,
         reqwest::Method::DELETE,
@@ -396,15 +406,33 @@ async fn a_session_opened_on_one_instance_is_valid_on_the_other_and_cors_admits_
     let (status, _) = http_json(
         &http,
         reqwest::Method::GET,
-        &format!("{}/api/v1/me", c.instances[0]),
+        &format!("{}/api/v1/me", c.instances[1]),
         token,
         None,
     )
     .await;
-    assert_eq!(
-        status, 401,
-        "logging out on one instance ends the session on both"
-    );
+    assert_eq!(status, 401, "the instance that logged out forgets at once");
+    // The other one is told by the broadcast (bounded by the cache's TTL,
+    // 2 s by default, should the broadcast be lost).
+    let logged_out = std::time::Instant::now();
+    loop {
+        let (status, _) = http_json(
+            &http,
+            reqwest::Method::GET,
+            &format!("{}/api/v1/me", c.instances[0]),
+            token,
+            None,
+        )
+        .await;
+        if status == 401 {
+            break;
+        }
+        assert!(
+            logged_out.elapsed() < std::time::Duration::from_millis(3_000),
+            "logging out on one instance ends the session on both (within the session cache's bound)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     // Through nginx: a listed origin gets credentialed CORS, another none.
     let preflight = |origin: &'static str| {

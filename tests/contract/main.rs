@@ -30,6 +30,8 @@ async fn the_memory_kv_store_honours_the_kv_contract() {
 #[tokio::test]
 async fn the_memory_rate_limiter_honours_the_rate_limit_contract() {
     kv::rate_limit_suite(Arc::new(MemoryRateLimiter::new())).await;
+    let one = Arc::new(MemoryRateLimiter::new());
+    kv::busy_rule_suite(one.clone(), one).await;
 }
 
 #[tokio::test]
@@ -123,7 +125,16 @@ async fn the_redis_kv_store_and_rate_limiter_honour_their_contracts() {
         conn.clone(),
     )))
     .await;
-    kv::rate_limit_suite(Arc::new(seckill::cache::redis::RedisRateLimiter::new(conn))).await;
+    kv::rate_limit_suite(Arc::new(seckill::cache::redis::RedisRateLimiter::new(
+        conn.clone(),
+    )))
+    .await;
+    // Two limiters on one Redis: two instances.
+    kv::busy_rule_suite(
+        Arc::new(seckill::cache::redis::RedisRateLimiter::new(conn.clone())),
+        Arc::new(seckill::cache::redis::RedisRateLimiter::new(conn)),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
