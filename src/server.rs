@@ -1,9 +1,16 @@
 //! Running the server: bind, serve, shut down gracefully on SIGTERM/Ctrl-C.
 
-use std::future::IntoFuture;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tower::ServiceExt as _;
 
 use crate::config::{Config, Secret};
 
@@ -32,18 +39,13 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     let bound = Duration::from_secs(app.state.config.shutdown_timeout_secs);
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let orders = app.state.orders.clone();
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let server = serve_http1(listener, router, async move {
         shutdown_signal().await;
         // No new orders; those admitted finish (their batches commit or
         // give their reservations back) before the process ends.
         orders.drain();
         let _ = stopping_tx.send(());
-    })
-    .into_future();
+    });
     tokio::pin!(server);
     // Serve; once the signal came, give requests in flight (and the batches
     // they wait for) at most `shutdown_timeout_secs` to finish. Anything not
@@ -68,6 +70,75 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     let _ = app.state.monitor.flush().await;
     let _ = app.state.monitor.leave().await;
     tracing::info!("seckill stopped");
+    Ok(())
+}
+
+/// Serves `router` over HTTP/1.1 (what nginx and browsers speak to an
+/// instance) until `shutdown` completes, then stops accepting, lets every
+/// connection finish its request in flight and returns once all are closed.
+///
+/// An HTTP/1-only connection is what makes an idle keep-alive connection
+/// cheap (its task holds hyper's HTTP/1 state and buffers, nothing for
+/// HTTP/2); sockets get `TCP_NODELAY`, so a small answer is never held back
+/// waiting for the client's ACK. Each request carries `ConnectInfo` (the
+/// peer address) like `axum::serve`'s.
+pub async fn serve_http1(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let live = Arc::new(());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: the listener
+                    // stays; back off a little so the loop does not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service =
+            router
+                .clone()
+                .map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
+                    let mut req = req.map(axum::body::Body::new);
+                    req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                    req
+                });
+        let mut stop = stop_rx.clone();
+        let live = live.clone();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::trace!(error = %e, "connection ended with an error");
+                    }
+                }
+                _ = stop.changed() => {
+                    // Finish the request in flight, then close.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(live);
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    while Arc::strong_count(&live) > 1 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     Ok(())
 }
 
