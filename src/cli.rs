@@ -1,4 +1,4 @@
-//! The command line: `serve`, `demo`, `migrate`, `reconcile`.
+//! The command line: `serve`, `demo`, `drill`, `chart`, `migrate`, `reconcile`.
 
 use std::path::PathBuf;
 
@@ -30,6 +30,8 @@ pub enum Command {
     Demo(ServeArgs),
     /// A flash crowd against a deployment over HTTP, with invariant checks.
     Drill(crate::drill::DrillArgs),
+    /// Draw the benchmark chart (orders/s and p99 against clients) from drill reports.
+    Chart(crate::drill::chart::ChartArgs),
     /// Apply the database migrations and exit.
     Migrate(DbArgs),
     /// Settle `stock_log` rows left `init` (one pass) and exit.
@@ -148,6 +150,11 @@ pub fn main() -> anyhow::Result<()> {
                 if !report.violations.is_empty() {
                     anyhow::bail!("{} invariant(s) violated", report.violations.len());
                 }
+                Ok(())
+            }
+            Command::Chart(args) => {
+                let drawn = crate::drill::chart::run(&args)?;
+                eprintln!("{} drills drawn to {}", drawn, args.output.display());
                 Ok(())
             }
             Command::Migrate(db) => {

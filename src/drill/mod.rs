@@ -7,6 +7,7 @@
 //! waits for the database to catch up, and checks the invariants a user of
 //! a flash-sale system relies on. Any violation makes it exit non-zero.
 
+pub mod chart;
 mod client;
 mod report;
 
@@ -192,6 +193,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<DrillReport> {
         std::collections::BTreeMap::<String, usize>::new(),
     ));
     let last_accept = Arc::new(Mutex::new(None::<Instant>));
+    let journeys = Arc::new(Mutex::new(Vec::<f64>::new()));
     let buyers = Arc::new(buyers);
     let next = Arc::new(AtomicUsize::new(0));
     let crowd_start = Instant::now();
@@ -199,12 +201,13 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<DrillReport> {
     for _ in 0..args.concurrency {
         let api = api.clone();
         let (buyers, next, bar) = (buyers.clone(), next.clone(), bar.clone());
-        let (tokens, orders, accepted, finals, last_accept) = (
+        let (tokens, orders, accepted, finals, last_accept, journeys) = (
             tokens.clone(),
             orders.clone(),
             accepted.clone(),
             finals.clone(),
             last_accept.clone(),
+            journeys.clone(),
         );
         let max_retries = args.max_retries;
         tasks.push(tokio::spawn(async move {
@@ -212,6 +215,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<DrillReport> {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(buyer) = buyers.get(i) else { return };
                 let session = buyer.session.as_deref().unwrap_or_default();
+                let began = Instant::now();
                 let outcome = buy(
                     &api,
                     session,
@@ -223,6 +227,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<DrillReport> {
                 )
                 .await;
                 if let Outcome::Created(no) = &outcome {
+                    journeys.lock().push(began.elapsed().as_secs_f64() * 1000.0);
                     accepted.lock().push((i, no.clone()));
                     *last_accept.lock() = Some(Instant::now());
                 }
@@ -287,6 +292,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<DrillReport> {
         tokens,
         orders,
         finals,
+        journeys: std::mem::take(&mut *journeys.lock()),
     });
     Ok(report)
 }

@@ -57,6 +57,9 @@ pub struct DrillReport {
     pub order_p99_ms: f64,
     /// From the last accepted order until the DB caught up.
     pub settle_ms: f64,
+    /// A successful buyer's whole journey: from the first token request to
+    /// the accepted order, back-offs after 429 included.
+    pub buyer_journey: Latency,
     pub orders: BTreeMap<String, Latency>,
     pub tokens: BTreeMap<String, Latency>,
     /// How each buyer's attempt ended.
@@ -84,6 +87,8 @@ pub struct Inputs {
     pub tokens: Samples,
     pub orders: Samples,
     pub finals: BTreeMap<String, usize>,
+    /// Each successful buyer's journey, ms.
+    pub journeys: Vec<f64>,
 }
 
 pub fn build(i: Inputs) -> DrillReport {
@@ -177,6 +182,7 @@ pub fn build(i: Inputs) -> DrillReport {
         order_p50_ms: created.map_or(0.0, |l| l.p50_ms),
         order_p99_ms: created.map_or(0.0, |l| l.p99_ms),
         settle_ms: i.settle_ms,
+        buyer_journey: latency(i.journeys),
         orders: order_latencies,
         tokens: i
             .tokens
@@ -227,6 +233,8 @@ impl DrillReport {
                 line(&mut out, format!("  {kind:5} {k:<22} n={:<7} p50 {:>7.2} ms  p90 {:>7.2}  p99 {:>7.2}  max {:>7.2}", l.count, l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms));
             }
         }
+        let j = &self.buyer_journey;
+        line(&mut out, format!("  buyer journey to an order (back-offs included) n={:<7} p50 {:>7.2} ms  p90 {:>7.2}  p99 {:>7.2}  max {:>7.2}", j.count, j.p50_ms, j.p90_ms, j.p99_ms, j.max_ms));
         for (k, n) in &self.outcomes {
             line(&mut out, format!("  buyers ended {k:<22} {n}"));
         }
