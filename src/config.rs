@@ -120,6 +120,9 @@ pub struct Config {
     /// a CPU-bound machine — the shed requests come back and cost CPU too
     /// (docs/BENCHMARKS.md).
     pub order_path_max_in_flight: usize,
+    /// Connections the kernel queues for accepting (capped by
+    /// `net.core.somaxconn`).
+    pub http_backlog: u32,
     /// Group commit: at most this many orders per local transaction.
     pub batch_max: usize,
     /// Group commit: wait at most this long for a batch to fill.
@@ -237,7 +240,8 @@ impl Default for Config {
             order_rate_per_sec: 50_000,
             token_rate_per_sec: 50_000,
             order_queue_capacity: 4096,
-            order_path_max_in_flight: 2048,
+            order_path_max_in_flight: 8192,
+            http_backlog: 8192,
             batch_max: 128,
             batch_linger_ms: 1,
             batch_workers: 4,

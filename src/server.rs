@@ -24,7 +24,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     let addr = config.listen_addr()?;
     let demo = config.demo;
     // Bind first: a taken port stops start-up before anything is written.
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+    let listener = listen(addr, config.http_backlog).with_context(|| {
         format!("cannot listen on {addr} (set SECKILL_HTTP_ADDR or --addr to another port)")
     })?;
     let app = crate::app::build(config).await?;
@@ -73,6 +73,22 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A listening socket with room for `backlog` connections not yet accepted
+/// (the kernel caps it at `net.core.somaxconn`): a crowd connecting at once
+/// (or nginx opening its upstream connections for it) must not overflow the
+/// queue — dropped SYNs are retried after a second, past nginx's connect
+/// timeout.
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog.max(1))
+}
+
 /// Serves `router` over HTTP/1.1 (what nginx and browsers speak to an
 /// instance) until `shutdown` completes, then stops accepting, lets every
 /// connection finish its request in flight and returns once all are closed.
@@ -95,10 +111,13 @@ pub async fn serve_http1(
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    // Out of file descriptors and the like: the listener
-                    // stays; back off a little so the loop does not spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of file descriptors or memory: the listener stays;
+                    // back off a little so the loop does not spin. Errors of
+                    // one connection (reset before accepted): go on.
+                    if matches!(e.raw_os_error(), Some(23 | 24 | 12 | 105)) {
+                        tracing::warn!(error = %e, "accept failed; backing off");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                     continue;
                 }
             },
