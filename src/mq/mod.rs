@@ -36,8 +36,9 @@ pub enum Event {
     /// Orders whose payment time is up (a delayed message sent when they
     /// were committed): cancel those still unpaid.
     PaymentDue { v: u8, order_nos: Vec<OrderNo> },
-    /// A session ended (log-out): drop every instance's cached copy.
-    SessionEnded { v: u8, token: String },
+    /// A session ended (log-out): drop every instance's cached copy. Names
+    /// the session by its token's SHA-256, never by the token.
+    SessionEnded { v: u8, digest: String },
 }
 
 impl Event {

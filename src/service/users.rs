@@ -40,7 +40,17 @@ pub struct UserService {
     /// not ask the shared store on every request. Entries live at most
     /// `session_cache_ttl_ms`; a log-out drops them on every instance (a
     /// broadcast), so a session ends everywhere within that bound at worst.
+    /// Keyed by the token's digest ([`session_digest`]): the broadcast
+    /// carries the digest, never the bearer token itself.
     sessions: Option<moka::sync::Cache<String, UserId>>,
+}
+
+/// A session token's SHA-256, hex: names a session in the log-out broadcast
+/// (which the broker stores) without giving the credential away.
+pub fn session_digest(token: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(token.as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn session_key(token: &str) -> String {
@@ -319,7 +329,7 @@ impl UserService {
     /// the entry's `session_cache_ttl_ms` runs out).
     pub async fn logout(&self, token: &str) -> ServiceResult<()> {
         self.cx.ports.kv.delete(&session_key(token)).await?;
-        self.forget_session(token);
+        self.forget_session(&session_digest(token));
         if self.sessions.is_some() {
             if let Err(e) = self
                 .cx
@@ -327,7 +337,7 @@ impl UserService {
                 .bus
                 .publish(crate::mq::Event::SessionEnded {
                     v: 1,
-                    token: token.to_owned(),
+                    digest: session_digest(token),
                 })
                 .await
             {
@@ -337,10 +347,10 @@ impl UserService {
         Ok(())
     }
 
-    /// Drops this instance's cached copy of a session.
-    pub fn forget_session(&self, token: &str) {
+    /// Drops this instance's cached copy of a session, named by its digest.
+    pub fn forget_session(&self, digest: &str) {
         if let Some(c) = &self.sessions {
-            c.invalidate(token);
+            c.invalidate(digest);
         }
     }
 
@@ -349,13 +359,16 @@ impl UserService {
         if token.is_empty() || token.len() > 128 {
             return Ok(None);
         }
-        if let Some(user) = self.sessions.as_ref().and_then(|c| c.get(token)) {
-            return Ok(Some(user));
+        let digest = self.sessions.as_ref().map(|_| session_digest(token));
+        if let (Some(c), Some(d)) = (&self.sessions, &digest) {
+            if let Some(user) = c.get(d) {
+                return Ok(Some(user));
+            }
         }
         let v = self.cx.ports.kv.get(&session_key(token)).await?;
         let user = v.and_then(|s| s.parse().ok()).map(UserId);
-        if let (Some(c), Some(u)) = (&self.sessions, user) {
-            c.insert(token.to_owned(), u);
+        if let (Some(c), Some(d), Some(u)) = (&self.sessions, digest, user) {
+            c.insert(d, u);
         }
         Ok(user)
     }

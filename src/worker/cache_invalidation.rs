@@ -29,7 +29,7 @@ impl MessageHandler for CacheInvalidation {
                 self.catalog.forget_item(*item_id).await;
                 metrics::counter!("seckill_cache_invalidations_total").increment(1);
             }
-            Event::SessionEnded { token, .. } => self.users.forget_session(token),
+            Event::SessionEnded { digest, .. } => self.users.forget_session(digest),
             _ => {}
         }
         Ok(())
