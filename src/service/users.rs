@@ -49,8 +49,14 @@ pub struct UserService {
 /// (which the broker stores) without giving the credential away.
 pub fn session_digest(token: &str) -> String {
     use sha2::Digest;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let d = sha2::Sha256::digest(token.as_bytes());
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    let mut hex = String::with_capacity(64);
+    for b in d {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    hex
 }
 
 fn session_key(token: &str) -> String {
@@ -382,5 +388,16 @@ impl UserService {
             .ok_or(ServiceError::Unauthenticated(
                 "the session's user no longer exists",
             ))
+    }
+}
+
+#[cfg(test)]
+mod digest_tests {
+    #[test]
+    fn a_session_is_named_by_the_sha256_of_its_token_in_hex() {
+        assert_eq!(
+            super::session_digest("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }
