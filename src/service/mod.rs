@@ -156,3 +156,16 @@ pub struct Context {
     /// Ledger rebuilds this process runs (see [`recovery`]).
     pub recovery: Arc<recovery::LedgerRecovery>,
 }
+
+impl Context {
+    /// Whether another instance sold the promo out: the shared ledger's
+    /// flag, asked at most once per `sold_out_poll_ms` per promo (false
+    /// in between); when it says so, this process's flag is set too.
+    pub async fn sold_out_elsewhere(&self, promo: crate::domain::PromoId) -> ServiceResult<bool> {
+        if self.sold_out.due_for_check(promo) && self.ports.ledger.sold_out(promo).await? {
+            self.sold_out.set(promo);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}

@@ -129,10 +129,8 @@ impl OrderService {
         // again at most once per `sold_out_poll_ms`, so a crowd keeps being
         // answered here rather than each request spending a token on it.
         if self.cx.config.order_strategy == OrderStrategy::WriteBehind
-            && self.cx.sold_out.due_for_check(promo.id)
-            && self.cx.ports.ledger.sold_out(promo.id).await?
+            && self.cx.sold_out_elsewhere(promo.id).await?
         {
-            self.cx.sold_out.set(promo.id);
             return Err(ServiceError::SoldOut);
         }
         if !self.cx.ports.limiter.check(&self.order_rule, "all").await? {

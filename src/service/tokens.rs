@@ -122,10 +122,7 @@ impl TokenService {
         // Another instance may have sold the last unit: the ledger's flag is
         // asked at most once per `sold_out_poll_ms` per promo (a token handed
         // out meanwhile only meets "sold out" at the order).
-        if self.cx.sold_out.due_for_check(promo_id)
-            && self.cx.ports.ledger.sold_out(promo_id).await?
-        {
-            self.cx.sold_out.set(promo_id);
+        if self.cx.sold_out_elsewhere(promo_id).await? {
             return Err(ServiceError::SoldOut);
         }
         if !self.cx.ports.kv.take_permit(&gate_key(promo_id)).await? {

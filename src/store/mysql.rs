@@ -10,7 +10,8 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlQueryResult, MySql
 use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row};
 
 use super::sql::{
-    map_unique, sql_store, ITEM_COLUMNS, ORDER_COLUMNS, PROMO_COLUMNS, UNSETTLED_UNITS_OF_ITEM,
+    map_unique, sql_store, DEDUCT_STOCK, ITEM_COLUMNS, ORDER_COLUMNS, PROMO_COLUMNS,
+    UNSETTLED_UNITS_OF_ITEM,
 };
 use super::*;
 

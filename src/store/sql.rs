@@ -36,6 +36,11 @@ pub(crate) const ITEM_COLUMNS: &str =
 pub(crate) const PROMO_COLUMNS: &str =
     "id, item_id, name, price_cents, start_at, end_at, published, warm_stock, warm_sales FROM promo";
 
+/// The conditional deduction (the consumer's, and the db-lock order's):
+/// never below zero.
+pub(crate) const DEDUCT_STOCK: &str =
+    "UPDATE item_stock SET stock = stock - ?, version = version + 1 WHERE item_id = ? AND stock >= ?";
+
 pub(crate) const ORDER_COLUMNS: &str =
     "order_no, stock_log_id, user_id, item_id, promo_id, amount, \
      unit_price_cents, total_cents, status, created_at FROM order_info";
@@ -593,7 +598,7 @@ impl OrderStore for $store {
         let mut records: Vec<(&Deduction, &'static str)> = Vec::new();
         for (item, group) in by_item {
             let total: i64 = group.iter().map(|e| e.amount).sum();
-            let updated = sqlx::query("UPDATE item_stock SET stock = stock - ?, version = version + 1 WHERE item_id = ? AND stock >= ?")
+            let updated = sqlx::query(DEDUCT_STOCK)
                 .bind(total)
                 .bind(item)
                 .bind(total)
@@ -608,7 +613,7 @@ impl OrderStore for $store {
             // Not enough for all of them: each on its own, so that what fits
             // is deducted and only the rest is refused.
             for e in group {
-                let updated = sqlx::query("UPDATE item_stock SET stock = stock - ?, version = version + 1 WHERE item_id = ? AND stock >= ?")
+                let updated = sqlx::query(DEDUCT_STOCK)
                     .bind(e.amount)
                     .bind(e.item_id.0)
                     .bind(e.amount)
@@ -769,7 +774,7 @@ impl OrderStore for $store {
                     .await?
                     .rows_affected()
             } else {
-                let n = sqlx::query("UPDATE item_stock SET stock = stock - ?, version = version + 1 WHERE item_id = ? AND stock >= ?")
+                let n = sqlx::query(DEDUCT_STOCK)
                     .bind(d.amount)
                     .bind(d.item_id.0)
                     .bind(d.amount)
