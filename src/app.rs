@@ -67,9 +67,10 @@ pub fn metrics_handle() -> PrometheusHandle {
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     match config.database()? {
         DatabaseBackend::Sqlite(url) => {
-            let store = SqliteStore::connect(&url, config.database_max_connections)
-                .await
-                .with_context(|| format!("cannot open the SQLite database {url}"))?;
+            let store =
+                SqliteStore::connect(&url, config.sqlite_max_connections, config.sqlite_cache_kib)
+                    .await
+                    .with_context(|| format!("cannot open the SQLite database {url}"))?;
             store
                 .migrate()
                 .await

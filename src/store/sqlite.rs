@@ -25,14 +25,18 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating when missing) the database at a `sqlite://` URL.
-    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
+    /// Opens (creating when missing) the database at a `sqlite://` URL, with
+    /// at most `max_connections` connections of `cache_kib` page cache each
+    /// (the pages live in SQLite's own allocator: the process pays them per
+    /// connection, and the file is in the OS page cache anyway).
+    pub async fn connect(url: &str, max_connections: u32, cache_kib: u32) -> StoreResult<Self> {
         let opts = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            .pragma("cache_size", format!("-{cache_kib}"));
         if let Some(dir) = opts.get_filename().parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;

@@ -37,7 +37,7 @@ async fn the_memory_rate_limiter_honours_the_rate_limit_contract() {
 #[tokio::test]
 async fn the_sqlite_store_honours_the_store_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStore::connect(&format!("sqlite://{}/c.db", dir.path().display()), 8)
+    let s = SqliteStore::connect(&format!("sqlite://{}/c.db", dir.path().display()), 8, 512)
         .await
         .unwrap();
     s.migrate().await.unwrap();
