@@ -7,6 +7,10 @@
 /// transparent huge pages (`no_thp`): backed by 2 MiB pages, every idle
 /// connection's mostly untouched buffers counted whole in the RSS (19 KiB a
 /// connection instead of 11).
+///
+/// The `system-allocator` feature builds with glibc's allocator instead, for
+/// heap profilers that hook malloc (heaptrack, valgrind's massif).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

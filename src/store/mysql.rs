@@ -10,7 +10,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlQueryResult, MySql
 use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row};
 
 use super::sql::{
-    map_unique, sql_store, DEDUCT_STOCK, ITEM_COLUMNS, ORDER_COLUMNS, PROMO_COLUMNS,
+    build_once, map_unique, sql_store, DEDUCT_STOCK, ITEM_COLUMNS, ORDER_COLUMNS, PROMO_COLUMNS,
     UNSETTLED_UNITS_OF_ITEM,
 };
 use super::*;

@@ -6,13 +6,22 @@
 //!
 //! Statements whose text depends on a batch's size (multi-row inserts, `IN`
 //! lists) are prepared for their one run and closed after it
-//! (`persistent(false)`). Cached, every size seen stayed prepared on every
+//! ([`build_once`]). Cached, every size seen stayed prepared on every
 //! pooled connection for the connection's life: after two 10,000-buyer
 //! crowds one instance held 1,599 prepared statements in MariaDB (179 now),
 //! and the server's `max_prepared_stmt_count` (16,382 by default) is shared
 //! by every instance. The fixed statements stay cached.
 
 use super::StoreError;
+
+/// Builds a batch-sized statement (every `QueryBuilder` here is one) that is
+/// prepared for its one run and closed, not cached per connection: why, in
+/// the module doc.
+pub(crate) fn build_once<'q, 'args, DB: sqlx::Database + sqlx::database::HasStatementCache>(
+    qb: &'q mut sqlx::QueryBuilder<'args, DB>,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'args>> {
+    qb.build().persistent(false)
+}
 
 /// Maps a unique violation to the constraint it names; other errors pass.
 pub(crate) fn map_unique(e: sqlx::Error) -> StoreError {
@@ -181,7 +190,7 @@ impl UserStore for $store {
                     .push_bind(&u.password_hash)
                     .push_bind(now);
             });
-            created += qb.build().persistent(false).execute(&mut *tx).await?.rows_affected();
+            created += build_once(&mut qb).execute(&mut *tx).await?.rows_affected();
         }
         tx.commit().await?;
         Ok(created)
@@ -361,7 +370,7 @@ impl OrderStore for $store {
                     .push_bind(now)
                     .push_bind(now);
             });
-            qb.build().persistent(false).execute(&mut *tx).await.map_err(map_unique)?;
+            build_once(&mut qb).execute(&mut *tx).await.map_err(map_unique)?;
         }
         tx.commit().await?;
         Ok(())
@@ -380,7 +389,7 @@ impl OrderStore for $store {
             );
             qb.push_bind(now).push(" WHERE status = 'init' AND id IN ");
             push_ids(&mut qb, &ids);
-            let flipped = qb.build().persistent(false).execute(&mut *tx).await?.rows_affected();
+            let flipped = build_once(&mut qb).execute(&mut *tx).await?.rows_affected();
             if flipped != chunk.len() as u64 {
                 // Some reservation was already settled (rolled back by a
                 // reconciler or a timed-out caller): commit none of them.
@@ -403,7 +412,7 @@ impl OrderStore for $store {
                     .push_bind(d.created_at)
                     .push_bind(now);
             });
-            qb.build().persistent(false).execute(&mut *tx).await.map_err(map_unique)?;
+            build_once(&mut qb).execute(&mut *tx).await.map_err(map_unique)?;
         }
         let mut sales: Vec<(ItemId, i64)> = Vec::new();
         for d in drafts {
@@ -436,7 +445,7 @@ impl OrderStore for $store {
         qb.push_bind(Utc::now())
             .push(" WHERE status = 'init' AND id IN ");
         push_ids(&mut qb, ids);
-        qb.build().persistent(false).execute(&self.pool).await?;
+        build_once(&mut qb).execute(&self.pool).await?;
         self.stock_log_statuses(ids).await
     }
 
@@ -449,7 +458,7 @@ impl OrderStore for $store {
         }
         let mut qb = QueryBuilder::<$db>::new("SELECT id, status FROM stock_log WHERE id IN ");
         push_ids(&mut qb, ids);
-        qb.build().persistent(false)
+        build_once(&mut qb)
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -582,12 +591,12 @@ impl OrderStore for $store {
             let ids: Vec<StockLogId> = chunk.iter().map(|e| e.stock_log_id).collect();
             let mut qb = QueryBuilder::<$db>::new("SELECT id FROM stock_log WHERE status = 'committed' AND id IN ");
             push_ids(&mut qb, &ids);
-            for r in qb.build().persistent(false).fetch_all(&mut *tx).await? {
+            for r in build_once(&mut qb).fetch_all(&mut *tx).await? {
                 committed.insert(r.try_get::<i64, _>(0)?);
             }
             let mut qb = QueryBuilder::<$db>::new("SELECT stock_log_id FROM stock_deduction WHERE stock_log_id IN ");
             push_ids(&mut qb, &ids);
-            for r in qb.build().persistent(false).fetch_all(&mut *tx).await? {
+            for r in build_once(&mut qb).fetch_all(&mut *tx).await? {
                 done.insert(r.try_get::<i64, _>(0)?);
             }
         }
@@ -650,7 +659,7 @@ impl OrderStore for $store {
                     .push_bind(*outcome)
                     .push_bind(now);
             });
-            qb.build().persistent(false).execute(&mut *tx).await?;
+            build_once(&mut qb).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(report)

@@ -13,7 +13,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
 use super::sql::{
-    map_unique, sql_store, DEDUCT_STOCK, ITEM_COLUMNS, ORDER_COLUMNS, PROMO_COLUMNS,
+    build_once, map_unique, sql_store, DEDUCT_STOCK, ITEM_COLUMNS, ORDER_COLUMNS, PROMO_COLUMNS,
     UNSETTLED_UNITS_OF_ITEM,
 };
 use super::*;
