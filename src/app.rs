@@ -13,7 +13,7 @@ use crate::cache::redis::{RedisConn, RedisKvStore, RedisRateLimiter, RedisStockL
 use crate::cache::{KvStore, RateLimiter, StockLedger};
 use crate::config::{Config, DatabaseBackend};
 use crate::domain::IdGenerator;
-use crate::http::AppState;
+use crate::http::{AppState, Services};
 use crate::mq::memory::{MemoryBus, MemoryBusSettings};
 use crate::mq::rocketmq::{RocketMqBus, RocketMqSettings};
 use crate::mq::{Delivery, MessageBus, Topic};
@@ -249,7 +249,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         Duration::from_millis(config.heartbeat_interval_ms.max(100)),
     ));
 
-    let state = AppState {
+    let state = AppState::new(Services {
         config,
         ports,
         users,
@@ -258,7 +258,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         orders,
         monitor,
         metrics,
-    };
+    });
     Ok(App {
         state,
         context,

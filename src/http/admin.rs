@@ -18,13 +18,13 @@ use crate::service::users::BulkUser;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/admin/users", post(create_users))
-        .route("/admin/items", post(create_item))
-        .route("/admin/items/{id}", patch(update_item))
-        .route("/admin/promos", post(create_promo).get(list_promos))
-        .route("/admin/promos/{id}/publish", post(publish))
-        .route("/admin/promos/{id}/stats", get(stats))
-        .route("/admin/instances", get(instances))
+        .route(v1!("/admin/users"), post(create_users))
+        .route(v1!("/admin/items"), post(create_item))
+        .route(v1!("/admin/items/{id}"), patch(update_item))
+        .route(v1!("/admin/promos"), post(create_promo).get(list_promos))
+        .route(v1!("/admin/promos/{id}/publish"), post(publish))
+        .route(v1!("/admin/promos/{id}/stats"), get(stats))
+        .route(v1!("/admin/instances"), get(instances))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -22,11 +22,11 @@ pub fn root_router() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-/// Routes under `/api/v1`.
+/// Its routes under `/api/v1`.
 pub fn api_router() -> Router<AppState> {
     Router::new()
-        .route("/time", get(time))
-        .route("/config", get(client_config))
+        .route(v1!("/time"), get(time))
+        .route(v1!("/config"), get(client_config))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -15,9 +15,9 @@ use crate::service::catalog::ItemView;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/items", get(list))
-        .route("/items/{id}", get(detail))
-        .route("/promos/{id}", get(promo))
+        .route(v1!("/items"), get(list))
+        .route(v1!("/items/{id}"), get(detail))
+        .route(v1!("/promos/{id}"), get(promo))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -9,7 +9,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -24,6 +24,16 @@ use crate::service::tokens::TokenService;
 use crate::service::users::UserService;
 use crate::service::{Ports, ServiceError};
 
+/// An API path: `v1!("/items/{id}")` is `"/api/v1/items/{id}"`. Every
+/// route is registered at its full path in one router: nested routers
+/// rebuilt each request's URI once per level and cloned a layer more per
+/// request.
+macro_rules! v1 {
+    ($path:literal) => {
+        concat!("/api/v1", $path)
+    };
+}
+
 pub mod admin;
 pub mod error;
 pub mod extract;
@@ -34,9 +44,29 @@ pub mod openapi;
 pub mod orders;
 pub mod users;
 
-/// What every handler gets.
+/// What every handler gets: one `Arc`, so the clone axum makes for each
+/// request is one reference count, not one per service (the clones and
+/// drops of the services' counts were ~4 % of an instance's CPU answering
+/// sold-out orders).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        AppState(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The configuration, ports and services behind [`AppState`].
+pub struct Services {
     pub config: Arc<Config>,
     pub ports: Ports,
     pub users: Arc<UserService>,
@@ -55,11 +85,10 @@ pub fn router(state: AppState) -> Router {
         .merge(items::router())
         .merge(orders::router(&state.config))
         .merge(admin::router())
-        .merge(health::api_router());
-    let api = Router::new()
-        .nest("/v1", api)
-        .route("/openapi.json", get(openapi_json))
-        .fallback(api_not_found)
+        .merge(health::api_router())
+        .route("/api/openapi.json", get(openapi_json))
+        .route("/api", any(api_not_found))
+        .route("/api/{*rest}", any(api_not_found))
         .layer(middleware::from_fn_with_state(
             std::time::Duration::from_millis(state.config.request_timeout_ms),
             deadline,
@@ -78,7 +107,7 @@ pub fn router(state: AppState) -> Router {
             HeaderValue::from_static("no-cache"),
         ));
     Router::new()
-        .nest("/api", api)
+        .merge(api)
         .merge(health::root_router())
         .merge(pages)
         .layer(middleware::from_fn(track_metrics))

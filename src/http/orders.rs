@@ -24,8 +24,8 @@ use crate::service::ServiceError;
 
 pub fn router(config: &Config) -> Router<AppState> {
     let buying = Router::new()
-        .route("/promos/{id}/tokens", post(issue_token))
-        .route("/orders", post(place).get(list));
+        .route(v1!("/promos/{id}/tokens"), post(issue_token))
+        .route(v1!("/orders"), post(place).get(list));
     // Load shedding in front of the buying requests: past
     // `order_path_max_in_flight` on this instance, 429 at once (before the
     // session, the body or any round trip): what a crowd can pile onto one
@@ -38,11 +38,11 @@ pub fn router(config: &Config) -> Router<AppState> {
         )),
     };
     Router::new()
-        .route("/promos/{id}/captcha", get(captcha))
+        .route(v1!("/promos/{id}/captcha"), get(captcha))
         .merge(buying)
-        .route("/orders/{order_no}", get(detail))
-        .route("/orders/{order_no}/pay", post(pay))
-        .route("/orders/{order_no}/cancel", post(cancel))
+        .route(v1!("/orders/{order_no}"), get(detail))
+        .route(v1!("/orders/{order_no}/pay"), post(pay))
+        .route(v1!("/orders/{order_no}/cancel"), post(cancel))
 }
 
 /// Admits a buying request (POST) when this instance has fewer than its

@@ -16,11 +16,11 @@ use crate::service::users::Registration;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/otp", post(send_otp))
-        .route("/users", post(register))
-        .route("/sessions", post(login))
-        .route("/sessions/current", delete(logout))
-        .route("/me", get(me))
+        .route(v1!("/otp"), post(send_otp))
+        .route(v1!("/users"), post(register))
+        .route(v1!("/sessions"), post(login))
+        .route(v1!("/sessions/current"), delete(logout))
+        .route(v1!("/me"), get(me))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
