@@ -249,6 +249,8 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         Duration::from_millis(config.heartbeat_interval_ms.max(100)),
     ));
 
+    let buying_gate = (config.order_path_max_in_flight > 0)
+        .then(|| Arc::new(tokio::sync::Semaphore::new(config.order_path_max_in_flight)));
     let state = AppState::new(Services {
         config,
         ports,
@@ -258,6 +260,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         orders,
         monitor,
         metrics,
+        buying_gate,
     });
     Ok(App {
         state,

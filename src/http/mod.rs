@@ -35,6 +35,7 @@ macro_rules! v1 {
 }
 
 pub mod admin;
+pub mod deadline;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -75,6 +76,9 @@ pub struct Services {
     pub orders: Arc<OrderService>,
     pub monitor: Arc<crate::service::monitor::SaleMonitor>,
     pub metrics: PrometheusHandle,
+    /// This instance's places for buying requests in flight
+    /// (`order_path_max_in_flight`; none when 0: no shedding).
+    pub buying_gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// The whole application: `/api/v1/*`, `/api/openapi.json`, health and
@@ -83,15 +87,14 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(users::router())
         .merge(items::router())
-        .merge(orders::router(&state.config))
+        .merge(orders::router())
         .merge(admin::router())
         .merge(health::api_router())
         .route("/api/openapi.json", get(openapi_json))
         .route("/api", any(api_not_found))
         .route("/api/{*rest}", any(api_not_found))
-        .layer(middleware::from_fn_with_state(
+        .layer(deadline::DeadlineLayer::new(
             std::time::Duration::from_millis(state.config.request_timeout_ms),
-            deadline,
         ))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CACHE_CONTROL,
@@ -151,26 +154,6 @@ async fn openapi_json() -> impl IntoResponse {
 
 async fn api_not_found() -> error::ApiError {
     ServiceError::NotFound("no such endpoint").into()
-}
-
-/// Answers every API request within the deadline: past it, 503
-/// UNAVAILABLE (never a hang). An order still in the pipeline then commits
-/// or is given back as usual; its buyer finds it under My orders.
-async fn deadline(
-    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
-    req: Request,
-    next: Next,
-) -> Response {
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(resp) => resp,
-        Err(_) => {
-            metrics::counter!("seckill_http_deadline_exceeded_total").increment(1);
-            error::ApiError::from(ServiceError::unavailable(
-                "no answer within the request deadline; retry (an order's outcome shows under your orders)",
-            ))
-            .into_response()
-        }
-    }
 }
 
 /// Counts requests and records their latency by route and status.

@@ -1,67 +1,61 @@
 //! The order path over HTTP: captcha, seckill tokens, orders, payment.
 
-use std::sync::Arc;
-
-use axum::extract::{Request, State};
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
-use axum::http::{HeaderValue, Method, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{FromRequestParts, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
+use tokio::sync::OwnedSemaphorePermit;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath, CurrentUser};
 use super::AppState;
-use crate::config::Config;
 use crate::domain::{ItemId, Order, OrderStatus, PromoId};
 use crate::service::orders::PlaceOrder;
 use crate::service::ServiceError;
 
-pub fn router(config: &Config) -> Router<AppState> {
-    let buying = Router::new()
-        .route(v1!("/promos/{id}/tokens"), post(issue_token))
-        .route(v1!("/orders"), post(place).get(list));
-    // Load shedding in front of the buying requests: past
-    // `order_path_max_in_flight` on this instance, 429 at once (before the
-    // session, the body or any round trip): what a crowd can pile onto one
-    // instance is bounded.
-    let buying = match config.order_path_max_in_flight {
-        0 => buying,
-        n => buying.route_layer(middleware::from_fn_with_state(
-            Arc::new(Semaphore::new(n)),
-            shed,
-        )),
-    };
+pub fn router() -> Router<AppState> {
     Router::new()
         .route(v1!("/promos/{id}/captcha"), get(captcha))
-        .merge(buying)
+        .route(v1!("/promos/{id}/tokens"), post(issue_token))
+        .route(v1!("/orders"), post(place).get(list))
         .route(v1!("/orders/{order_no}"), get(detail))
         .route(v1!("/orders/{order_no}/pay"), post(pay))
         .route(v1!("/orders/{order_no}/cancel"), post(cancel))
 }
 
-/// Admits a buying request (POST) when this instance has fewer than its
-/// limit in flight, else answers 429 with `Retry-After`.
-async fn shed(State(gate): State<Arc<Semaphore>>, req: Request, next: Next) -> Response {
-    if req.method() != Method::POST {
-        return next.run(req).await;
-    }
-    match gate.try_acquire() {
-        Ok(_permit) => next.run(req).await,
-        Err(_) => {
-            metrics::counter!("seckill_requests_shed_total").increment(1);
-            let mut resp = ApiError::from(ServiceError::RateLimited(
-                "this instance is busy with other buyers; retry shortly",
-            ))
-            .into_response();
-            resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-            resp
+/// Load shedding in front of the buying requests (token and order): past
+/// `order_path_max_in_flight` on this instance, 429 with `Retry-After` at
+/// once. The buying handlers' first extractor, so before the session, the
+/// body or any round trip: what a crowd can pile onto one instance is
+/// bounded. The place is held until the answer.
+pub struct Admitted {
+    _place: Option<OwnedSemaphorePermit>,
+}
+
+impl FromRequestParts<AppState> for Admitted {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(gate) = &state.buying_gate else {
+            return Ok(Admitted { _place: None });
+        };
+        match gate.clone().try_acquire_owned() {
+            Ok(place) => Ok(Admitted {
+                _place: Some(place),
+            }),
+            Err(_) => {
+                metrics::counter!("seckill_requests_shed_total").increment(1);
+                Err(ServiceError::RateLimited(
+                    "this instance is busy with other buyers; retry shortly",
+                )
+                .into())
+            }
         }
     }
 }
@@ -166,6 +160,7 @@ pub async fn captcha(
         (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn issue_token(
     State(state): State<AppState>,
+    _: Admitted,
     user: CurrentUser,
     ApiPath(id): ApiPath<i64>,
     ApiJson(req): ApiJson<TokenRequest>,
@@ -196,6 +191,7 @@ pub async fn issue_token(
         (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn place(
     State(state): State<AppState>,
+    _: Admitted,
     user: CurrentUser,
     ApiJson(r): ApiJson<OrderRequest>,
 ) -> ApiResult<(StatusCode, ApiJson<OrderDto>)> {

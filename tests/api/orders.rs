@@ -366,6 +366,34 @@ async fn a_full_order_queue_answers_429_without_burning_the_token() {
 }
 
 #[tokio::test]
+async fn past_the_in_flight_limit_buying_requests_are_shed_before_the_session() {
+    let t = TestApp::spawn_with(|c| c.order_path_max_in_flight = 2).await;
+    let (item, promo) = t.sale(5).await;
+    let a = t.user("13600000018").await;
+    let gate = t.app.state.buying_gate.clone().expect("a gate of 2");
+    let held = gate.clone().try_acquire_many_owned(2).unwrap();
+    // Every place taken: a token or an order request is answered 429 at
+    // once, even without a session (nothing else of it is looked at).
+    let r = t.token(&a, promo, item).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED")
+    );
+    assert_eq!(r.headers["retry-after"], "1");
+    let r = t.order("no-such-session", promo, item, "x").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    // Reading is not shed.
+    assert_eq!(
+        t.get("/api/v1/orders", Some(a.as_str())).await.status,
+        StatusCode::OK
+    );
+    drop(held);
+    let r = t.buy(&a, promo, item).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
+    assert_eq!(gate.available_permits(), 2, "every place given back");
+}
+
+#[tokio::test]
 async fn the_pure_database_strategies_sell_exactly_the_stock() {
     for strategy in [
         seckill::config::OrderStrategy::DbLock,
