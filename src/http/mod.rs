@@ -163,14 +163,9 @@ async fn track_metrics(req: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| {
-            if req.uri().path().starts_with("/api/") {
-                "/api/unknown"
-            } else {
-                "/static"
-            }
-            .to_owned()
-        });
+        // Every API path has a route (unknown ones `/api/{*rest}`); the
+        // rest are the pages' fallback.
+        .unwrap_or_else(|| "/static".to_owned());
     let method = req.method().as_str().to_owned();
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
