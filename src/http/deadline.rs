@@ -8,13 +8,14 @@
 //! every request, which showed in the profile of the sold-out answer.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
+use futures::future::{FutureExt, Map};
+use tokio::time::error::Elapsed;
+use tokio::time::Timeout;
 use tower::{Layer, Service};
 
 use super::error::ApiError;
@@ -49,48 +50,32 @@ pub struct Deadline<S> {
     limit: Duration,
 }
 
+type Answer = Result<Response, Infallible>;
+
 impl<S> Service<Request> for Deadline<S>
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = DeadlineFuture<S::Future>;
+    type Future = Map<Timeout<S::Future>, fn(Result<Answer, Elapsed>) -> Answer>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        DeadlineFuture {
-            inner: tokio::time::timeout(self.limit, self.inner.call(req)),
-        }
+        tokio::time::timeout(self.limit, self.inner.call(req)).map(past_deadline)
     }
 }
 
-pin_project_lite::pin_project! {
-    pub struct DeadlineFuture<F> {
-        #[pin]
-        inner: tokio::time::Timeout<F>,
-    }
-}
-
-impl<F> Future for DeadlineFuture<F>
-where
-    F: Future<Output = Result<Response, Infallible>>,
-{
-    type Output = Result<Response, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Poll::Ready(match ready!(self.project().inner.poll(cx)) {
-            Ok(answer) => answer,
-            Err(_) => {
-                metrics::counter!("seckill_http_deadline_exceeded_total").increment(1);
-                Ok(ApiError::from(ServiceError::unavailable(
-                    "no answer within the request deadline; retry (an order's outcome shows under your orders)",
-                ))
-                .into_response())
-            }
-        })
-    }
+/// The inner answer, or 503 when the deadline passed first.
+fn past_deadline(answer: Result<Answer, Elapsed>) -> Answer {
+    answer.unwrap_or_else(|_| {
+        metrics::counter!("seckill_http_deadline_exceeded_total").increment(1);
+        Ok(ApiError::from(ServiceError::unavailable(
+            "no answer within the request deadline; retry (an order's outcome shows under your orders)",
+        ))
+        .into_response())
+    })
 }

@@ -22,7 +22,7 @@ pub fn root_router() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-/// Its routes under `/api/v1`.
+/// The health module's routes under `/api/v1` (server time, client settings).
 pub fn api_router() -> Router<AppState> {
     Router::new()
         .route(v1!("/time"), get(time))
