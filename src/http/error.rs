@@ -2,11 +2,14 @@
 //! stable JSON body `{"code", "message"}`. 5xx bodies stay generic; their
 //! whole cause chain is logged once, here.
 
+use std::fmt::Display;
+
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
+use serde::ser::SerializeStruct;
+use serde::{Serialize, Serializer};
 use utoipa::ToSchema;
 
 use crate::service::ServiceError;
@@ -18,6 +21,30 @@ pub struct ErrorBody {
     pub code: String,
     /// A human sentence; may change between versions.
     pub message: String,
+}
+
+/// `ErrorBody` as it is written: the message straight from the error's
+/// `Display` into the JSON (serde's `collect_str`), with no `String` built
+/// for it or the code on the way (the sold-out answer is an error answer,
+/// and the hottest one).
+struct ErrorOut<'a> {
+    code: &'static str,
+    message: &'a dyn Display,
+}
+
+impl Serialize for ErrorOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Text<'a>(&'a dyn Display);
+        impl Serialize for Text<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self.0)
+            }
+        }
+        let mut body = s.serialize_struct("ErrorBody", 2)?;
+        body.serialize_field("code", self.code)?;
+        body.serialize_field("message", &Text(self.message))?;
+        body.end()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,21 +98,14 @@ fn chain(e: &dyn std::error::Error) -> String {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.parts();
-        let message = match &self {
-            ApiError::Service(ServiceError::Internal(_)) => "internal error".to_owned(),
-            other => other.to_string(),
+        let message: &dyn Display = match &self {
+            ApiError::Service(ServiceError::Internal(_)) => &"internal error",
+            other => other,
         };
         if status.is_server_error() {
             tracing::error!(code, error = %chain(&self), "request failed");
         }
-        let mut resp = (
-            status,
-            Json(ErrorBody {
-                code: code.to_owned(),
-                message,
-            }),
-        )
-            .into_response();
+        let mut resp = (status, Json(ErrorOut { code, message })).into_response();
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
@@ -118,3 +138,43 @@ impl From<QueryRejection> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(e: ApiError) -> (StatusCode, ErrorBody) {
+        let r = e.into_response();
+        let status = r.status();
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_body_is_the_code_and_the_errors_own_words_escaped() {
+        let (status, b) = body(ServiceError::SoldOut.into()).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(b.code, "SOLD_OUT");
+        assert_eq!(b.message, ServiceError::SoldOut.to_string());
+        let tricky = "a \"quoted\" word, a back\\slash,\na new line and 秒杀";
+        let (status, b) = body(ApiError::BadRequest(tricky.into())).await;
+        assert_eq!(
+            (status, b.code.as_str()),
+            (StatusCode::BAD_REQUEST, "BAD_REQUEST")
+        );
+        assert_eq!(b.message, tricky);
+    }
+
+    #[tokio::test]
+    async fn an_internal_error_says_nothing_of_its_cause() {
+        let e = ServiceError::Internal(Box::new(std::io::Error::other(
+            "password=hunter2 in the DSN",
+        )));
+        let (status, b) = body(e.into()).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            (b.code.as_str(), b.message.as_str()),
+            ("INTERNAL", "internal error")
+        );
+    }
+}

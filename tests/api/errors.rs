@@ -30,6 +30,67 @@ async fn malformed_json_and_wrong_types_are_400_bad_request() {
 }
 
 #[tokio::test]
+async fn json_bodies_are_read_by_content_type_and_errors_name_the_field() {
+    let t = TestApp::spawn().await;
+    let s = t.user("13500000004").await;
+    let send = |content_type: Option<&'static str>, body: &'static str| {
+        let mut r =
+            Request::post("/api/v1/orders").header(header::AUTHORIZATION, format!("Bearer {s}"));
+        if let Some(ct) = content_type {
+            r = r.header(header::CONTENT_TYPE, ct);
+        }
+        r.body(axum::body::Body::from(body)).unwrap()
+    };
+    let order = r#"{"promo_id": 424242, "item_id": 1, "amount": 1, "token": "t"}"#;
+    // Read as JSON: the order reaches the service (an unknown promo, 404).
+    for ct in [
+        "application/json",
+        "Application/JSON",
+        "application/json; charset=utf-8",
+        "application/json;charset=utf-8",
+        "application/vnd.api+json",
+    ] {
+        let r = t.send(send(Some(ct), order)).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{ct}: {:?}", r.json());
+    }
+    // Not JSON: 400 before the service.
+    for ct in [
+        None,
+        Some("text/plain"),
+        Some("application/jsonx"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let r = t.send(send(ct, order)).await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
+            "{ct:?}"
+        );
+    }
+    // A wrongly typed field: the message says which.
+    let r = t
+        .send(send(
+            Some("application/json"),
+            r#"{"promo_id": 1, "item_id": 1, "amount": 1, "token": 7}"#,
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("token"),
+        "{:?}",
+        r.json()
+    );
+    // Trailing bytes after the object are malformed JSON too.
+    let r = t
+        .send(send(
+            Some("application/json"),
+            r#"{"promo_id": 1, "item_id": 1, "amount": 1, "token": "t"} x"#,
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
 async fn invalid_values_are_422_invalid_argument() {
     let t = TestApp::spawn().await;
     let (item, promo) = t.sale(5).await;
