@@ -1,6 +1,7 @@
 //! The command line: `serve`, `demo`, `drill`, `chart`, `migrate`, `reconcile`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -125,9 +126,14 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
     let mut config = Config::load(cli.config.as_deref())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(release) =
+        crate::memory::release_when_idle(Duration::from_millis(config.memory_release_ms))
+    {
+        runtime.on_thread_park(release);
+    }
+    let runtime = runtime.build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => {

@@ -130,6 +130,11 @@ pub struct Config {
     /// Connections the kernel queues for accepting (capped by
     /// `net.core.somaxconn`).
     pub http_backlog: u32,
+    /// How often, at most, a runtime thread that goes idle hands the
+    /// memory its allocator holds free back to the system (0: never). After
+    /// a crowd, the crowd's connection buffers are otherwise kept for the
+    /// next one.
+    pub memory_release_ms: u64,
     /// Group commit: at most this many orders per local transaction.
     pub batch_max: usize,
     /// Group commit: wait at most this long for a batch to fill.
@@ -251,6 +256,7 @@ impl Default for Config {
             order_queue_capacity: 4096,
             order_path_max_in_flight: 8192,
             http_backlog: 8192,
+            memory_release_ms: 1000,
             batch_max: 128,
             batch_linger_ms: 1,
             batch_workers: 4,

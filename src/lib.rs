@@ -16,6 +16,7 @@ pub mod demo;
 pub mod domain;
 pub mod drill;
 pub mod http;
+pub mod memory;
 pub mod mq;
 pub mod server;
 pub mod service;
