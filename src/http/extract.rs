@@ -54,16 +54,16 @@ where
     }
 }
 
-/// `Content-Type: application/json`, with or without parameters.
+/// `Content-Type: application/json`, bare or with `charset=utf-8` (what
+/// clients send); any other spelling goes through axum's own check.
 fn plain_json(headers: &HeaderMap) -> bool {
-    const JSON: &[u8] = b"application/json";
     let Some(v) = headers.get(CONTENT_TYPE) else {
         return false;
     };
     let v = v.as_bytes();
-    v.len() >= JSON.len()
-        && v[..JSON.len()].eq_ignore_ascii_case(JSON)
-        && matches!(v.get(JSON.len()), None | Some(b';'))
+    v.eq_ignore_ascii_case(b"application/json")
+        || v.eq_ignore_ascii_case(b"application/json; charset=utf-8")
+        || v.eq_ignore_ascii_case(b"application/json;charset=utf-8")
 }
 
 impl<T: serde::Serialize> IntoResponse for ApiJson<T> {

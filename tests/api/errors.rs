@@ -59,6 +59,8 @@ async fn json_bodies_are_read_by_content_type_and_errors_name_the_field() {
         Some("text/plain"),
         Some("application/jsonx"),
         Some("application/x-www-form-urlencoded"),
+        Some("application/json; charset"),
+        Some("application/json;;"),
     ] {
         let r = t.send(send(ct, order)).await;
         assert_eq!(
