@@ -8,7 +8,6 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
 use utoipa::ToSchema;
 
@@ -27,24 +26,15 @@ pub struct ErrorBody {
 /// `Display` into the JSON (serde's `collect_str`), with no `String` built
 /// for it or the code on the way (the sold-out answer is an error answer,
 /// and the hottest one).
+#[derive(Serialize)]
 struct ErrorOut<'a> {
     code: &'static str,
+    #[serde(serialize_with = "display")]
     message: &'a dyn Display,
 }
 
-impl Serialize for ErrorOut<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        struct Text<'a>(&'a dyn Display);
-        impl Serialize for Text<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self.0)
-            }
-        }
-        let mut body = s.serialize_struct("ErrorBody", 2)?;
-        body.serialize_field("code", self.code)?;
-        body.serialize_field("message", &Text(self.message))?;
-        body.end()
-    }
+fn display<S: Serializer>(text: &&dyn Display, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(text)
 }
 
 #[derive(Debug, thiserror::Error)]
