@@ -3,12 +3,10 @@
 //! document and the web pages.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, Method};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::{any, get};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -43,6 +41,7 @@ pub mod int;
 pub mod items;
 pub mod openapi;
 pub mod orders;
+pub mod request_metrics;
 pub mod users;
 
 /// What every handler gets: one `Arc`, so the clone axum makes for each
@@ -113,7 +112,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .merge(health::root_router())
         .merge(pages)
-        .layer(middleware::from_fn(track_metrics))
+        .layer(request_metrics::RequestMetricsLayer)
         .layer(cors(&state.config))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state)
@@ -154,24 +153,4 @@ async fn openapi_json() -> impl IntoResponse {
 
 async fn api_not_found() -> error::ApiError {
     ServiceError::NotFound("no such endpoint").into()
-}
-
-/// Counts requests and records their latency by route and status.
-async fn track_metrics(req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        // Every API path has a route (unknown ones `/api/{*rest}`); the
-        // rest are the pages' fallback.
-        .unwrap_or_else(|| "/static".to_owned());
-    let method = req.method().as_str().to_owned();
-    let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
-    metrics::counter!("seckill_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("seckill_http_request_duration_seconds", "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    resp
 }

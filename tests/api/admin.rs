@@ -210,10 +210,21 @@ async fn readiness_names_a_dependency_that_is_down() {
 async fn metrics_are_exposed_in_prometheus_text() {
     let t = TestApp::spawn().await;
     t.get("/api/v1/items", None).await;
+    t.get("/api/v1/items/999999", None).await;
+    // An invented method is counted, under one label for all such.
+    t.call("BREW", "/api/v1/no-such-thing", None, None).await;
     let r = t.get("/metrics", None).await;
     assert_eq!(r.status, StatusCode::OK);
     let text = String::from_utf8(r.bytes).unwrap();
-    assert!(text.contains("seckill_http_requests_total"), "{text}");
+    for series in [
+        r#"seckill_http_requests_total{method="GET",route="/api/v1/items",status="200"}"#,
+        r#"seckill_http_requests_total{method="GET",route="/api/v1/items/{id}",status="404"}"#,
+        r#"seckill_http_requests_total{method="OTHER",route="/api/{*rest}",status="404"}"#,
+        r#"seckill_http_request_duration_seconds_count{method="GET",route="/api/v1/items/{id}"}"#,
+    ] {
+        assert!(text.contains(series), "{series} missing in:\n{text}");
+    }
+    assert!(!text.contains(r#"method="BREW""#), "{text}");
 }
 
 #[tokio::test]
