@@ -1,16 +1,18 @@
 //! Running the server: bind, serve, shut down gracefully on SIGTERM/Ctrl-C.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::extract::ConnectInfo;
+use axum::response::Response;
 use axum::Router;
 use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
-use tower::ServiceExt as _;
+use tower::Service as _;
 
 use crate::config::{Config, Secret};
 
@@ -89,6 +91,9 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpList
     socket.listen(backlog.max(1))
 }
 
+/// A request's answer as hyper awaits it.
+type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
 /// Serves `router` over HTTP/1.1 (what nginx and browsers speak to an
 /// instance) until `shutdown` completes, then stops accepting, lets every
 /// connection finish its request in flight and returns once all are closed.
@@ -124,19 +129,23 @@ pub async fn serve_http1(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service =
-            router
-                .clone()
-                .map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
-                    let mut req = req.map(axum::body::Body::new);
-                    req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                    req
-                });
+        let router = router.clone();
+        // hyper keeps a box the size of the service's future in every
+        // connection, idle or not; the request's future boxed here makes
+        // that box a pointer (the future itself lives only while a request
+        // does). A router is always ready: no `poll_ready` to wait for.
+        let service = hyper::service::service_fn(
+            move |req: axum::http::Request<hyper::body::Incoming>| -> Answer {
+                let mut req = req.map(axum::body::Body::new);
+                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                Box::pin(router.clone().call(req))
+            },
+        );
         let mut stop = stop_rx.clone();
         let live = live.clone();
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+                .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => {
