@@ -26,6 +26,7 @@ use crate::service::sold_out::SoldOutFlags;
 use crate::service::tokens::TokenService;
 use crate::service::users::UserService;
 use crate::service::{Context, Ports};
+use crate::store::detached::Detached;
 use crate::store::mysql::MysqlStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
@@ -80,7 +81,9 @@ async fn metrics_upkeep(handle: PrometheusHandle) {
     }
 }
 
-/// Opens the configured database and applies its migrations.
+/// Opens the configured database and applies its migrations. Its calls run
+/// to completion whoever stops waiting for them ([`Detached`]: a cut-off
+/// sqlx call can leave a pooled connection inside a transaction, or lose it).
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     match config.database()? {
         DatabaseBackend::Sqlite(url) => {
@@ -92,7 +95,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
                 .migrate()
                 .await
                 .context("cannot migrate the SQLite database")?;
-            Ok(Arc::new(store))
+            Ok(Detached::wrap(Arc::new(store)))
         }
         DatabaseBackend::Mysql(url) => {
             let store = MysqlStore::connect(&url, config.database_max_connections)
@@ -102,7 +105,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
                 .migrate()
                 .await
                 .context("cannot migrate the MySQL database")?;
-            Ok(Arc::new(store))
+            Ok(Detached::wrap(Arc::new(store)))
         }
     }
 }

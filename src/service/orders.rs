@@ -198,8 +198,8 @@ impl OrderService {
                 let optimistic = strategy == OrderStrategy::DbOptimistic;
                 // Bounded like the write-behind local transaction: a DB too
                 // busy to commit in time answers 503 well within the request
-                // deadline (the dropped transaction rolls back), rather than
-                // a deadline answer for an order that commits afterwards.
+                // deadline (the order fenced off, below), rather than a
+                // deadline answer for an order that commits afterwards.
                 let bound = Duration::from_millis(self.cx.config.local_tx_timeout_ms);
                 let placed = match tokio::time::timeout(
                     bound,
@@ -212,8 +212,10 @@ impl OrderService {
                 .await
                 {
                     Ok(placed) => placed,
-                    // Cut off while committing, it may have committed: the DB says.
-                    Err(_) => match self.cx.ports.store.order(&draft.order_no).await? {
+                    // Cut off: the transaction goes on (the store's calls run
+                    // to their end); the fence decides it — committed before,
+                    // or never.
+                    Err(_) => match self.cx.ports.store.fence_db_order(&draft).await? {
                         Some(order) => Ok(Some(order)),
                         None => {
                             return Err(ServiceError::unavailable(

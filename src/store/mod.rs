@@ -13,6 +13,7 @@ use crate::domain::{
     Promo, PromoBaseline, PromoId, SaleJournal, StockLogId, StockLogStatus, User, UserId,
 };
 
+pub mod detached;
 pub mod mysql;
 mod sql;
 pub mod sqlite;
@@ -170,6 +171,12 @@ pub trait OrderStore: Send + Sync {
         optimistic: bool,
         cas_retries: u32,
     ) -> StoreResult<Option<Order>>;
+    /// Decides a pure-database order whose caller stopped waiting: a
+    /// `rolled_back` journal row is written under the draft's id unless the
+    /// order's own transaction wrote that row first (the write waits for
+    /// that transaction to end), so the order either committed before or
+    /// never will. Returns the order when it committed.
+    async fn fence_db_order(&self, draft: &OrderDraft) -> StoreResult<Option<Order>>;
 }
 
 /// The whole database: every role, plus a liveness probe.

@@ -675,6 +675,15 @@ impl OrderStore for $store {
             .transpose()
     }
 
+    async fn fence_db_order(&self, d: &OrderDraft) -> StoreResult<Option<Order>> {
+        let now = Utc::now();
+        sqlx::query(concat!($insert_ignore, " INTO stock_log (id, item_id, promo_id, user_id, amount, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'rolled_back', ?, ?)"))
+            .bind(d.stock_log_id.0).bind(d.item_id.0).bind(d.promo_id.0).bind(d.user_id.0).bind(d.amount).bind(now).bind(now)
+            .execute(&self.pool)
+            .await?;
+        self.order(&d.order_no).await
+    }
+
     async fn orders_of_user(&self, user: UserId, limit: u32) -> StoreResult<Vec<Order>> {
         sqlx::query(&format!(
             "SELECT {ORDER_COLUMNS} WHERE user_id = ? ORDER BY created_at DESC LIMIT ?"

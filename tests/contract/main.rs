@@ -12,6 +12,7 @@ mod store;
 use std::sync::Arc;
 
 use seckill::cache::memory::{MemoryKvStore, MemoryRateLimiter, MemoryStockLedger};
+use seckill::store::detached::Detached;
 use seckill::store::sqlite::SqliteStore;
 
 #[tokio::test]
@@ -41,7 +42,8 @@ async fn the_sqlite_store_honours_the_store_contract() {
         .await
         .unwrap();
     s.migrate().await.unwrap();
-    store::suite(Arc::new(s)).await;
+    // As the application opens it: each call in a task of its own.
+    store::suite(Detached::wrap(Arc::new(s))).await;
 }
 
 #[tokio::test]
@@ -80,7 +82,61 @@ async fn the_mysql_store_honours_the_store_contract() {
         eprintln!("SECKILL_TEST_MYSQL_URL not set: MySQL contract not run (scripts/test sets it)");
         return;
     };
-    store::suite(Arc::new(store)).await;
+    store::suite(Detached::wrap(Arc::new(store))).await;
+    drop_mysql(&url).await;
+}
+
+/// A store call cut off anywhere — while its BEGIN is in flight too —
+/// neither leaves its pooled connection inside a server-side transaction
+/// (with one pooled connection, after each cut-off write a row committed
+/// elsewhere is seen at once: a connection left in a transaction reads an
+/// old snapshot) nor loses it (the next call would time out waiting for a
+/// connection). The bare sqlx pool fails both within a few hundred rounds.
+#[tokio::test]
+async fn a_cancelled_mysql_transaction_leaves_no_connection_inside_one() {
+    use seckill::store::CatalogStore;
+    let Some((url, other)) = fresh_mysql("cancel").await else {
+        eprintln!("SECKILL_TEST_MYSQL_URL not set: MySQL cancellation test not run");
+        return;
+    };
+    // The store as the application opens it, on a pool of one connection.
+    let one = Detached::wrap(Arc::new(
+        seckill::store::mysql::MysqlStore::connect(&url, 1)
+            .await
+            .unwrap(),
+    ));
+    let item = |stock| seckill::domain::NewItem {
+        title: "t".into(),
+        price_cents: 1000,
+        stock,
+        description: "d".into(),
+        image_url: String::new(),
+    };
+    let mut cut_off = 0;
+    for i in 0..300u64 {
+        // Cut off at every phase of the write (the timer's resolution is a
+        // millisecond; the write takes about as long).
+        let new = item(1);
+        let write = one.create_item(&new);
+        if tokio::time::timeout(std::time::Duration::from_micros(i % 4 * 300), write)
+            .await
+            .is_err()
+        {
+            cut_off += 1;
+        }
+        // A read on the pooled connection (it starts a snapshot if the
+        // connection was left inside a transaction), then a row committed
+        // through another pool: the pooled connection must see it.
+        one.items(1)
+            .await
+            .unwrap_or_else(|e| panic!("round {i}: the pooled connection: {e:?}"));
+        let fresh = other.create_item(&item(2)).await.unwrap();
+        assert!(
+            one.item(fresh.id).await.unwrap().is_some(),
+            "round {i}: a row committed elsewhere is not seen: the pooled connection was left inside a transaction"
+        );
+    }
+    assert!(cut_off > 0, "no write was cut off");
     drop_mysql(&url).await;
 }
 

@@ -66,6 +66,7 @@ pub async fn suite(s: Arc<dyn Store>) {
     a_message_too_big_for_the_stock_deducts_what_fits_and_each_entry_once(&*s).await;
     cancel_gives_stock_back(&*s).await;
     pure_database_orders(&*s).await;
+    a_fenced_pure_database_order_committed_before_or_never(&*s).await;
     the_sale_journal_has_what_a_ledger_rebuild_needs(&*s).await;
 }
 
@@ -490,4 +491,38 @@ async fn pure_database_orders(s: &dyn Store) {
         let t = s.promo_totals(promo).await.unwrap();
         assert_eq!((t.orders, t.stock_log_committed), (2, 2));
     }
+}
+
+/// The fence of an order whose caller stopped waiting: a committed order
+/// is reported as such; one not committed yet can never commit after it.
+async fn a_fenced_pure_database_order_committed_before_or_never(s: &dyn Store) {
+    let (item, promo) = setup(s, 5).await;
+    let placed = draft(9_001, UserId(1), item, promo, 1);
+    s.place_order_in_db(&placed, false, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    let fenced = s.fence_db_order(&placed).await.unwrap();
+    assert_eq!(fenced.map(|o| o.order_no), Some(placed.order_no.clone()));
+
+    let late = draft(9_002, UserId(2), item, promo, 1);
+    assert!(s.fence_db_order(&late).await.unwrap().is_none());
+    for optimistic in [false, true] {
+        assert!(
+            s.place_order_in_db(&late, optimistic, 3).await.is_err(),
+            "an order fenced off must not commit"
+        );
+    }
+    assert!(s.order(&late.order_no).await.unwrap().is_none());
+    let it = s.item(item).await.unwrap().unwrap();
+    assert_eq!(
+        (it.stock, it.sales),
+        (4, 1),
+        "the fenced order took no stock"
+    );
+    let t = s.promo_totals(promo).await.unwrap();
+    assert_eq!(
+        (t.orders, t.stock_log_committed, t.stock_log_rolled_back),
+        (1, 1, 1)
+    );
 }

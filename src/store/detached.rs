@@ -1,0 +1,120 @@
+//! A store whose calls run to completion even when their caller stops
+//! waiting.
+//!
+//! sqlx's MySQL connection is not safe to cancel in the middle of a call:
+//! a future dropped while its BEGIN is in flight hands the connection back
+//! to the pool with the server's transaction open and nobody to end it (its
+//! later reads see an old snapshot: a buyer's committed order "not found";
+//! its autocommit writes wait for a commit that never comes), and one
+//! dropped between queueing a statement and sending it leaves the
+//! connection waiting for an answer that never comes, so the pool loses
+//! that connection for good. Callers here do drop store calls: a request
+//! past its deadline, a client that hung up, the order path's bounded
+//! local transaction. Run in a task of its own, a store call always
+//! finishes — committed or rolled back, the connection clean — whoever
+//! still waits for it. (The drill found it: a 5,000-client `db-optimistic`
+//! crowd with thousands of time-outs left buyers unable to find 6 of their
+//! accepted orders.)
+
+use std::future::Future;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::*;
+
+/// Wraps a store so that each of its calls runs in a task of its own.
+pub struct Detached(Arc<dyn Store>);
+
+impl Detached {
+    pub fn wrap(store: Arc<dyn Store>) -> Arc<dyn Store> {
+        Arc::new(Detached(store))
+    }
+}
+
+/// Runs `work` in a task of its own and waits for it; dropping the wait
+/// leaves the work running to its end.
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = StoreResult<T>> + Send + 'static,
+) -> StoreResult<T> {
+    match tokio::spawn(work).await {
+        Ok(answer) => answer,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // The runtime is shutting down.
+        Err(_) => Err(StoreError::Db(sqlx::Error::PoolClosed)),
+    }
+}
+
+/// `fn name(&self, arg: Type, ...)` forwarded through [`detached`]; each
+/// argument is given as `name: &Borrowed => Owned` (cloned into the task)
+/// or `name: Copy`.
+macro_rules! forward {
+    (impl $trait:ident { $(fn $name:ident($($arg:ident: $ty:ty $(=> $owned:ty)?),*) -> $out:ty;)* }) => {
+        #[async_trait]
+        impl $trait for Detached {
+            $(
+                async fn $name(&self, $($arg: $ty),*) -> StoreResult<$out> {
+                    let store = self.0.clone();
+                    $(let $arg = forward!(@own $arg $(=> $owned)?);)*
+                    detached(async move { store.$name($(forward!(@pass $arg $(=> $owned)?)),*).await }).await
+                }
+            )*
+        }
+    };
+    (@own $arg:ident => $owned:ty) => { <$owned>::from($arg.to_owned()) };
+    (@own $arg:ident) => { $arg };
+    (@pass $arg:ident => $owned:ty) => { &$arg };
+    (@pass $arg:ident) => { $arg };
+}
+
+forward! {
+    impl UserStore {
+        fn create_user(user: &NewUser => NewUser) -> User;
+        fn create_users(users: &[NewUser] => Vec<NewUser>) -> u64;
+        fn user_by_phone(phone: &str => String) -> Option<User>;
+        fn user_by_id(id: UserId) -> Option<User>;
+    }
+}
+
+forward! {
+    impl CatalogStore {
+        fn create_item(item: &NewItem => NewItem) -> Item;
+        fn update_item(id: ItemId, patch: &ItemPatch => ItemPatch) -> Item;
+        fn item(id: ItemId) -> Option<Item>;
+        fn items(limit: u32) -> Vec<Item>;
+        fn create_promo(promo: &NewPromo => NewPromo) -> Promo;
+        fn promo(id: PromoId) -> Option<Promo>;
+        fn promos(limit: u32) -> Vec<Promo>;
+        fn promos_of_item(item: ItemId) -> Vec<Promo>;
+        fn publish_promo(id: PromoId, baseline: PromoBaseline) -> bool;
+    }
+}
+
+forward! {
+    impl OrderStore {
+        fn insert_stock_logs(drafts: &[OrderDraft] => Vec<OrderDraft>) -> ();
+        fn commit_orders(drafts: &[OrderDraft] => Vec<OrderDraft>) -> ();
+        fn roll_back_stock_logs(ids: &[StockLogId] => Vec<StockLogId>) -> Vec<(StockLogId, StockLogStatus)>;
+        fn stock_log_statuses(ids: &[StockLogId] => Vec<StockLogId>) -> Vec<(StockLogId, StockLogStatus)>;
+        fn stale_stock_logs(before: DateTime<Utc>, limit: u32) -> Vec<(StockLogId, PromoId)>;
+        fn undeducted_stock_logs(before: DateTime<Utc>, limit: u32) -> Vec<Deduction>;
+        fn unsettled_units_of_item(item: ItemId) -> i64;
+        fn sale_journal(promo: PromoId, item: ItemId) -> SaleJournal;
+        fn unpaid_orders(before: DateTime<Utc>, limit: u32) -> Vec<OrderNo>;
+        fn apply_deductions(entries: &[Deduction] => Vec<Deduction>) -> DeductionReport;
+        fn order(no: &OrderNo => OrderNo) -> Option<Order>;
+        fn orders_of_user(user: UserId, limit: u32) -> Vec<Order>;
+        fn pay_order(no: &OrderNo => OrderNo) -> Order;
+        fn cancel_order(no: &OrderNo => OrderNo) -> (Order, bool);
+        fn promo_totals(promo: PromoId) -> PromoTotals;
+        fn place_order_in_db(draft: &OrderDraft => OrderDraft, optimistic: bool, cas_retries: u32) -> Option<Order>;
+        fn fence_db_order(draft: &OrderDraft => OrderDraft) -> Option<Order>;
+    }
+}
+
+forward! {
+    impl Store {
+        fn ping() -> ();
+    }
+}
