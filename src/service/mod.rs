@@ -106,6 +106,9 @@ impl From<StoreError> for ServiceError {
             StoreError::NotFound => ServiceError::NotFound("not found"),
             StoreError::Conflict(c) => ServiceError::Conflict(format!("duplicate ({c})")),
             StoreError::Corrupt(_) => ServiceError::Internal(Box::new(e)),
+            StoreError::TooLate => {
+                ServiceError::unavailable("the database did not commit the order in time; retry")
+            }
             StoreError::Db(_) | StoreError::Migrate(_) => ServiceError::Unavailable {
                 context: "the database is unavailable",
                 source: Some(Box::new(e)),

@@ -198,32 +198,20 @@ impl OrderService {
                 let optimistic = strategy == OrderStrategy::DbOptimistic;
                 // Bounded like the write-behind local transaction: a DB too
                 // busy to commit in time answers 503 well within the request
-                // deadline (the order fenced off, below), rather than a
-                // deadline answer for an order that commits afterwards.
-                let bound = Duration::from_millis(self.cx.config.local_tx_timeout_ms);
-                let placed = match tokio::time::timeout(
-                    bound,
-                    self.cx.ports.store.place_order_in_db(
-                        &draft,
-                        optimistic,
-                        self.cx.config.cas_retries,
-                    ),
-                )
-                .await
-                {
-                    Ok(placed) => placed,
-                    // Cut off: the transaction goes on (the store's calls run
-                    // to their end); the fence decides it — committed before,
-                    // or never.
-                    Err(_) => match self.cx.ports.store.fence_db_order(&draft).await? {
-                        Some(order) => Ok(Some(order)),
-                        None => {
-                            return Err(ServiceError::unavailable(
-                                "the database did not commit the order in time; retry",
-                            ))
-                        }
-                    },
-                };
+                // deadline, rather than a deadline answer for an order that
+                // commits afterwards. The bound is the transaction's own (it
+                // commits only before it, else rolls back): cut off from
+                // outside, a transaction goes on to its end (the store's
+                // calls run to completion) and could commit after its buyer
+                // was told it did not.
+                let commit_by = std::time::Instant::now()
+                    + Duration::from_millis(self.cx.config.local_tx_timeout_ms);
+                let placed = self
+                    .cx
+                    .ports
+                    .store
+                    .place_order_in_db(&draft, optimistic, self.cx.config.cas_retries, commit_by)
+                    .await;
                 match placed {
                     Ok(Some(order)) => {
                         payment::schedule_soon(&self.cx, vec![order.order_no.clone()]);

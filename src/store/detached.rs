@@ -108,8 +108,7 @@ forward! {
         fn pay_order(no: &OrderNo => OrderNo) -> Order;
         fn cancel_order(no: &OrderNo => OrderNo) -> (Order, bool);
         fn promo_totals(promo: PromoId) -> PromoTotals;
-        fn place_order_in_db(draft: &OrderDraft => OrderDraft, optimistic: bool, cas_retries: u32) -> Option<Order>;
-        fn fence_db_order(draft: &OrderDraft => OrderDraft) -> Option<Order>;
+        fn place_order_in_db(draft: &OrderDraft => OrderDraft, optimistic: bool, cas_retries: u32, commit_by: std::time::Instant) -> Option<Order>;
     }
 }
 

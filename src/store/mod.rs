@@ -32,6 +32,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A transaction not ready to commit by its deadline, rolled back.
+    #[error("the transaction was not ready to commit before its deadline; rolled back")]
+    TooLate,
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -164,19 +167,17 @@ pub trait OrderStore: Send + Sync {
     /// The pure-database strategies' order: conditional stock update
     /// (`db-lock`) or version compare-and-set (`db-optimistic`, up to
     /// `cas_retries` attempts) in the same transaction as the order insert and
-    /// sales. `Ok(None)` when stock is short.
+    /// sales. `Ok(None)` when stock is short. Commits only before
+    /// `commit_by`; past it, rolls back and answers `TooLate` — so a caller
+    /// that stopped waiting at `commit_by` knows the order never commits
+    /// after.
     async fn place_order_in_db(
         &self,
         draft: &OrderDraft,
         optimistic: bool,
         cas_retries: u32,
+        commit_by: std::time::Instant,
     ) -> StoreResult<Option<Order>>;
-    /// Decides a pure-database order whose caller stopped waiting: a
-    /// `rolled_back` journal row is written under the draft's id unless the
-    /// order's own transaction wrote that row first (the write waits for
-    /// that transaction to end), so the order either committed before or
-    /// never will. Returns the order when it committed.
-    async fn fence_db_order(&self, draft: &OrderDraft) -> StoreResult<Option<Order>>;
 }
 
 /// The whole database: every role, plus a liveness probe.

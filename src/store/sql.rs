@@ -675,15 +675,6 @@ impl OrderStore for $store {
             .transpose()
     }
 
-    async fn fence_db_order(&self, d: &OrderDraft) -> StoreResult<Option<Order>> {
-        let now = Utc::now();
-        sqlx::query(concat!($insert_ignore, " INTO stock_log (id, item_id, promo_id, user_id, amount, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'rolled_back', ?, ?)"))
-            .bind(d.stock_log_id.0).bind(d.item_id.0).bind(d.promo_id.0).bind(d.user_id.0).bind(d.amount).bind(now).bind(now)
-            .execute(&self.pool)
-            .await?;
-        self.order(&d.order_no).await
-    }
-
     async fn orders_of_user(&self, user: UserId, limit: u32) -> StoreResult<Vec<Order>> {
         sqlx::query(&format!(
             "SELECT {ORDER_COLUMNS} WHERE user_id = ? ORDER BY created_at DESC LIMIT ?"
@@ -777,10 +768,14 @@ impl OrderStore for $store {
         d: &OrderDraft,
         optimistic: bool,
         cas_retries: u32,
+        commit_by: std::time::Instant,
     ) -> StoreResult<Option<Order>> {
         let now = Utc::now();
         let attempts = if optimistic { cas_retries.max(1) } else { 1 };
         for _ in 0..attempts {
+            if std::time::Instant::now() >= commit_by {
+                return Err(StoreError::TooLate);
+            }
             let mut tx = self.pool.begin().await?;
             let updated = if optimistic {
                 let row = sqlx::query("SELECT stock, version FROM item_stock WHERE item_id = ?")
@@ -816,6 +811,10 @@ impl OrderStore for $store {
                 continue; // lost the compare-and-set: read again
             }
             write_db_order(&mut tx, d, now).await?;
+            if std::time::Instant::now() >= commit_by {
+                tx.rollback().await?;
+                return Err(StoreError::TooLate);
+            }
             tx.commit().await?;
             return Ok(Some(d.to_order()));
         }

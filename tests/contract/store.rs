@@ -40,6 +40,11 @@ fn draft(id: i64, user: UserId, item: ItemId, promo: PromoId, amount: i64) -> Or
     }
 }
 
+/// A commit deadline nobody reaches.
+fn far() -> std::time::Instant {
+    std::time::Instant::now() + std::time::Duration::from_secs(3600)
+}
+
 async fn setup(s: &dyn Store, stock: i64) -> (ItemId, PromoId) {
     let item = s.create_item(&new_item(stock)).await.unwrap();
     let now = Utc::now();
@@ -66,7 +71,7 @@ pub async fn suite(s: Arc<dyn Store>) {
     a_message_too_big_for_the_stock_deducts_what_fits_and_each_entry_once(&*s).await;
     cancel_gives_stock_back(&*s).await;
     pure_database_orders(&*s).await;
-    a_fenced_pure_database_order_committed_before_or_never(&*s).await;
+    a_pure_database_order_past_its_deadline_never_commits(&*s).await;
     the_sale_journal_has_what_a_ledger_rebuild_needs(&*s).await;
 }
 
@@ -460,13 +465,23 @@ async fn pure_database_orders(s: &dyn Store) {
         let (item, promo) = setup(s, 2).await;
         let base = if optimistic { 6_000 } else { 5_000 };
         assert!(s
-            .place_order_in_db(&draft(base + 1, UserId(1), item, promo, 1), optimistic, 5)
+            .place_order_in_db(
+                &draft(base + 1, UserId(1), item, promo, 1),
+                optimistic,
+                5,
+                far()
+            )
             .await
             .unwrap()
             .is_some());
         assert!(matches!(
-            s.place_order_in_db(&draft(base + 2, UserId(1), item, promo, 1), optimistic, 5)
-                .await,
+            s.place_order_in_db(
+                &draft(base + 2, UserId(1), item, promo, 1),
+                optimistic,
+                5,
+                far()
+            )
+            .await,
             Err(StoreError::Conflict("user_promo"))
         ));
         assert_eq!(
@@ -475,15 +490,25 @@ async fn pure_database_orders(s: &dyn Store) {
             "the refused order rolled back its stock update"
         );
         assert!(s
-            .place_order_in_db(&draft(base + 3, UserId(2), item, promo, 1), optimistic, 5)
+            .place_order_in_db(
+                &draft(base + 3, UserId(2), item, promo, 1),
+                optimistic,
+                5,
+                far()
+            )
             .await
             .unwrap()
             .is_some());
         assert!(
-            s.place_order_in_db(&draft(base + 4, UserId(3), item, promo, 1), optimistic, 5)
-                .await
-                .unwrap()
-                .is_none(),
+            s.place_order_in_db(
+                &draft(base + 4, UserId(3), item, promo, 1),
+                optimistic,
+                5,
+                far()
+            )
+            .await
+            .unwrap()
+            .is_none(),
             "sold out"
         );
         let it = s.item(item).await.unwrap().unwrap();
@@ -493,36 +518,21 @@ async fn pure_database_orders(s: &dyn Store) {
     }
 }
 
-/// The fence of an order whose caller stopped waiting: a committed order
-/// is reported as such; one not committed yet can never commit after it.
-async fn a_fenced_pure_database_order_committed_before_or_never(s: &dyn Store) {
+/// A pure-database order commits only before its deadline: past it, the
+/// transaction rolls back and says so (its caller stopped waiting then).
+async fn a_pure_database_order_past_its_deadline_never_commits(s: &dyn Store) {
     let (item, promo) = setup(s, 5).await;
-    let placed = draft(9_001, UserId(1), item, promo, 1);
-    s.place_order_in_db(&placed, false, 1)
-        .await
-        .unwrap()
-        .unwrap();
-    let fenced = s.fence_db_order(&placed).await.unwrap();
-    assert_eq!(fenced.map(|o| o.order_no), Some(placed.order_no.clone()));
-
     let late = draft(9_002, UserId(2), item, promo, 1);
-    assert!(s.fence_db_order(&late).await.unwrap().is_none());
     for optimistic in [false, true] {
-        assert!(
-            s.place_order_in_db(&late, optimistic, 3).await.is_err(),
-            "an order fenced off must not commit"
-        );
+        assert!(matches!(
+            s.place_order_in_db(&late, optimistic, 3, std::time::Instant::now())
+                .await,
+            Err(StoreError::TooLate)
+        ));
     }
     assert!(s.order(&late.order_no).await.unwrap().is_none());
     let it = s.item(item).await.unwrap().unwrap();
-    assert_eq!(
-        (it.stock, it.sales),
-        (4, 1),
-        "the fenced order took no stock"
-    );
+    assert_eq!((it.stock, it.sales), (5, 0), "the late order took no stock");
     let t = s.promo_totals(promo).await.unwrap();
-    assert_eq!(
-        (t.orders, t.stock_log_committed, t.stock_log_rolled_back),
-        (1, 1, 1)
-    );
+    assert_eq!((t.orders, t.stock_log_committed), (0, 0));
 }
