@@ -36,6 +36,7 @@ impl<S> Layer<S> for RequestMetricsLayer {
     }
 }
 
+/// Counts and times the requests of the service it wraps.
 #[derive(Debug, Clone)]
 pub struct RequestMetrics<S> {
     inner: S,
@@ -54,11 +55,12 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
+        let started = Instant::now();
         let route = req.extensions().get::<MatchedPath>().cloned();
         let method = method_label(req.method());
         ResponseFuture {
             inner: self.inner.call(req),
-            started: Instant::now(),
+            started,
             method,
             route,
         }
@@ -101,7 +103,7 @@ where
 }
 
 /// The method's label: the standard methods by name, any other `OTHER`.
-pub fn method_label(method: &Method) -> &'static str {
+fn method_label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
         Method::POST => "POST",

@@ -196,16 +196,17 @@ impl OrderService {
                     created_at: now,
                 };
                 let optimistic = strategy == OrderStrategy::DbOptimistic;
-                // Bounded like the write-behind local transaction: a DB too
-                // busy to commit in time answers 503 well within the request
-                // deadline, rather than a deadline answer for an order that
-                // commits afterwards. The bound is the transaction's own (it
-                // commits only before it, else rolls back): cut off from
-                // outside, a transaction goes on to its end (the store's
-                // calls run to completion) and could commit after its buyer
-                // was told it did not.
-                let commit_by = std::time::Instant::now()
-                    + Duration::from_millis(self.cx.config.local_tx_timeout_ms);
+                // Bounded like the write-behind local transaction: a
+                // transaction that reaches its COMMIT past the bound rolls
+                // back and answers 503. The bound is the transaction's own,
+                // not a time-out around it: cut off from outside, a
+                // transaction goes on to its end (the store's calls run to
+                // completion) and could commit after its buyer was told it
+                // did not. A wait for a connection or a row lock can still
+                // outlast the request deadline, which then answers first
+                // ("check your orders"); the order then never commits.
+                let commit_by =
+                    Instant::now() + Duration::from_millis(self.cx.config.local_tx_timeout_ms);
                 let placed = self
                     .cx
                     .ports

@@ -28,6 +28,7 @@ use super::*;
 pub struct Detached(Arc<dyn Store>);
 
 impl Detached {
+    /// `store`, its calls each in a task of their own.
     pub fn wrap(store: Arc<dyn Store>) -> Arc<dyn Store> {
         Arc::new(Detached(store))
     }

@@ -167,10 +167,11 @@ pub trait OrderStore: Send + Sync {
     /// The pure-database strategies' order: conditional stock update
     /// (`db-lock`) or version compare-and-set (`db-optimistic`, up to
     /// `cas_retries` attempts) in the same transaction as the order insert and
-    /// sales. `Ok(None)` when stock is short. Commits only before
-    /// `commit_by`; past it, rolls back and answers `TooLate` — so a caller
-    /// that stopped waiting at `commit_by` knows the order never commits
-    /// after.
+    /// sales. `Ok(None)` when stock is short. Starts its COMMIT only before
+    /// `commit_by`; reaching that point later, it rolls back and answers
+    /// `TooLate`. (Waits for a connection or a row lock are not cut short:
+    /// an order can answer well after `commit_by`, but no COMMIT starts
+    /// after it.)
     async fn place_order_in_db(
         &self,
         draft: &OrderDraft,

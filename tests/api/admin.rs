@@ -225,6 +225,13 @@ async fn metrics_are_exposed_in_prometheus_text() {
         assert!(text.contains(series), "{series} missing in:\n{text}");
     }
     assert!(!text.contains(r#"method="BREW""#), "{text}");
+    // Counted, not only registered: this test alone sends an invented method.
+    let other = text
+        .lines()
+        .find(|l| l.starts_with(r#"seckill_http_requests_total{method="OTHER""#))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(other.is_some_and(|n| n >= 1.0), "{text}");
 }
 
 #[tokio::test]

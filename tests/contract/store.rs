@@ -26,7 +26,7 @@ fn new_item(stock: i64) -> NewItem {
     }
 }
 
-fn draft(id: i64, user: UserId, item: ItemId, promo: PromoId, amount: i64) -> OrderDraft {
+pub fn draft(id: i64, user: UserId, item: ItemId, promo: PromoId, amount: i64) -> OrderDraft {
     let now = Utc::now();
     OrderDraft {
         stock_log_id: StockLogId(id),
@@ -45,7 +45,7 @@ fn far() -> std::time::Instant {
     std::time::Instant::now() + std::time::Duration::from_secs(3600)
 }
 
-async fn setup(s: &dyn Store, stock: i64) -> (ItemId, PromoId) {
+pub async fn setup(s: &dyn Store, stock: i64) -> (ItemId, PromoId) {
     let item = s.create_item(&new_item(stock)).await.unwrap();
     let now = Utc::now();
     let promo = s
