@@ -92,7 +92,7 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpList
 }
 
 /// A request's answer as hyper awaits it.
-type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+type RouterFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
 /// Serves `router` over HTTP/1.1 (what nginx and browsers speak to an
 /// instance) until `shutdown` completes, then stops accepting, lets every
@@ -135,7 +135,7 @@ pub async fn serve_http1(
         // that box a pointer (the future itself lives only while a request
         // does). A router is always ready: no `poll_ready` to wait for.
         let service = hyper::service::service_fn(
-            move |req: axum::http::Request<hyper::body::Incoming>| -> Answer {
+            move |req: axum::http::Request<hyper::body::Incoming>| -> RouterFuture {
                 let mut req = req.map(axum::body::Body::new);
                 req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
                 Box::pin(router.clone().call(req))

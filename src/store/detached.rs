@@ -63,7 +63,7 @@ macro_rules! forward {
             )*
         }
     };
-    (@own $arg:ident => $owned:ty) => { <$owned>::from($arg.to_owned()) };
+    (@own $arg:ident => $owned:ty) => { $arg.to_owned() };
     (@own $arg:ident) => { $arg };
     (@pass $arg:ident => $owned:ty) => { &$arg };
     (@pass $arg:ident) => { $arg };

@@ -106,19 +106,12 @@ async fn a_cancelled_mysql_transaction_leaves_no_connection_inside_one() {
             .await
             .unwrap(),
     ));
-    let item = |stock| seckill::domain::NewItem {
-        title: "t".into(),
-        price_cents: 1000,
-        stock,
-        description: "d".into(),
-        image_url: String::new(),
-    };
     let mut cut_off = 0;
     for i in 0..300u64 {
         // Cut off at varied points of the write (the timer's resolution is
         // a millisecond, about as long as the write takes: where it lands
         // varies with the scheduling).
-        let new = item(1);
+        let new = store::new_item(1);
         let write = one.create_item(&new);
         if tokio::time::timeout(std::time::Duration::from_micros(i % 4 * 300), write)
             .await
@@ -132,7 +125,7 @@ async fn a_cancelled_mysql_transaction_leaves_no_connection_inside_one() {
         one.items(1)
             .await
             .unwrap_or_else(|e| panic!("round {i}: the pooled connection: {e:?}"));
-        let fresh = other.create_item(&item(2)).await.unwrap();
+        let fresh = other.create_item(&store::new_item(2)).await.unwrap();
         assert!(
             one.item(fresh.id).await.unwrap().is_some(),
             "round {i}: a row committed elsewhere is not seen: the pooled connection was left inside a transaction"

@@ -16,7 +16,7 @@ fn new_user(phone: &str) -> NewUser {
     }
 }
 
-fn new_item(stock: i64) -> NewItem {
+pub fn new_item(stock: i64) -> NewItem {
     NewItem {
         title: "t".into(),
         price_cents: 1000,
