@@ -262,14 +262,14 @@ impl CatalogService {
 
     /// A promo, through a short in-process cache (the order path reads it on
     /// every request).
+    /// A promo through this process's cache. When its entry lapses under a
+    /// crowd, one request loads it again and the others wait for that load
+    /// (before, each request in the load's round trip read the DB itself).
     pub async fn promo(&self, id: PromoId) -> ServiceResult<Arc<Promo>> {
-        if let Some(p) = self.promos.get(&id).await {
-            return Ok(p);
-        }
-        let p = self.load_promo(id).await?;
-        let p = Arc::new(p);
-        self.promos.insert(id, p.clone()).await;
-        Ok(p)
+        self.promos
+            .try_get_with(id, async { self.load_promo(id).await.map(Arc::new) })
+            .await
+            .map_err(shared_error)
     }
 
     pub async fn promos(&self) -> ServiceResult<Vec<Promo>> {
@@ -379,4 +379,41 @@ pub fn gate_ttl(promo: &Promo) -> Duration {
 /// The key of a promo's gate counter.
 pub fn gate_key(promo: PromoId) -> String {
     format!("gate:{promo}")
+}
+
+/// A load's error, as each request that waited for the load gets it (the
+/// error itself when only one did).
+fn shared_error(e: Arc<ServiceError>) -> ServiceError {
+    let e = match Arc::try_unwrap(e) {
+        Ok(alone) => return alone,
+        Err(shared) => shared,
+    };
+    match &*e {
+        ServiceError::NotFound(what) => ServiceError::NotFound(what),
+        ServiceError::Unavailable { context, .. } => ServiceError::Unavailable {
+            context,
+            source: Some(Box::new(SharedError(e.clone()))),
+        },
+        _ => ServiceError::Internal(Box::new(SharedError(e))),
+    }
+}
+
+/// The cause of one error shared by the requests that waited for the same
+/// load (the error's own words are the copy's).
+#[derive(Debug)]
+struct SharedError(Arc<ServiceError>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match std::error::Error::source(&*self.0) {
+            Some(cause) => std::fmt::Display::fmt(cause, f),
+            None => std::fmt::Display::fmt(&*self.0, f),
+        }
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&*self.0).and_then(|cause| cause.source())
+    }
 }

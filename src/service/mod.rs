@@ -164,6 +164,36 @@ impl Context {
     /// Whether another instance sold the promo out: the shared ledger's
     /// flag, asked at most once per `sold_out_poll_ms` per promo (false
     /// in between); when it says so, this process's flag is set too.
+    /// Whether this process answers "sold out" at once, from its own flag:
+    /// set within `local_sold_out_ttl_ms`, yes, no round trip. A lapsed flag
+    /// (write-behind, where the shared ledger knows) is looked at again by
+    /// one request per `sold_out_poll_ms` — set again or cleared on its
+    /// answer — while the others keep answering from it (before, every
+    /// request in the look's round trip went on to the rate limit and the
+    /// token store). Pure-database strategies have no shared flag: a lapsed
+    /// flag there is no flag, the next order asks the DB.
+    pub async fn sold_out_here(&self, promo: crate::domain::PromoId) -> ServiceResult<bool> {
+        use sold_out::FlagState;
+        match self.sold_out.state(promo) {
+            FlagState::Fresh => Ok(true),
+            FlagState::Lapsed
+                if self.config.order_strategy == crate::config::OrderStrategy::WriteBehind =>
+            {
+                if !self.sold_out.due_for_check(promo) {
+                    return Ok(true);
+                }
+                if self.ports.ledger.sold_out(promo).await? {
+                    self.sold_out.set(promo);
+                    Ok(true)
+                } else {
+                    self.sold_out.clear(promo);
+                    Ok(false)
+                }
+            }
+            FlagState::Lapsed | FlagState::Unset => Ok(false),
+        }
+    }
+
     pub async fn sold_out_elsewhere(&self, promo: crate::domain::PromoId) -> ServiceResult<bool> {
         if self.sold_out.due_for_check(promo) && self.ports.ledger.sold_out(promo).await? {
             self.sold_out.set(promo);

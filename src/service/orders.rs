@@ -122,7 +122,7 @@ impl OrderService {
         promo.check_on_sale(Utc::now())?;
         // The crowd after the last unit is answered here, from this
         // process's flag: no round trip, no rate-limit permit spent.
-        if self.cx.sold_out.is_set(promo.id) {
+        if self.cx.sold_out_here(promo.id).await? {
             return Err(ServiceError::SoldOut);
         }
         // The flag lapses (stock may come back); the shared one is asked

@@ -1,6 +1,8 @@
 //! Process-local sold-out flags: once the ledger says a promo is sold out,
 //! this instance answers the crowd itself for a short while (no round trip),
 //! then asks the ledger again, so stock given back is seen within the TTL.
+//! While that look is under way the lapsed flag keeps answering: a sold-out
+//! crowd never falls through to the rate limit and the token store.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -8,6 +10,14 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 
 use crate::domain::PromoId;
+
+/// What this process knows of a promo's sold-out flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagState {
+    Fresh,
+    Lapsed,
+    Unset,
+}
 
 pub struct SoldOutFlags {
     ttl: Duration,
@@ -57,6 +67,16 @@ impl SoldOutFlags {
         }
     }
 
+    /// The promo's flag here: set within the TTL, set longer ago (kept until
+    /// a fresh look says otherwise or a give-back clears it), or not set.
+    pub fn state(&self, promo: PromoId) -> FlagState {
+        match self.flags.read().get(&promo) {
+            Some(at) if at.elapsed() < self.ttl => FlagState::Fresh,
+            Some(_) => FlagState::Lapsed,
+            None => FlagState::Unset,
+        }
+    }
+
     /// Whether this instance believes the promo sold out (flag younger than
     /// the TTL).
     pub fn is_set(&self, promo: PromoId) -> bool {
@@ -93,6 +113,20 @@ mod tests {
         f.set(PromoId(1));
         f.clear(PromoId(1));
         assert!(!f.is_set(PromoId(1)));
+    }
+
+    #[test]
+    fn a_lapsed_flag_stays_until_it_is_cleared_or_set_again() {
+        let f = SoldOutFlags::new(Duration::from_millis(30));
+        assert_eq!(f.state(PromoId(1)), FlagState::Unset);
+        f.set(PromoId(1));
+        assert_eq!(f.state(PromoId(1)), FlagState::Fresh);
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(f.state(PromoId(1)), FlagState::Lapsed);
+        f.set(PromoId(1));
+        assert_eq!(f.state(PromoId(1)), FlagState::Fresh);
+        f.clear(PromoId(1));
+        assert_eq!(f.state(PromoId(1)), FlagState::Unset);
     }
 
     #[test]

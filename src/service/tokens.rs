@@ -100,7 +100,7 @@ impl TokenService {
             )));
         }
         promo.check_on_sale(Utc::now())?;
-        if self.cx.sold_out.is_set(promo_id) {
+        if self.cx.sold_out_here(promo_id).await? {
             return Err(ServiceError::SoldOut);
         }
         if self.cx.config.captcha_enabled {

@@ -144,6 +144,35 @@ async fn the_last_unit_sells_once_then_sold_out() {
     );
 }
 
+/// Past its TTL, this instance's sold-out flag is looked at again by one
+/// request per poll interval; the crowd meanwhile keeps being answered
+/// "sold out" from it — not let through to the rate limit and the token
+/// store (which answered them "invalid token" here, and cost a third of a
+/// sold-out crowd round trips in the benchmark).
+#[tokio::test]
+async fn a_lapsed_sold_out_flag_still_answers_the_crowd_while_it_is_looked_at_again() {
+    let t = TestApp::spawn_with(|c| {
+        c.local_sold_out_ttl_ms = 50;
+        c.sold_out_poll_ms = 60_000;
+    })
+    .await;
+    let (item, promo) = t.sale(1).await;
+    let a = t.user("13600000031").await;
+    let b = t.user("13600000032").await;
+    assert_eq!(t.buy(&a, promo, item).await.status, StatusCode::CREATED);
+    tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+    // The flag has lapsed and the shared one is not due for a look: the
+    // answer is still the flag's, whatever token comes with it.
+    for _ in 0..3 {
+        let r = t.order(&b, promo, item, "not-a-token").await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (StatusCode::CONFLICT, "SOLD_OUT")
+        );
+        assert_eq!(t.token(&b, promo, item).await.code(), "SOLD_OUT");
+    }
+}
+
 #[tokio::test]
 async fn the_gate_counter_caps_tokens_at_stock_times_the_factor() {
     let t = TestApp::spawn_with(|c| c.gate_factor = 2).await;
