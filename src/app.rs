@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rand::Rng;
+use tokio_util::task::TaskTracker;
 
 use crate::cache::memory::{MemoryKvStore, MemoryRateLimiter, MemoryStockLedger};
 use crate::cache::redis::{RedisConn, RedisKvStore, RedisRateLimiter, RedisStockLedger};
@@ -42,6 +43,9 @@ pub struct App {
     pub otp: Arc<DevOtpSender>,
     /// The in-process bus, when that is the bus in use (fault injection).
     pub memory_bus: Option<MemoryBus>,
+    /// The store's calls in flight, each in a task of its own: a shutdown
+    /// lets those nobody waits for any more finish.
+    pub store_tasks: TaskTracker,
 }
 
 /// The process's Prometheus recorder, installed once.
@@ -83,8 +87,9 @@ async fn metrics_upkeep(handle: PrometheusHandle) {
 
 /// Opens the configured database and applies its migrations. Its calls run
 /// to completion whoever stops waiting for them ([`Detached`]: a cut-off
-/// sqlx call can leave a pooled connection inside a transaction, or lose it).
-pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+/// sqlx call can leave a pooled connection inside a transaction, or lose it),
+/// each a task of `tasks`.
+pub async fn open_store(config: &Config, tasks: &TaskTracker) -> anyhow::Result<Arc<dyn Store>> {
     match config.database()? {
         DatabaseBackend::Sqlite(url) => {
             let store =
@@ -95,17 +100,21 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
                 .migrate()
                 .await
                 .context("cannot migrate the SQLite database")?;
-            Ok(Detached::wrap(Arc::new(store)))
+            Ok(Detached::tracked(Arc::new(store), tasks.clone()))
         }
         DatabaseBackend::Mysql(url) => {
-            let store = MysqlStore::connect(&url, config.database_max_connections)
-                .await
-                .with_context(|| format!("cannot reach MySQL at {}", crate::cli::redact(&url)))?;
+            let store = MysqlStore::connect(
+                &url,
+                config.database_max_connections,
+                Duration::from_millis(config.local_tx_timeout_ms),
+            )
+            .await
+            .with_context(|| format!("cannot reach MySQL at {}", crate::cli::redact(&url)))?;
             store
                 .migrate()
                 .await
                 .context("cannot migrate the MySQL database")?;
-            Ok(Detached::wrap(Arc::new(store)))
+            Ok(Detached::tracked(Arc::new(store), tasks.clone()))
         }
     }
 }
@@ -149,7 +158,8 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let metrics = metrics_handle();
     config.validate()?;
     let config = Arc::new(config);
-    let store = open_store(&config).await?;
+    let store_tasks = TaskTracker::new();
+    let store = open_store(&config, &store_tasks).await?;
     let otp = Arc::new(DevOtpSender::new());
     let checker = Arc::new(StockLogChecker::new(store.clone()));
     let caches = cache_adapters(&config).await?;
@@ -270,5 +280,6 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         context,
         otp,
         memory_bus,
+        store_tasks,
     })
 }

@@ -166,7 +166,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::Migrate(db) => {
                 db.apply(&mut config);
                 config.validate()?;
-                crate::app::open_store(&config).await?;
+                crate::app::open_store(&config, &Default::default()).await?;
                 tracing::info!(database = %redact(&config.database_url), "migrations applied");
                 Ok(())
             }

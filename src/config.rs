@@ -142,7 +142,8 @@ pub struct Config {
     /// Group commits run at once.
     pub batch_workers: usize,
     /// The local transaction's own deadline; past it the outcome is settled
-    /// through `stock_log`.
+    /// through `stock_log`. Also a MySQL statement's longest wait for a row
+    /// lock (`innodb_lock_wait_timeout`, whole seconds).
     pub local_tx_timeout_ms: u64,
     /// Retries of a lost compare-and-set (`db-optimistic`).
     pub cas_retries: u32,

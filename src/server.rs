@@ -68,6 +68,18 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     while !app.state.orders.idle() && tokio::time::Instant::now() < drained_by {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Store calls of requests cut off (deadline, client gone) still run:
+    // each ends committed or rolled back, its connection clean.
+    app.store_tasks.close();
+    if tokio::time::timeout_at(drained_by, app.store_tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            calls = app.store_tasks.len(),
+            "store calls still running at the shutdown bound; exiting anyway"
+        );
+    }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let _ = app.state.monitor.flush().await;
     let _ = app.state.monitor.leave().await;

@@ -146,14 +146,21 @@ impl OrderService {
         self.tokens
             .consume(&req.token, user, promo.id, promo.item_id)
             .await?;
+        let spent = SpentToken {
+            tokens: self.tokens.clone(),
+            token: Some(req.token.clone()),
+            user,
+            promo: promo.id,
+            item: promo.item_id,
+        };
         let result = self.commit(user, &promo, &req).await;
-        if let Err(ServiceError::Unavailable { .. } | ServiceError::RateLimited(_)) = &result {
+        match &result {
             // Not the buyer's doing (a dependency down, contention): the
-            // token stays good for a retry. A second order can never come of
-            // it — the ledger's per-user limit and the DB's unique key hold.
-            self.tokens
-                .give_back(&req.token, user, promo.id, promo.item_id)
-                .await;
+            // token stays good for a retry, given back before the answer.
+            Err(ServiceError::Unavailable { .. } | ServiceError::RateLimited(_)) => {
+                spent.give_back().await
+            }
+            _ => spent.keep(),
         }
         result
     }
@@ -202,9 +209,8 @@ impl OrderService {
                 // not a time-out around it: cut off from outside, a
                 // transaction goes on to its end (the store's calls run to
                 // completion) and could commit after its buyer was told it
-                // did not. A wait for a connection or a row lock can still
-                // outlast the request deadline, which then answers first
-                // ("check your orders"); the order then never commits.
+                // did not. Its waits (a connection, a row lock) are bounded
+                // too, so the answer comes well before the request deadline.
                 let commit_by =
                     Instant::now() + Duration::from_millis(self.cx.config.local_tx_timeout_ms);
                 let placed = self
@@ -297,5 +303,51 @@ impl OrderService {
     /// Orders admitted and not yet answered.
     pub fn queued(&self) -> usize {
         self.cx.config.order_queue_capacity - self.in_flight.available_permits()
+    }
+}
+
+/// A seckill token used up by an order whose outcome is not known yet.
+///
+/// Kept once the order has an answer that is the buyer's (placed, sold out,
+/// already bought, refused); given back otherwise — a failure not of the
+/// buyer's doing, or the request cut off before the answer (its deadline,
+/// the client hanging up), when the order may still commit or not. Either
+/// way a retry with it gets the truth ("already bought" or a new try), not
+/// "invalid token"; a second order never comes of it: the ledger's per-user
+/// limit and the DB's unique key hold.
+struct SpentToken {
+    tokens: Arc<TokenService>,
+    token: Option<String>,
+    user: UserId,
+    promo: PromoId,
+    item: ItemId,
+}
+
+impl SpentToken {
+    fn keep(mut self) {
+        self.token = None;
+    }
+
+    async fn give_back(mut self) {
+        if let Some(token) = self.token.take() {
+            self.tokens
+                .give_back(&token, self.user, self.promo, self.item)
+                .await;
+        }
+    }
+}
+
+impl Drop for SpentToken {
+    /// Cut off before the outcome: the token goes back in a task of its
+    /// own (a drop cannot wait).
+    fn drop(&mut self) {
+        let Some(token) = self.token.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (tokens, user, promo, item) = (self.tokens.clone(), self.user, self.promo, self.item);
+        runtime.spawn(async move { tokens.give_back(&token, user, promo, item).await });
     }
 }

@@ -21,25 +21,37 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use tokio_util::task::TaskTracker;
 
 use super::*;
 
 /// Wraps a store so that each of its calls runs in a task of its own.
-pub struct Detached(Arc<dyn Store>);
+pub struct Detached {
+    store: Arc<dyn Store>,
+    tasks: TaskTracker,
+}
 
 impl Detached {
     /// `store`, its calls each in a task of their own.
     pub fn wrap(store: Arc<dyn Store>) -> Arc<dyn Store> {
-        Arc::new(Detached(store))
+        Self::tracked(store, TaskTracker::new())
+    }
+
+    /// `store`, its calls each in a task of their own tracked by `tasks`:
+    /// a shutdown waits on it for the calls nobody waits for any more (a
+    /// cut-off request's write) before the process ends.
+    pub fn tracked(store: Arc<dyn Store>, tasks: TaskTracker) -> Arc<dyn Store> {
+        Arc::new(Detached { store, tasks })
     }
 }
 
 /// Runs `work` in a task of its own and waits for it; dropping the wait
 /// leaves the work running to its end.
 async fn detached<T: Send + 'static>(
+    tasks: &TaskTracker,
     work: impl Future<Output = StoreResult<T>> + Send + 'static,
 ) -> StoreResult<T> {
-    match tokio::spawn(work).await {
+    match tasks.spawn(work).await {
         Ok(answer) => answer,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         // The runtime is shutting down.
@@ -56,9 +68,9 @@ macro_rules! forward {
         impl $trait for Detached {
             $(
                 async fn $name(&self, $($arg: $ty),*) -> StoreResult<$out> {
-                    let store = self.0.clone();
+                    let store = self.store.clone();
                     $(let $arg = forward!(@own $arg $(=> $owned)?);)*
-                    detached(async move { store.$name($(forward!(@pass $arg $(=> $owned)?)),*).await }).await
+                    detached(&self.tasks, async move { store.$name($(forward!(@pass $arg $(=> $owned)?)),*).await }).await
                 }
             )*
         }

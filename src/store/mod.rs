@@ -169,9 +169,11 @@ pub trait OrderStore: Send + Sync {
     /// `cas_retries` attempts) in the same transaction as the order insert and
     /// sales. `Ok(None)` when stock is short. Starts its COMMIT only before
     /// `commit_by`; reaching that point later, it rolls back and answers
-    /// `TooLate`. (Waits for a connection or a row lock are not cut short:
-    /// an order can answer well after `commit_by`, but no COMMIT starts
-    /// after it.)
+    /// `TooLate`. The wait for a pooled connection ends by `commit_by`; a
+    /// wait for a row lock ends at the store's lock-wait bound (MySQL: the
+    /// local transaction's bound, per connection; SQLite: its busy time-out),
+    /// both `TooLate`. No COMMIT starts after `commit_by`, whenever the
+    /// answer comes.
     async fn place_order_in_db(
         &self,
         draft: &OrderDraft,

@@ -10,8 +10,8 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlQueryResult, MySql
 use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row};
 
 use super::sql::{
-    build_once, map_unique, sql_store, DEDUCT_STOCK, ITEM_COLUMNS, ORDER_COLUMNS, PROMO_COLUMNS,
-    UNSETTLED_UNITS_OF_ITEM,
+    build_once, map_lock_wait, map_unique, sql_store, DEDUCT_STOCK, ITEM_COLUMNS, ORDER_COLUMNS,
+    PROMO_COLUMNS, UNSETTLED_UNITS_OF_ITEM,
 };
 use super::*;
 
@@ -23,14 +23,33 @@ pub struct MysqlStore {
 
 impl MysqlStore {
     /// Connects to a `mysql://` URL, creating the database when missing.
-    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
+    /// A statement waits at most `lock_wait` (whole seconds, at least one:
+    /// the server's `innodb_lock_wait_timeout`, 50 s by default) for a row
+    /// lock: the order path's transactions have a deadline of that order,
+    /// and one that waited past it would only roll back.
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        lock_wait: Duration,
+    ) -> StoreResult<Self> {
         if !MySql::database_exists(url).await? {
             MySql::create_database(url).await?;
         }
         let opts: MySqlConnectOptions = url.parse()?;
+        let lock_wait_secs = lock_wait.as_secs_f64().ceil().max(1.0) as u64;
         let pool = MySqlPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    sqlx::query(&format!(
+                        "SET SESSION innodb_lock_wait_timeout = {lock_wait_secs}"
+                    ))
+                    .execute(conn)
+                    .await?;
+                    Ok(())
+                })
+            })
             .connect_with(opts.timezone(Some(String::from("+00:00"))))
             .await?;
         Ok(MysqlStore { pool })

@@ -46,6 +46,26 @@ pub(crate) fn map_unique(e: sqlx::Error) -> StoreError {
     StoreError::Db(e)
 }
 
+/// A wait for a row lock given up by the database (MySQL's
+/// `innodb_lock_wait_timeout`, error 1205; SQLite's busy time-out) is a
+/// transaction that could not be ready in time: `TooLate`, like one past
+/// its deadline. Other errors pass.
+pub(crate) fn map_lock_wait(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &e {
+        let mysql_lock_wait = db
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|m| m.number() == 1205);
+        let sqlite_busy = db
+            .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+            .and_then(|s| sqlx::error::DatabaseError::code(s)?.parse::<i32>().ok())
+            .is_some_and(|code| code & 0xff == 5); // SQLITE_BUSY and its extended codes
+        if mysql_lock_wait || sqlite_busy {
+            return StoreError::TooLate;
+        }
+    }
+    StoreError::Db(e)
+}
+
 pub(crate) const ITEM_COLUMNS: &str =
     "i.id, i.title, i.price_cents, i.description, i.image_url, i.sales, \
      i.updated_at, s.stock FROM item i JOIN item_stock s ON s.item_id = i.id";
@@ -776,7 +796,13 @@ impl OrderStore for $store {
             if std::time::Instant::now() >= commit_by {
                 return Err(StoreError::TooLate);
             }
-            let mut tx = self.pool.begin().await?;
+            // The wait for a connection ends by `commit_by` too (the pool's
+            // own acquire time-out may be longer); a wait given up here
+            // holds nothing.
+            let mut conn = tokio::time::timeout_at(commit_by.into(), self.pool.acquire())
+                .await
+                .map_err(|_| StoreError::TooLate)??;
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             let updated = if optimistic {
                 let row = sqlx::query("SELECT stock, version FROM item_stock WHERE item_id = ?")
                     .bind(d.item_id.0)
@@ -792,7 +818,8 @@ impl OrderStore for $store {
                     .bind(d.item_id.0)
                     .bind(version)
                     .execute(&mut *tx)
-                    .await?
+                    .await
+                    .map_err(map_lock_wait)?
                     .rows_affected()
             } else {
                 let n = sqlx::query(DEDUCT_STOCK)
@@ -800,7 +827,8 @@ impl OrderStore for $store {
                     .bind(d.item_id.0)
                     .bind(d.amount)
                     .execute(&mut *tx)
-                    .await?
+                    .await
+                    .map_err(map_lock_wait)?
                     .rows_affected();
                 if n == 0 {
                     return Ok(None);
@@ -844,7 +872,8 @@ async fn write_db_order(
         .bind(d.amount)
         .bind(d.item_id.0)
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(map_lock_wait)?;
     Ok(())
 }
 

@@ -64,9 +64,10 @@ async fn fresh_mysql(tag: &str) -> Option<(String, seckill::store::mysql::MysqlS
         base.trim_end_matches('/').to_owned() + "/",
         std::process::id()
     );
-    let store = seckill::store::mysql::MysqlStore::connect(&url, 8)
-        .await
-        .expect("MySQL reachable");
+    let store =
+        seckill::store::mysql::MysqlStore::connect(&url, 8, std::time::Duration::from_secs(5))
+            .await
+            .expect("MySQL reachable");
     store.migrate().await.unwrap();
     Some((url, store))
 }
@@ -102,7 +103,7 @@ async fn a_cancelled_mysql_transaction_leaves_no_connection_inside_one() {
     };
     // The store as the application opens it, on a pool of one connection.
     let one = Detached::wrap(Arc::new(
-        seckill::store::mysql::MysqlStore::connect(&url, 1)
+        seckill::store::mysql::MysqlStore::connect(&url, 1, std::time::Duration::from_secs(5))
             .await
             .unwrap(),
     ));
@@ -194,6 +195,100 @@ async fn a_mysql_order_reaching_its_commit_past_the_deadline_rolls_back() {
     assert_eq!((t.orders, t.stock_log_committed), (0, 0));
     locker.close().await;
     drop_mysql(&url).await;
+}
+
+/// A pure-database order gives up waiting for a row lock after the
+/// store's lock-wait bound (MySQL's `innodb_lock_wait_timeout`, set per
+/// connection) and answers `TooLate`, while the lock is still held: it does
+/// not sit out the server's 50 s default past its request's deadline.
+#[tokio::test]
+async fn a_mysql_order_waits_for_a_row_lock_no_longer_than_the_bound() {
+    use seckill::store::StoreError;
+    let Some((url, _)) = fresh_mysql("lockwait").await else {
+        eprintln!("SECKILL_TEST_MYSQL_URL not set: MySQL lock-wait test not run");
+        return;
+    };
+    let raw =
+        seckill::store::mysql::MysqlStore::connect(&url, 4, std::time::Duration::from_secs(1))
+            .await
+            .unwrap();
+    let s = Detached::wrap(Arc::new(raw));
+    let (item, promo) = store::setup(&*s, 5).await;
+    let locker = sqlx::MySqlPool::connect(&url).await.unwrap();
+    for (n, optimistic) in [(1, false), (2, true)] {
+        let mut held = locker.begin().await.unwrap();
+        sqlx::query("SELECT stock FROM item_stock WHERE item_id = ? FOR UPDATE")
+            .bind(item.0)
+            .execute(&mut *held)
+            .await
+            .unwrap();
+        let d = store::draft(9_200 + n, seckill::domain::UserId(n), item, promo, 1);
+        let answer = tokio::time::timeout(
+            std::time::Duration::from_secs(8),
+            s.place_order_in_db(&d, optimistic, 3, store::far()),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!("optimistic {optimistic}: still waiting for the lock after 8 s")
+        });
+        assert!(
+            matches!(answer, Err(StoreError::TooLate)),
+            "optimistic {optimistic}: {answer:?}"
+        );
+        held.rollback().await.unwrap();
+        assert!(s.order(&d.order_no).await.unwrap().is_none());
+    }
+    // The lock free, an order goes through on the same pool.
+    let d = store::draft(9_203, seckill::domain::UserId(3), item, promo, 1);
+    assert!(s
+        .place_order_in_db(&d, false, 3, store::far())
+        .await
+        .unwrap()
+        .is_some());
+    let it = s.item(item).await.unwrap().unwrap();
+    assert_eq!((it.stock, it.sales), (4, 1));
+    locker.close().await;
+    drop_mysql(&url).await;
+}
+
+/// A store call whose caller stopped waiting is still tracked: a shutdown
+/// that waits on the tracker sees it through to its end (here a write held
+/// up by another connection's lock on the SQLite file).
+#[tokio::test]
+async fn a_shutdown_waits_for_store_calls_nobody_waits_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/t.db", dir.path().display());
+    let raw = SqliteStore::connect(&url, 4, 1024).await.unwrap();
+    raw.migrate().await.unwrap();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let s = Detached::tracked(Arc::new(raw), tasks.clone());
+    let locker = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let mut held = locker.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let cut_off = tokio::time::timeout(
+        std::time::Duration::from_millis(200),
+        s.create_item(&store::new_item(7)),
+    )
+    .await;
+    assert!(cut_off.is_err(), "the write was not held up");
+    assert_eq!(tasks.len(), 1, "the cut-off write is tracked");
+    tasks.close();
+    let releaser = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        sqlx::query("ROLLBACK").execute(&mut *held).await.unwrap();
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(10), tasks.wait())
+        .await
+        .expect("the tracked write ended");
+    releaser.await.unwrap();
+    assert_eq!(
+        s.items(10).await.unwrap().len(),
+        1,
+        "the cut-off write is done"
+    );
 }
 
 /// A Redis connection on `SECKILL_TEST_REDIS_URL` with a prefix of its own.

@@ -127,6 +127,62 @@ async fn five_hundred_buyers_racing_for_fifty_units_get_exactly_fifty_orders() {
     assert_eq!((sales, distinct, deducted), (50, 50, 50));
 }
 
+/// An order request cut off before its answer (the request deadline, a
+/// client hanging up) gives its seckill token back: the buyer's retry with
+/// it learns the order's outcome ("already bought", the order committed
+/// meanwhile) rather than "invalid token" — and no second order comes of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_cut_off_before_its_answer_gives_its_token_back() {
+    let t = TestApp::spawn().await;
+    let (item, promo) = t.sale(3).await;
+    let user = buyers(&t, "1882", 1).await[0];
+    let s = &t.app.state;
+    let token = s
+        .tokens
+        .issue(user, PromoId(promo), ItemId(item), None)
+        .await
+        .unwrap()
+        .token;
+    let order = || PlaceOrder {
+        promo_id: PromoId(promo),
+        item_id: ItemId(item),
+        amount: 1,
+        token: token.clone(),
+    };
+    // Another connection holds the database's write lock: the order's
+    // batch waits for it.
+    let pool = db(&t).await;
+    let mut held = pool.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let cut_off = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        s.orders.place(user, order()),
+    )
+    .await;
+    assert!(cut_off.is_err(), "the order was not held up: {cut_off:?}");
+    sqlx::query("ROLLBACK").execute(&mut *held).await.unwrap();
+    drop(held);
+    let stats = t.settled(promo).await;
+    assert_eq!(
+        (stats["orders"].as_i64(), stats["sold"].as_i64()),
+        (Some(1), Some(1)),
+        "{stats}"
+    );
+    let again = s.orders.place(user, order()).await;
+    assert!(
+        matches!(again, Err(ServiceError::AlreadyBought)),
+        "{again:?}"
+    );
+    let stats = t.settled(promo).await;
+    assert_eq!(
+        (stats["orders"].as_i64(), stats["stock_db"].as_i64()),
+        (Some(1), Some(2))
+    );
+}
+
 #[tokio::test]
 async fn a_failed_local_transaction_gives_the_reservation_back_and_rolls_the_message_back() {
     let t = TestApp::spawn().await;
