@@ -149,6 +149,20 @@ async fn a_cancelled_mysql_transaction_leaves_no_connection_inside_one() {
     drop_mysql(&url).await;
 }
 
+/// A transaction on `locker` holding the item's stock row lock.
+async fn lock_stock_row(
+    locker: &sqlx::MySqlPool,
+    item: seckill::domain::ItemId,
+) -> sqlx::Transaction<'static, sqlx::MySql> {
+    let mut held = locker.begin().await.unwrap();
+    sqlx::query("SELECT stock FROM item_stock WHERE item_id = ? FOR UPDATE")
+        .bind(item.0)
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    held
+}
+
 /// A pure-database order that reaches its COMMIT past its deadline rolls
 /// back: its stock update waits on a row lock another transaction holds
 /// until after the deadline (the order of events is the lock's, not a
@@ -164,12 +178,7 @@ async fn a_mysql_order_reaching_its_commit_past_the_deadline_rolls_back() {
     let (item, promo) = store::setup(&*s, 5).await;
     let locker = sqlx::MySqlPool::connect(&url).await.unwrap();
     for (n, optimistic) in [(1, false), (2, true)] {
-        let mut held = locker.begin().await.unwrap();
-        sqlx::query("SELECT stock FROM item_stock WHERE item_id = ? FOR UPDATE")
-            .bind(item.0)
-            .execute(&mut *held)
-            .await
-            .unwrap();
+        let held = lock_stock_row(&locker, item).await;
         let d = store::draft(9_100 + n, seckill::domain::UserId(n), item, promo, 1);
         let commit_by = std::time::Instant::now() + std::time::Duration::from_millis(200);
         let order = {
@@ -216,12 +225,7 @@ async fn a_mysql_order_waits_for_a_row_lock_no_longer_than_the_bound() {
     let (item, promo) = store::setup(&*s, 5).await;
     let locker = sqlx::MySqlPool::connect(&url).await.unwrap();
     for (n, optimistic) in [(1, false), (2, true)] {
-        let mut held = locker.begin().await.unwrap();
-        sqlx::query("SELECT stock FROM item_stock WHERE item_id = ? FOR UPDATE")
-            .bind(item.0)
-            .execute(&mut *held)
-            .await
-            .unwrap();
+        let held = lock_stock_row(&locker, item).await;
         let d = store::draft(9_200 + n, seckill::domain::UserId(n), item, promo, 1);
         let answer = tokio::time::timeout(
             std::time::Duration::from_secs(8),
