@@ -261,10 +261,9 @@ impl CatalogService {
     }
 
     /// A promo, through a short in-process cache (the order path reads it on
-    /// every request).
-    /// A promo through this process's cache. When its entry lapses under a
-    /// crowd, one request loads it again and the others wait for that load
-    /// (before, each request in the load's round trip read the DB itself).
+    /// every request). When its entry lapses under a crowd, one request
+    /// loads it again and the others wait for that load (before, each
+    /// request in the load's round trip read the DB itself).
     pub async fn promo(&self, id: PromoId) -> ServiceResult<Arc<Promo>> {
         self.promos
             .try_get_with(id, async { self.load_promo(id).await.map(Arc::new) })

@@ -161,9 +161,6 @@ pub struct Context {
 }
 
 impl Context {
-    /// Whether another instance sold the promo out: the shared ledger's
-    /// flag, asked at most once per `sold_out_poll_ms` per promo (false
-    /// in between); when it says so, this process's flag is set too.
     /// Whether this process answers "sold out" at once, from its own flag:
     /// set within `local_sold_out_ttl_ms`, yes, no round trip. A lapsed flag
     /// (write-behind, where the shared ledger knows) is looked at again by
@@ -176,24 +173,25 @@ impl Context {
         use sold_out::FlagState;
         match self.sold_out.state(promo) {
             FlagState::Fresh => Ok(true),
-            FlagState::Lapsed
+            FlagState::Lapsed(seen)
                 if self.config.order_strategy == crate::config::OrderStrategy::WriteBehind =>
             {
                 if !self.sold_out.due_for_check(promo) {
                     return Ok(true);
                 }
-                if self.ports.ledger.sold_out(promo).await? {
-                    self.sold_out.set(promo);
-                    Ok(true)
-                } else {
-                    self.sold_out.clear(promo);
-                    Ok(false)
-                }
+                let sold_out = self.ports.ledger.sold_out(promo).await?;
+                // Only the flag seen lapsed is renewed or cleared: a
+                // give-back or a reservation meanwhile has the last word.
+                self.sold_out.settle_lapsed(promo, seen, sold_out);
+                Ok(sold_out)
             }
-            FlagState::Lapsed | FlagState::Unset => Ok(false),
+            FlagState::Lapsed(_) | FlagState::Unset => Ok(false),
         }
     }
 
+    /// Whether another instance sold the promo out: the shared ledger's
+    /// flag, asked at most once per `sold_out_poll_ms` per promo (false
+    /// in between); when it says so, this process's flag is set too.
     pub async fn sold_out_elsewhere(&self, promo: crate::domain::PromoId) -> ServiceResult<bool> {
         if self.sold_out.due_for_check(promo) && self.ports.ledger.sold_out(promo).await? {
             self.sold_out.set(promo);

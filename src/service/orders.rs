@@ -209,8 +209,9 @@ impl OrderService {
                 // not a time-out around it: cut off from outside, a
                 // transaction goes on to its end (the store's calls run to
                 // completion) and could commit after its buyer was told it
-                // did not. Its waits (a connection, a row lock) are bounded
-                // too, so the answer comes well before the request deadline.
+                // did not. Its waits are bounded too (a connection by the
+                // deadline, each row lock by the store's lock-wait bound), so
+                // the answer normally comes before the request deadline.
                 let commit_by =
                     Instant::now() + Duration::from_millis(self.cx.config.local_tx_timeout_ms);
                 let placed = self
@@ -311,10 +312,10 @@ impl OrderService {
 /// Kept once the order has an answer that is the buyer's (placed, sold out,
 /// already bought, refused); given back otherwise — a failure not of the
 /// buyer's doing, or the request cut off before the answer (its deadline,
-/// the client hanging up), when the order may still commit or not. Either
-/// way a retry with it gets the truth ("already bought" or a new try), not
-/// "invalid token"; a second order never comes of it: the ledger's per-user
-/// limit and the DB's unique key hold.
+/// the client hanging up), when the order may still commit or not. A retry
+/// with it then meets the sale as it stands ("already bought", sold out, a
+/// new try), not "invalid token"; a second order never comes of it: the
+/// ledger's per-user limit and the DB's unique key hold.
 struct SpentToken {
     tokens: Arc<TokenService>,
     token: Option<String>,
@@ -328,12 +329,15 @@ impl SpentToken {
         self.token = None;
     }
 
+    /// Gives the token back before the answer; cut off during it, the drop
+    /// gives it back again (a repeated give-back is harmless).
     async fn give_back(mut self) {
-        if let Some(token) = self.token.take() {
+        if let Some(token) = &self.token {
             self.tokens
-                .give_back(&token, self.user, self.promo, self.item)
+                .give_back(token, self.user, self.promo, self.item)
                 .await;
         }
+        self.token = None;
     }
 }
 

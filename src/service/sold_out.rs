@@ -1,8 +1,9 @@
 //! Process-local sold-out flags: once the ledger says a promo is sold out,
 //! this instance answers the crowd itself for a short while (no round trip),
-//! then asks the ledger again, so stock given back is seen within the TTL.
-//! While that look is under way the lapsed flag keeps answering: a sold-out
-//! crowd never falls through to the rate limit and the token store.
+//! then asks the ledger again, so stock given back elsewhere is seen within
+//! the TTL and a poll interval (a give-back on this instance clears the flag
+//! at once). Until that look comes back the lapsed flag keeps answering: a
+//! sold-out crowd never falls through to the rate limit and the token store.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -15,7 +16,8 @@ use crate::domain::PromoId;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlagState {
     Fresh,
-    Lapsed,
+    /// Set at this instant, longer ago than the TTL.
+    Lapsed(Instant),
     Unset,
 }
 
@@ -72,7 +74,7 @@ impl SoldOutFlags {
     pub fn state(&self, promo: PromoId) -> FlagState {
         match self.flags.read().get(&promo) {
             Some(at) if at.elapsed() < self.ttl => FlagState::Fresh,
-            Some(_) => FlagState::Lapsed,
+            Some(at) => FlagState::Lapsed(*at),
             None => FlagState::Unset,
         }
     }
@@ -84,6 +86,21 @@ impl SoldOutFlags {
             .read()
             .get(&promo)
             .is_some_and(|at| at.elapsed() < self.ttl)
+    }
+
+    /// The shared flag's answer for a flag seen lapsed (set at `seen`):
+    /// renewed when still sold out, cleared otherwise — unless the flag
+    /// changed meanwhile (set again by a reservation, cleared by a
+    /// give-back), which then stands.
+    pub fn settle_lapsed(&self, promo: PromoId, seen: Instant, sold_out: bool) {
+        let mut flags = self.flags.write();
+        if flags.get(&promo) == Some(&seen) {
+            if sold_out {
+                flags.insert(promo, Instant::now());
+            } else {
+                flags.remove(&promo);
+            }
+        }
     }
 
     pub fn set(&self, promo: PromoId) {
@@ -122,11 +139,25 @@ mod tests {
         f.set(PromoId(1));
         assert_eq!(f.state(PromoId(1)), FlagState::Fresh);
         std::thread::sleep(Duration::from_millis(40));
-        assert_eq!(f.state(PromoId(1)), FlagState::Lapsed);
+        let FlagState::Lapsed(seen) = f.state(PromoId(1)) else {
+            panic!("not lapsed")
+        };
+        f.settle_lapsed(PromoId(1), seen, true);
+        assert_eq!(f.state(PromoId(1)), FlagState::Fresh, "renewed");
+        std::thread::sleep(Duration::from_millis(40));
+        let FlagState::Lapsed(seen) = f.state(PromoId(1)) else {
+            panic!("not lapsed")
+        };
+        f.settle_lapsed(PromoId(1), seen, false);
+        assert_eq!(f.state(PromoId(1)), FlagState::Unset, "cleared");
+        // A flag changed since it was seen lapsed keeps the change.
         f.set(PromoId(1));
-        assert_eq!(f.state(PromoId(1)), FlagState::Fresh);
         f.clear(PromoId(1));
-        assert_eq!(f.state(PromoId(1)), FlagState::Unset);
+        f.settle_lapsed(PromoId(1), seen, true);
+        assert_eq!(f.state(PromoId(1)), FlagState::Unset, "a give-back stands");
+        f.set(PromoId(1));
+        f.settle_lapsed(PromoId(1), seen, false);
+        assert_eq!(f.state(PromoId(1)), FlagState::Fresh, "a new flag stands");
     }
 
     #[test]

@@ -58,7 +58,10 @@ pub(crate) fn map_lock_wait(e: sqlx::Error) -> StoreError {
         let sqlite_busy = db
             .try_downcast_ref::<sqlx::sqlite::SqliteError>()
             .and_then(|s| sqlx::error::DatabaseError::code(s)?.parse::<i32>().ok())
-            .is_some_and(|code| code & 0xff == 5); // SQLITE_BUSY and its extended codes
+            // SQLITE_BUSY and SQLITE_BUSY_TIMEOUT: the busy time-out spent.
+            // (SQLITE_BUSY_SNAPSHOT, 517, comes at once: a snapshot another
+            // writer overtook, not a wait.)
+            .is_some_and(|code| code == 5 || code == 773);
         if mysql_lock_wait || sqlite_busy {
             return StoreError::TooLate;
         }
@@ -837,6 +840,12 @@ impl OrderStore for $store {
             };
             if updated == 0 {
                 continue; // lost the compare-and-set: read again
+            }
+            if std::time::Instant::now() >= commit_by {
+                // The stock row's lock took the time: no second wait (the
+                // sales row's) past the deadline.
+                tx.rollback().await?;
+                return Err(StoreError::TooLate);
             }
             write_db_order(&mut tx, d, now).await?;
             if std::time::Instant::now() >= commit_by {
