@@ -8,7 +8,7 @@ use chrono::Utc;
 use moka::future::Cache;
 
 use super::item_cache::ItemCache;
-use super::{Context, ServiceError, ServiceResult};
+use super::{Context, ServiceError, ServiceResult, SharedError};
 use crate::domain::promo::NotOnSale;
 use crate::domain::{
     Item, ItemId, ItemPatch, NewItem, NewPromo, Promo, PromoBaseline, PromoId, PromoState,
@@ -394,25 +394,5 @@ fn shared_error(e: Arc<ServiceError>) -> ServiceError {
             source: Some(Box::new(SharedError(e.clone()))),
         },
         _ => ServiceError::Internal(Box::new(SharedError(e))),
-    }
-}
-
-/// The cause of one error shared by the requests that waited for the same
-/// load (the error's own words are the copy's).
-#[derive(Debug)]
-struct SharedError(Arc<ServiceError>);
-
-impl std::fmt::Display for SharedError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match std::error::Error::source(&*self.0) {
-            Some(cause) => std::fmt::Display::fmt(cause, f),
-            None => std::fmt::Display::fmt(&*self.0, f),
-        }
-    }
-}
-
-impl std::error::Error for SharedError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        std::error::Error::source(&*self.0).and_then(|cause| cause.source())
     }
 }

@@ -137,6 +137,23 @@ impl From<MqError> for ServiceError {
 
 pub type ServiceResult<T> = Result<T, ServiceError>;
 
+/// One error shared by several callers (a failed batch, a failed cache
+/// load), as each one's cause.
+#[derive(Debug)]
+pub(crate) struct SharedError<E>(pub Arc<E>);
+
+impl<E: std::fmt::Display> std::fmt::Display for SharedError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<E: std::error::Error> std::error::Error for SharedError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
 /// The ports every use case draws on, one `Arc<dyn Port>` each.
 #[derive(Clone)]
 pub struct Ports {

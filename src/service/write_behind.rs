@@ -25,7 +25,7 @@ use futures::FutureExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{payment, Context, ServiceError, ServiceResult};
+use super::{payment, Context, ServiceError, ServiceResult, SharedError};
 use crate::cache::{Reservation, ReserveOutcome};
 use crate::domain::{
     ItemId, Order, OrderDraft, OrderNo, PromoId, StockLogId, StockLogStatus, UserId,
@@ -145,7 +145,7 @@ impl Worker {
                 for p in batch {
                     let _ = p.reply.send(Err(ServiceError::Unavailable {
                         context: "the stock ledger is unavailable",
-                        source: Some(Box::new(ArcError(e.clone()))),
+                        source: Some(Box::new(SharedError(e.clone()))),
                     }));
                 }
                 return;
@@ -340,21 +340,5 @@ fn clone_cause(e: &ServiceError) -> ServiceError {
         ServiceError::SoldOut => ServiceError::SoldOut,
         ServiceError::Unavailable { context, .. } => ServiceError::unavailable(context),
         _ => ServiceError::unavailable("the order could not be committed"),
-    }
-}
-
-/// Shares one cause between the callers of a failed batch.
-#[derive(Debug)]
-struct ArcError(Arc<crate::cache::CacheError>);
-
-impl std::fmt::Display for ArcError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for ArcError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        std::error::Error::source(&*self.0)
     }
 }
