@@ -130,6 +130,10 @@ pub struct Config {
     /// Connections the kernel queues for accepting (capped by
     /// `net.core.somaxconn`).
     pub http_backlog: u32,
+    /// Park idle keep-alive connections: between two requests a connection
+    /// holds its socket only, not hyper's buffers and state (~1 KiB instead
+    /// of ~10 KiB; `src/http/connection.rs`).
+    pub http_park_idle: bool,
     /// How often, at most, a runtime thread that goes idle hands the
     /// memory its allocator holds free back to the system (0: never). After
     /// a crowd, the crowd's connection buffers are otherwise kept for the
@@ -257,6 +261,7 @@ impl Default for Config {
             order_queue_capacity: 4096,
             order_path_max_in_flight: 8192,
             http_backlog: 8192,
+            http_park_idle: true,
             memory_release_ms: 1000,
             batch_max: 128,
             batch_linger_ms: 1,

@@ -1,20 +1,12 @@
 //! Running the server: bind, serve, shut down gracefully on SIGTERM/Ctrl-C.
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::extract::ConnectInfo;
-use axum::response::Response;
-use axum::Router;
-use hyper_util::rt::TokioIo;
-use tower::Service as _;
 
 use crate::config::{Config, Secret};
+use crate::http::connection::serve_http1;
 
 /// Builds the app from `config` and serves until a shutdown signal.
 pub async fn serve(mut config: Config) -> anyhow::Result<()> {
@@ -41,7 +33,8 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     let bound = Duration::from_secs(app.state.config.shutdown_timeout_secs);
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let orders = app.state.orders.clone();
-    let server = serve_http1(listener, router, async move {
+    let park_idle = app.state.config.http_park_idle;
+    let server = serve_http1(listener, router, park_idle, async move {
         shutdown_signal().await;
         // No new orders; those admitted finish (their batches commit or
         // give their reservations back) before the process ends.
@@ -101,85 +94,6 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpList
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(backlog.max(1))
-}
-
-/// A request's answer as hyper awaits it.
-type RouterFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
-
-/// Serves `router` over HTTP/1.1 (what nginx and browsers speak to an
-/// instance) until `shutdown` completes, then stops accepting, lets every
-/// connection finish its request in flight and returns once all are closed.
-///
-/// An HTTP/1-only connection is what makes an idle keep-alive connection
-/// cheap (its task holds hyper's HTTP/1 state and buffers, nothing for
-/// HTTP/2); sockets get `TCP_NODELAY`, so a small answer is never held back
-/// waiting for the client's ACK. Each request carries `ConnectInfo` (the
-/// peer address) like `axum::serve`'s.
-pub async fn serve_http1(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let live = Arc::new(());
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors or memory: the listener stays;
-                    // back off a little so the loop does not spin. Errors of
-                    // one connection (reset before accepted): go on.
-                    if matches!(e.raw_os_error(), Some(23 | 24 | 12 | 105)) {
-                        tracing::warn!(error = %e, "accept failed; backing off");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        // hyper keeps a box the size of the service's future in every
-        // connection, idle or not; the request's future boxed here makes
-        // that box a pointer (the future itself lives only while a request
-        // does). A router is always ready: no `poll_ready` to wait for.
-        let service = hyper::service::service_fn(
-            move |req: axum::http::Request<hyper::body::Incoming>| -> RouterFuture {
-                let mut req = req.map(axum::body::Body::new);
-                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                Box::pin(router.clone().call(req))
-            },
-        );
-        let mut stop = stop_rx.clone();
-        let live = live.clone();
-        tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::trace!(error = %e, "connection ended with an error");
-                    }
-                }
-                _ = stop.changed() => {
-                    // Finish the request in flight, then close.
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-            drop(live);
-        });
-    }
-    drop(listener);
-    let _ = stop_tx.send(true);
-    while Arc::strong_count(&live) > 1 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(())
 }
 
 async fn shutdown_signal() {

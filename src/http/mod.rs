@@ -33,6 +33,7 @@ macro_rules! v1 {
 }
 
 pub mod admin;
+pub mod connection;
 pub mod deadline;
 pub mod error;
 pub mod extract;
