@@ -134,6 +134,13 @@ pub struct Config {
     /// holds its socket only, not hyper's buffers and state (~1 KiB instead
     /// of ~10 KiB; `src/http/connection.rs`).
     pub http_park_idle: bool,
+    /// A parked keep-alive connection with no request for this long is
+    /// closed (0: never). Above nginx's upstream `keepalive_timeout` (60 s
+    /// in `deploy/nginx`), so nginx always closes first.
+    pub http_idle_timeout_secs: u64,
+    /// A request head not read whole this long after its first byte closes
+    /// the connection (0: no bound).
+    pub http_header_read_timeout_ms: u64,
     /// How often, at most, a runtime thread that goes idle hands the
     /// memory its allocator holds free back to the system (0: never). After
     /// a crowd, the crowd's connection buffers are otherwise kept for the
@@ -262,6 +269,8 @@ impl Default for Config {
             order_path_max_in_flight: 8192,
             http_backlog: 8192,
             http_park_idle: true,
+            http_idle_timeout_secs: 120,
+            http_header_read_timeout_ms: 30_000,
             memory_release_ms: 1000,
             batch_max: 128,
             batch_linger_ms: 1,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::config::{Config, Secret};
-use crate::http::connection::serve_http1;
+use crate::http::connection::{serve_http1, ConnectionOptions};
 
 /// Builds the app from `config` and serves until a shutdown signal.
 pub async fn serve(mut config: Config) -> anyhow::Result<()> {
@@ -33,8 +33,15 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     let bound = Duration::from_secs(app.state.config.shutdown_timeout_secs);
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let orders = app.state.orders.clone();
-    let park_idle = app.state.config.http_park_idle;
-    let server = serve_http1(listener, router, park_idle, async move {
+    let c = &app.state.config;
+    let options = ConnectionOptions {
+        park_idle: c.http_park_idle,
+        idle_timeout: (c.http_idle_timeout_secs > 0)
+            .then(|| Duration::from_secs(c.http_idle_timeout_secs)),
+        header_read_timeout: (c.http_header_read_timeout_ms > 0)
+            .then(|| Duration::from_millis(c.http_header_read_timeout_ms)),
+    };
+    let server = serve_http1(listener, router, options, async move {
         shutdown_signal().await;
         // No new orders; those admitted finish (their batches commit or
         // give their reservations back) before the process ends.

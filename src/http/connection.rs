@@ -35,6 +35,24 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tower::Service as _;
 
+/// How connections are served (config: `http_park_idle`,
+/// `http_idle_timeout_secs`, `http_header_read_timeout_ms`).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionOptions {
+    /// Park idle keep-alive connections (module doc).
+    pub park_idle: bool,
+    /// A parked connection with no request for this long is closed (`None`:
+    /// never). Longer than nginx's upstream `keepalive_timeout`, so nginx
+    /// closes its idle upstream connections first and never sends a
+    /// request on one being closed.
+    pub idle_timeout: Option<Duration>,
+    /// A request head not read whole this long after its first byte closes
+    /// the connection (`None`: no bound). Parked connections only; unparked,
+    /// hyper bounds the idle time and the head's together, by
+    /// `idle_timeout`.
+    pub header_read_timeout: Option<Duration>,
+}
+
 /// A request's answer as hyper awaits it.
 type Answer =
     Pin<Box<dyn Future<Output = Result<axum::http::Response<Tracked>, Infallible>> + Send>>;
@@ -52,9 +70,25 @@ type Answer =
 pub async fn serve_http1(
     listener: tokio::net::TcpListener,
     router: Router,
-    park_idle: bool,
+    options: ConnectionOptions,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    // One builder for all connections: its timer is shared, not made anew
+    // for each request. hyper starts its head time-out when it starts
+    // waiting for a head, idle or not: parked, a hyper connection exists
+    // only once a request's first byte came; unparked, the idle time-out is
+    // the one bound hyper can keep (a shorter one would close nginx's
+    // upstream connections under it).
+    let head_bound = if options.park_idle {
+        options.header_read_timeout
+    } else {
+        options.idle_timeout
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(head_bound);
+    let builder = Arc::new(builder);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let live = Arc::new(());
     tokio::pin!(shutdown);
@@ -80,7 +114,8 @@ pub async fn serve_http1(
             stream,
             peer,
             router.clone(),
-            park_idle,
+            builder.clone(),
+            options,
             stop_rx.clone(),
             live.clone(),
         ));
@@ -99,7 +134,8 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     router: Router,
-    park_idle: bool,
+    builder: Arc<hyper::server::conn::http1::Builder>,
+    options: ConnectionOptions,
     mut stop: tokio::sync::watch::Receiver<bool>,
     live: Arc<()>,
 ) {
@@ -136,21 +172,27 @@ async fn serve_connection(
     };
     loop {
         if io.unread.is_empty() {
-            // Parked, or new: wait for the first byte of a request.
+            // Parked, or new: wait for the first byte of a request, for
+            // at most the idle time-out.
+            let idle_for = async {
+                match options.idle_timeout {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 ready = io.stream.readable() => if ready.is_err() { break },
                 _ = stop.changed() => break,
+                _ = idle_for => break,
             }
         }
         // Boxed: the task's own future stays small while parked.
-        let mut conn = Box::new(
-            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service),
-        );
+        let mut conn = Box::new(builder.serve_connection(TokioIo::new(io), service));
         activity.served.store(false, Ordering::Relaxed);
         tokio::select! {
             step = std::future::poll_fn(|cx| match Pin::new(&mut *conn).poll(cx) {
                 Poll::Ready(r) => Poll::Ready(Some(r)),
-                Poll::Pending if park_idle && activity.idle() => Poll::Ready(None),
+                Poll::Pending if options.park_idle && activity.idle() => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             }) => match step {
                 Some(Err(e)) => {
@@ -387,8 +429,16 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A server on a free port; its shutdown trigger and its task.
+    fn options(park_idle: bool) -> ConnectionOptions {
+        ConnectionOptions {
+            park_idle,
+            idle_timeout: Some(Duration::from_secs(60)),
+            header_read_timeout: Some(Duration::from_secs(30)),
+        }
+    }
+
     async fn server(
-        park_idle: bool,
+        options: ConnectionOptions,
     ) -> (
         SocketAddr,
         tokio::sync::oneshot::Sender<()>,
@@ -412,7 +462,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve_http1(listener, router, park_idle, async move {
+        let task = tokio::spawn(serve_http1(listener, router, options, async move {
             let _ = rx.await;
         }));
         (addr, tx, task)
@@ -459,7 +509,7 @@ mod tests {
     #[tokio::test]
     async fn a_keep_alive_connection_is_answered_across_idle_spells_parked_or_not() {
         for park in [true, false] {
-            let (addr, stop, task) = server(park).await;
+            let (addr, stop, task) = server(options(park)).await;
             let mut s = TcpStream::connect(addr).await.unwrap();
             let mut pending = Vec::new();
             for n in 0..5 {
@@ -486,7 +536,7 @@ mod tests {
 
     #[tokio::test]
     async fn pipelined_and_split_requests_are_answered_in_order_with_no_byte_lost() {
-        let (addr, _stop, _task) = server(true).await;
+        let (addr, _stop, _task) = server(options(true)).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         let mut pending = Vec::new();
         // Three requests in one write, the third cut off mid-head: hyper
@@ -527,7 +577,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_answered_before_it_arrived_is_never_read_as_a_request() {
-        let (addr, _stop, _task) = server(true).await;
+        let (addr, _stop, _task) = server(options(true)).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         let smuggled = b"GET /n/7 HTTP/1.1\r\nHost: x\r\n\r\n";
         s.write_all(
@@ -555,9 +605,52 @@ mod tests {
         );
     }
 
+    /// Reads until the server closes (`true`) or `within` passes.
+    async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+        let mut rest = Vec::new();
+        matches!(
+            tokio::time::timeout(within, s.read_to_end(&mut rest)).await,
+            Ok(Ok(_)) | Ok(Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_and_a_slow_request_head_are_closed_after_their_time_outs() {
+        let (addr, _stop, _task) = server(ConnectionOptions {
+            park_idle: true,
+            idle_timeout: Some(Duration::from_millis(300)),
+            header_read_timeout: Some(Duration::from_millis(300)),
+        })
+        .await;
+        // Answered, then idle past the time-out: closed.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /n/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut pending = Vec::new();
+        assert_eq!(answer(&mut s, &mut pending).await.1, "n=1");
+        assert!(closed_within(&mut s, Duration::from_secs(3)).await);
+        // Never a byte: closed too.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        assert!(closed_within(&mut silent, Duration::from_secs(3)).await);
+        // A head that never ends: closed (hyper may answer 408 first).
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /n/2 HTTP/1.1\r\nHo").await.unwrap();
+        assert!(closed_within(&mut slow, Duration::from_secs(3)).await);
+        // Requests within the time-outs are answered as usual.
+        let mut busy = TcpStream::connect(addr).await.unwrap();
+        for n in 0..4 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            busy.write_all(format!("GET /n/{n} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            assert_eq!(answer(&mut busy, &mut pending).await.1, format!("n={n}"));
+        }
+    }
+
     #[tokio::test]
     async fn a_close_is_honoured_and_a_shutdown_waits_for_the_request_in_flight() {
-        let (addr, stop, task) = server(true).await;
+        let (addr, stop, task) = server(options(true)).await;
         // `Connection: close`: answered, then closed.
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET /n/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
