@@ -134,13 +134,11 @@ pub struct Config {
     /// holds its socket only, not hyper's buffers and state (~1 KiB instead
     /// of ~10 KiB; `src/http/connection.rs`).
     pub http_park_idle: bool,
-    /// A parked keep-alive connection with no request for this long is
-    /// closed (0: never). Above nginx's upstream `keepalive_timeout` (60 s
-    /// in `deploy/nginx`), so nginx always closes first.
+    /// A keep-alive connection with no request for this long, or a request
+    /// head not read whole this long after it began, is closed (0: never).
+    /// Above nginx's upstream `keepalive_timeout` (60 s in `deploy/nginx`),
+    /// so nginx always closes first.
     pub http_idle_timeout_secs: u64,
-    /// A request head not read whole this long after its first byte closes
-    /// the connection (0: no bound).
-    pub http_header_read_timeout_ms: u64,
     /// How often, at most, a runtime thread that goes idle hands the
     /// memory its allocator holds free back to the system (0: never). After
     /// a crowd, the crowd's connection buffers are otherwise kept for the
@@ -270,7 +268,6 @@ impl Default for Config {
             http_backlog: 8192,
             http_park_idle: true,
             http_idle_timeout_secs: 120,
-            http_header_read_timeout_ms: 30_000,
             memory_release_ms: 1000,
             batch_max: 128,
             batch_linger_ms: 1,
@@ -391,6 +388,11 @@ impl Config {
                     "SECKILL_ROCKETMQ_NAMESRV must be host:port[;host:port] (got {ns:?})"
                 )));
             }
+        }
+        if self.http_idle_timeout_secs > 86_400 {
+            return Err(ConfigError(
+                "SECKILL_HTTP_IDLE_TIMEOUT_SECS must be at most 86400 (0: never)".into(),
+            ));
         }
         if !(1_000..=25_000).contains(&self.rocketmq_listener_deadline_ms) {
             return Err(ConfigError(

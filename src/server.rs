@@ -38,8 +38,6 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         park_idle: c.http_park_idle,
         idle_timeout: (c.http_idle_timeout_secs > 0)
             .then(|| Duration::from_secs(c.http_idle_timeout_secs)),
-        header_read_timeout: (c.http_header_read_timeout_ms > 0)
-            .then(|| Duration::from_millis(c.http_header_read_timeout_ms)),
     };
     let server = serve_http1(listener, router, options, async move {
         shutdown_signal().await;

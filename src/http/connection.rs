@@ -36,21 +36,19 @@ use tokio::net::TcpStream;
 use tower::Service as _;
 
 /// How connections are served (config: `http_park_idle`,
-/// `http_idle_timeout_secs`, `http_header_read_timeout_ms`).
+/// `http_idle_timeout_secs`).
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionOptions {
     /// Park idle keep-alive connections (module doc).
     pub park_idle: bool,
-    /// A parked connection with no request for this long is closed (`None`:
-    /// never). Longer than nginx's upstream `keepalive_timeout`, so nginx
-    /// closes its idle upstream connections first and never sends a
-    /// request on one being closed.
+    /// How long a connection may wait for its next request, and a request
+    /// head take to arrive whole (`None`: no bound); past it, the
+    /// connection is closed. Parked, the wait is the parked time and the
+    /// head's from its first byte; unparked, hyper bounds both together
+    /// from the last answer. Longer than nginx's upstream
+    /// `keepalive_timeout`, so nginx closes its idle upstream connections
+    /// first and never sends a request on one being closed.
     pub idle_timeout: Option<Duration>,
-    /// A request head not read whole this long after its first byte closes
-    /// the connection (`None`: no bound). Parked connections only; unparked,
-    /// hyper bounds the idle time and the head's together, by
-    /// `idle_timeout`.
-    pub header_read_timeout: Option<Duration>,
 }
 
 /// A request's answer as hyper awaits it.
@@ -74,20 +72,14 @@ pub async fn serve_http1(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     // One builder for all connections: its timer is shared, not made anew
-    // for each request. hyper starts its head time-out when it starts
-    // waiting for a head, idle or not: parked, a hyper connection exists
-    // only once a request's first byte came; unparked, the idle time-out is
-    // the one bound hyper can keep (a shorter one would close nginx's
-    // upstream connections under it).
-    let head_bound = if options.park_idle {
-        options.header_read_timeout
-    } else {
-        options.idle_timeout
-    };
+    // for each request. hyper's head time-out runs whenever it waits for a
+    // head, idle or not, so it is the idle time-out: shorter, it would close
+    // idle connections under nginx (a connection left unparked after a body
+    // it did not read, say).
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(head_bound);
+        .header_read_timeout(options.idle_timeout);
     let builder = Arc::new(builder);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let live = Arc::new(());
@@ -227,6 +219,11 @@ async fn serve_connection(
             unread.extend_from_slice(&parts.read_buf);
             unread.extend_from_slice(&io.unread);
             io.unread = Bytes::from(unread);
+        }
+        // Empty lines before a request line are ignored (RFC 9112 § 2.2;
+        // some clients send one after a body): parked, not kept.
+        if io.unread.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+            io.unread = Bytes::new();
         }
     }
     drop(live);
@@ -433,7 +430,6 @@ mod tests {
         ConnectionOptions {
             park_idle,
             idle_timeout: Some(Duration::from_secs(60)),
-            header_read_timeout: Some(Duration::from_secs(30)),
         }
     }
 
@@ -558,6 +554,13 @@ mod tests {
         settle().await;
         s.write_all(b"cd").await.unwrap();
         assert_eq!(answer(&mut s, &mut pending).await.1, "abcd");
+        // An empty line after a body (some clients send one) is ignored.
+        s.write_all(b"\r\n").await.unwrap();
+        settle().await;
+        s.write_all(b"GET /n/4 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(answer(&mut s, &mut pending).await.1, "n=4");
         // An answer bigger than the socket's buffers is written out whole
         // before the connection is parked.
         s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -615,11 +618,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_idle_connection_and_a_slow_request_head_are_closed_after_their_time_outs() {
+    async fn an_idle_connection_and_a_slow_request_head_are_closed_after_the_time_out() {
         let (addr, _stop, _task) = server(ConnectionOptions {
             park_idle: true,
             idle_timeout: Some(Duration::from_millis(300)),
-            header_read_timeout: Some(Duration::from_millis(300)),
         })
         .await;
         // Answered, then idle past the time-out: closed.
