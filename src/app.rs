@@ -30,7 +30,7 @@ use crate::service::{Context, Ports};
 use crate::store::detached::Detached;
 use crate::store::mysql::MysqlStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::Store;
+use crate::store::{PoolLimits, Store};
 use crate::worker::{
     cache_invalidation::CacheInvalidation, payment_due, reconciler, stock_consumer,
 };
@@ -43,9 +43,9 @@ pub struct App {
     pub otp: Arc<DevOtpSender>,
     /// The in-process bus, when that is the bus in use (fault injection).
     pub memory_bus: Option<MemoryBus>,
-    /// The store's calls in flight, each in a task of its own: a shutdown
-    /// lets those nobody waits for any more finish.
-    pub store_tasks: TaskTracker,
+    /// Work no request waits for any more ([`Context::background`]): a
+    /// shutdown lets it finish, within its bound.
+    pub background: TaskTracker,
 }
 
 /// The process's Prometheus recorder, installed once.
@@ -90,12 +90,20 @@ async fn metrics_upkeep(handle: PrometheusHandle) {
 /// sqlx call can leave a pooled connection inside a transaction, or lose it),
 /// each a task of `tasks`.
 pub async fn open_store(config: &Config, tasks: &TaskTracker) -> anyhow::Result<Arc<dyn Store>> {
+    let limits = |max_connections| PoolLimits {
+        max_connections,
+        acquire_timeout: Duration::from_millis(config.database_acquire_timeout_ms),
+        lock_wait: Duration::from_millis(config.local_tx_timeout_ms),
+    };
     match config.database()? {
         DatabaseBackend::Sqlite(url) => {
-            let store =
-                SqliteStore::connect(&url, config.sqlite_max_connections, config.sqlite_cache_kib)
-                    .await
-                    .with_context(|| format!("cannot open the SQLite database {url}"))?;
+            let store = SqliteStore::connect(
+                &url,
+                limits(config.sqlite_max_connections),
+                config.sqlite_cache_kib,
+            )
+            .await
+            .with_context(|| format!("cannot open the SQLite database {url}"))?;
             store
                 .migrate()
                 .await
@@ -103,13 +111,9 @@ pub async fn open_store(config: &Config, tasks: &TaskTracker) -> anyhow::Result<
             Ok(Detached::tracked(Arc::new(store), tasks.clone()))
         }
         DatabaseBackend::Mysql(url) => {
-            let store = MysqlStore::connect(
-                &url,
-                config.database_max_connections,
-                Duration::from_millis(config.local_tx_timeout_ms),
-            )
-            .await
-            .with_context(|| format!("cannot reach MySQL at {}", crate::cli::redact(&url)))?;
+            let store = MysqlStore::connect(&url, limits(config.database_max_connections))
+                .await
+                .with_context(|| format!("cannot reach MySQL at {}", crate::cli::redact(&url)))?;
             store
                 .migrate()
                 .await
@@ -137,7 +141,8 @@ async fn cache_adapters(config: &Config) -> anyhow::Result<CacheAdapters> {
             leased_node: None,
         });
     };
-    let conn = RedisConn::connect(url, &config.redis_prefix)
+    let timeout = Duration::from_millis(config.redis_timeout_ms);
+    let conn = RedisConn::connect(url, &config.redis_prefix, timeout)
         .await
         .with_context(|| format!("cannot reach Redis at {url}"))?;
     let leased_node = match config.node_id {
@@ -158,8 +163,8 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let metrics = metrics_handle();
     config.validate()?;
     let config = Arc::new(config);
-    let store_tasks = TaskTracker::new();
-    let store = open_store(&config, &store_tasks).await?;
+    let background = TaskTracker::new();
+    let store = open_store(&config, &background).await?;
     let otp = Arc::new(DevOtpSender::new());
     let checker = Arc::new(StockLogChecker::new(store.clone()));
     let caches = cache_adapters(&config).await?;
@@ -214,6 +219,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             Duration::from_millis(config.sold_out_poll_ms),
         )),
         recovery: Arc::new(crate::service::recovery::LedgerRecovery::new()),
+        background: background.clone(),
     };
     let catalog = Arc::new(CatalogService::new(context.clone()));
     let tokens = Arc::new(TokenService::new(context.clone(), catalog.clone()));
@@ -280,6 +286,6 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         context,
         otp,
         memory_bus,
-        store_tasks,
+        background,
     })
 }

@@ -54,6 +54,9 @@ pub struct Config {
     pub database_url: String,
     /// The MySQL pool's size per instance.
     pub database_max_connections: u32,
+    /// The longest wait for a pooled database connection (MySQL and
+    /// SQLite); past it the call fails with 503 and writes nothing.
+    pub database_acquire_timeout_ms: u64,
     /// The SQLite pool's size (one writer at a time whatever the size: WAL
     /// readers beyond the cores buy nothing, and each connection holds its
     /// page cache and prepared statements — 16 held ~55 MB after one drill).
@@ -63,6 +66,9 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Prefix of every Redis key (several deployments can share a Redis).
     pub redis_prefix: String,
+    /// The longest wait for Redis: a connection attempt, then each
+    /// command's answer (past it the call fails with 503).
+    pub redis_timeout_ms: u64,
     pub rocketmq_namesrv: Option<String>,
     /// Prefix of RocketMQ topics and groups (several deployments can share
     /// a broker).
@@ -232,10 +238,12 @@ impl Default for Config {
             http_addr: "127.0.0.1:8080".into(),
             database_url: "sqlite://data/seckill.db".into(),
             database_max_connections: 16,
+            database_acquire_timeout_ms: 5_000,
             sqlite_max_connections: 4,
             sqlite_cache_kib: 512,
             redis_url: None,
             redis_prefix: "seckill:".into(),
+            redis_timeout_ms: 2_000,
             rocketmq_namesrv: None,
             rocketmq_prefix: "seckill-".into(),
             rocketmq_listener_deadline_ms: 10_000,
@@ -406,7 +414,7 @@ impl Config {
                 )));
             }
         }
-        let positive: [(&str, u64); 20] = [
+        let positive: [(&str, u64); 22] = [
             (
                 "SECKILL_ORDER_PAYMENT_TIMEOUT_SECS",
                 self.order_payment_timeout_secs,
@@ -433,6 +441,11 @@ impl Config {
             ("SECKILL_BATCH_MAX", self.batch_max as u64),
             ("SECKILL_BATCH_WORKERS", self.batch_workers as u64),
             ("SECKILL_LOCAL_TX_TIMEOUT_MS", self.local_tx_timeout_ms),
+            ("SECKILL_REDIS_TIMEOUT_MS", self.redis_timeout_ms),
+            (
+                "SECKILL_DATABASE_ACQUIRE_TIMEOUT_MS",
+                self.database_acquire_timeout_ms,
+            ),
             ("SECKILL_ITEM_CACHE_CAPACITY", self.item_cache_capacity),
             (
                 "SECKILL_ITEM_CACHE_LOCAL_TTL_MS",

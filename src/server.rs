@@ -67,15 +67,16 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Store calls of requests cut off (deadline, client gone) still run:
-    // each ends committed or rolled back, its connection clean.
-    app.store_tasks.close();
-    if tokio::time::timeout_at(drained_by, app.store_tasks.wait())
+    // each ends committed or rolled back, its connection clean; their
+    // seckill tokens go back to their buyers.
+    app.background.close();
+    if tokio::time::timeout_at(drained_by, app.background.wait())
         .await
         .is_err()
     {
         tracing::warn!(
-            calls = app.store_tasks.len(),
-            "store calls still running at the shutdown bound; exiting anyway"
+            tasks = app.background.len(),
+            "store calls or token give-backs still running at the shutdown bound; exiting anyway"
         );
     }
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -20,12 +20,14 @@ pub struct RedisConn {
 }
 
 impl RedisConn {
-    /// Connects (failing fast when Redis does not answer).
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, CacheError> {
+    /// Connects (failing fast when Redis does not answer): a connection
+    /// attempt, and then each command's answer, waits at most `timeout`
+    /// (past it the call fails: 503 at the edge, nothing reserved).
+    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, CacheError> {
         let client = ::redis::Client::open(url).map_err(|e| CacheError::new("bad Redis URL", e))?;
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(2))
-            .set_response_timeout(Duration::from_secs(2))
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout)
             .set_number_of_retries(2)
             .set_max_delay(500);
         let conn = ConnectionManager::new_with_config(client, config)

@@ -175,6 +175,11 @@ pub struct Context {
     pub sold_out: Arc<sold_out::SoldOutFlags>,
     /// Ledger rebuilds this process runs (see [`recovery`]).
     pub recovery: Arc<recovery::LedgerRecovery>,
+    /// Work no request waits for any more — the store calls of requests cut
+    /// off (their deadline, the client gone), the seckill tokens such
+    /// requests give back — each a task of this tracker: a shutdown lets
+    /// them finish (bounded) rather than dropping them mid-way.
+    pub background: tokio_util::task::TaskTracker,
 }
 
 impl Context {

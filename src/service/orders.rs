@@ -343,15 +343,11 @@ impl SpentToken {
 
 impl Drop for SpentToken {
     /// Cut off before the outcome: the token goes back in a task of its
-    /// own (a drop cannot wait).
+    /// own (a drop cannot wait), one a shutdown waits for.
     fn drop(&mut self) {
-        let Some(token) = self.token.take() else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (tokens, user, promo, item) = (self.tokens.clone(), self.user, self.promo, self.item);
-        runtime.spawn(async move { tokens.give_back(&token, user, promo, item).await });
+        if let Some(token) = self.token.take() {
+            self.tokens
+                .give_back_later(token, self.user, self.promo, self.item);
+        }
     }
 }

@@ -159,6 +159,27 @@ impl TokenService {
         }
     }
 
+    /// [`give_back`](Self::give_back) in a task of its own, tracked by the
+    /// context's background tasks (a shutdown waits for it): for a caller
+    /// that cannot wait, such as a request's drop. Outside a runtime (the
+    /// process is ending) the token is not given back; it would lapse anyway.
+    pub fn give_back_later(
+        self: &Arc<Self>,
+        token: String,
+        user: UserId,
+        promo: PromoId,
+        item: ItemId,
+    ) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let tokens = self.clone();
+        self.cx.background.spawn_on(
+            async move { tokens.give_back(&token, user, promo, item).await },
+            &runtime,
+        );
+    }
+
     /// Uses a token up: valid only once, and only for the (user, promo,
     /// item) it was issued for. A token presented for another binding is
     /// used up all the same (it was leaked or forged).

@@ -39,6 +39,20 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// The bounds of an adapter's connection pool, from the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLimits {
+    /// Connections in the pool.
+    pub max_connections: u32,
+    /// The longest wait for a pooled connection; past it the call fails
+    /// (`Db`: the HTTP edge answers 503, nothing written).
+    pub acquire_timeout: std::time::Duration,
+    /// The longest wait of one statement for a lock another transaction
+    /// holds: MySQL's row lock (`innodb_lock_wait_timeout`, whole seconds,
+    /// at least one), SQLite's busy time-out on the database's write lock.
+    pub lock_wait: std::time::Duration,
+}
+
 /// Users and their credentials.
 #[async_trait]
 pub trait UserStore: Send + Sync {

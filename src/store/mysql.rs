@@ -1,8 +1,6 @@
 //! The MySQL store (MariaDB 10.11 and MySQL 8): the source of truth when
 //! several instances share a sale. The database is created when missing.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::migrate::MigrateDatabase;
@@ -23,23 +21,19 @@ pub struct MysqlStore {
 
 impl MysqlStore {
     /// Connects to a `mysql://` URL, creating the database when missing.
-    /// A statement waits at most `lock_wait` (whole seconds, at least one:
-    /// the server's `innodb_lock_wait_timeout`, 50 s by default) for a row
-    /// lock: the order path's transactions have a deadline of that order,
-    /// and one that waited past it would only roll back.
-    pub async fn connect(
-        url: &str,
-        max_connections: u32,
-        lock_wait: Duration,
-    ) -> StoreResult<Self> {
+    /// A statement waits at most `limits.lock_wait` (whole seconds, at least
+    /// one: the server's `innodb_lock_wait_timeout`, 50 s by default) for a
+    /// row lock: the order path's transactions have a deadline of that
+    /// order, and one that waited past it would only roll back.
+    pub async fn connect(url: &str, limits: PoolLimits) -> StoreResult<Self> {
         if !MySql::database_exists(url).await? {
             MySql::create_database(url).await?;
         }
         let opts: MySqlConnectOptions = url.parse()?;
-        let lock_wait_secs = lock_wait.as_secs_f64().ceil().max(1.0) as u64;
+        let lock_wait_secs = limits.lock_wait.as_secs_f64().ceil().max(1.0) as u64;
         let pool = MySqlPoolOptions::new()
-            .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(5))
+            .max_connections(limits.max_connections.max(1))
+            .acquire_timeout(limits.acquire_timeout)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     sqlx::query(&format!(

@@ -2,7 +2,6 @@
 //! foreign keys on; the file and its folder are created when missing.
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -26,15 +25,16 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating when missing) the database at a `sqlite://` URL, with
-    /// at most `max_connections` connections of `cache_kib` page cache each
-    /// (the pages live in SQLite's own allocator: the process pays them per
-    /// connection, and the file is in the OS page cache anyway).
-    pub async fn connect(url: &str, max_connections: u32, cache_kib: u32) -> StoreResult<Self> {
+    /// at most `limits.max_connections` connections of `cache_kib` page cache
+    /// each (the pages live in SQLite's own allocator: the process pays them
+    /// per connection, and the file is in the OS page cache anyway). A
+    /// statement waits at most `limits.lock_wait` for the write lock.
+    pub async fn connect(url: &str, limits: PoolLimits, cache_kib: u32) -> StoreResult<Self> {
         let opts = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(limits.lock_wait)
             .foreign_keys(true)
             .pragma("cache_size", format!("-{cache_kib}"));
         if let Some(dir) = opts.get_filename().parent() {
@@ -43,8 +43,8 @@ impl SqliteStore {
             }
         }
         let pool = SqlitePoolOptions::new()
-            .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(10))
+            .max_connections(limits.max_connections.max(1))
+            .acquire_timeout(limits.acquire_timeout)
             .connect_with(opts)
             .await?;
         Ok(SqliteStore { pool })

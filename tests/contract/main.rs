@@ -38,9 +38,13 @@ async fn the_memory_rate_limiter_honours_the_rate_limit_contract() {
 #[tokio::test]
 async fn the_sqlite_store_honours_the_store_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStore::connect(&format!("sqlite://{}/c.db", dir.path().display()), 8, 512)
-        .await
-        .unwrap();
+    let s = SqliteStore::connect(
+        &format!("sqlite://{}/c.db", dir.path().display()),
+        limits(8, 10),
+        512,
+    )
+    .await
+    .unwrap();
     s.migrate().await.unwrap();
     // As the application opens it: each call in a task of its own.
     store::suite(Detached::wrap(Arc::new(s))).await;
@@ -64,10 +68,9 @@ async fn fresh_mysql(tag: &str) -> Option<(String, seckill::store::mysql::MysqlS
         base.trim_end_matches('/').to_owned() + "/",
         std::process::id()
     );
-    let store =
-        seckill::store::mysql::MysqlStore::connect(&url, 8, std::time::Duration::from_secs(5))
-            .await
-            .expect("MySQL reachable");
+    let store = seckill::store::mysql::MysqlStore::connect(&url, limits(8, 5))
+        .await
+        .expect("MySQL reachable");
     store.migrate().await.unwrap();
     Some((url, store))
 }
@@ -103,7 +106,7 @@ async fn a_cancelled_mysql_transaction_leaves_no_connection_inside_one() {
     };
     // The store as the application opens it, on a pool of one connection.
     let one = Detached::wrap(Arc::new(
-        seckill::store::mysql::MysqlStore::connect(&url, 1, std::time::Duration::from_secs(5))
+        seckill::store::mysql::MysqlStore::connect(&url, limits(1, 5))
             .await
             .unwrap(),
     ));
@@ -217,10 +220,9 @@ async fn a_mysql_order_waits_for_a_row_lock_no_longer_than_the_bound() {
         eprintln!("SECKILL_TEST_MYSQL_URL not set: MySQL lock-wait test not run");
         return;
     };
-    let raw =
-        seckill::store::mysql::MysqlStore::connect(&url, 4, std::time::Duration::from_secs(1))
-            .await
-            .unwrap();
+    let raw = seckill::store::mysql::MysqlStore::connect(&url, limits(4, 1))
+        .await
+        .unwrap();
     let s = Detached::wrap(Arc::new(raw));
     let (item, promo) = store::setup(&*s, 5).await;
     let locker = sqlx::MySqlPool::connect(&url).await.unwrap();
@@ -255,6 +257,68 @@ async fn a_mysql_order_waits_for_a_row_lock_no_longer_than_the_bound() {
     drop_mysql(&url).await;
 }
 
+/// The SQLite store's bounds come from the config: a pure-database order
+/// waits for the file's write lock (held by another connection) no longer
+/// than the lock-wait bound and answers `TooLate`, and a call that finds
+/// every pooled connection busy gives up after the acquire time-out, as a
+/// database error (503 at the edge) — neither sits out a fixed 10 s.
+#[tokio::test]
+async fn a_sqlite_store_waits_no_longer_than_its_configured_bounds() {
+    use seckill::store::StoreError;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/b.db", dir.path().display());
+    let bounds = seckill::store::PoolLimits {
+        max_connections: 1,
+        acquire_timeout: Duration::from_millis(300),
+        lock_wait: Duration::from_secs(1),
+    };
+    let raw = SqliteStore::connect(&url, bounds, 512).await.unwrap();
+    raw.migrate().await.unwrap();
+    let s = Detached::wrap(Arc::new(raw));
+    let (item, promo) = store::setup(&*s, 5).await;
+    let locker = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let mut held = locker.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let d = store::draft(9_300, seckill::domain::UserId(1), item, promo, 1);
+    let started = Instant::now();
+    let order = {
+        let s = s.clone();
+        let d = d.clone();
+        tokio::spawn(async move { s.place_order_in_db(&d, false, 3, store::far()).await })
+    };
+    // While the order holds the pool's one connection, waiting for the lock,
+    // a read waits for a connection no longer than the acquire time-out.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let read_started = Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.item(item))
+        .await
+        .expect("the read gave up waiting for a connection");
+    assert!(matches!(read, Err(StoreError::Db(_))), "{read:?}");
+    assert!(read_started.elapsed() >= Duration::from_millis(250));
+    let answer = tokio::time::timeout(Duration::from_secs(8), order)
+        .await
+        .expect("the order still waits for the lock after 8 s")
+        .unwrap();
+    assert!(matches!(answer, Err(StoreError::TooLate)), "{answer:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "waited {waited:?} for a 1 s bound"
+    );
+    sqlx::query("ROLLBACK").execute(&mut *held).await.unwrap();
+    assert!(s.order(&d.order_no).await.unwrap().is_none());
+    let it = s.item(item).await.unwrap().unwrap();
+    assert_eq!(
+        (it.stock, it.sales),
+        (5, 0),
+        "the refused order took nothing"
+    );
+}
+
 /// A store call whose caller stopped waiting is still tracked: a shutdown
 /// that waits on the tracker sees it through to its end (here a write held
 /// up by another connection's lock on the SQLite file).
@@ -262,7 +326,9 @@ async fn a_mysql_order_waits_for_a_row_lock_no_longer_than_the_bound() {
 async fn a_shutdown_waits_for_store_calls_nobody_waits_for() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/t.db", dir.path().display());
-    let raw = SqliteStore::connect(&url, 4, 1024).await.unwrap();
+    let raw = SqliteStore::connect(&url, limits(4, 10), 1024)
+        .await
+        .unwrap();
     raw.migrate().await.unwrap();
     let tasks = tokio_util::task::TaskTracker::new();
     let s = Detached::tracked(Arc::new(raw), tasks.clone());
@@ -295,6 +361,15 @@ async fn a_shutdown_waits_for_store_calls_nobody_waits_for() {
     );
 }
 
+/// Pool bounds for a test: `n` connections, a lock wait of `lock_wait_secs`.
+fn limits(n: u32, lock_wait_secs: u64) -> seckill::store::PoolLimits {
+    seckill::store::PoolLimits {
+        max_connections: n,
+        acquire_timeout: std::time::Duration::from_secs(5),
+        lock_wait: std::time::Duration::from_secs(lock_wait_secs),
+    }
+}
+
 /// A Redis connection on `SECKILL_TEST_REDIS_URL` with a prefix of its own.
 async fn redis_conn(tag: &str) -> Option<seckill::cache::redis::RedisConn> {
     let url = std::env::var("SECKILL_TEST_REDIS_URL").ok()?;
@@ -304,7 +379,7 @@ async fn redis_conn(tag: &str) -> Option<seckill::cache::redis::RedisConn> {
         .as_nanos();
     let prefix = format!("seckill-test:{tag}:{}:{nanos}:", std::process::id());
     Some(
-        seckill::cache::redis::RedisConn::connect(&url, &prefix)
+        seckill::cache::redis::RedisConn::connect(&url, &prefix, std::time::Duration::from_secs(2))
             .await
             .expect("Redis reachable"),
     )
