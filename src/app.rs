@@ -90,16 +90,16 @@ async fn metrics_upkeep(handle: PrometheusHandle) {
 /// sqlx call can leave a pooled connection inside a transaction, or lose it),
 /// each a task of `tasks`.
 pub async fn open_store(config: &Config, tasks: &TaskTracker) -> anyhow::Result<Arc<dyn Store>> {
-    let limits = |max_connections| PoolLimits {
+    let limits = |max_connections, lock_wait_ms| PoolLimits {
         max_connections,
         acquire_timeout: Duration::from_millis(config.database_acquire_timeout_ms),
-        lock_wait: Duration::from_millis(config.local_tx_timeout_ms),
+        lock_wait: Duration::from_millis(lock_wait_ms),
     };
     match config.database()? {
         DatabaseBackend::Sqlite(url) => {
             let store = SqliteStore::connect(
                 &url,
-                limits(config.sqlite_max_connections),
+                limits(config.sqlite_max_connections, config.sqlite_busy_timeout_ms),
                 config.sqlite_cache_kib,
             )
             .await
@@ -111,9 +111,12 @@ pub async fn open_store(config: &Config, tasks: &TaskTracker) -> anyhow::Result<
             Ok(Detached::tracked(Arc::new(store), tasks.clone()))
         }
         DatabaseBackend::Mysql(url) => {
-            let store = MysqlStore::connect(&url, limits(config.database_max_connections))
-                .await
-                .with_context(|| format!("cannot reach MySQL at {}", crate::cli::redact(&url)))?;
+            let store = MysqlStore::connect(
+                &url,
+                limits(config.database_max_connections, config.local_tx_timeout_ms),
+            )
+            .await
+            .with_context(|| format!("cannot reach MySQL at {}", crate::cli::redact(&url)))?;
             store
                 .migrate()
                 .await

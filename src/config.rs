@@ -63,6 +63,11 @@ pub struct Config {
     pub sqlite_max_connections: u32,
     /// SQLite only: each pooled connection's page cache, KiB.
     pub sqlite_cache_kib: u32,
+    /// SQLite only: a statement's longest wait for the database's one
+    /// write lock (its busy time-out). Every writer of the file shares that
+    /// lock — batches, sweeps, admin writes, migrations, a second process —
+    /// so it is a bound of its own, not the order's deadline.
+    pub sqlite_busy_timeout_ms: u64,
     pub redis_url: Option<String>,
     /// Prefix of every Redis key (several deployments can share a Redis).
     pub redis_prefix: String,
@@ -241,6 +246,7 @@ impl Default for Config {
             database_acquire_timeout_ms: 5_000,
             sqlite_max_connections: 4,
             sqlite_cache_kib: 512,
+            sqlite_busy_timeout_ms: 10_000,
             redis_url: None,
             redis_prefix: "seckill:".into(),
             redis_timeout_ms: 2_000,
@@ -414,7 +420,7 @@ impl Config {
                 )));
             }
         }
-        let positive: [(&str, u64); 22] = [
+        let positive: [(&str, u64); 23] = [
             (
                 "SECKILL_ORDER_PAYMENT_TIMEOUT_SECS",
                 self.order_payment_timeout_secs,
@@ -442,6 +448,10 @@ impl Config {
             ("SECKILL_BATCH_WORKERS", self.batch_workers as u64),
             ("SECKILL_LOCAL_TX_TIMEOUT_MS", self.local_tx_timeout_ms),
             ("SECKILL_REDIS_TIMEOUT_MS", self.redis_timeout_ms),
+            (
+                "SECKILL_SQLITE_BUSY_TIMEOUT_MS",
+                self.sqlite_busy_timeout_ms,
+            ),
             (
                 "SECKILL_DATABASE_ACQUIRE_TIMEOUT_MS",
                 self.database_acquire_timeout_ms,

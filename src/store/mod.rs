@@ -49,7 +49,11 @@ pub struct PoolLimits {
     pub acquire_timeout: std::time::Duration,
     /// The longest wait of one statement for a lock another transaction
     /// holds: MySQL's row lock (`innodb_lock_wait_timeout`, whole seconds,
-    /// at least one), SQLite's busy time-out on the database's write lock.
+    /// at least one; the order's local-transaction bound), SQLite's busy
+    /// time-out on the database's one write lock (a bound of its own: every
+    /// writer waits on it). A deferred SQLite transaction that read first
+    /// is refused at once when another holds the lock (SQLite does not wait
+    /// to upgrade a reader): db-optimistic's compare-and-set on SQLite.
     pub lock_wait: std::time::Duration,
 }
 
