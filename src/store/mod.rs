@@ -53,7 +53,8 @@ pub struct PoolLimits {
     /// time-out on the database's one write lock (a bound of its own: every
     /// writer waits on it). A deferred SQLite transaction that read first
     /// is refused at once when another holds the lock (SQLite does not wait
-    /// to upgrade a reader): db-optimistic's compare-and-set on SQLite.
+    /// to upgrade a reader); db-optimistic's compare-and-set takes that for
+    /// a lost race and reads again.
     pub lock_wait: std::time::Duration,
 }
 

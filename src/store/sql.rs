@@ -69,6 +69,21 @@ pub(crate) fn map_lock_wait(e: sqlx::Error) -> StoreError {
     StoreError::Db(e)
 }
 
+/// Whether a write failed because another writer got there first on
+/// SQLite: `SQLITE_BUSY` (SQLite refuses at once, without its busy wait, to
+/// turn a transaction that has read into a writer while another connection
+/// holds the write lock) or `SQLITE_BUSY_SNAPSHOT` (another writer committed
+/// since this transaction read). For a compare-and-set that read first,
+/// that is a lost race, tried again like a version that moved.
+pub(crate) fn overtaken_on_sqlite(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    db.try_downcast_ref::<sqlx::sqlite::SqliteError>()
+        .and_then(|s| sqlx::error::DatabaseError::code(s)?.parse::<i32>().ok())
+        .is_some_and(|code| code == 5 || code == 517)
+}
+
 pub(crate) const ITEM_COLUMNS: &str =
     "i.id, i.title, i.price_cents, i.description, i.image_url, i.sales, \
      i.updated_at, s.stock FROM item i JOIN item_stock s ON s.item_id = i.id";
@@ -816,14 +831,20 @@ impl OrderStore for $store {
                 if stock < d.amount {
                     return Ok(None);
                 }
-                sqlx::query("UPDATE item_stock SET stock = stock - ?, version = version + 1 WHERE item_id = ? AND version = ?")
+                match sqlx::query("UPDATE item_stock SET stock = stock - ?, version = version + 1 WHERE item_id = ? AND version = ?")
                     .bind(d.amount)
                     .bind(d.item_id.0)
                     .bind(version)
                     .execute(&mut *tx)
                     .await
-                    .map_err(map_lock_wait)?
-                    .rows_affected()
+                {
+                    Ok(r) => r.rows_affected(),
+                    // Another writer first: the read is stale or cannot
+                    // become a write; read again (the transaction rolls back
+                    // as it drops).
+                    Err(e) if overtaken_on_sqlite(&e) => 0,
+                    Err(e) => return Err(map_lock_wait(e)),
+                }
             } else {
                 let n = sqlx::query(DEDUCT_STOCK)
                     .bind(d.amount)

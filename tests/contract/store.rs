@@ -71,6 +71,7 @@ pub async fn suite(s: Arc<dyn Store>) {
     a_message_too_big_for_the_stock_deducts_what_fits_and_each_entry_once(&*s).await;
     cancel_gives_stock_back(&*s).await;
     pure_database_orders(&*s).await;
+    concurrent_pure_database_orders(&s).await;
     a_pure_database_order_past_its_deadline_never_commits(&*s).await;
     the_sale_journal_has_what_a_ledger_rebuild_needs(&*s).await;
 }
@@ -515,6 +516,37 @@ async fn pure_database_orders(s: &dyn Store) {
         assert_eq!((it.stock, it.sales), (0, 2));
         let t = s.promo_totals(promo).await.unwrap();
         assert_eq!((t.orders, t.stock_log_committed), (2, 2));
+    }
+}
+
+/// Buyers racing for the last units: each pure-database order is placed,
+/// or refused as sold out — never an error because another order got the
+/// row (or, on SQLite, the file) first. A lost compare-and-set, SQLite's
+/// snapshot overtaken by another writer included, is tried again.
+async fn concurrent_pure_database_orders(s: &Arc<dyn Store>) {
+    for optimistic in [false, true] {
+        let (item, promo) = setup(&**s, 10).await;
+        let base = if optimistic { 7_600 } else { 7_500 };
+        let racers: Vec<_> = (1..=24)
+            .map(|n| {
+                let s = s.clone();
+                let d = draft(base + n, UserId(n), item, promo, 1);
+                tokio::spawn(async move { s.place_order_in_db(&d, optimistic, 1_000, far()).await })
+            })
+            .collect();
+        let mut placed = 0;
+        for r in racers {
+            match r.await.unwrap() {
+                Ok(Some(_)) => placed += 1,
+                Ok(None) => {}
+                Err(e) => panic!("optimistic {optimistic}: an order failed in the race: {e:?}"),
+            }
+        }
+        assert_eq!(placed, 10, "optimistic {optimistic}");
+        let it = s.item(item).await.unwrap().unwrap();
+        assert_eq!((it.stock, it.sales), (0, 10), "optimistic {optimistic}");
+        let t = s.promo_totals(promo).await.unwrap();
+        assert_eq!((t.orders, t.stock_log_committed), (10, 10));
     }
 }
 
