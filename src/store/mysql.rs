@@ -66,5 +66,6 @@ sql_store!(
     row = MySqlRow,
     conn = MySqlConnection,
     insert_ignore = "INSERT IGNORE",
+    begin_write = "BEGIN",
     last_id = last_id
 );

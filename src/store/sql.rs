@@ -1,8 +1,10 @@
 //! The SQL shared by the SQLite and MySQL stores. The statements are
 //! portable (`?` placeholders, no `RETURNING`); what differs per backend —
 //! the row and connection types, `INSERT OR IGNORE` vs `INSERT IGNORE`, how
-//! the new row's id is read — is passed to [`sql_store!`], which writes the
-//! port implementations for one adapter type.
+//! a transaction that reads before it writes begins (`BEGIN IMMEDIATE` on
+//! SQLite, which does not wait to turn a reader into a writer), how the new
+//! row's id is read — is passed to [`sql_store!`], which writes the port
+//! implementations for one adapter type.
 //!
 //! Statements whose text depends on a batch's size (multi-row inserts, `IN`
 //! lists) are prepared for their one run and closed after it
@@ -111,7 +113,7 @@ pub(crate) const UNSETTLED_UNITS_OF_ITEM: &str =
 /// Implements every store port for `$store` (a struct with a `pool` field)
 /// over one sqlx backend.
 macro_rules! sql_store {
-    ($store:ty, db = $db:ty, row = $row:ty, conn = $conn:ty, insert_ignore = $insert_ignore:literal, last_id = $last_id:path) => {
+    ($store:ty, db = $db:ty, row = $row:ty, conn = $conn:ty, insert_ignore = $insert_ignore:literal, begin_write = $begin_write:literal, last_id = $last_id:path) => {
 
 fn user_of(r: &$row) -> StoreResult<User> {
     Ok(User {
@@ -622,7 +624,9 @@ impl OrderStore for $store {
             return Ok(report);
         }
         let now = Utc::now();
-        let mut tx = self.pool.begin().await?;
+        // Reads, then writes: the write lock first (SQLite would not wait
+        // for it after the reads).
+        let mut tx = self.pool.begin_with($begin_write).await?;
         let mut committed = std::collections::HashSet::new();
         let mut done = std::collections::HashSet::new();
         for chunk in entries.chunks(500) {
@@ -736,7 +740,7 @@ impl OrderStore for $store {
     }
 
     async fn cancel_order(&self, no: &OrderNo) -> StoreResult<(Order, bool)> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with($begin_write).await?;
         let row = sqlx::query(&format!("SELECT {ORDER_COLUMNS} WHERE order_no = ?"))
             .bind(no.as_str())
             .fetch_optional(&mut *tx)

@@ -69,5 +69,6 @@ sql_store!(
     row = SqliteRow,
     conn = SqliteConnection,
     insert_ignore = "INSERT OR IGNORE",
+    begin_write = "BEGIN IMMEDIATE",
     last_id = last_id
 );

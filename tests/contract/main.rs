@@ -319,6 +319,65 @@ async fn a_sqlite_store_waits_no_longer_than_its_configured_bounds() {
     );
 }
 
+/// SQLite's transactions that read before they write — a deduction
+/// message's, an order's cancellation — wait for the write lock another
+/// connection holds, as a write does, rather than failing at once (SQLite
+/// does not wait to turn a reader into a writer: they take the lock first).
+#[tokio::test]
+async fn sqlite_read_then_write_transactions_wait_for_the_write_lock() {
+    use seckill::store::Deduction;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/w.db", dir.path().display());
+    let raw = SqliteStore::connect(&url, limits(4, 10), 512)
+        .await
+        .unwrap();
+    raw.migrate().await.unwrap();
+    let s = Detached::wrap(Arc::new(raw));
+    let (item, promo) = store::setup(&*s, 5).await;
+    let a = store::draft(9_401, seckill::domain::UserId(1), item, promo, 1);
+    let b = store::draft(9_402, seckill::domain::UserId(2), item, promo, 1);
+    s.insert_stock_logs(&[a.clone(), b.clone()]).await.unwrap();
+    s.commit_orders(&[a.clone(), b.clone()]).await.unwrap();
+    let locker = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let mut held = locker.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let deduct = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            s.apply_deductions(&[Deduction {
+                stock_log_id: a.stock_log_id,
+                item_id: item,
+                amount: 1,
+            }])
+            .await
+        })
+    };
+    let cancel = {
+        let s = s.clone();
+        let no = b.order_no.clone();
+        tokio::spawn(async move { s.cancel_order(&no).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    sqlx::query("ROLLBACK").execute(&mut *held).await.unwrap();
+    let deducted = deduct
+        .await
+        .unwrap()
+        .expect("the deduction waited for the lock");
+    assert_eq!(deducted.applied, 1, "{deducted:?}");
+    let (order, changed) = cancel
+        .await
+        .unwrap()
+        .expect("the cancel waited for the lock");
+    assert!(changed, "{order:?}");
+    let it = s.item(item).await.unwrap().unwrap();
+    // 5 − 1 (a's deduction) + 1 (b's cancellation gives its unit back; its
+    // deduction, when it comes, takes it again); sales 2 − 1.
+    assert_eq!((it.stock, it.sales), (5, 1));
+}
+
 /// A store call whose caller stopped waiting is still tracked: a shutdown
 /// that waits on the tracker sees it through to its end (here a write held
 /// up by another connection's lock on the SQLite file).
