@@ -37,15 +37,7 @@ async fn the_memory_rate_limiter_honours_the_rate_limit_contract() {
 
 #[tokio::test]
 async fn the_sqlite_store_honours_the_store_contract() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStore::connect(
-        &format!("sqlite://{}/c.db", dir.path().display()),
-        limits(8, 10),
-        512,
-    )
-    .await
-    .unwrap();
-    s.migrate().await.unwrap();
+    let (_dir, _, s) = sqlite_store(limits(8, 10)).await;
     // As the application opens it: each call in a task of its own.
     store::suite(Detached::wrap(Arc::new(s))).await;
 }
@@ -266,23 +258,15 @@ async fn a_mysql_order_waits_for_a_row_lock_no_longer_than_the_bound() {
 async fn a_sqlite_store_waits_no_longer_than_its_configured_bounds() {
     use seckill::store::StoreError;
     use std::time::{Duration, Instant};
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/b.db", dir.path().display());
-    let bounds = seckill::store::PoolLimits {
+    let (_dir, url, raw) = sqlite_store(seckill::store::PoolLimits {
         max_connections: 1,
         acquire_timeout: Duration::from_millis(300),
         lock_wait: Duration::from_secs(1),
-    };
-    let raw = SqliteStore::connect(&url, bounds, 512).await.unwrap();
-    raw.migrate().await.unwrap();
+    })
+    .await;
     let s = Detached::wrap(Arc::new(raw));
     let (item, promo) = store::setup(&*s, 5).await;
-    let locker = sqlx::SqlitePool::connect(&url).await.unwrap();
-    let mut held = locker.acquire().await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *held)
-        .await
-        .unwrap();
+    let mut held = hold_sqlite_write_lock(&url).await;
     let d = store::draft(9_300, seckill::domain::UserId(1), item, promo, 1);
     let started = Instant::now();
     let order = {
@@ -326,24 +310,14 @@ async fn a_sqlite_store_waits_no_longer_than_its_configured_bounds() {
 #[tokio::test]
 async fn sqlite_read_then_write_transactions_wait_for_the_write_lock() {
     use seckill::store::Deduction;
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/w.db", dir.path().display());
-    let raw = SqliteStore::connect(&url, limits(4, 10), 512)
-        .await
-        .unwrap();
-    raw.migrate().await.unwrap();
+    let (_dir, url, raw) = sqlite_store(limits(4, 10)).await;
     let s = Detached::wrap(Arc::new(raw));
     let (item, promo) = store::setup(&*s, 5).await;
     let a = store::draft(9_401, seckill::domain::UserId(1), item, promo, 1);
     let b = store::draft(9_402, seckill::domain::UserId(2), item, promo, 1);
     s.insert_stock_logs(&[a.clone(), b.clone()]).await.unwrap();
     s.commit_orders(&[a.clone(), b.clone()]).await.unwrap();
-    let locker = sqlx::SqlitePool::connect(&url).await.unwrap();
-    let mut held = locker.acquire().await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *held)
-        .await
-        .unwrap();
+    let mut held = hold_sqlite_write_lock(&url).await;
     let deduct = {
         let s = s.clone();
         tokio::spawn(async move {
@@ -383,20 +357,10 @@ async fn sqlite_read_then_write_transactions_wait_for_the_write_lock() {
 /// up by another connection's lock on the SQLite file).
 #[tokio::test]
 async fn a_shutdown_waits_for_store_calls_nobody_waits_for() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/t.db", dir.path().display());
-    let raw = SqliteStore::connect(&url, limits(4, 10), 1024)
-        .await
-        .unwrap();
-    raw.migrate().await.unwrap();
+    let (_dir, url, raw) = sqlite_store(limits(4, 10)).await;
     let tasks = tokio_util::task::TaskTracker::new();
     let s = Detached::tracked(Arc::new(raw), tasks.clone());
-    let locker = sqlx::SqlitePool::connect(&url).await.unwrap();
-    let mut held = locker.acquire().await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *held)
-        .await
-        .unwrap();
+    let mut held = hold_sqlite_write_lock(&url).await;
     let cut_off = tokio::time::timeout(
         std::time::Duration::from_millis(200),
         s.create_item(&store::new_item(7)),
@@ -418,6 +382,34 @@ async fn a_shutdown_waits_for_store_calls_nobody_waits_for() {
         1,
         "the cut-off write is done"
     );
+}
+
+/// A migrated SQLite store on a file of its own (in the folder returned,
+/// removed when dropped), and the file's URL.
+async fn sqlite_store(
+    limits: seckill::store::PoolLimits,
+) -> (tempfile::TempDir, String, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/store.db", dir.path().display());
+    let s = SqliteStore::connect(&url, limits, 512).await.unwrap();
+    s.migrate().await.unwrap();
+    (dir, url, s)
+}
+
+/// A connection of its own holding the SQLite file's write lock, until a
+/// `ROLLBACK` on it (or its drop).
+async fn hold_sqlite_write_lock(url: &str) -> sqlx::pool::PoolConnection<sqlx::Sqlite> {
+    let mut held = sqlx::SqlitePool::connect(url)
+        .await
+        .unwrap()
+        .acquire()
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    held
 }
 
 /// Pool bounds for a test: `n` connections, a lock wait of `lock_wait_secs`.
