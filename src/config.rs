@@ -502,6 +502,25 @@ impl Config {
         if self.batch_max > 1000 {
             return Err(ConfigError("SECKILL_BATCH_MAX must be at most 1000".into()));
         }
+        // Waits of an hour and more are no bound (and SQLite's busy
+        // time-out must fit its C int).
+        for (name, v) in [
+            (
+                "SECKILL_DATABASE_ACQUIRE_TIMEOUT_MS",
+                self.database_acquire_timeout_ms,
+            ),
+            (
+                "SECKILL_SQLITE_BUSY_TIMEOUT_MS",
+                self.sqlite_busy_timeout_ms,
+            ),
+            ("SECKILL_REDIS_TIMEOUT_MS", self.redis_timeout_ms),
+        ] {
+            if v > 3_600_000 {
+                return Err(ConfigError(format!(
+                    "{name} must be at most 3600000 (an hour)"
+                )));
+            }
+        }
         if self.sqlite_max_connections == 0 || self.sqlite_cache_kib < 64 {
             return Err(ConfigError(
                 "SECKILL_SQLITE_MAX_CONNECTIONS must be ≥ 1 and SECKILL_SQLITE_CACHE_KIB ≥ 64"
@@ -638,6 +657,22 @@ mod tests {
             },
             Config {
                 sqlite_cache_kib: 16,
+                ..Config::default()
+            },
+            Config {
+                sqlite_busy_timeout_ms: 0,
+                ..Config::default()
+            },
+            Config {
+                sqlite_busy_timeout_ms: u64::from(u32::MAX),
+                ..Config::default()
+            },
+            Config {
+                database_acquire_timeout_ms: 3_600_001,
+                ..Config::default()
+            },
+            Config {
+                redis_timeout_ms: 0,
                 ..Config::default()
             },
         ];

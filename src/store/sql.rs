@@ -71,19 +71,44 @@ pub(crate) fn map_lock_wait(e: sqlx::Error) -> StoreError {
     StoreError::Db(e)
 }
 
-/// Whether a write failed because another writer got there first on
-/// SQLite: `SQLITE_BUSY` (SQLite refuses at once, without its busy wait, to
-/// turn a transaction that has read into a writer while another connection
-/// holds the write lock) or `SQLITE_BUSY_SNAPSHOT` (another writer committed
-/// since this transaction read). For a compare-and-set that read first,
-/// that is a lost race, tried again like a version that moved.
-pub(crate) fn overtaken_on_sqlite(e: &sqlx::Error) -> bool {
+/// How a write failed because another writer got there first on SQLite.
+/// For a compare-and-set that read first, either is a lost race, tried
+/// again like a version that moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Overtaken {
+    /// `SQLITE_BUSY_SNAPSHOT`: another writer committed since this
+    /// transaction read; read again at once.
+    Snapshot,
+    /// `SQLITE_BUSY`: another connection holds the write lock, and SQLite
+    /// refuses at once, without its busy wait, to turn a transaction that
+    /// has read into a writer. Read again after a pause: tried at once, a
+    /// retry meets the same lock and the retries are spent in a millisecond.
+    Locked,
+}
+
+pub(crate) fn overtaken_on_sqlite(e: &sqlx::Error) -> Option<Overtaken> {
     let sqlx::Error::Database(db) = e else {
-        return false;
+        return None;
     };
-    db.try_downcast_ref::<sqlx::sqlite::SqliteError>()
-        .and_then(|s| sqlx::error::DatabaseError::code(s)?.parse::<i32>().ok())
-        .is_some_and(|code| code == 5 || code == 517)
+    let code = db
+        .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+        .and_then(|s| sqlx::error::DatabaseError::code(s)?.parse::<i32>().ok())?;
+    match code {
+        517 => Some(Overtaken::Snapshot),
+        5 => Some(Overtaken::Locked),
+        _ => None,
+    }
+}
+
+/// The pause before a compare-and-set tries again after finding SQLite's
+/// write lock taken: 1–4 ms (a writer holds it about that long), random so
+/// that the buyers who met the lock together do not meet it again
+/// together, never past `commit_by`.
+pub(crate) async fn pause_for_the_write_lock(commit_by: std::time::Instant) {
+    use rand::Rng;
+    let pause = std::time::Duration::from_micros(rand::thread_rng().gen_range(1_000..=4_000));
+    let until = (std::time::Instant::now() + pause).min(commit_by);
+    tokio::time::sleep_until(until.into()).await;
 }
 
 pub(crate) const ITEM_COLUMNS: &str =
@@ -825,6 +850,7 @@ impl OrderStore for $store {
                 .await
                 .map_err(|_| StoreError::TooLate)??;
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let mut locked_out = false;
             let updated = if optimistic {
                 let row = sqlx::query("SELECT stock, version FROM item_stock WHERE item_id = ?")
                     .bind(d.item_id.0)
@@ -844,10 +870,14 @@ impl OrderStore for $store {
                 {
                     Ok(r) => r.rows_affected(),
                     // Another writer first: the read is stale or cannot
-                    // become a write; read again (the transaction rolls back
-                    // as it drops).
-                    Err(e) if overtaken_on_sqlite(&e) => 0,
-                    Err(e) => return Err(map_lock_wait(e)),
+                    // become a write; read again.
+                    Err(e) => match overtaken_on_sqlite(&e) {
+                        Some(how) => {
+                            locked_out = how == Overtaken::Locked;
+                            0
+                        }
+                        None => return Err(map_lock_wait(e)),
+                    },
                 }
             } else {
                 let n = sqlx::query(DEDUCT_STOCK)
@@ -864,7 +894,14 @@ impl OrderStore for $store {
                 n
             };
             if updated == 0 {
-                continue; // lost the compare-and-set: read again
+                // Lost the compare-and-set: read again (this transaction
+                // rolls back as it drops, before its connection is reused).
+                if locked_out {
+                    drop(tx);
+                    drop(conn);
+                    pause_for_the_write_lock(commit_by).await;
+                }
+                continue;
             }
             if std::time::Instant::now() >= commit_by {
                 // The stock row's lock took the time: no second wait (the

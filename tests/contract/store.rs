@@ -520,9 +520,11 @@ async fn pure_database_orders(s: &dyn Store) {
 }
 
 /// Buyers racing for the last units: each pure-database order is placed,
-/// or refused as sold out — never an error because another order got the
-/// row (or, on SQLite, the file) first. A lost compare-and-set, SQLite's
-/// snapshot overtaken by another writer included, is tried again.
+/// refused as sold out, or — its compare-and-set lost every one of its
+/// tries (the default 16) — refused for contention, a 429 its buyer
+/// retries; never an error because another order got the row (or, on
+/// SQLite, the file) first. A lost compare-and-set, SQLite's snapshot
+/// overtaken or its write lock taken included, is tried again.
 async fn concurrent_pure_database_orders(s: &Arc<dyn Store>) {
     for optimistic in [false, true] {
         let (item, promo) = setup(&**s, 10).await;
@@ -531,18 +533,33 @@ async fn concurrent_pure_database_orders(s: &Arc<dyn Store>) {
             .map(|n| {
                 let s = s.clone();
                 let d = draft(base + n, UserId(n), item, promo, 1);
-                tokio::spawn(async move { s.place_order_in_db(&d, optimistic, 1_000, far()).await })
+                tokio::spawn(async move {
+                    let mut contended = 0;
+                    loop {
+                        match s.place_order_in_db(&d, optimistic, 16, far()).await {
+                            Err(StoreError::Conflict("version")) if contended < 20 => {
+                                contended += 1
+                            }
+                            other => return (other, contended),
+                        }
+                    }
+                })
             })
             .collect();
-        let mut placed = 0;
+        let (mut placed, mut contended) = (0, 0);
         for r in racers {
-            match r.await.unwrap() {
+            let (answer, retries) = r.await.unwrap();
+            contended += retries;
+            match answer {
                 Ok(Some(_)) => placed += 1,
                 Ok(None) => {}
                 Err(e) => panic!("optimistic {optimistic}: an order failed in the race: {e:?}"),
             }
         }
         assert_eq!(placed, 10, "optimistic {optimistic}");
+        if !optimistic {
+            assert_eq!(contended, 0, "a conditional update never loses a race");
+        }
         let it = s.item(item).await.unwrap().unwrap();
         assert_eq!((it.stock, it.sales), (0, 10), "optimistic {optimistic}");
         let t = s.promo_totals(promo).await.unwrap();
