@@ -68,5 +68,6 @@ sql_store!(
     conn = MySqlConnection,
     insert_ignore = "INSERT IGNORE",
     begin_write = "BEGIN",
+    lock_read = " FOR UPDATE",
     last_id = last_id
 );

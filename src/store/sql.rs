@@ -2,8 +2,9 @@
 //! portable (`?` placeholders, no `RETURNING`); what differs per backend —
 //! the row and connection types, `INSERT OR IGNORE` vs `INSERT IGNORE`, how
 //! a transaction that reads before it writes begins (`BEGIN IMMEDIATE` on
-//! SQLite, which does not wait to turn a reader into a writer), how the new
-//! row's id is read — is passed to [`sql_store!`], which writes the port
+//! SQLite, which does not wait to turn a reader into a writer) and reads
+//! the row it will change (`FOR UPDATE` on MySQL), how the new row's id is
+//! read — is passed to [`sql_store!`], which writes the port
 //! implementations for one adapter type.
 //!
 //! Statements whose text depends on a batch's size (multi-row inserts, `IN`
@@ -138,7 +139,7 @@ pub(crate) const UNSETTLED_UNITS_OF_ITEM: &str =
 /// Implements every store port for `$store` (a struct with a `pool` field)
 /// over one sqlx backend.
 macro_rules! sql_store {
-    ($store:ty, db = $db:ty, row = $row:ty, conn = $conn:ty, insert_ignore = $insert_ignore:literal, begin_write = $begin_write:literal, last_id = $last_id:path) => {
+    ($store:ty, db = $db:ty, row = $row:ty, conn = $conn:ty, insert_ignore = $insert_ignore:literal, begin_write = $begin_write:literal, lock_read = $lock_read:literal, last_id = $last_id:path) => {
 
 fn user_of(r: &$row) -> StoreResult<User> {
     Ok(User {
@@ -766,7 +767,9 @@ impl OrderStore for $store {
 
     async fn cancel_order(&self, no: &OrderNo) -> StoreResult<(Order, bool)> {
         let mut tx = self.pool.begin_with($begin_write).await?;
-        let row = sqlx::query(&format!("SELECT {ORDER_COLUMNS} WHERE order_no = ?"))
+        // The order as it is now, not as the transaction's snapshot saw it
+        // (MySQL's plain read): a payment that won the race shows as paid.
+        let row = sqlx::query(&format!(concat!("SELECT {} WHERE order_no = ?", $lock_read), ORDER_COLUMNS))
             .bind(no.as_str())
             .fetch_optional(&mut *tx)
             .await?;

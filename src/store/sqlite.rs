@@ -71,5 +71,6 @@ sql_store!(
     conn = SqliteConnection,
     insert_ignore = "INSERT OR IGNORE",
     begin_write = "BEGIN IMMEDIATE",
+    lock_read = "",
     last_id = last_id
 );

@@ -352,6 +352,43 @@ async fn sqlite_read_then_write_transactions_wait_for_the_write_lock() {
     assert_eq!((it.stock, it.sales), (5, 1));
 }
 
+/// A cancel that loses the race to a payment says the order is paid: on
+/// MySQL it reads the order's row as it is once its lock is free, not as
+/// its transaction's snapshot saw it (pending payment, answered 503 "retry").
+#[tokio::test]
+async fn a_mysql_cancel_that_loses_to_a_payment_sees_the_order_paid() {
+    use seckill::domain::OrderStatus;
+    let Some((url, raw)) = fresh_mysql("cancelrace").await else {
+        eprintln!("SECKILL_TEST_MYSQL_URL not set: MySQL cancel race test not run");
+        return;
+    };
+    let s = Detached::wrap(Arc::new(raw));
+    let (item, promo) = store::setup(&*s, 5).await;
+    let d = store::draft(9_501, seckill::domain::UserId(1), item, promo, 1);
+    s.insert_stock_logs(std::slice::from_ref(&d)).await.unwrap();
+    s.commit_orders(std::slice::from_ref(&d)).await.unwrap();
+    let payer = sqlx::MySqlPool::connect(&url).await.unwrap();
+    let mut paying = payer.begin().await.unwrap();
+    sqlx::query("UPDATE order_info SET status = 'paid' WHERE order_no = ?")
+        .bind(d.order_no.as_str())
+        .execute(&mut *paying)
+        .await
+        .unwrap();
+    let cancel = {
+        let s = s.clone();
+        let no = d.order_no.clone();
+        tokio::spawn(async move { s.cancel_order(&no).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    paying.commit().await.unwrap();
+    let (order, changed) = cancel.await.unwrap().unwrap();
+    assert_eq!((order.status, changed), (OrderStatus::Paid, false));
+    let it = s.item(item).await.unwrap().unwrap();
+    assert_eq!((it.stock, it.sales), (5, 1), "nothing given back");
+    payer.close().await;
+    drop_mysql(&url).await;
+}
+
 /// A store call whose caller stopped waiting is still tracked: a shutdown
 /// that waits on the tracker sees it through to its end (here a write held
 /// up by another connection's lock on the SQLite file).
