@@ -43,9 +43,6 @@ pub struct App {
     pub otp: Arc<DevOtpSender>,
     /// The in-process bus, when that is the bus in use (fault injection).
     pub memory_bus: Option<MemoryBus>,
-    /// Work no request waits for any more ([`Context::background`]): a
-    /// shutdown lets it finish, within its bound.
-    pub background: TaskTracker,
 }
 
 /// The process's Prometheus recorder, installed once.
@@ -222,7 +219,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             Duration::from_millis(config.sold_out_poll_ms),
         )),
         recovery: Arc::new(crate::service::recovery::LedgerRecovery::new()),
-        background: background.clone(),
+        background,
     };
     let catalog = Arc::new(CatalogService::new(context.clone()));
     let tokens = Arc::new(TokenService::new(context.clone(), catalog.clone()));
@@ -289,6 +286,5 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         context,
         otp,
         memory_bus,
-        background,
     })
 }

@@ -420,7 +420,7 @@ impl Config {
                 )));
             }
         }
-        let positive: [(&str, u64); 23] = [
+        let positive: [(&str, u64); 20] = [
             (
                 "SECKILL_ORDER_PAYMENT_TIMEOUT_SECS",
                 self.order_payment_timeout_secs,
@@ -447,15 +447,6 @@ impl Config {
             ("SECKILL_BATCH_MAX", self.batch_max as u64),
             ("SECKILL_BATCH_WORKERS", self.batch_workers as u64),
             ("SECKILL_LOCAL_TX_TIMEOUT_MS", self.local_tx_timeout_ms),
-            ("SECKILL_REDIS_TIMEOUT_MS", self.redis_timeout_ms),
-            (
-                "SECKILL_SQLITE_BUSY_TIMEOUT_MS",
-                self.sqlite_busy_timeout_ms,
-            ),
-            (
-                "SECKILL_DATABASE_ACQUIRE_TIMEOUT_MS",
-                self.database_acquire_timeout_ms,
-            ),
             ("SECKILL_ITEM_CACHE_CAPACITY", self.item_cache_capacity),
             (
                 "SECKILL_ITEM_CACHE_LOCAL_TTL_MS",
@@ -502,8 +493,8 @@ impl Config {
         if self.batch_max > 1000 {
             return Err(ConfigError("SECKILL_BATCH_MAX must be at most 1000".into()));
         }
-        // Waits of an hour and more are no bound (and SQLite's busy
-        // time-out must fit its C int).
+        // A wait of none is no wait, one above an hour no bound (and
+        // SQLite's busy time-out must fit its C int).
         for (name, v) in [
             (
                 "SECKILL_DATABASE_ACQUIRE_TIMEOUT_MS",
@@ -515,9 +506,9 @@ impl Config {
             ),
             ("SECKILL_REDIS_TIMEOUT_MS", self.redis_timeout_ms),
         ] {
-            if v > 3_600_000 {
+            if !(1..=3_600_000).contains(&v) {
                 return Err(ConfigError(format!(
-                    "{name} must be at most 3600000 (an hour)"
+                    "{name} must be 1..=3600000 (at most an hour)"
                 )));
             }
         }

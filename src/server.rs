@@ -69,13 +69,13 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     // Store calls of requests cut off (deadline, client gone) still run:
     // each ends committed or rolled back, its connection clean; their
     // seckill tokens go back to their buyers.
-    app.background.close();
-    if tokio::time::timeout_at(drained_by, app.background.wait())
+    app.context.background.close();
+    if tokio::time::timeout_at(drained_by, app.context.background.wait())
         .await
         .is_err()
     {
         tracing::warn!(
-            tasks = app.background.len(),
+            tasks = app.context.background.len(),
             "store calls or token give-backs still running at the shutdown bound; exiting anyway"
         );
     }

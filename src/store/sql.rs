@@ -54,22 +54,29 @@ pub(crate) fn map_unique(e: sqlx::Error) -> StoreError {
 /// transaction that could not be ready in time: `TooLate`, like one past
 /// its deadline. Other errors pass.
 pub(crate) fn map_lock_wait(e: sqlx::Error) -> StoreError {
-    if let sqlx::Error::Database(db) = &e {
-        let mysql_lock_wait = db
+    let mysql_lock_wait = match &e {
+        sqlx::Error::Database(db) => db
             .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-            .is_some_and(|m| m.number() == 1205);
-        let sqlite_busy = db
-            .try_downcast_ref::<sqlx::sqlite::SqliteError>()
-            .and_then(|s| sqlx::error::DatabaseError::code(s)?.parse::<i32>().ok())
-            // SQLITE_BUSY and SQLITE_BUSY_TIMEOUT: the busy time-out spent.
-            // (SQLITE_BUSY_SNAPSHOT, 517, comes at once: a snapshot another
-            // writer overtook, not a wait.)
-            .is_some_and(|code| code == 5 || code == 773);
-        if mysql_lock_wait || sqlite_busy {
-            return StoreError::TooLate;
-        }
+            .is_some_and(|m| m.number() == 1205),
+        _ => false,
+    };
+    // SQLITE_BUSY and SQLITE_BUSY_TIMEOUT: the busy time-out spent.
+    // (SQLITE_BUSY_SNAPSHOT, 517, comes at once: a snapshot another writer
+    // overtook, not a wait.)
+    let sqlite_busy = sqlite_code(&e).is_some_and(|code| code == 5 || code == 773);
+    if mysql_lock_wait || sqlite_busy {
+        return StoreError::TooLate;
     }
     StoreError::Db(e)
+}
+
+/// SQLite's (extended) result code of a failed statement.
+fn sqlite_code(e: &sqlx::Error) -> Option<i32> {
+    let sqlx::Error::Database(db) = e else {
+        return None;
+    };
+    db.try_downcast_ref::<sqlx::sqlite::SqliteError>()
+        .and_then(|s| sqlx::error::DatabaseError::code(s)?.parse::<i32>().ok())
 }
 
 /// How a write failed because another writer got there first on SQLite.
@@ -88,13 +95,7 @@ pub(crate) enum Overtaken {
 }
 
 pub(crate) fn overtaken_on_sqlite(e: &sqlx::Error) -> Option<Overtaken> {
-    let sqlx::Error::Database(db) = e else {
-        return None;
-    };
-    let code = db
-        .try_downcast_ref::<sqlx::sqlite::SqliteError>()
-        .and_then(|s| sqlx::error::DatabaseError::code(s)?.parse::<i32>().ok())?;
-    match code {
+    match sqlite_code(e)? {
         517 => Some(Overtaken::Snapshot),
         5 => Some(Overtaken::Locked),
         _ => None,
