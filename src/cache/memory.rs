@@ -201,8 +201,20 @@ impl MemoryKvStore {
     }
 
     fn insert(&self, key: &str, value: Value, ttl: Duration) {
-        let now = Instant::now();
         let mut map = self.map.lock();
+        self.insert_locked(&mut map, key, value, ttl);
+    }
+
+    /// Inserts under the map's lock the caller holds, sweeping expired keys
+    /// every `SWEEP_EVERY` writes.
+    fn insert_locked(
+        &self,
+        map: &mut HashMap<String, (Value, Instant)>,
+        key: &str,
+        value: Value,
+        ttl: Duration,
+    ) {
+        let now = Instant::now();
         map.insert(key.to_owned(), (value, now + ttl));
         let mut w = self.writes_since_sweep.lock();
         *w += 1;
@@ -258,15 +270,20 @@ impl KvStore for MemoryKvStore {
         Ok(())
     }
 
-    async fn take_permit(&self, key: &str) -> CacheResult<bool> {
+    async fn take_permit_and_set(
+        &self,
+        gate: &str,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> CacheResult<bool> {
         let mut map = self.map.lock();
-        Ok(match map.get_mut(key) {
-            Some((Value::Counter(n), exp)) if *exp > Instant::now() && *n > 0 => {
-                *n -= 1;
-                true
-            }
-            _ => false,
-        })
+        match map.get_mut(gate) {
+            Some((Value::Counter(n), exp)) if *exp > Instant::now() && *n > 0 => *n -= 1,
+            _ => return Ok(false),
+        }
+        self.insert_locked(&mut map, key, Value::Text(value.to_owned()), ttl);
+        Ok(true)
     }
 
     async fn hash_add(&self, key: &str, deltas: &[(&str, i64)], ttl: Duration) -> CacheResult<()> {

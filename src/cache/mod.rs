@@ -116,9 +116,17 @@ pub trait KvStore: Send + Sync {
     async fn set_if_absent(&self, key: &str, value: &str, ttl: Duration) -> CacheResult<bool>;
     /// Sets an integer counter (a promo's gate) with a TTL.
     async fn set_counter(&self, key: &str, value: i64, ttl: Duration) -> CacheResult<()>;
-    /// Takes one permit from a counter: true when it was positive (and is now
-    /// one less); false when it is zero or missing.
-    async fn take_permit(&self, key: &str) -> CacheResult<bool>;
+    /// Takes one permit from the counter `gate` and, when one was there, sets
+    /// `key` to `value` for `ttl` — one step, so a permit is never spent
+    /// without its record. True when granted (the counter was positive and
+    /// is now one less); false when it is zero or missing (nothing is set).
+    async fn take_permit_and_set(
+        &self,
+        gate: &str,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> CacheResult<bool>;
     /// Adds each delta to its field of a hash of counters (created at 0),
     /// and (re)sets the hash's TTL. One step.
     async fn hash_add(&self, key: &str, deltas: &[(&str, i64)], ttl: Duration) -> CacheResult<()>;

@@ -1,8 +1,10 @@
 //! Redis adapters: the ledger as one Lua script per step, key/value state
 //! with `SET PX` / `GETDEL`, and a GCRA rate limit on the server's clock
 //! that holds across every instance. Keys carry a configurable prefix; a
-//! promo's keys share the hash tag `{promo id}` so they live on one Redis
-//! Cluster slot and one script can touch them all.
+//! promo's ledger keys share the hash tag `{promo id}` so they live on one
+//! Redis Cluster slot and one script can touch them all. (The token issue's
+//! script touches a promo's gate and a new token's record, which share no
+//! tag: the adapters talk to one Redis server, not a Cluster.)
 
 use std::time::Duration;
 
@@ -366,23 +368,28 @@ impl StockLedger for RedisStockLedger {
     }
 }
 
-const TAKE_PERMIT: &str = r#"
+/// KEYS: gate counter, record. ARGV: value, TTL in ms.
+const TAKE_PERMIT_AND_SET: &str = r#"
 local v = tonumber(redis.call('GET', KEYS[1]) or '0')
-if v > 0 then redis.call('DECR', KEYS[1]) return 1 end
+if v > 0 then
+  redis.call('DECR', KEYS[1])
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
 return 0
 "#;
 
 /// Key/value state in Redis.
 pub struct RedisKvStore {
     redis: RedisConn,
-    take_permit: Script,
+    take_permit_and_set: Script,
 }
 
 impl RedisKvStore {
     pub fn new(redis: RedisConn) -> Self {
         RedisKvStore {
             redis,
-            take_permit: Script::new(TAKE_PERMIT),
+            take_permit_and_set: Script::new(TAKE_PERMIT_AND_SET),
         }
     }
 
@@ -459,11 +466,20 @@ impl KvStore for RedisKvStore {
         self.set_px(key, value, ttl).await
     }
 
-    async fn take_permit(&self, key: &str) -> CacheResult<bool> {
+    async fn take_permit_and_set(
+        &self,
+        gate: &str,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> CacheResult<bool> {
         let mut c = self.redis.conn.clone();
         let granted: i64 = self
-            .take_permit
+            .take_permit_and_set
+            .key(self.redis.key(gate))
             .key(self.redis.key(key))
+            .arg(value)
+            .arg(millis(ttl))
             .invoke_async(&mut c)
             .await
             .map_err(err("Redis gate counter failed"))?;

@@ -125,7 +125,22 @@ impl TokenService {
         if self.cx.sold_out_elsewhere(promo_id).await? {
             return Err(ServiceError::SoldOut);
         }
-        if !self.cx.ports.kv.take_permit(&gate_key(promo_id)).await? {
+        // The permit and the token's record are one step: a permit is never
+        // spent on a token that was not recorded.
+        let token = random_token();
+        let ttl = Duration::from_secs(self.cx.config.seckill_token_ttl_secs);
+        let granted = self
+            .cx
+            .ports
+            .kv
+            .take_permit_and_set(
+                &gate_key(promo_id),
+                &token_key(&token),
+                &binding(user, promo_id, item_id),
+                ttl,
+            )
+            .await?;
+        if !granted {
             // No permit: the gate is spent, or the cache lost it with the
             // ledger (then it is rebuilt from the DB; 503 until then).
             if self.cx.ports.ledger.stock(promo_id).await?.is_none() {
@@ -133,13 +148,6 @@ impl TokenService {
             }
             return Err(ServiceError::SoldOut);
         }
-        let token = random_token();
-        let ttl = Duration::from_secs(self.cx.config.seckill_token_ttl_secs);
-        self.cx
-            .ports
-            .kv
-            .set(&token_key(&token), &binding(user, promo_id, item_id), ttl)
-            .await?;
         let expires_at = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
         Ok(IssuedToken { token, expires_at })
     }

@@ -59,26 +59,60 @@ pub async fn suite(kv: Arc<dyn KvStore>) {
     assert_eq!(kv.get(&k).await.unwrap(), None);
 
     let k = key("gate");
+    let record = |i: usize| format!("{k}:record:{i}");
     assert!(
-        !kv.take_permit(&k).await.unwrap(),
+        !kv.take_permit_and_set(&k, &record(99), "v", Duration::from_secs(10))
+            .await
+            .unwrap(),
         "missing counter: no permit"
+    );
+    assert_eq!(
+        kv.get(&record(99)).await.unwrap(),
+        None,
+        "no permit, no record"
     );
     kv.set_counter(&k, 3, Duration::from_secs(10))
         .await
         .unwrap();
     let tasks: Vec<_> = (0..10)
-        .map(|_| {
+        .map(|i| {
             let kv = kv.clone();
-            let k = k.clone();
-            tokio::spawn(async move { kv.take_permit(&k).await.unwrap() })
+            let (k, r) = (k.clone(), record(i));
+            tokio::spawn(async move {
+                kv.take_permit_and_set(&k, &r, &format!("v{i}"), Duration::from_millis(1100))
+                    .await
+                    .unwrap()
+            })
         })
         .collect();
-    let mut granted = 0;
-    for t in tasks {
-        granted += t.await.unwrap() as i32;
+    let mut granted = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        if t.await.unwrap() {
+            granted.push(i);
+        }
     }
-    assert_eq!(granted, 3, "exactly the counter's permits");
-    assert!(!kv.take_permit(&k).await.unwrap());
+    assert_eq!(granted.len(), 3, "exactly the counter's permits");
+    for i in 0..10 {
+        let expected = granted.contains(&i).then(|| format!("v{i}"));
+        assert_eq!(
+            kv.get(&record(i)).await.unwrap(),
+            expected,
+            "a record for each permit granted, none for the others"
+        );
+    }
+    assert!(!kv
+        .take_permit_and_set(&k, &record(98), "v", Duration::from_secs(10))
+        .await
+        .unwrap());
+    assert_eq!(kv.get(&record(98)).await.unwrap(), None);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    for &i in &granted {
+        assert_eq!(
+            kv.get(&record(i)).await.unwrap(),
+            None,
+            "the record's TTL holds"
+        );
+    }
 
     let k = key("hash");
     assert!(kv.hash_get_all(&k).await.unwrap().is_empty());
