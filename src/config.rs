@@ -57,16 +57,17 @@ pub struct Config {
     /// The longest wait for a pooled database connection (MySQL and
     /// SQLite); past it the call fails with 503 and writes nothing.
     pub database_acquire_timeout_ms: u64,
-    /// The SQLite pool's size (one writer at a time whatever the size: WAL
-    /// readers beyond the cores buy nothing, and each connection holds its
-    /// page cache and prepared statements — 16 held ~55 MB after one drill).
+    /// The SQLite reading pool's size (writes have one connection of their
+    /// own: SQLite takes one writer at a time; WAL readers beyond the cores
+    /// buy nothing, and each connection holds its page cache and prepared
+    /// statements — 16 held ~55 MB after one drill).
     pub sqlite_max_connections: u32,
     /// SQLite only: each pooled connection's page cache, KiB.
     pub sqlite_cache_kib: u32,
     /// SQLite only: a statement's longest wait for the database's one
-    /// write lock (its busy time-out). Every writer of the file shares that
-    /// lock — batches, sweeps, admin writes, migrations, a second process —
-    /// so it is a bound of its own, not the order's deadline.
+    /// write lock while another process holds it (the busy time-out). This
+    /// process's writers — batches, sweeps, admin writes — queue for their
+    /// one connection instead, up to `database_acquire_timeout_ms`.
     pub sqlite_busy_timeout_ms: u64,
     pub redis_url: Option<String>,
     /// Prefix of every Redis key (several deployments can share a Redis).

@@ -42,7 +42,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// The bounds of an adapter's connection pool, from the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolLimits {
-    /// Connections in the pool.
+    /// Connections in the pool (on SQLite the reading pool: writes have one
+    /// connection more, of their own).
     pub max_connections: u32,
     /// The longest wait for a pooled connection; past it the call fails
     /// (`Db`: the HTTP edge answers 503, nothing written).
@@ -50,8 +51,9 @@ pub struct PoolLimits {
     /// The longest wait of one statement for a lock another transaction
     /// holds: MySQL's row lock (`innodb_lock_wait_timeout`, whole seconds,
     /// at least one; the order's local-transaction bound), SQLite's busy
-    /// time-out on the database's one write lock (a bound of its own: every
-    /// writer waits on it). A deferred SQLite transaction that read first
+    /// time-out on the database's one write lock while another process
+    /// holds it (this process's writes take turns on one connection, bounded
+    /// by `acquire_timeout`). A deferred SQLite transaction that read first
     /// is refused at once when another holds the lock (SQLite does not wait
     /// to upgrade a reader); db-optimistic's compare-and-set takes that for
     /// a lost race and reads again.

@@ -14,10 +14,12 @@ use super::sql::{
 };
 use super::*;
 
-/// The store over a MySQL pool.
+/// The store over a MySQL pool (reads and writes share it: InnoDB locks
+/// rows, not the database).
 #[derive(Clone)]
 pub struct MysqlStore {
     pool: MySqlPool,
+    writer: MySqlPool,
 }
 
 impl MysqlStore {
@@ -47,12 +49,17 @@ impl MysqlStore {
             })
             .connect_with(opts.timezone(Some(String::from("+00:00"))))
             .await?;
-        Ok(MysqlStore { pool })
+        Ok(MysqlStore {
+            writer: pool.clone(),
+            pool,
+        })
     }
 
     /// Applies the MySQL migrations (idempotent).
     pub async fn migrate(&self) -> StoreResult<()> {
-        sqlx::migrate!("./migrations/mysql").run(&self.pool).await?;
+        sqlx::migrate!("./migrations/mysql")
+            .run(&self.writer)
+            .await?;
         Ok(())
     }
 }

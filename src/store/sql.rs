@@ -79,9 +79,10 @@ fn sqlite_code(e: &sqlx::Error) -> Option<i32> {
         .and_then(|s| sqlx::error::DatabaseError::code(s)?.parse::<i32>().ok())
 }
 
-/// How a write failed because another writer got there first on SQLite.
-/// For a compare-and-set that read first, either is a lost race, tried
-/// again like a version that moved.
+/// How a write failed because another writer got there first on SQLite —
+/// another process's (this process's writers take turns on one
+/// connection). For a compare-and-set that read first, either is a lost
+/// race, tried again like a version that moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Overtaken {
     /// `SQLITE_BUSY_SNAPSHOT`: another writer committed since this
@@ -137,8 +138,10 @@ pub(crate) const UNSETTLED_UNITS_OF_ITEM: &str =
      WHERE s.promo_id IN (SELECT id FROM promo WHERE item_id = ?) \
        AND (s.status = 'init' OR (s.status = 'committed' AND d.stock_log_id IS NULL))";
 
-/// Implements every store port for `$store` (a struct with a `pool` field)
-/// over one sqlx backend.
+/// Implements every store port for `$store` over one sqlx backend: a
+/// struct with a `pool` for reads and a `writer` for writes (one pool on
+/// MySQL; on SQLite a pool of one connection, so writers queue in the
+/// process rather than poll the file's lock).
 macro_rules! sql_store {
     ($store:ty, db = $db:ty, row = $row:ty, conn = $conn:ty, insert_ignore = $insert_ignore:literal, begin_write = $begin_write:literal, lock_read = $lock_read:literal, last_id = $last_id:path) => {
 
@@ -227,7 +230,7 @@ impl UserStore for $store {
         .bind(u.age)
         .bind(&u.password_hash)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(map_unique)?;
         Ok(User {
@@ -243,7 +246,7 @@ impl UserStore for $store {
 
     async fn create_users(&self, users: &[NewUser]) -> StoreResult<u64> {
         let now = Utc::now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let mut created = 0;
         for chunk in users.chunks(500) {
             let mut qb = QueryBuilder::<$db>::new(
@@ -288,7 +291,7 @@ impl UserStore for $store {
 impl CatalogStore for $store {
     async fn create_item(&self, it: &NewItem) -> StoreResult<Item> {
         let now = Utc::now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let res = sqlx::query(
             "INSERT INTO item (title, price_cents, description, image_url, sales, created_at, updated_at) \
              VALUES (?, ?, ?, ?, 0, ?, ?)",
@@ -323,7 +326,7 @@ impl CatalogStore for $store {
         .bind(&p.image_url)
         .bind(Utc::now())
         .bind(id.0)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if res.rows_affected() == 0 {
             return Err(StoreError::NotFound);
@@ -364,7 +367,7 @@ impl CatalogStore for $store {
         .bind(p.start_at)
         .bind(p.end_at)
         .bind(Utc::now())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         self.promo(PromoId($last_id(&res))).await?.ok_or(StoreError::NotFound)
     }
@@ -409,7 +412,7 @@ impl CatalogStore for $store {
         .bind(baseline.stock)
         .bind(baseline.sales)
         .bind(id.0)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(res.rows_affected() == 1)
     }
@@ -422,7 +425,7 @@ impl OrderStore for $store {
             return Ok(());
         }
         let now = Utc::now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for chunk in drafts.chunks(100) {
             let mut qb = QueryBuilder::<$db>::new(
                 "INSERT INTO stock_log (id, item_id, promo_id, user_id, amount, status, created_at, updated_at) ",
@@ -448,7 +451,7 @@ impl OrderStore for $store {
             return Ok(());
         }
         let now = Utc::now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for chunk in drafts.chunks(100) {
             let ids: Vec<StockLogId> = chunk.iter().map(|d| d.stock_log_id).collect();
             let mut qb = QueryBuilder::<$db>::new(
@@ -512,7 +515,7 @@ impl OrderStore for $store {
         qb.push_bind(Utc::now())
             .push(" WHERE status = 'init' AND id IN ");
         push_ids(&mut qb, ids);
-        build_once(&mut qb).execute(&self.pool).await?;
+        build_once(&mut qb).execute(&self.writer).await?;
         self.stock_log_statuses(ids).await
     }
 
@@ -653,7 +656,7 @@ impl OrderStore for $store {
         let now = Utc::now();
         // Reads, then writes: the write lock first (SQLite would not wait
         // for it after the reads).
-        let mut tx = self.pool.begin_with($begin_write).await?;
+        let mut tx = self.writer.begin_with($begin_write).await?;
         let mut committed = std::collections::HashSet::new();
         let mut done = std::collections::HashSet::new();
         for chunk in entries.chunks(500) {
@@ -761,13 +764,13 @@ impl OrderStore for $store {
         sqlx::query("UPDATE order_info SET status = 'paid', updated_at = ? WHERE order_no = ? AND status = 'pending_payment'")
             .bind(Utc::now())
             .bind(no.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         self.order(no).await?.ok_or(StoreError::NotFound)
     }
 
     async fn cancel_order(&self, no: &OrderNo) -> StoreResult<(Order, bool)> {
-        let mut tx = self.pool.begin_with($begin_write).await?;
+        let mut tx = self.writer.begin_with($begin_write).await?;
         // The order as it is now, not as the transaction's snapshot saw it
         // (MySQL's plain read): a payment that won the race shows as paid.
         let row = sqlx::query(&format!(concat!("SELECT {} WHERE order_no = ?", $lock_read), ORDER_COLUMNS))
@@ -850,7 +853,7 @@ impl OrderStore for $store {
             // The wait for a connection ends by `commit_by` too (the pool's
             // own acquire time-out may be longer); a wait given up here
             // holds nothing.
-            let mut conn = tokio::time::timeout_at(commit_by.into(), self.pool.acquire())
+            let mut conn = tokio::time::timeout_at(commit_by.into(), self.writer.acquire())
                 .await
                 .map_err(|_| StoreError::TooLate)??;
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;

@@ -18,18 +18,31 @@ use super::sql::{
 };
 use super::*;
 
-/// The store over a SQLite pool.
+/// The store over two SQLite pools: readers, and one writer.
+///
+/// SQLite has one write lock per database. Writers that share a pool take
+/// turns on it through SQLite's busy handler, which polls with sleeps of up
+/// to 100 ms, and they hold pooled connections while they sleep: under a
+/// crowd every connection waited for the lock and a plain read (an order
+/// look-up, a login) waited for a connection until the acquire time-out.
+/// Here every write goes through one connection of its own, so writers
+/// queue in the process (first come, first served, handed over at once)
+/// and readers (WAL: they never wait for the writer) keep their pool. The
+/// busy time-out still bounds a wait for another process's write lock.
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
     /// Opens (creating when missing) the database at a `sqlite://` URL, with
-    /// at most `limits.max_connections` connections of `cache_kib` page cache
-    /// each (the pages live in SQLite's own allocator: the process pays them
-    /// per connection, and the file is in the OS page cache anyway). A
-    /// statement waits at most `limits.lock_wait` for the write lock.
+    /// at most `limits.max_connections` reading connections and one writing
+    /// connection, of `cache_kib` page cache each (the pages live in SQLite's
+    /// own allocator: the process pays them per connection, and the file is
+    /// in the OS page cache anyway). A write waits at most
+    /// `limits.acquire_timeout` for its turn in the process, and a statement
+    /// at most `limits.lock_wait` for the write lock another process holds.
     pub async fn connect(url: &str, limits: PoolLimits, cache_kib: u32) -> StoreResult<Self> {
         let opts = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -43,18 +56,24 @@ impl SqliteStore {
                 std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
             }
         }
+        // The writer first: it creates the file and turns WAL on.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(limits.acquire_timeout)
+            .connect_with(opts.clone())
+            .await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(limits.max_connections.max(1))
             .acquire_timeout(limits.acquire_timeout)
             .connect_with(opts)
             .await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { pool, writer })
     }
 
     /// Applies the SQLite migrations (idempotent).
     pub async fn migrate(&self) -> StoreResult<()> {
         sqlx::migrate!("./migrations/sqlite")
-            .run(&self.pool)
+            .run(&self.writer)
             .await?;
         Ok(())
     }

@@ -250,10 +250,11 @@ async fn a_mysql_order_waits_for_a_row_lock_no_longer_than_the_bound() {
 }
 
 /// The SQLite store's bounds come from the config: a pure-database order
-/// waits for the file's write lock (held by another connection) no longer
-/// than the lock-wait bound and answers `TooLate`, and a call that finds
-/// every pooled connection busy gives up after the acquire time-out, as a
-/// database error (503 at the edge) — neither sits out a fixed 10 s.
+/// waits for the file's write lock (held by another process's connection)
+/// no longer than the lock-wait bound and answers `TooLate`; meanwhile a
+/// second write of this process, queued for the one writing connection,
+/// gives up after the acquire time-out, as a database error (503 at the
+/// edge), and a read does not wait at all — it has a pool of its own.
 #[tokio::test]
 async fn a_sqlite_store_waits_no_longer_than_its_configured_bounds() {
     use seckill::store::StoreError;
@@ -274,15 +275,25 @@ async fn a_sqlite_store_waits_no_longer_than_its_configured_bounds() {
         let d = d.clone();
         tokio::spawn(async move { s.place_order_in_db(&d, false, 3, store::far()).await })
     };
-    // While the order holds the pool's one connection, waiting for the lock,
-    // a read waits for a connection no longer than the acquire time-out.
     tokio::time::sleep(Duration::from_millis(100)).await;
+    // While the order holds the writing connection, waiting for the lock, a
+    // read is answered at once...
     let read_started = Instant::now();
-    let read = tokio::time::timeout(Duration::from_secs(5), s.item(item))
+    let read = s.item(item).await.expect("a read while a writer waits");
+    assert_eq!(read.map(|it| it.stock), Some(5));
+    assert!(
+        read_started.elapsed() < Duration::from_millis(250),
+        "the read waited {:?}",
+        read_started.elapsed()
+    );
+    // ...and another write waits for its turn no longer than the acquire
+    // time-out.
+    let write_started = Instant::now();
+    let write = tokio::time::timeout(Duration::from_secs(5), s.create_item(&store::new_item(3)))
         .await
-        .expect("the read gave up waiting for a connection");
-    assert!(matches!(read, Err(StoreError::Db(_))), "{read:?}");
-    assert!(read_started.elapsed() >= Duration::from_millis(250));
+        .expect("the write gave up waiting for the writing connection");
+    assert!(matches!(write, Err(StoreError::Db(_))), "{write:?}");
+    assert!(write_started.elapsed() >= Duration::from_millis(250));
     let answer = tokio::time::timeout(Duration::from_secs(8), order)
         .await
         .expect("the order still waits for the lock after 8 s")
@@ -301,6 +312,27 @@ async fn a_sqlite_store_waits_no_longer_than_its_configured_bounds() {
         (5, 0),
         "the refused order took nothing"
     );
+    assert_eq!(
+        s.items(10).await.unwrap().len(),
+        1,
+        "the refused write wrote nothing"
+    );
+}
+
+/// Two processes on one SQLite file (two stores) race for its last units
+/// with pure-database orders: each process's writers queue for their own
+/// connection, and the two connections meet on the file's write lock —
+/// db-optimistic's "snapshot overtaken" and "write lock taken" retries, a
+/// db-lock order's busy wait. Nothing oversold, nothing failed.
+#[tokio::test]
+async fn sqlite_pure_database_orders_race_across_processes() {
+    let (_dir, url, a) = sqlite_store(limits(4, 10)).await;
+    let b = SqliteStore::connect(&url, limits(4, 10), 512)
+        .await
+        .unwrap();
+    let stores: Vec<Arc<dyn seckill::store::Store>> =
+        vec![Detached::wrap(Arc::new(a)), Detached::wrap(Arc::new(b))];
+    store::concurrent_pure_database_orders(&stores).await;
 }
 
 /// SQLite's transactions that read before they write — a deduction
@@ -317,6 +349,8 @@ async fn sqlite_read_then_write_transactions_wait_for_the_write_lock() {
     let b = store::draft(9_402, seckill::domain::UserId(2), item, promo, 1);
     s.insert_stock_logs(&[a.clone(), b.clone()]).await.unwrap();
     s.commit_orders(&[a.clone(), b.clone()]).await.unwrap();
+    // Each in turn against the lock (together, the second would wait for
+    // this process's writing connection, not for the file's lock).
     let mut held = hold_sqlite_write_lock(&url).await;
     let deduct = {
         let s = s.clone();
@@ -329,11 +363,6 @@ async fn sqlite_read_then_write_transactions_wait_for_the_write_lock() {
             .await
         })
     };
-    let cancel = {
-        let s = s.clone();
-        let no = b.order_no.clone();
-        tokio::spawn(async move { s.cancel_order(&no).await })
-    };
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     sqlx::query("ROLLBACK").execute(&mut *held).await.unwrap();
     let deducted = deduct
@@ -341,6 +370,17 @@ async fn sqlite_read_then_write_transactions_wait_for_the_write_lock() {
         .unwrap()
         .expect("the deduction waited for the lock");
     assert_eq!(deducted.applied, 1, "{deducted:?}");
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let cancel = {
+        let s = s.clone();
+        let no = b.order_no.clone();
+        tokio::spawn(async move { s.cancel_order(&no).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    sqlx::query("ROLLBACK").execute(&mut *held).await.unwrap();
     let (order, changed) = cancel
         .await
         .unwrap()

@@ -71,7 +71,7 @@ pub async fn suite(s: Arc<dyn Store>) {
     a_message_too_big_for_the_stock_deducts_what_fits_and_each_entry_once(&*s).await;
     cancel_gives_stock_back(&*s).await;
     pure_database_orders(&*s).await;
-    concurrent_pure_database_orders(&s).await;
+    concurrent_pure_database_orders(std::slice::from_ref(&s)).await;
     a_pure_database_order_past_its_deadline_never_commits(&*s).await;
     the_sale_journal_has_what_a_ledger_rebuild_needs(&*s).await;
 }
@@ -524,14 +524,17 @@ async fn pure_database_orders(s: &dyn Store) {
 /// tries (the default 16) — refused for contention, a 429 its buyer
 /// retries; never an error because another order got the row (or, on
 /// SQLite, the file) first. A lost compare-and-set, SQLite's snapshot
-/// overtaken or its write lock taken included, is tried again.
-async fn concurrent_pure_database_orders(s: &Arc<dyn Store>) {
+/// overtaken or its write lock taken (by another process's writer)
+/// included, is tried again. The racers take turns over `stores`: several
+/// stores on one database are several processes.
+pub async fn concurrent_pure_database_orders(stores: &[Arc<dyn Store>]) {
+    let s = &stores[0];
     for optimistic in [false, true] {
         let (item, promo) = setup(&**s, 10).await;
         let base = if optimistic { 7_600 } else { 7_500 };
         let racers: Vec<_> = (1..=24)
             .map(|n| {
-                let s = s.clone();
+                let s = stores[n as usize % stores.len()].clone();
                 let d = draft(base + n, UserId(n), item, promo, 1);
                 tokio::spawn(async move {
                     let mut contended = 0;
