@@ -190,11 +190,13 @@ pub trait OrderStore: Send + Sync {
     /// `cas_retries` attempts) in the same transaction as the order insert and
     /// sales. `Ok(None)` when stock is short. Starts its COMMIT only before
     /// `commit_by`; reaching that point later, it rolls back and answers
-    /// `TooLate`. The wait for a pooled connection ends by `commit_by`; a
-    /// wait for a row lock ends at the store's lock-wait bound (MySQL: the
-    /// local transaction's bound, per connection; SQLite: its busy time-out),
-    /// both `TooLate`. No COMMIT starts after `commit_by`, whenever the
-    /// answer comes.
+    /// `TooLate`. The wait for a pooled connection (on SQLite, for this
+    /// process's one writing connection) ends by `commit_by`, `TooLate`, or
+    /// at the pool's acquire time-out when that comes first, `Db`; a wait
+    /// for a lock ends at the store's lock-wait bound (MySQL: a row lock, the
+    /// local transaction's bound, per connection; SQLite: another process's
+    /// write lock, its busy time-out), `TooLate`. No COMMIT starts after
+    /// `commit_by`, whenever the answer comes.
     async fn place_order_in_db(
         &self,
         draft: &OrderDraft,

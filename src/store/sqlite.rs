@@ -26,7 +26,7 @@ use super::*;
 /// crowd every connection waited for the lock and a plain read (an order
 /// look-up, a login) waited for a connection until the acquire time-out.
 /// Here every write goes through one connection of its own, so writers
-/// queue in the process (first come, first served, handed over at once)
+/// queue in the process (first come, first served)
 /// and readers (WAL: they never wait for the writer) keep their pool. The
 /// busy time-out still bounds a wait for another process's write lock.
 #[derive(Clone)]
@@ -57,8 +57,12 @@ impl SqliteStore {
             }
         }
         // The writer first: it creates the file and turns WAL on.
+        // Not pinged before each hand-over (sqlx's default): the file is
+        // local, and every write would pay a round trip to the connection's
+        // worker thread.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(limits.acquire_timeout)
             .connect_with(opts.clone())
             .await?;

@@ -79,7 +79,7 @@ pub async fn suite(kv: Arc<dyn KvStore>) {
             let kv = kv.clone();
             let (k, r) = (k.clone(), record(i));
             tokio::spawn(async move {
-                kv.take_permit_and_set(&k, &r, &format!("v{i}"), Duration::from_millis(1100))
+                kv.take_permit_and_set(&k, &r, &format!("v{i}"), Duration::from_secs(3))
                     .await
                     .unwrap()
             })
@@ -105,7 +105,7 @@ pub async fn suite(kv: Arc<dyn KvStore>) {
         .await
         .unwrap());
     assert_eq!(kv.get(&record(98)).await.unwrap(), None);
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    tokio::time::sleep(Duration::from_millis(3300)).await;
     for &i in &granted {
         assert_eq!(
             kv.get(&record(i)).await.unwrap(),
