@@ -53,10 +53,9 @@ pub struct PoolLimits {
     /// at least one; the order's local-transaction bound), SQLite's busy
     /// time-out on the database's one write lock while another process
     /// holds it (this process's writes take turns on one connection, bounded
-    /// by `acquire_timeout`). A deferred SQLite transaction that read first
-    /// is refused at once when another holds the lock (SQLite does not wait
-    /// to upgrade a reader); db-optimistic's compare-and-set takes that for
-    /// a lost race and reads again.
+    /// by `acquire_timeout`). SQLite does not wait to turn a transaction
+    /// that has read into a writer, so the ones that read first take the
+    /// write lock as they begin (`BEGIN IMMEDIATE`).
     pub lock_wait: std::time::Duration,
 }
 

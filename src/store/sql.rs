@@ -79,41 +79,6 @@ fn sqlite_code(e: &sqlx::Error) -> Option<i32> {
         .and_then(|s| sqlx::error::DatabaseError::code(s)?.parse::<i32>().ok())
 }
 
-/// How a write failed because another writer got there first on SQLite —
-/// another process's (this process's writers take turns on one
-/// connection). For a compare-and-set that read first, either is a lost
-/// race, tried again like a version that moved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Overtaken {
-    /// `SQLITE_BUSY_SNAPSHOT`: another writer committed since this
-    /// transaction read; read again at once.
-    Snapshot,
-    /// `SQLITE_BUSY`: another connection holds the write lock, and SQLite
-    /// refuses at once, without its busy wait, to turn a transaction that
-    /// has read into a writer. Read again after a pause: tried at once, a
-    /// retry meets the same lock and the retries are spent in a millisecond.
-    Locked,
-}
-
-pub(crate) fn overtaken_on_sqlite(e: &sqlx::Error) -> Option<Overtaken> {
-    match sqlite_code(e)? {
-        517 => Some(Overtaken::Snapshot),
-        5 => Some(Overtaken::Locked),
-        _ => None,
-    }
-}
-
-/// The pause before a compare-and-set tries again after finding SQLite's
-/// write lock taken: 1–4 ms (a writer holds it about that long), random so
-/// that the buyers who met the lock together do not meet it again
-/// together, never past `commit_by`.
-pub(crate) async fn pause_for_the_write_lock(commit_by: std::time::Instant) {
-    use rand::Rng;
-    let pause = std::time::Duration::from_micros(rand::thread_rng().gen_range(1_000..=4_000));
-    let until = (std::time::Instant::now() + pause).min(commit_by);
-    tokio::time::sleep_until(until.into()).await;
-}
-
 pub(crate) const ITEM_COLUMNS: &str =
     "i.id, i.title, i.price_cents, i.description, i.image_url, i.sales, \
      i.updated_at, s.stock FROM item i JOIN item_stock s ON s.item_id = i.id";
@@ -856,8 +821,13 @@ impl OrderStore for $store {
             let mut conn = tokio::time::timeout_at(commit_by.into(), self.writer.acquire())
                 .await
                 .map_err(|_| StoreError::TooLate)??;
-            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            let mut locked_out = false;
+            // The write lock first, as every transaction here that reads
+            // before it writes (SQLite: another process's writer is waited
+            // for, its busy time-out the bound, rather than met after the
+            // read).
+            let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin_write)
+                .await
+                .map_err(map_lock_wait)?;
             let updated = if optimistic {
                 let row = sqlx::query("SELECT stock, version FROM item_stock WHERE item_id = ?")
                     .bind(d.item_id.0)
@@ -868,24 +838,14 @@ impl OrderStore for $store {
                 if stock < d.amount {
                     return Ok(None);
                 }
-                match sqlx::query("UPDATE item_stock SET stock = stock - ?, version = version + 1 WHERE item_id = ? AND version = ?")
+                sqlx::query("UPDATE item_stock SET stock = stock - ?, version = version + 1 WHERE item_id = ? AND version = ?")
                     .bind(d.amount)
                     .bind(d.item_id.0)
                     .bind(version)
                     .execute(&mut *tx)
                     .await
-                {
-                    Ok(r) => r.rows_affected(),
-                    // Another writer first: the read is stale or cannot
-                    // become a write; read again.
-                    Err(e) => match overtaken_on_sqlite(&e) {
-                        Some(how) => {
-                            locked_out = how == Overtaken::Locked;
-                            0
-                        }
-                        None => return Err(map_lock_wait(e)),
-                    },
-                }
+                    .map_err(map_lock_wait)?
+                    .rows_affected()
             } else {
                 let n = sqlx::query(DEDUCT_STOCK)
                     .bind(d.amount)
@@ -903,11 +863,6 @@ impl OrderStore for $store {
             if updated == 0 {
                 // Lost the compare-and-set: read again (this transaction
                 // rolls back as it drops, before its connection is reused).
-                if locked_out {
-                    drop(tx);
-                    drop(conn);
-                    pause_for_the_write_lock(commit_by).await;
-                }
                 continue;
             }
             if std::time::Instant::now() >= commit_by {

@@ -321,9 +321,9 @@ async fn a_sqlite_store_waits_no_longer_than_its_configured_bounds() {
 
 /// Two processes on one SQLite file (two stores) race for its last units
 /// with pure-database orders: each process's writers queue for their own
-/// connection, and the two connections meet on the file's write lock —
-/// db-optimistic's "snapshot overtaken" and "write lock taken" retries, a
-/// db-lock order's busy wait. Nothing oversold, nothing failed.
+/// connection, and the two connections meet on the file's write lock,
+/// which every pure-database order takes first and waits for (its busy
+/// time-out the bound). Nothing oversold, nothing failed.
 #[tokio::test]
 async fn sqlite_pure_database_orders_race_across_processes() {
     let (_dir, url, a) = sqlite_store(limits(4, 10)).await;

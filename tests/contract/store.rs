@@ -523,10 +523,9 @@ async fn pure_database_orders(s: &dyn Store) {
 /// refused as sold out, or — its compare-and-set lost every one of its
 /// tries (the default 16) — refused for contention, a 429 its buyer
 /// retries; never an error because another order got the row (or, on
-/// SQLite, the file) first. A lost compare-and-set, SQLite's snapshot
-/// overtaken or its write lock taken (by another process's writer)
-/// included, is tried again. The racers take turns over `stores`: several
-/// stores on one database are several processes.
+/// SQLite, the file) first. A lost compare-and-set is tried again. The
+/// racers take turns over `stores`: several stores on one database are
+/// several processes.
 pub async fn concurrent_pure_database_orders(stores: &[Arc<dyn Store>]) {
     let s = &stores[0];
     for optimistic in [false, true] {
