@@ -226,7 +226,10 @@ impl OrderService {
                         Ok(order)
                     }
                     Ok(None) => {
-                        self.cx.sold_out.set(promo.id);
+                        // Fewer units than asked; none left only when one was.
+                        if req.amount == 1 {
+                            self.cx.sold_out.set(promo.id);
+                        }
                         Err(ServiceError::SoldOut)
                     }
                     Err(StoreError::Conflict("user_promo")) => Err(ServiceError::AlreadyBought),

@@ -2,11 +2,19 @@
 //!
 //! Admitted orders wait in a bounded queue. Batch workers take up to
 //! `batch_max` of them (waiting at most `batch_linger_ms` for the batch to
-//! fill), reserve them in the ledger in one round trip, journal the
-//! reservations as `stock_log` rows (`init`), and then send ONE
-//! transactional message for the batch whose local transaction inserts every
-//! order, adds the sales and flips the journal rows to `committed` in one DB
-//! transaction. Each caller is answered only after that commit.
+//! fill), journal them as `stock_log` rows (`init`), reserve them in the
+//! ledger in one round trip, and then send ONE transactional message for
+//! the batch whose local transaction inserts every order, adds the sales
+//! and flips the journal rows to `committed` in one DB transaction. Each
+//! caller is answered only after that commit.
+//!
+//! The journal row comes before the reservation (DESIGN.md lists it after):
+//! so no reservation ever exists without a row, and a crash or a lost
+//! ledger answer between the two leaves an `init` row the reconciler rolls
+//! back, giving back whatever was reserved. The other way round, a
+//! reservation taken just before a crash was lost to the sale for good, and
+//! its buyer counted as having bought. Orders the ledger refuses have their
+//! rows rolled back.
 //!
 //! Failure handling keeps DESIGN.md's guarantees per order: a batch whose
 //! local transaction is refused by a unique key is retried order by order
@@ -25,7 +33,7 @@ use futures::FutureExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{payment, Context, ServiceError, ServiceResult, SharedError};
+use super::{payment, Context, ServiceError, ServiceResult};
 use crate::cache::{Reservation, ReserveOutcome};
 use crate::domain::{
     ItemId, Order, OrderDraft, OrderNo, PromoId, StockLogId, StockLogStatus, UserId,
@@ -118,96 +126,155 @@ impl Worker {
     }
 
     async fn process(&self, batch: Vec<Pending>) {
+        // A caller cut off while its order waited (its request's deadline,
+        // or gone) was answered 503 and got its token back: nothing is
+        // written for it. This also bounds how long after a promo's end
+        // its orders can reach the DB (`Config::order_in_flight_bound`).
+        let batch: Vec<Pending> = batch.into_iter().filter(|p| !p.reply.is_closed()).collect();
+        if batch.is_empty() {
+            return;
+        }
         let ports = &self.cx.ports;
         let now = Utc::now();
-        let reservations: Vec<Reservation> = batch
+        let drafts: Vec<OrderDraft> = batch
             .iter()
-            .map(|p| Reservation {
-                promo: p.promo,
-                user: p.user,
-                amount: p.amount,
-                id: self.cx.ids.next_id(),
+            .map(|p| {
+                let id = self.cx.ids.next_id();
+                OrderDraft {
+                    stock_log_id: id,
+                    order_no: OrderNo::new(now, id),
+                    user_id: p.user,
+                    item_id: p.item,
+                    promo_id: p.promo,
+                    amount: p.amount,
+                    unit_price_cents: p.unit_price_cents,
+                    created_at: now,
+                }
+            })
+            .collect();
+        // The journal first: a reservation is only ever taken under an
+        // `init` row, so whatever happens after (a crash, a lost answer
+        // from the ledger, a local transaction that never ran) leaves a row
+        // that the check-back and the reconciler settle, giving the
+        // reservation back. A reservation without its row could not be
+        // found again. Bounded like the local transaction: a DB that does
+        // not answer gets 503 here, nothing reserved (a row written late
+        // stays `init` and the reconciler rolls it back).
+        let deadline = Duration::from_millis(self.cx.config.local_tx_timeout_ms);
+        let journaled =
+            match tokio::time::timeout(deadline, ports.store.insert_stock_logs(&drafts)).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {} ms", deadline.as_millis())),
+            };
+        if let Err(e) = journaled {
+            tracing::warn!(orders = drafts.len(), error = %e, "stock_log insert failed; nothing reserved");
+            for p in batch {
+                let _ = p.reply.send(Err(ServiceError::unavailable(
+                    "the database is unavailable",
+                )));
+            }
+            return;
+        }
+
+        let reservations: Vec<Reservation> = drafts
+            .iter()
+            .map(|d| Reservation {
+                promo: d.promo_id,
+                user: d.user_id,
+                amount: d.amount,
+                id: d.stock_log_id,
             })
             .collect();
         let started = Instant::now();
         let outcomes = match ports.ledger.reserve(&reservations).await {
             Ok(o) if o.len() == batch.len() => o,
-            Ok(_) => {
-                for p in batch {
-                    let _ = p.reply.send(Err(ServiceError::Internal(
-                        "ledger answered a different count".into(),
-                    )));
-                }
-                return;
-            }
-            Err(e) => {
-                let e = Arc::new(e);
-                for p in batch {
-                    let _ = p.reply.send(Err(ServiceError::Unavailable {
+            answer => {
+                // Which reservations were taken is not known (the ledger's
+                // answer was lost, or it failed part way): the journal rows
+                // are rolled back and every one given back (a no-op for an
+                // id never reserved).
+                let cause = match answer {
+                    Ok(_) => ServiceError::Internal("the ledger answered a different count".into()),
+                    Err(e) => ServiceError::Unavailable {
                         context: "the stock ledger is unavailable",
-                        source: Some(Box::new(SharedError(e.clone()))),
-                    }));
-                }
+                        source: Some(Box::new(e)),
+                    },
+                };
+                tracing::warn!(orders = drafts.len(), error = %cause, "reservation failed; settling its journal rows");
+                let group = drafts
+                    .into_iter()
+                    .zip(batch)
+                    .map(|(draft, p)| Reserved {
+                        draft,
+                        reply: p.reply,
+                    })
+                    .collect();
+                self.settle(group, cause).await;
                 return;
             }
         };
         metrics::histogram!("seckill_reservation_seconds").record(started.elapsed().as_secs_f64());
 
         let mut reserved = Vec::with_capacity(batch.len());
-        for ((p, r), outcome) in batch.into_iter().zip(reservations).zip(outcomes) {
-            match outcome {
+        let mut refused = Vec::new();
+        for ((p, draft), outcome) in batch.into_iter().zip(drafts).zip(outcomes) {
+            let answer = match outcome {
                 ReserveOutcome::Reserved { remaining } => {
                     if remaining == 0 {
                         self.cx.sold_out.set(p.promo);
                     }
-                    let draft = OrderDraft {
-                        stock_log_id: r.id,
-                        order_no: OrderNo::new(now, r.id),
-                        user_id: p.user,
-                        item_id: p.item,
-                        promo_id: p.promo,
-                        amount: p.amount,
-                        unit_price_cents: p.unit_price_cents,
-                        created_at: now,
-                    };
                     reserved.push(Reserved {
                         draft,
                         reply: p.reply,
                     });
+                    continue;
                 }
                 ReserveOutcome::SoldOut => {
-                    self.cx.sold_out.set(p.promo);
-                    let _ = p.reply.send(Err(ServiceError::SoldOut));
+                    // Fewer units than asked; none left only when one was.
+                    if p.amount == 1 {
+                        self.cx.sold_out.set(p.promo);
+                    }
+                    ServiceError::SoldOut
                 }
-                ReserveOutcome::AlreadyBought => {
-                    let _ = p.reply.send(Err(ServiceError::AlreadyBought));
-                }
-                ReserveOutcome::NotWarmed => {
-                    // Published (the order path checked) yet not loaded: the
-                    // cache lost it. Rebuilt from the DB; 503 until then.
-                    let _ = p
-                        .reply
-                        .send(Err(self.cx.recovery.reload(&self.cx, p.promo)));
-                }
-            }
+                ReserveOutcome::AlreadyBought => ServiceError::AlreadyBought,
+                // Published (the order path checked) yet not loaded: the
+                // cache lost it. Rebuilt from the DB; 503 until then.
+                ReserveOutcome::NotWarmed => self.cx.recovery.reload(&self.cx, p.promo),
+            };
+            let _ = p.reply.send(Err(answer));
+            refused.push(draft);
         }
-        if reserved.is_empty() {
+        futures::join!(
+            async {
+                if !reserved.is_empty() {
+                    self.commit(reserved).await;
+                }
+            },
+            self.discard(refused)
+        );
+    }
+
+    /// Rolls back the journal rows of orders the ledger refused (they
+    /// reserved nothing; their callers are answered). Were the ledger
+    /// rebuilt from the DB between the row and the refusal, it took the
+    /// `init` row for a reservation: given back here too. Left `init` when
+    /// the DB does not answer: the reconciler settles them.
+    async fn discard(&self, drafts: Vec<OrderDraft>) {
+        if drafts.is_empty() {
             return;
         }
-        let drafts: Vec<OrderDraft> = reserved.iter().map(|r| r.draft.clone()).collect();
-        if let Err(e) = ports.store.insert_stock_logs(&drafts).await {
-            // No journal row exists, so nobody else can settle these: give
-            // the reservations back here.
-            tracing::warn!(orders = drafts.len(), error = %e, "stock_log insert failed; giving reservations back");
-            for r in reserved {
-                self.give_back(r.draft.promo_id, r.draft.stock_log_id).await;
-                let _ = r.reply.send(Err(ServiceError::unavailable(
-                    "the database is unavailable",
-                )));
-            }
+        let ids: Vec<StockLogId> = drafts.iter().map(|d| d.stock_log_id).collect();
+        if let Err(e) = self.cx.ports.store.roll_back_stock_logs(&ids).await {
+            tracing::warn!(orders = ids.len(), error = %e, "refused orders' stock_log not rolled back now; the reconciler will");
             return;
         }
-        self.commit(reserved).await;
+        let ledger = &self.cx.ports.ledger;
+        let releases = drafts.iter().map(|d| async move {
+            if let Ok(true) = ledger.release(d.promo_id, d.stock_log_id).await {
+                self.cx.sold_out.clear(d.promo_id);
+            }
+        });
+        futures::future::join_all(releases).await;
     }
 
     /// Sends one transactional message for `group` with the local
@@ -301,6 +368,7 @@ impl Worker {
             }
         };
         let mut committed = Vec::new();
+        let mut rolled_back = Vec::new();
         for r in group {
             let status = statuses
                 .iter()
@@ -316,11 +384,20 @@ impl Worker {
                         "the order's outcome is not known yet",
                     )));
                 }
-                Some(StockLogStatus::RolledBack) | None => {
-                    self.give_back(r.draft.promo_id, r.draft.stock_log_id).await;
-                    let _ = r.reply.send(Err(clone_cause(&cause)));
-                }
+                Some(StockLogStatus::RolledBack) | None => rolled_back.push(r),
             }
+        }
+        // Given back before the answer (a buyer retrying at once finds the
+        // unit and their limit back), all at once: a slow ledger costs one
+        // wait, not one per order.
+        futures::future::join_all(
+            rolled_back
+                .iter()
+                .map(|r| self.give_back(r.draft.promo_id, r.draft.stock_log_id)),
+        )
+        .await;
+        for r in rolled_back {
+            let _ = r.reply.send(Err(clone_cause(&cause)));
         }
         payment::schedule_soon(&self.cx, committed);
     }

@@ -165,6 +165,13 @@ async fn an_order_cut_off_before_its_answer_gives_its_token_back() {
     assert!(cut_off.is_err(), "the order was not held up: {cut_off:?}");
     sqlx::query("ROLLBACK").execute(&mut *held).await.unwrap();
     drop(held);
+    // The batch goes on without its caller: journal, reservation, commit.
+    for _ in 0..200 {
+        if t.stats(promo).await["orders"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
     let stats = t.settled(promo).await;
     assert_eq!(
         (stats["orders"].as_i64(), stats["sold"].as_i64()),
@@ -601,4 +608,133 @@ async fn ledger_drift_is_repaired_only_once_it_holds_still_and_a_dry_run_changes
     assert_eq!(stats["stock_cache"], 5);
     assert_eq!(stats["stock_db"], 5);
     assert_eq!(stats["sold"], 1);
+}
+
+/// The journal row comes first: while the database cannot take it, the
+/// ledger is not touched (a reservation never exists without its row, so a
+/// crash in between cannot strand one). Past the journal's deadline the
+/// buyer gets 503 with nothing reserved, and a row written late is rolled
+/// back by the reconciler with nothing to give back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reservation_is_taken_before_its_journal_row_is_written() {
+    let t = TestApp::spawn_with(|c| {
+        c.local_tx_timeout_ms = 400;
+        c.ledger_rebuild_quiet_ms = 400;
+        c.request_timeout_ms = 5_000;
+        c.reconcile_after_secs = 0;
+    })
+    .await;
+    let (item, promo) = t.sale(3).await;
+    let users = buyers(&t, "1887", 2).await;
+    let pool = db(&t).await;
+    let mut held = pool.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let waiting = {
+        let s = t.app.state.clone();
+        let user = users[0];
+        let token = s
+            .tokens
+            .issue(user, PromoId(promo), ItemId(item), None)
+            .await
+            .unwrap()
+            .token;
+        tokio::spawn(async move {
+            s.orders
+                .place(
+                    user,
+                    PlaceOrder {
+                        promo_id: PromoId(promo),
+                        item_id: ItemId(item),
+                        amount: 1,
+                        token,
+                    },
+                )
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    assert_eq!(
+        t.stats(promo).await["stock_cache"],
+        3,
+        "nothing reserved while the journal row waits"
+    );
+    let answer = waiting.await.unwrap();
+    assert!(
+        matches!(answer, Err(ServiceError::Unavailable { .. })),
+        "past the journal's deadline: {answer:?}"
+    );
+    assert_eq!(t.stats(promo).await["stock_cache"], 3, "nothing reserved");
+    sqlx::query("ROLLBACK").execute(&mut *held).await.unwrap();
+    drop(held);
+
+    // The same buyer buys once the database answers.
+    buy(&t, users[0], promo, item)
+        .await
+        .expect("the buyer was not recorded by the failed attempt");
+    // The row the abandoned insert may have written late is settled with
+    // nothing given back.
+    let report = seckill::worker::reconciler::reconcile_once(&t.app.context, false)
+        .await
+        .unwrap();
+    assert_eq!(report.released, 0, "{report:?}");
+    let stats = t.settled(promo).await;
+    assert_eq!(
+        (stats["stock_db"].as_i64(), stats["orders"].as_i64()),
+        (Some(2), Some(1)),
+        "{stats}"
+    );
+}
+
+/// With a per-user limit above one, a buyer asking more units than are
+/// left is refused SOLD_OUT, but the promo is not sold out: the next buyer
+/// asking for what is left gets it (the refusal used to set this
+/// instance's sold-out flag for everyone). Both kinds of order path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asking_more_units_than_are_left_does_not_mark_the_promo_sold_out() {
+    use seckill::config::OrderStrategy;
+    for strategy in [OrderStrategy::WriteBehind, OrderStrategy::DbLock] {
+        let t = TestApp::spawn_with(|c| {
+            c.per_user_limit = 2;
+            c.order_strategy = strategy;
+        })
+        .await;
+        let (item, promo) = t.sale(1).await;
+        let users = buyers(&t, "1888", 2).await;
+        let s = &t.app.state;
+        let mut asks = Vec::new();
+        for (&user, amount) in users.iter().zip([2, 1]) {
+            let token = s
+                .tokens
+                .issue(user, PromoId(promo), ItemId(item), None)
+                .await
+                .unwrap()
+                .token;
+            asks.push((user, amount, token));
+        }
+        let mut answers = Vec::new();
+        for (user, amount, token) in asks {
+            answers.push(
+                s.orders
+                    .place(
+                        user,
+                        PlaceOrder {
+                            promo_id: PromoId(promo),
+                            item_id: ItemId(item),
+                            amount,
+                            token,
+                        },
+                    )
+                    .await,
+            );
+        }
+        assert!(
+            matches!(answers[0], Err(ServiceError::SoldOut)),
+            "{strategy:?}: {:?}",
+            answers[0]
+        );
+        assert!(answers[1].is_ok(), "{strategy:?}: {:?}", answers[1]);
+    }
 }
