@@ -236,6 +236,19 @@ impl Config {
     pub fn item_staleness_bound_ms(&self) -> u64 {
         self.item_cache_double_delete_ms + self.item_cache_local_ttl_ms
     }
+
+    /// How long after a promo's end an order admitted before it may still
+    /// write its first row (`stock_log`) to the DB: its request's deadline
+    /// (a write-behind batch drops the orders whose caller was cut off
+    /// before it journals them; a pure-database order commits within its
+    /// request), then the journal insert's own deadline (the local
+    /// transaction's). Past it, every order of the sale is in the DB.
+    pub fn order_in_flight_bound(&self) -> Duration {
+        Duration::from_millis(
+            self.request_timeout_ms
+                .saturating_add(self.local_tx_timeout_ms),
+        )
+    }
 }
 
 impl Default for Config {

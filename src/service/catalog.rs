@@ -278,6 +278,16 @@ impl CatalogService {
     /// Publishes a promo: loads its stock into the ledger, sets its gate
     /// counter (stock × gate factor), clears sold-out flags, then marks it
     /// published. Publishing again changes nothing.
+    ///
+    /// The ledger is warmed from the item's DB stock, one ledger per promo:
+    /// two published sales of one item would each sell that stock. So an
+    /// item has one published sale at a time — a promo is refused (409)
+    /// while another promo of its item is published and has not ended, or
+    /// ended less than `Config::order_in_flight_bound` ago (an order
+    /// admitted before the end may not have reached the DB yet), or while
+    /// an earlier sale's orders are not yet deducted from the stock. The
+    /// publishes of one item are serialized across instances by a lease,
+    /// so two admins cannot both pass these checks at once.
     pub async fn publish(&self, id: PromoId) -> ServiceResult<Promo> {
         let promo = self.load_promo(id).await?;
         if promo.published {
@@ -285,6 +295,63 @@ impl CatalogService {
         }
         if promo.state_at(Utc::now()) == PromoState::Ended {
             return Err(ServiceError::PromoEnded);
+        }
+        let kv = &self.cx.ports.kv;
+        let lease = publish_lease_key(promo.item_id);
+        // Past the admin request's deadline the publish is cut off; the
+        // lease outlives it so no other publish of the item starts while
+        // a store call of this one may still be running.
+        let lease_ttl = Duration::from_millis(self.cx.config.request_timeout_ms.saturating_mul(2));
+        if !kv
+            .set_if_absent(&lease, &self.cx.ids.node().to_string(), lease_ttl)
+            .await?
+        {
+            return Err(ServiceError::Conflict(
+                "another promo of this item is being published right now; try again in a few seconds"
+                    .into(),
+            ));
+        }
+        let result = self.publish_leased(id).await;
+        if let Err(e) = kv.delete(&lease).await {
+            tracing::warn!(item_id = %promo.item_id, error = %e, "publish lease not released; it expires");
+        }
+        result
+    }
+
+    async fn publish_leased(&self, id: PromoId) -> ServiceResult<Promo> {
+        // Read again under the lease: a publish of this promo may have won.
+        let promo = self.load_promo(id).await?;
+        if promo.published {
+            return Ok(promo);
+        }
+        let now = Utc::now();
+        let in_flight = chrono::Duration::from_std(self.cx.config.order_in_flight_bound())
+            .unwrap_or(chrono::Duration::MAX);
+        // When the last order of `o` is in the DB.
+        let settled_by = |o: &Promo| {
+            o.end_at
+                .checked_add_signed(in_flight)
+                .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
+        };
+        let others = self.cx.ports.store.promos_of_item(promo.item_id).await?;
+        if let Some(o) = others
+            .iter()
+            .find(|o| o.id != id && o.published && now < settled_by(o))
+        {
+            let when = if now < o.end_at {
+                format!("runs until {}", o.end_at.to_rfc3339())
+            } else {
+                format!(
+                    "ended at {}; its last orders may reach the database until {}",
+                    o.end_at.to_rfc3339(),
+                    settled_by(o).to_rfc3339()
+                )
+            };
+            return Err(ServiceError::Conflict(format!(
+                "the item's promo {} is published and {when}: one item has one published sale \
+                 at a time (both would sell its stock); publish this one after that",
+                o.id
+            )));
         }
         // The ledger is warmed from the DB stock: while an earlier sale of the
         // item still has reservations not settled into it, that stock is too
@@ -373,6 +440,11 @@ async fn announce(cx: &Context, item_id: ItemId) {
 /// How long a promo's gate counter is kept: until its end, and a grace.
 pub fn gate_ttl(promo: &Promo) -> Duration {
     (promo.end_at - Utc::now()).to_std().unwrap_or_default() + GATE_GRACE
+}
+
+/// The lease serializing the publishes of one item's promos.
+fn publish_lease_key(item: ItemId) -> String {
+    format!("publish:item:{item}")
 }
 
 /// The key of a promo's gate counter.

@@ -288,7 +288,7 @@ async fn the_dashboard_sees_refusals_by_reason_and_every_instance_with_its_healt
 #[tokio::test]
 async fn a_promo_is_not_published_while_an_earlier_sale_of_its_item_is_still_settling() {
     use seckill::domain::{ItemId, OrderDraft, OrderNo, PromoId, StockLogId, UserId};
-    let t = TestApp::spawn().await;
+    let t = TestApp::spawn_with(short_in_flight_bound).await;
     let item = t.item(5).await;
     let first = t.promo(item, -10, 1).await;
     t.publish(first).await;
@@ -307,7 +307,8 @@ async fn a_promo_is_not_published_while_an_earlier_sale_of_its_item_is_still_set
     };
     let store = t.app.context.ports.store.clone();
     store.insert_stock_logs(&[draft]).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // the first promo ends
+    // The first promo ends, and its in-flight bound passes.
+    tokio::time::sleep(std::time::Duration::from_millis(1000 + IN_FLIGHT_MS + 100)).await;
     let second = t.promo(item, 1, 3600).await;
     let r = t
         .call(
@@ -323,4 +324,104 @@ async fn a_promo_is_not_published_while_an_earlier_sale_of_its_item_is_still_set
     // Once it is settled, publishing works.
     store.roll_back_stock_logs(&[id]).await.unwrap();
     t.publish(second).await;
+}
+
+/// request_timeout_ms + local_tx_timeout_ms of `short_in_flight_bound`.
+const IN_FLIGHT_MS: u64 = 600;
+
+fn short_in_flight_bound(c: &mut seckill::config::Config) {
+    c.local_tx_timeout_ms = 200;
+    c.ledger_rebuild_quiet_ms = 200;
+    c.request_timeout_ms = 400;
+}
+
+/// Each promo's ledger is warmed from the item's stock: two published sales
+/// of one item would sell it twice. A second promo of the item is published
+/// only once the first has ended and its last orders had time to reach the
+/// database.
+#[tokio::test]
+async fn an_item_has_one_published_sale_at_a_time() {
+    let t = TestApp::spawn_with(short_in_flight_bound).await;
+    let item = t.item(5).await;
+    let first = t.promo(item, -10, 1).await;
+    t.publish(first).await;
+    let second = t.promo(item, 2, 3600).await;
+    let publish_second = || async {
+        t.call(
+            "POST",
+            &format!("/api/v1/admin/promos/{second}/publish"),
+            Some(ADMIN),
+            None,
+        )
+        .await
+    };
+    let r = publish_second().await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::CONFLICT, "CONFLICT")
+    );
+    let message = r.json()["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains(&format!("promo {first}")) && message.contains("runs until"),
+        "{message}"
+    );
+    assert_eq!(
+        t.stats(second).await["stock_cache"],
+        serde_json::Value::Null,
+        "not warmed"
+    );
+
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // the first ends
+    let r = publish_second().await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("may reach the database until"),
+        "{:?}",
+        r.json()
+    );
+
+    tokio::time::sleep(std::time::Duration::from_millis(IN_FLIGHT_MS)).await;
+    t.publish(second).await;
+    assert_eq!(t.stats(second).await["stock_cache"], 5);
+}
+
+/// Two admins publishing two promos of one item at the same moment: one
+/// wins, the other is refused and its promo's stock is not warmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_promos_of_one_item_published_at_once_one_wins() {
+    let t = TestApp::spawn().await;
+    for _ in 0..5 {
+        let item = t.item(5).await;
+        let a = t.promo(item, 10, 20).await;
+        let b = t.promo(item, 30, 40).await;
+        let t = &t;
+        let publish = |p: i64| async move {
+            t.call(
+                "POST",
+                &format!("/api/v1/admin/promos/{p}/publish"),
+                Some(ADMIN),
+                None,
+            )
+            .await
+        };
+        let (ra, rb) = tokio::join!(publish(a), publish(b));
+        let mut statuses = [ra.status, rb.status];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [StatusCode::OK, StatusCode::CONFLICT],
+            "{:?} {:?}",
+            ra.json(),
+            rb.json()
+        );
+        let loser = if ra.status == StatusCode::OK { b } else { a };
+        assert_eq!(
+            t.stats(loser).await["stock_cache"],
+            serde_json::Value::Null,
+            "the loser is not warmed"
+        );
+    }
 }
