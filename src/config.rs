@@ -206,7 +206,7 @@ pub struct Config {
     pub order_payment_timeout_secs: u64,
     /// Before a promo's ledger is rebuilt from the DB (Redis restarted
     /// empty, or a restarted embedded process), orders wait this long for
-    /// reservations taken before the loss to reach the DB; a drift repair
+    /// the orders in flight at the loss to reach their outcome; a drift repair
     /// also needs the sale unchanged for this long. At least the local
     /// transaction's deadline.
     pub ledger_rebuild_quiet_ms: u64,
@@ -493,7 +493,7 @@ impl Config {
         if self.ledger_rebuild_quiet_ms < self.local_tx_timeout_ms {
             return Err(ConfigError(
                 "SECKILL_LEDGER_REBUILD_QUIET_MS must be at least SECKILL_LOCAL_TX_TIMEOUT_MS \
-                 (a rebuild must not start while a reservation taken before the loss may still commit)"
+                 (a rebuild must not start while an order in flight at the loss may still commit)"
                     .into(),
             ));
         }

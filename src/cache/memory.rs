@@ -132,6 +132,11 @@ impl StockLedger for MemoryStockLedger {
         }
     }
 
+    async fn forget(&self, promo: PromoId) -> CacheResult<()> {
+        self.promos.lock().remove(&promo);
+        Ok(())
+    }
+
     async fn stock(&self, promo: PromoId) -> CacheResult<Option<i64>> {
         Ok(self.promos.lock().get(&promo).map(|p| p.stock))
     }

@@ -14,8 +14,10 @@ use crate::domain::{PromoId, SaleJournal, StockLogId, UserId};
 pub mod memory;
 pub mod redis;
 
-/// A cache failure: the backing service could not answer. Nothing the call
-/// describes happened, or, for a multi-key call, see the method's contract.
+/// A cache failure: the backing service could not answer. Usually nothing
+/// the call describes happened, but an answer lost to a time-out can hide
+/// a call that did (callers that write keep a record to settle it by: the
+/// order path's journal rows).
 #[derive(Debug, thiserror::Error)]
 #[error("cache unavailable: {context}")]
 pub struct CacheError {
@@ -96,6 +98,11 @@ pub trait StockLedger: Send + Sync {
     /// `expected` (sets or clears the sold-out flag to match). False when
     /// the stock moved meanwhile or the promo is not loaded.
     async fn adjust(&self, promo: PromoId, expected: i64, delta: i64) -> CacheResult<bool>;
+    /// Drops a promo's whole ledger (stock, limit, buyers, reservations,
+    /// flags), as if it was never warmed. Only for a promo nobody can order
+    /// from: publishing drops what an earlier, failed publish of the promo
+    /// loaded, before warming it from today's stock.
+    async fn forget(&self, promo: PromoId) -> CacheResult<()>;
     /// The promo's stock, `None` when it is not warmed.
     async fn stock(&self, promo: PromoId) -> CacheResult<Option<i64>>;
     /// Whether the sold-out flag is set.

@@ -24,7 +24,9 @@ pub struct RedisConn {
 impl RedisConn {
     /// Connects (failing fast when Redis does not answer): a connection
     /// attempt, and then each command's answer, waits at most `timeout`
-    /// (past it the call fails: 503 at the edge, nothing reserved).
+    /// (past it the call fails: 503 at the edge; a script may have run all
+    /// the same, its answer lost — the order path settles such a batch
+    /// through its journal rows).
     pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, CacheError> {
         let client = ::redis::Client::open(url).map_err(|e| CacheError::new("bad Redis URL", e))?;
         let config = ConnectionManagerConfig::new()
@@ -351,6 +353,21 @@ impl StockLedger for RedisStockLedger {
             .query_async(&mut c)
             .await
             .map_err(err("ledger read failed"))
+    }
+
+    async fn forget(&self, promo: PromoId) -> CacheResult<()> {
+        let k = self.redis.promo_keys(promo);
+        let mut c = self.redis.conn.clone();
+        ::redis::cmd("DEL")
+            .arg(&k.stock)
+            .arg(&k.limit)
+            .arg(&k.buyers)
+            .arg(&k.reservations)
+            .arg(&k.restocked)
+            .arg(&k.sold_out)
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(err("ledger delete failed"))
     }
 
     async fn sold_out(&self, promo: PromoId) -> CacheResult<bool> {

@@ -79,7 +79,7 @@ pub struct Order {
     pub created_at: DateTime<Utc>,
 }
 
-/// An order whose stock is reserved, about to be journaled and committed.
+/// An order on its way: journaled (`init`), then reserved, then committed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OrderDraft {
     pub stock_log_id: StockLogId,

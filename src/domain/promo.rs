@@ -31,8 +31,9 @@ pub struct SaleJournal {
     /// Units of the item's sales not yet settled in `db_stock` (`init`
     /// rows, committed rows not deducted yet).
     pub unsettled: i64,
-    /// Reservations still undecided (`init` rows): (id, user, units). They
-    /// must be in the rebuilt ledger so that a rollback gives them back.
+    /// Undecided orders (`init` rows): (id, user, units). A rebuilt ledger
+    /// holds them as reservations (whether or not the lost one had taken
+    /// them yet), so that a rollback gives them back.
     pub open: Vec<(crate::domain::StockLogId, crate::domain::UserId, i64)>,
     /// Units per buyer over every reservation not rolled back (the per-user
     /// limit; a cancelled order still counts).

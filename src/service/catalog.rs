@@ -306,6 +306,12 @@ impl CatalogService {
             .set_if_absent(&lease, &self.cx.ids.node().to_string(), lease_ttl)
             .await?
         {
+            // Perhaps a publish of this very promo: then it is done or
+            // about to be, and publishing again changes nothing.
+            let now = self.load_promo(id).await?;
+            if now.published {
+                return Ok(now);
+            }
             return Err(ServiceError::Conflict(
                 "another promo of this item is being published right now; try again in a few seconds"
                     .into(),
@@ -370,11 +376,13 @@ impl CatalogService {
         }
         let item = self.load_item(promo.item_id).await?;
         let cfg = &self.cx.config;
-        self.cx
-            .ports
-            .ledger
-            .warm(id, item.stock, cfg.per_user_limit)
-            .await?;
+        // An earlier publish of this promo that failed after its warm-up
+        // left a ledger loaded from the stock of then; nobody can have
+        // ordered from it (the promo is not published), so it is dropped
+        // and loaded afresh.
+        let ledger = &self.cx.ports.ledger;
+        ledger.forget(id).await?;
+        ledger.warm(id, item.stock, cfg.per_user_limit).await?;
         let gate_ttl = gate_ttl(&promo);
         self.cx
             .ports

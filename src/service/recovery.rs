@@ -4,14 +4,16 @@
 //!
 //! Until the rebuild is done the order path answers 503: a reservation
 //! would find no stock loaded. One instance rebuilds (a lease in the shared
-//! key/value store); first it waits `ledger_rebuild_quiet_ms`, so that every
-//! reservation taken before the loss has reached the DB (journalled `init`,
-//! then committed or rolled back — the local transaction's deadline bounds
-//! it). Then, from one DB transaction ([`SaleJournal`]): stock = DB stock −
-//! units reserved and not yet deducted; the buyers (per-user limit); the
-//! undecided reservations (a later rollback gives them back); the cancelled
-//! orders (never restocked twice). The gate counter is set again from the
-//! rebuilt stock.
+//! key/value store); first it waits `ledger_rebuild_quiet_ms`, so that the
+//! orders in flight at the loss reach their outcome (every reservation is
+//! journalled `init` before it is taken; its local transaction's deadline
+//! bounds the rest). Then, from one DB transaction ([`SaleJournal`]):
+//! stock = DB stock − units reserved and not yet deducted; the buyers
+//! (per-user limit); the undecided reservations, `init` rows (a later
+//! rollback gives them back); the cancelled orders (never restocked twice).
+//! An `init` row rolled back while the ledger was being written (an order
+//! refused by the missing ledger) is given back right after. The gate
+//! counter is set again from the rebuilt stock.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -116,7 +118,7 @@ async fn rebuild_leased(
     tracing::warn!(promo_id = %promo_id, quiet_ms = quiet.as_millis() as u64,
         "promo's stock ledger is missing (cache restarted empty?); orders get 503 until it is rebuilt from the DB");
     metrics::counter!("seckill_ledger_rebuilds_total", "phase" => "started").increment(1);
-    // Every reservation taken before the loss reaches the DB meanwhile.
+    // The orders in flight at the loss reach their outcome meanwhile.
     tokio::time::sleep(quiet).await;
     let journal = ports.store.sale_journal(promo_id, promo.item_id).await?;
     let stock = journal.ledger_stock();
@@ -126,6 +128,15 @@ async fn rebuild_leased(
         .await?
     {
         return Ok(RebuildOutcome::NotNeeded);
+    }
+    // An `init` row is a reservation to the rebuilt ledger; one rolled
+    // back after the journal was read (its order was refused: the ledger
+    // was missing) is given back now, or it would hold its units for good.
+    let open: Vec<_> = journal.open.iter().map(|(id, _, _)| *id).collect();
+    for (id, status) in ports.store.stock_log_statuses(&open).await? {
+        if status == crate::domain::StockLogStatus::RolledBack {
+            ports.ledger.release(promo_id, id).await?;
+        }
     }
     ports
         .kv

@@ -158,15 +158,8 @@ impl Worker {
         // that the check-back and the reconciler settle, giving the
         // reservation back. A reservation without its row could not be
         // found again. Bounded like the local transaction: a DB that does
-        // not answer gets 503 here, nothing reserved (a row written late
-        // stays `init` and the reconciler rolls it back).
-        let deadline = Duration::from_millis(self.cx.config.local_tx_timeout_ms);
-        let journaled =
-            match tokio::time::timeout(deadline, ports.store.insert_stock_logs(&drafts)).await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("no answer within {} ms", deadline.as_millis())),
-            };
-        if let Err(e) = journaled {
+        // not answer gets 503 here, nothing reserved.
+        if let Err(e) = self.journal(&drafts).await {
             tracing::warn!(orders = drafts.len(), error = %e, "stock_log insert failed; nothing reserved");
             for p in batch {
                 let _ = p.reply.send(Err(ServiceError::unavailable(
@@ -200,7 +193,7 @@ impl Worker {
                         source: Some(Box::new(e)),
                     },
                 };
-                tracing::warn!(orders = drafts.len(), error = %cause, "reservation failed; settling its journal rows");
+                tracing::warn!(orders = drafts.len(), error = %cause, "reservation failed; giving back whatever it took");
                 let group = drafts
                     .into_iter()
                     .zip(batch)
@@ -209,7 +202,7 @@ impl Worker {
                         reply: p.reply,
                     })
                     .collect();
-                self.settle(group, cause).await;
+                self.abandon(group, cause).await;
                 return;
             }
         };
@@ -252,6 +245,73 @@ impl Worker {
             },
             self.discard(refused)
         );
+    }
+
+    /// Writes the batch's `init` rows within the local transaction's
+    /// deadline. Past it the batch goes on without them (503, nothing
+    /// reserved), and rows the insert still writes afterwards (store calls
+    /// run to their end) are rolled back as soon as it is done, rather than
+    /// lying `init` (counted unsettled) until the reconciler's turn.
+    async fn journal(&self, drafts: &[OrderDraft]) -> Result<(), String> {
+        let deadline = Duration::from_millis(self.cx.config.local_tx_timeout_ms);
+        let store = self.cx.ports.store.clone();
+        let rows = drafts.to_vec();
+        let mut insert = self
+            .cx
+            .background
+            .spawn(async move { store.insert_stock_logs(&rows).await });
+        match tokio::time::timeout(deadline, &mut insert).await {
+            Ok(Ok(r)) => r.map_err(|e| e.to_string()),
+            Ok(Err(e)) => Err(format!("the insert's task failed: {e}")),
+            Err(_) => {
+                let store = self.cx.ports.store.clone();
+                let ids: Vec<StockLogId> = drafts.iter().map(|d| d.stock_log_id).collect();
+                self.cx.background.spawn(async move {
+                    if let Ok(Ok(())) = insert.await {
+                        if let Err(e) = store.roll_back_stock_logs(&ids).await {
+                            tracing::warn!(orders = ids.len(), error = %e,
+                                "late stock_log rows not rolled back now; the reconciler will");
+                        }
+                    }
+                });
+                Err(format!("no answer within {} ms", deadline.as_millis()))
+            }
+        }
+    }
+
+    /// Orders whose reservation failed without a clear answer (the
+    /// ledger's answer lost, or one promo's script failed after another's
+    /// ran): no half message was sent, so no local transaction can commit
+    /// them. Every id is given back first (a no-op for one never reserved)
+    /// and only the rows given back are rolled back; a row whose give-back
+    /// failed stays `init`, for the reconciler to roll back and give back
+    /// later (a rolled-back row is never looked at again).
+    async fn abandon(&self, group: Vec<Reserved>, cause: ServiceError) {
+        let ledger = &self.cx.ports.ledger;
+        let given_back = futures::future::join_all(group.iter().map(|r| async move {
+            let d = &r.draft;
+            match ledger.release(d.promo_id, d.stock_log_id).await {
+                Ok(released) => {
+                    if released {
+                        self.cx.sold_out.clear(d.promo_id);
+                    }
+                    Some(d.stock_log_id)
+                }
+                Err(e) => {
+                    tracing::error!(promo_id = %d.promo_id, stock_log_id = %d.stock_log_id, error = %e,
+                        "reservation not given back now; the reconciler will");
+                    None
+                }
+            }
+        }))
+        .await;
+        let ids: Vec<StockLogId> = given_back.into_iter().flatten().collect();
+        if let Err(e) = self.cx.ports.store.roll_back_stock_logs(&ids).await {
+            tracing::warn!(orders = ids.len(), error = %e, "stock_log not rolled back now; the reconciler will");
+        }
+        for r in group {
+            let _ = r.reply.send(Err(clone_cause(&cause)));
+        }
     }
 
     /// Rolls back the journal rows of orders the ledger refused (they

@@ -308,7 +308,7 @@ async fn a_promo_is_not_published_while_an_earlier_sale_of_its_item_is_still_set
     let store = t.app.context.ports.store.clone();
     store.insert_stock_logs(&[draft]).await.unwrap();
     // The first promo ends, and its in-flight bound passes.
-    tokio::time::sleep(std::time::Duration::from_millis(1000 + IN_FLIGHT_MS + 100)).await;
+    sleep_past_end(&t, first, IN_FLIGHT_MS as i64 + 50).await;
     let second = t.promo(item, 1, 3600).await;
     let r = t
         .call(
@@ -327,12 +327,28 @@ async fn a_promo_is_not_published_while_an_earlier_sale_of_its_item_is_still_set
 }
 
 /// request_timeout_ms + local_tx_timeout_ms of `short_in_flight_bound`.
-const IN_FLIGHT_MS: u64 = 600;
+const IN_FLIGHT_MS: u64 = 2_000;
 
 fn short_in_flight_bound(c: &mut seckill::config::Config) {
-    c.local_tx_timeout_ms = 200;
-    c.ledger_rebuild_quiet_ms = 200;
-    c.request_timeout_ms = 400;
+    c.local_tx_timeout_ms = 500;
+    c.ledger_rebuild_quiet_ms = 500;
+    c.request_timeout_ms = 1_500;
+}
+
+/// Sleeps until `ms` milliseconds past the promo's `end_at`.
+async fn sleep_past_end(t: &TestApp, promo: i64, ms: i64) {
+    let r = t.get("/api/v1/admin/promos", Some(ADMIN)).await.json();
+    let end_at = r["promos"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["id"] == promo))
+        .and_then(|p| p["end_at"].as_str())
+        .map(|s| chrono::DateTime::parse_from_rfc3339(s).unwrap())
+        .expect("the promo is listed");
+    let wait = end_at.with_timezone(&chrono::Utc) + chrono::Duration::milliseconds(ms)
+        - chrono::Utc::now();
+    if let Ok(wait) = wait.to_std() {
+        tokio::time::sleep(wait).await;
+    }
 }
 
 /// Each promo's ledger is warmed from the item's stock: two published sales
@@ -371,7 +387,7 @@ async fn an_item_has_one_published_sale_at_a_time() {
         "not warmed"
     );
 
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // the first ends
+    sleep_past_end(&t, first, 50).await;
     let r = publish_second().await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert!(
@@ -383,7 +399,7 @@ async fn an_item_has_one_published_sale_at_a_time() {
         r.json()
     );
 
-    tokio::time::sleep(std::time::Duration::from_millis(IN_FLIGHT_MS)).await;
+    sleep_past_end(&t, first, IN_FLIGHT_MS as i64 + 50).await;
     t.publish(second).await;
     assert_eq!(t.stats(second).await["stock_cache"], 5);
 }
@@ -424,4 +440,20 @@ async fn of_two_promos_of_one_item_published_at_once_one_wins() {
             "the loser is not warmed"
         );
     }
+}
+
+/// A publish that failed after its warm-up (the DB write refused, the
+/// request cut off) left the promo's ledger loaded from the stock of then.
+/// Publishing again loads it afresh from today's stock instead of keeping
+/// it (it would sell units another sale sold meanwhile).
+#[tokio::test]
+async fn publishing_again_after_a_failed_publish_warms_from_todays_stock() {
+    let t = TestApp::spawn().await;
+    let item = t.item(5).await;
+    let promo = t.promo(item, 10, 3600).await;
+    let ledger = t.app.state.ports.ledger.clone();
+    let p = seckill::domain::PromoId(promo);
+    ledger.warm(p, 9, 1).await.unwrap();
+    t.publish(promo).await;
+    assert_eq!(ledger.stock(p).await.unwrap(), Some(5));
 }
