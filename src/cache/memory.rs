@@ -37,8 +37,24 @@ impl MemoryStockLedger {
 #[async_trait]
 impl StockLedger for MemoryStockLedger {
     async fn warm(&self, promo: PromoId, stock: i64, per_user_limit: i64) -> CacheResult<bool> {
-        self.rebuild(promo, per_user_limit, &SaleJournal::opening(stock))
-            .await
+        let mut promos = self.promos.lock();
+        if promos
+            .get(&promo)
+            .is_some_and(|p| !p.buyers.is_empty() || !p.reservations.is_empty())
+        {
+            return Ok(false);
+        }
+        promos.insert(
+            promo,
+            PromoLedger {
+                stock,
+                limit: per_user_limit,
+                buyers: Default::default(),
+                reservations: Default::default(),
+                restocked: Default::default(),
+            },
+        );
+        Ok(true)
     }
 
     async fn reserve(&self, batch: &[Reservation]) -> CacheResult<Vec<ReserveOutcome>> {
@@ -130,11 +146,6 @@ impl StockLedger for MemoryStockLedger {
             }
             _ => Ok(false),
         }
-    }
-
-    async fn forget(&self, promo: PromoId) -> CacheResult<()> {
-        self.promos.lock().remove(&promo);
-        Ok(())
     }
 
     async fn stock(&self, promo: PromoId) -> CacheResult<Option<i64>> {

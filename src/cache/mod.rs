@@ -69,8 +69,11 @@ pub enum ReserveOutcome {
 #[async_trait]
 pub trait StockLedger: Send + Sync {
     /// Loads a promo's stock and per-user limit with no buyers, no
-    /// reservations and no sold-out flag, unless the promo is already loaded
-    /// (a second publish must not reset a running sale). True when loaded now.
+    /// reservations and no sold-out flag, unless a sale of it is going: a
+    /// buyer or a reservation recorded (a second publish must not reset a
+    /// running sale). A ledger loaded earlier that nobody bought from — a
+    /// publish that failed after its warm-up — is loaded afresh. True when
+    /// loaded now.
     async fn warm(&self, promo: PromoId, stock: i64, per_user_limit: i64) -> CacheResult<bool>;
     /// Tries each reservation in order, each atomically: stock ≥ amount and
     /// the user's units + amount ≤ the limit, then decrement, record the
@@ -98,11 +101,6 @@ pub trait StockLedger: Send + Sync {
     /// `expected` (sets or clears the sold-out flag to match). False when
     /// the stock moved meanwhile or the promo is not loaded.
     async fn adjust(&self, promo: PromoId, expected: i64, delta: i64) -> CacheResult<bool>;
-    /// Drops a promo's whole ledger (stock, limit, buyers, reservations,
-    /// flags), as if it was never warmed. Only for a promo nobody can order
-    /// from: publishing drops what an earlier, failed publish of the promo
-    /// loaded, before warming it from today's stock.
-    async fn forget(&self, promo: PromoId) -> CacheResult<()>;
     /// The promo's stock, `None` when it is not warmed.
     async fn stock(&self, promo: PromoId) -> CacheResult<Option<i64>>;
     /// Whether the sold-out flag is set.

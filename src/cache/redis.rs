@@ -183,6 +183,21 @@ if tonumber(ARGV[1]) <= 0 then redis.call('SET', KEYS[6], '1') end
 return 1
 "#;
 
+const WARM: &str = r#"
+-- KEYS: stock, limit, buyers, resv, restocked, soldout; ARGV: stock, limit
+-- A fresh sale, unless one is going: a buyer or a reservation recorded
+-- (hashes vanish with their last field).
+if redis.call('EXISTS', KEYS[1]) == 1
+  and (redis.call('EXISTS', KEYS[3]) == 1 or redis.call('EXISTS', KEYS[4]) == 1) then
+  return 0
+end
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1])
+if tonumber(ARGV[1]) <= 0 then redis.call('SET', KEYS[6], '1') end
+return 1
+"#;
+
 const ADJUST: &str = r#"
 -- KEYS: stock, soldout; ARGV: expected, delta
 local v = redis.call('GET', KEYS[1])
@@ -201,6 +216,7 @@ pub struct RedisStockLedger {
     release: Script,
     restock: Script,
     rebuild: Script,
+    warm: Script,
     adjust: Script,
 }
 
@@ -212,6 +228,7 @@ impl RedisStockLedger {
             release: Script::new(RELEASE),
             restock: Script::new(RESTOCK),
             rebuild: Script::new(REBUILD),
+            warm: Script::new(WARM),
             adjust: Script::new(ADJUST),
         }
     }
@@ -220,8 +237,22 @@ impl RedisStockLedger {
 #[async_trait]
 impl StockLedger for RedisStockLedger {
     async fn warm(&self, promo: PromoId, stock: i64, per_user_limit: i64) -> CacheResult<bool> {
-        self.rebuild(promo, per_user_limit, &SaleJournal::opening(stock))
+        let k = self.redis.promo_keys(promo);
+        let mut inv = self.warm.prepare_invoke();
+        inv.key(&k.stock)
+            .key(&k.limit)
+            .key(&k.buyers)
+            .key(&k.reservations)
+            .key(&k.restocked)
+            .key(&k.sold_out)
+            .arg(stock)
+            .arg(per_user_limit);
+        let mut c = self.redis.conn.clone();
+        let loaded: i64 = inv
+            .invoke_async(&mut c)
             .await
+            .map_err(err("ledger warm-up failed"))?;
+        Ok(loaded == 1)
     }
 
     async fn reserve(&self, batch: &[Reservation]) -> CacheResult<Vec<ReserveOutcome>> {
@@ -353,21 +384,6 @@ impl StockLedger for RedisStockLedger {
             .query_async(&mut c)
             .await
             .map_err(err("ledger read failed"))
-    }
-
-    async fn forget(&self, promo: PromoId) -> CacheResult<()> {
-        let k = self.redis.promo_keys(promo);
-        let mut c = self.redis.conn.clone();
-        ::redis::cmd("DEL")
-            .arg(&k.stock)
-            .arg(&k.limit)
-            .arg(&k.buyers)
-            .arg(&k.reservations)
-            .arg(&k.restocked)
-            .arg(&k.sold_out)
-            .query_async::<()>(&mut c)
-            .await
-            .map_err(err("ledger delete failed"))
     }
 
     async fn sold_out(&self, promo: PromoId) -> CacheResult<bool> {

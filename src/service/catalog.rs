@@ -302,20 +302,27 @@ impl CatalogService {
         // lease outlives it so no other publish of the item starts while
         // a store call of this one may still be running.
         let lease_ttl = Duration::from_millis(self.cx.config.request_timeout_ms.saturating_mul(2));
-        if !kv
+        // Another publish of the item holds the lease: wait for it (a
+        // publish takes milliseconds) — then this promo is published (a
+        // publish of this very promo: publishing again changes nothing),
+        // or the lease is free and the checks below say why not.
+        let give_up =
+            std::time::Instant::now() + Duration::from_millis(self.cx.config.request_timeout_ms);
+        while !kv
             .set_if_absent(&lease, &self.cx.ids.node().to_string(), lease_ttl)
             .await?
         {
-            // Perhaps a publish of this very promo: then it is done or
-            // about to be, and publishing again changes nothing.
             let now = self.load_promo(id).await?;
             if now.published {
                 return Ok(now);
             }
-            return Err(ServiceError::Conflict(
-                "another promo of this item is being published right now; try again in a few seconds"
-                    .into(),
-            ));
+            if std::time::Instant::now() >= give_up {
+                return Err(ServiceError::Conflict(
+                    "another promo of this item is being published right now; try again in a few seconds"
+                        .into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let result = self.publish_leased(id).await;
         if let Err(e) = kv.delete(&lease).await {
@@ -377,12 +384,14 @@ impl CatalogService {
         let item = self.load_item(promo.item_id).await?;
         let cfg = &self.cx.config;
         // An earlier publish of this promo that failed after its warm-up
-        // left a ledger loaded from the stock of then; nobody can have
-        // ordered from it (the promo is not published), so it is dropped
-        // and loaded afresh.
-        let ledger = &self.cx.ports.ledger;
-        ledger.forget(id).await?;
-        ledger.warm(id, item.stock, cfg.per_user_limit).await?;
+        // left a ledger loaded from the stock of then: nobody bought from
+        // it, so the warm-up loads it afresh. (Had that publish's DB write
+        // landed late after all, and buyers come, the sale is kept.)
+        self.cx
+            .ports
+            .ledger
+            .warm(id, item.stock, cfg.per_user_limit)
+            .await?;
         let gate_ttl = gate_ttl(&promo);
         self.cx
             .ports

@@ -129,15 +129,6 @@ async fn rebuild_leased(
     {
         return Ok(RebuildOutcome::NotNeeded);
     }
-    // An `init` row is a reservation to the rebuilt ledger; one rolled
-    // back after the journal was read (its order was refused: the ledger
-    // was missing) is given back now, or it would hold its units for good.
-    let open: Vec<_> = journal.open.iter().map(|(id, _, _)| *id).collect();
-    for (id, status) in ports.store.stock_log_statuses(&open).await? {
-        if status == crate::domain::StockLogStatus::RolledBack {
-            ports.ledger.release(promo_id, id).await?;
-        }
-    }
     ports
         .kv
         .set_counter(
@@ -150,6 +141,25 @@ async fn rebuild_leased(
         cx.sold_out.clear(promo_id);
     } else {
         cx.sold_out.set(promo_id);
+    }
+    // An `init` row is a reservation to the rebuilt ledger; one rolled
+    // back after the journal was read (its order was refused: the ledger
+    // was missing) is given back now. Best effort, after the gate: the
+    // rolling-back side gives it back too, after its rollback.
+    let open: Vec<_> = journal.open.iter().map(|(id, _, _)| *id).collect();
+    match ports.store.stock_log_statuses(&open).await {
+        Ok(statuses) => {
+            for (id, status) in statuses {
+                if status == crate::domain::StockLogStatus::RolledBack {
+                    if let Err(e) = ports.ledger.release(promo_id, id).await {
+                        tracing::warn!(promo_id = %promo_id, stock_log_id = %id, error = %e,
+                            "a reservation rolled back during the rebuild not given back");
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::warn!(promo_id = %promo_id, error = %e,
+            "cannot check the rebuilt reservations against the journal now"),
     }
     metrics::counter!("seckill_ledger_rebuilds_total", "phase" => "done").increment(1);
     tracing::warn!(

@@ -243,7 +243,7 @@ impl Worker {
                     self.commit(reserved).await;
                 }
             },
-            self.discard(refused)
+            discard(&self.cx, &refused)
         );
     }
 
@@ -264,14 +264,11 @@ impl Worker {
             Ok(Ok(r)) => r.map_err(|e| e.to_string()),
             Ok(Err(e)) => Err(format!("the insert's task failed: {e}")),
             Err(_) => {
-                let store = self.cx.ports.store.clone();
-                let ids: Vec<StockLogId> = drafts.iter().map(|d| d.stock_log_id).collect();
+                let cx = self.cx.clone();
+                let rows = drafts.to_vec();
                 self.cx.background.spawn(async move {
                     if let Ok(Ok(())) = insert.await {
-                        if let Err(e) = store.roll_back_stock_logs(&ids).await {
-                            tracing::warn!(orders = ids.len(), error = %e,
-                                "late stock_log rows not rolled back now; the reconciler will");
-                        }
+                        discard(&cx, &rows).await;
                     }
                 });
                 Err(format!("no answer within {} ms", deadline.as_millis()))
@@ -295,7 +292,7 @@ impl Worker {
                     if released {
                         self.cx.sold_out.clear(d.promo_id);
                     }
-                    Some(d.stock_log_id)
+                    Some(d.clone())
                 }
                 Err(e) => {
                     tracing::error!(promo_id = %d.promo_id, stock_log_id = %d.stock_log_id, error = %e,
@@ -305,36 +302,11 @@ impl Worker {
             }
         }))
         .await;
-        let ids: Vec<StockLogId> = given_back.into_iter().flatten().collect();
-        if let Err(e) = self.cx.ports.store.roll_back_stock_logs(&ids).await {
-            tracing::warn!(orders = ids.len(), error = %e, "stock_log not rolled back now; the reconciler will");
-        }
+        let given_back: Vec<OrderDraft> = given_back.into_iter().flatten().collect();
+        discard(&self.cx, &given_back).await;
         for r in group {
             let _ = r.reply.send(Err(clone_cause(&cause)));
         }
-    }
-
-    /// Rolls back the journal rows of orders the ledger refused (they
-    /// reserved nothing; their callers are answered). Were the ledger
-    /// rebuilt from the DB between the row and the refusal, it took the
-    /// `init` row for a reservation: given back here too. Left `init` when
-    /// the DB does not answer: the reconciler settles them.
-    async fn discard(&self, drafts: Vec<OrderDraft>) {
-        if drafts.is_empty() {
-            return;
-        }
-        let ids: Vec<StockLogId> = drafts.iter().map(|d| d.stock_log_id).collect();
-        if let Err(e) = self.cx.ports.store.roll_back_stock_logs(&ids).await {
-            tracing::warn!(orders = ids.len(), error = %e, "refused orders' stock_log not rolled back now; the reconciler will");
-            return;
-        }
-        let ledger = &self.cx.ports.ledger;
-        let releases = drafts.iter().map(|d| async move {
-            if let Ok(true) = ledger.release(d.promo_id, d.stock_log_id).await {
-                self.cx.sold_out.clear(d.promo_id);
-            }
-        });
-        futures::future::join_all(releases).await;
     }
 
     /// Sends one transactional message for `group` with the local
@@ -469,6 +441,30 @@ impl Worker {
                 "reservation not given back now; the reconciler will"),
         }
     }
+}
+
+/// Rolls back the journal rows of orders that reserved nothing here (the
+/// ledger refused them, or their reservation was given back already), then
+/// gives back each id: a no-op, unless a ledger rebuild read a row while it
+/// was still `init` and took it for a reservation — a rolled-back row is
+/// never looked at again, so it is given back now or never. Left `init`
+/// when the DB does not answer: the reconciler settles them.
+async fn discard(cx: &Context, drafts: &[OrderDraft]) {
+    if drafts.is_empty() {
+        return;
+    }
+    let ids: Vec<StockLogId> = drafts.iter().map(|d| d.stock_log_id).collect();
+    if let Err(e) = cx.ports.store.roll_back_stock_logs(&ids).await {
+        tracing::warn!(orders = ids.len(), error = %e, "stock_log not rolled back now; the reconciler will");
+        return;
+    }
+    let ledger = &cx.ports.ledger;
+    let releases = drafts.iter().map(|d| async move {
+        if let Ok(true) = ledger.release(d.promo_id, d.stock_log_id).await {
+            cx.sold_out.clear(d.promo_id);
+        }
+    });
+    futures::future::join_all(releases).await;
 }
 
 fn clone_cause(e: &ServiceError) -> ServiceError {

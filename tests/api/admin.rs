@@ -290,7 +290,7 @@ async fn a_promo_is_not_published_while_an_earlier_sale_of_its_item_is_still_set
     use seckill::domain::{ItemId, OrderDraft, OrderNo, PromoId, StockLogId, UserId};
     let t = TestApp::spawn_with(short_in_flight_bound).await;
     let item = t.item(5).await;
-    let first = t.promo(item, -10, 1).await;
+    let first = t.promo(item, -10, 3).await;
     t.publish(first).await;
     // A reservation of the first sale not yet settled into the DB stock.
     let now = chrono::Utc::now();
@@ -359,9 +359,9 @@ async fn sleep_past_end(t: &TestApp, promo: i64, ms: i64) {
 async fn an_item_has_one_published_sale_at_a_time() {
     let t = TestApp::spawn_with(short_in_flight_bound).await;
     let item = t.item(5).await;
-    let first = t.promo(item, -10, 1).await;
+    let first = t.promo(item, -10, 5).await;
     t.publish(first).await;
-    let second = t.promo(item, 2, 3600).await;
+    let second = t.promo(item, 6, 3600).await;
     let publish_second = || async {
         t.call(
             "POST",
@@ -456,4 +456,35 @@ async fn publishing_again_after_a_failed_publish_warms_from_todays_stock() {
     ledger.warm(p, 9, 1).await.unwrap();
     t.publish(promo).await;
     assert_eq!(ledger.stock(p).await.unwrap(), Some(5));
+}
+
+/// The same promo published twice at once: both answers are 200 (publishing
+/// again changes nothing), one warm-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_promo_published_twice_at_once_is_published_once() {
+    let t = TestApp::spawn().await;
+    for _ in 0..5 {
+        let item = t.item(5).await;
+        let promo = t.promo(item, 10, 20).await;
+        let uri = format!("/api/v1/admin/promos/{promo}/publish");
+        let (a, b) = tokio::join!(
+            t.call("POST", &uri, Some(ADMIN), None),
+            t.call("POST", &uri, Some(ADMIN), None)
+        );
+        assert_eq!(
+            (a.status, b.status),
+            (StatusCode::OK, StatusCode::OK),
+            "{:?} {:?}",
+            a.json(),
+            b.json()
+        );
+        assert_eq!(
+            (
+                a.json()["published"].as_bool(),
+                b.json()["published"].as_bool()
+            ),
+            (Some(true), Some(true))
+        );
+        assert_eq!(t.stats(promo).await["stock_cache"], 5);
+    }
 }
