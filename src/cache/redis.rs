@@ -90,6 +90,19 @@ struct PromoKeys {
     sold_out: String,
 }
 
+impl PromoKeys {
+    /// Every key of the promo's ledger, in the order WARM and REBUILD take
+    /// them.
+    fn load_into(&self, inv: &mut ::redis::ScriptInvocation<'_>) {
+        inv.key(&self.stock)
+            .key(&self.limit)
+            .key(&self.buyers)
+            .key(&self.reservations)
+            .key(&self.restocked)
+            .key(&self.sold_out);
+    }
+}
+
 fn err(context: &'static str) -> impl FnOnce(::redis::RedisError) -> CacheError {
     move |e| CacheError::new(context, e)
 }
@@ -239,14 +252,8 @@ impl StockLedger for RedisStockLedger {
     async fn warm(&self, promo: PromoId, stock: i64, per_user_limit: i64) -> CacheResult<bool> {
         let k = self.redis.promo_keys(promo);
         let mut inv = self.warm.prepare_invoke();
-        inv.key(&k.stock)
-            .key(&k.limit)
-            .key(&k.buyers)
-            .key(&k.reservations)
-            .key(&k.restocked)
-            .key(&k.sold_out)
-            .arg(stock)
-            .arg(per_user_limit);
+        k.load_into(&mut inv);
+        inv.arg(stock).arg(per_user_limit);
         let mut c = self.redis.conn.clone();
         let loaded: i64 = inv
             .invoke_async(&mut c)
@@ -334,13 +341,8 @@ impl StockLedger for RedisStockLedger {
     ) -> CacheResult<bool> {
         let k = self.redis.promo_keys(promo);
         let mut inv = self.rebuild.prepare_invoke();
-        inv.key(&k.stock)
-            .key(&k.limit)
-            .key(&k.buyers)
-            .key(&k.reservations)
-            .key(&k.restocked)
-            .key(&k.sold_out)
-            .arg(journal.ledger_stock())
+        k.load_into(&mut inv);
+        inv.arg(journal.ledger_stock())
             .arg(per_user_limit)
             .arg(journal.open.len());
         for (id, user, amount) in &journal.open {

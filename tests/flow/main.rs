@@ -52,6 +52,39 @@ async fn buyers(t: &TestApp, prefix: &str, n: usize) -> Vec<UserId> {
     ids
 }
 
+/// A seckill token, as the token endpoint issues it.
+async fn token(
+    s: &seckill::http::AppState,
+    user: UserId,
+    promo: i64,
+    item: i64,
+) -> Result<String, ServiceError> {
+    Ok(s.tokens
+        .issue(user, PromoId(promo), ItemId(item), None)
+        .await?
+        .token)
+}
+
+/// An order of `amount` units with `token`, as the order endpoint places it.
+async fn place(
+    s: &seckill::http::AppState,
+    user: UserId,
+    (promo, item, amount): (i64, i64, i64),
+    token: String,
+) -> Result<seckill::domain::Order, ServiceError> {
+    s.orders
+        .place(
+            user,
+            PlaceOrder {
+                promo_id: PromoId(promo),
+                item_id: ItemId(item),
+                amount,
+                token,
+            },
+        )
+        .await
+}
+
 /// Token then order through the services, as the HTTP handlers do.
 async fn buy(
     t: &TestApp,
@@ -60,21 +93,8 @@ async fn buy(
     item: i64,
 ) -> Result<seckill::domain::Order, ServiceError> {
     let s = &t.app.state;
-    let token = s
-        .tokens
-        .issue(user, PromoId(promo), ItemId(item), None)
-        .await?;
-    s.orders
-        .place(
-            user,
-            PlaceOrder {
-                promo_id: PromoId(promo),
-                item_id: ItemId(item),
-                amount: 1,
-                token: token.token,
-            },
-        )
-        .await
+    let token = token(s, user, promo, item).await?;
+    place(s, user, (promo, item, 1), token).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -634,25 +654,8 @@ async fn no_reservation_is_taken_before_its_journal_row_is_written() {
     let waiting = {
         let s = t.app.state.clone();
         let user = users[0];
-        let token = s
-            .tokens
-            .issue(user, PromoId(promo), ItemId(item), None)
-            .await
-            .unwrap()
-            .token;
-        tokio::spawn(async move {
-            s.orders
-                .place(
-                    user,
-                    PlaceOrder {
-                        promo_id: PromoId(promo),
-                        item_id: ItemId(item),
-                        amount: 1,
-                        token,
-                    },
-                )
-                .await
-        })
+        let token = token(&s, user, promo, item).await.unwrap();
+        tokio::spawn(async move { place(&s, user, (promo, item, 1), token).await })
     };
     tokio::time::sleep(std::time::Duration::from_millis(150)).await;
     assert_eq!(
@@ -720,29 +723,11 @@ async fn asking_more_units_than_are_left_does_not_mark_the_promo_sold_out() {
         let s = &t.app.state;
         let mut asks = Vec::new();
         for (&user, amount) in users.iter().zip([2, 1]) {
-            let token = s
-                .tokens
-                .issue(user, PromoId(promo), ItemId(item), None)
-                .await
-                .unwrap()
-                .token;
-            asks.push((user, amount, token));
+            asks.push((user, amount, token(s, user, promo, item).await.unwrap()));
         }
         let mut answers = Vec::new();
         for (user, amount, token) in asks {
-            answers.push(
-                s.orders
-                    .place(
-                        user,
-                        PlaceOrder {
-                            promo_id: PromoId(promo),
-                            item_id: ItemId(item),
-                            amount,
-                            token,
-                        },
-                    )
-                    .await,
-            );
+            answers.push(place(s, user, (promo, item, amount), token).await);
         }
         assert!(
             matches!(answers[0], Err(ServiceError::SoldOut)),
