@@ -89,8 +89,8 @@ pub trait StockLedger: Send + Sync {
     /// Loads a promo's ledger from what the DB knows (`journal`): stock
     /// `journal.ledger_stock()`, its buyers, its undecided reservations
     /// (so a later rollback gives them back) and the cancelled ones (never
-    /// restocked twice). Like `warm`, only when the promo is not loaded:
-    /// true when loaded now.
+    /// restocked twice). Only when the promo is not loaded (its stock key
+    /// absent): true when loaded now.
     async fn rebuild(
         &self,
         promo: PromoId,

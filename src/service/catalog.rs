@@ -305,9 +305,11 @@ impl CatalogService {
         // Another publish of the item holds the lease: wait for it (a
         // publish takes milliseconds) — then this promo is published (a
         // publish of this very promo: publishing again changes nothing),
-        // or the lease is free and the checks below say why not.
-        let give_up =
-            std::time::Instant::now() + Duration::from_millis(self.cx.config.request_timeout_ms);
+        // or the lease is free and the checks below say why not. A quarter
+        // of the request's deadline at most: a lease left by a publish cut
+        // off gets a 409 saying so, and a waiter keeps the time to publish.
+        let give_up = std::time::Instant::now()
+            + Duration::from_millis(self.cx.config.request_timeout_ms / 4);
         while !kv
             .set_if_absent(&lease, &self.cx.ids.node().to_string(), lease_ttl)
             .await?
@@ -386,23 +388,26 @@ impl CatalogService {
         // An earlier publish of this promo that failed after its warm-up
         // left a ledger loaded from the stock of then: nobody bought from
         // it, so the warm-up loads it afresh. (Had that publish's DB write
-        // landed late after all, and buyers come, the sale is kept.)
-        self.cx
+        // landed late after all, and buyers come, the sale is kept, and so
+        // are its gate and its flags.)
+        let loaded = self
+            .cx
             .ports
             .ledger
             .warm(id, item.stock, cfg.per_user_limit)
             .await?;
-        let gate_ttl = gate_ttl(&promo);
-        self.cx
-            .ports
-            .kv
-            .set_counter(
-                &gate_key(id),
-                item.stock.saturating_mul(i64::from(cfg.gate_factor)),
-                gate_ttl,
-            )
-            .await?;
-        self.cx.sold_out.clear(id);
+        if loaded {
+            self.cx
+                .ports
+                .kv
+                .set_counter(
+                    &gate_key(id),
+                    item.stock.saturating_mul(i64::from(cfg.gate_factor)),
+                    gate_ttl(&promo),
+                )
+                .await?;
+            self.cx.sold_out.clear(id);
+        }
         let baseline = PromoBaseline {
             stock: item.stock,
             sales: item.sales,

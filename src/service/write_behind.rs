@@ -454,12 +454,20 @@ async fn discard(cx: &Context, drafts: &[OrderDraft]) {
         return;
     }
     let ids: Vec<StockLogId> = drafts.iter().map(|d| d.stock_log_id).collect();
-    if let Err(e) = cx.ports.store.roll_back_stock_logs(&ids).await {
-        tracing::warn!(orders = ids.len(), error = %e, "stock_log not rolled back now; the reconciler will");
-        return;
-    }
+    let statuses = match cx.ports.store.roll_back_stock_logs(&ids).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(orders = ids.len(), error = %e, "stock_log not rolled back now; the reconciler will");
+            return;
+        }
+    };
+    let rolled_back = |d: &&OrderDraft| {
+        statuses
+            .iter()
+            .any(|(id, s)| *id == d.stock_log_id && *s == StockLogStatus::RolledBack)
+    };
     let ledger = &cx.ports.ledger;
-    let releases = drafts.iter().map(|d| async move {
+    let releases = drafts.iter().filter(rolled_back).map(|d| async move {
         if let Ok(true) = ledger.release(d.promo_id, d.stock_log_id).await {
             cx.sold_out.clear(d.promo_id);
         }
