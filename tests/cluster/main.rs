@@ -160,10 +160,21 @@ async fn a_thousand_buyers_through_nginx_buy_exactly_the_hundred_units() {
         .await,
         100
     );
+    // Every journal row settled: the orders' committed, and the rows of
+    // orders the ledger refused (sold out) rolled back.
     assert_eq!(
         scalar(
             &pool,
-            "SELECT COUNT(*) FROM stock_log WHERE promo_id = ? AND status <> 'committed'",
+            "SELECT COUNT(*) FROM stock_log WHERE promo_id = ? AND status = 'committed'",
+            p
+        )
+        .await,
+        100
+    );
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT COUNT(*) FROM stock_log WHERE promo_id = ? AND status NOT IN ('committed', 'rolled_back')",
             p
         )
         .await,
