@@ -256,18 +256,18 @@ impl Worker {
         let deadline = Duration::from_millis(self.cx.config.local_tx_timeout_ms);
         let store = self.cx.ports.store.clone();
         let rows = drafts.to_vec();
-        let mut insert = self
-            .cx
-            .background
-            .spawn(async move { store.insert_stock_logs(&rows).await });
+        // Awaited here; only when it overruns does it move to a task of its
+        // own (the store runs it to its end anyway) to be watched there.
+        let mut insert = Box::pin(async move {
+            let r = store.insert_stock_logs(&rows).await;
+            (r, rows)
+        });
         match tokio::time::timeout(deadline, &mut insert).await {
-            Ok(Ok(r)) => r.map_err(|e| e.to_string()),
-            Ok(Err(e)) => Err(format!("the insert's task failed: {e}")),
+            Ok((r, _)) => r.map_err(|e| e.to_string()),
             Err(_) => {
                 let cx = self.cx.clone();
-                let rows = drafts.to_vec();
                 self.cx.background.spawn(async move {
-                    if let Ok(Ok(())) = insert.await {
+                    if let (Ok(()), rows) = insert.await {
                         discard(&cx, &rows).await;
                     }
                 });

@@ -23,6 +23,17 @@ async fn db(t: &TestApp) -> sqlx::SqlitePool {
         .unwrap()
 }
 
+/// Another connection holding the database's write lock (`ROLLBACK` on it
+/// lets go).
+async fn hold_write_lock(t: &TestApp) -> sqlx::pool::PoolConnection<sqlx::Sqlite> {
+    let mut held = db(t).await.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    held
+}
+
 /// Creates `n` users straight in the store; returns their ids.
 async fn buyers(t: &TestApp, prefix: &str, n: usize) -> Vec<UserId> {
     let users: Vec<NewUser> = (0..n)
@@ -171,12 +182,7 @@ async fn an_order_cut_off_before_its_answer_gives_its_token_back() {
     };
     // Another connection holds the database's write lock: the order's
     // batch waits for it.
-    let pool = db(&t).await;
-    let mut held = pool.acquire().await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *held)
-        .await
-        .unwrap();
+    let mut held = hold_write_lock(&t).await;
     let cut_off = tokio::time::timeout(
         std::time::Duration::from_millis(300),
         s.orders.place(user, order()),
@@ -645,12 +651,7 @@ async fn no_reservation_is_taken_before_its_journal_row_is_written() {
     .await;
     let (item, promo) = t.sale(3).await;
     let users = buyers(&t, "1887", 2).await;
-    let pool = db(&t).await;
-    let mut held = pool.acquire().await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *held)
-        .await
-        .unwrap();
+    let mut held = hold_write_lock(&t).await;
     let waiting = {
         let s = t.app.state.clone();
         let user = users[0];
