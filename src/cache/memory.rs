@@ -281,6 +281,16 @@ impl KvStore for MemoryKvStore {
         Ok(true)
     }
 
+    async fn delete_if_equals(&self, key: &str, value: &str) -> CacheResult<bool> {
+        let mut map = self.map.lock();
+        let held = matches!(map.get(key),
+            Some((Value::Text(v), exp)) if v == value && *exp > Instant::now());
+        if held {
+            map.remove(key);
+        }
+        Ok(held)
+    }
+
     async fn set_counter(&self, key: &str, value: i64, ttl: Duration) -> CacheResult<()> {
         self.insert(key, Value::Counter(value), ttl);
         Ok(())

@@ -119,6 +119,10 @@ pub trait KvStore: Send + Sync {
     async fn delete(&self, key: &str) -> CacheResult<()>;
     /// Sets `key` only when it is absent (a lease): true when set now.
     async fn set_if_absent(&self, key: &str, value: &str, ttl: Duration) -> CacheResult<bool>;
+    /// Deletes `key` only while it holds `value` — a lease given back by its
+    /// holder alone, never one that expired and was taken by another. True
+    /// when deleted now.
+    async fn delete_if_equals(&self, key: &str, value: &str) -> CacheResult<bool>;
     /// Sets an integer counter (a promo's gate) with a TTL.
     async fn set_counter(&self, key: &str, value: i64, ttl: Duration) -> CacheResult<()>;
     /// Takes one permit from the counter `gate` and, when one was there, sets

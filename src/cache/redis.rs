@@ -414,10 +414,19 @@ end
 return 0
 "#;
 
+/// KEYS: key. ARGV: the value it must hold to be deleted.
+const DELETE_IF_EQUALS: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
 /// Key/value state in Redis.
 pub struct RedisKvStore {
     redis: RedisConn,
     take_permit_and_set: Script,
+    delete_if_equals: Script,
 }
 
 impl RedisKvStore {
@@ -425,6 +434,7 @@ impl RedisKvStore {
         RedisKvStore {
             redis,
             take_permit_and_set: Script::new(TAKE_PERMIT_AND_SET),
+            delete_if_equals: Script::new(DELETE_IF_EQUALS),
         }
     }
 
@@ -495,6 +505,18 @@ impl KvStore for RedisKvStore {
             .await
             .map_err(err("Redis SET NX failed"))?;
         Ok(set.is_some())
+    }
+
+    async fn delete_if_equals(&self, key: &str, value: &str) -> CacheResult<bool> {
+        let mut c = self.redis.conn.clone();
+        let n: i64 = self
+            .delete_if_equals
+            .key(self.redis.key(key))
+            .arg(value)
+            .invoke_async(&mut c)
+            .await
+            .map_err(err("Redis conditional DEL failed"))?;
+        Ok(n == 1)
     }
 
     async fn set_counter(&self, key: &str, value: i64, ttl: Duration) -> CacheResult<()> {

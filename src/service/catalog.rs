@@ -310,10 +310,8 @@ impl CatalogService {
         // off gets a 409 saying so, and a waiter keeps the time to publish.
         let give_up = std::time::Instant::now()
             + Duration::from_millis(self.cx.config.request_timeout_ms / 4);
-        while !kv
-            .set_if_absent(&lease, &self.cx.ids.node().to_string(), lease_ttl)
-            .await?
-        {
+        let holder = self.cx.lease_holder();
+        while !kv.set_if_absent(&lease, &holder, lease_ttl).await? {
             let now = self.load_promo(id).await?;
             if now.published {
                 return Ok(now);
@@ -327,7 +325,7 @@ impl CatalogService {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let result = self.publish_leased(id).await;
-        if let Err(e) = kv.delete(&lease).await {
+        if let Err(e) = kv.delete_if_equals(&lease, &holder).await {
             tracing::warn!(item_id = %promo.item_id, error = %e, "publish lease not released; it expires");
         }
         result

@@ -183,6 +183,15 @@ pub struct Context {
 }
 
 impl Context {
+    /// A value no other lease holder uses (this node, a fresh id): a lease
+    /// is given back with [`KvStore::delete_if_equals`] on it, so a holder
+    /// that outlived its lease never deletes the next holder's.
+    ///
+    /// [`KvStore::delete_if_equals`]: crate::cache::KvStore::delete_if_equals
+    pub fn lease_holder(&self) -> String {
+        format!("{}:{}", self.ids.node(), self.ids.next_id())
+    }
+
     /// Whether this process answers "sold out" at once, from its own flag:
     /// set within `local_sold_out_ttl_ms`, yes, no round trip. A lapsed flag
     /// (write-behind, where the shared ledger knows) is looked at again by

@@ -86,15 +86,20 @@ pub async fn rebuild(cx: &Context, promo_id: PromoId) -> anyhow::Result<RebuildO
     let ports = &cx.ports;
     let quiet = Duration::from_millis(cx.config.ledger_rebuild_quiet_ms);
     let lease_ttl = quiet + Duration::from_secs(60);
+    let holder = cx.lease_holder();
     if !ports
         .kv
-        .set_if_absent(&lease_key(promo_id), &cx.ids.node().to_string(), lease_ttl)
+        .set_if_absent(&lease_key(promo_id), &holder, lease_ttl)
         .await?
     {
         return Ok(RebuildOutcome::NotNeeded);
     }
     let result = rebuild_leased(cx, promo_id, quiet).await;
-    if let Err(e) = ports.kv.delete(&lease_key(promo_id)).await {
+    if let Err(e) = ports
+        .kv
+        .delete_if_equals(&lease_key(promo_id), &holder)
+        .await
+    {
         tracing::warn!(promo_id = %promo_id, error = %e, "rebuild lease not released; it expires");
     }
     result

@@ -51,7 +51,17 @@ pub async fn suite(kv: Arc<dyn KvStore>) {
             .unwrap(),
         "expired lease taken"
     );
-    kv.delete(&k).await.unwrap();
+    assert!(
+        !kv.delete_if_equals(&k, "a").await.unwrap(),
+        "an expired holder does not give back the lease another took"
+    );
+    assert_eq!(kv.get(&k).await.unwrap().as_deref(), Some("c"));
+    assert!(
+        kv.delete_if_equals(&k, "c").await.unwrap(),
+        "its holder does"
+    );
+    assert_eq!(kv.get(&k).await.unwrap(), None);
+    assert!(!kv.delete_if_equals(&k, "c").await.unwrap(), "once");
 
     let k = key("del");
     kv.set(&k, "v", Duration::from_secs(10)).await.unwrap();
