@@ -200,6 +200,9 @@ pub struct Config {
     /// reconciler.
     pub reconcile_after_secs: u64,
     pub reconcile_interval_secs: u64,
+    /// The reconciler sweeps a promo's reservation records (write-behind)
+    /// while it is on sale and this long after its end.
+    pub ledger_sweep_after_end_secs: u64,
     /// An unpaid order is cancelled (its units given back) this long after
     /// it was placed: a delayed message (a timer in the embedded default),
     /// with the reconciler's sweep behind it.
@@ -317,6 +320,7 @@ impl Default for Config {
             tx_check_max: 15,
             reconcile_after_secs: 60,
             reconcile_interval_secs: 10,
+            ledger_sweep_after_end_secs: 3_600,
             order_payment_timeout_secs: 15 * 60,
             ledger_rebuild_quiet_ms: 6_000,
             request_timeout_ms: 15_000,

@@ -65,6 +65,9 @@ impl StockLedger for MemoryStockLedger {
                 let Some(p) = promos.get_mut(&r.promo) else {
                     return ReserveOutcome::NotWarmed;
                 };
+                if p.reservations.contains_key(&r.id) {
+                    return ReserveOutcome::Reserved { remaining: p.stock };
+                }
                 let bought = p.buyers.get(&r.user).copied().unwrap_or(0);
                 if bought + r.amount > p.limit {
                     return ReserveOutcome::AlreadyBought;
@@ -96,6 +99,23 @@ impl StockLedger for MemoryStockLedger {
             }
         }
         Ok(true)
+    }
+
+    async fn reservations(&self, promo: PromoId) -> CacheResult<Vec<StockLogId>> {
+        let promos = self.promos.lock();
+        Ok(promos
+            .get(&promo)
+            .map(|p| p.reservations.keys().copied().collect())
+            .unwrap_or_default())
+    }
+
+    async fn forget_committed(&self, promo: PromoId, ids: &[StockLogId]) -> CacheResult<()> {
+        if let Some(p) = self.promos.lock().get_mut(&promo) {
+            for id in ids {
+                p.reservations.remove(id);
+            }
+        }
+        Ok(())
     }
 
     async fn restock(&self, promo: PromoId, id: StockLogId, amount: i64) -> CacheResult<bool> {

@@ -79,10 +79,21 @@ pub trait StockLedger: Send + Sync {
     /// the user's units + amount ≤ the limit, then decrement, record the
     /// buyer and the reservation, and set the sold-out flag at zero. One
     /// round trip for the whole slice; the outcomes are in the same order.
+    /// Idempotent per id: an id the ledger already holds — a rebuild loaded
+    /// it from its `init` journal row before the batch reserved it — is
+    /// answered `Reserved` and not taken a second time.
     async fn reserve(&self, batch: &[Reservation]) -> CacheResult<Vec<ReserveOutcome>>;
     /// The exact inverse of a reservation (stock back, buyer's units back,
     /// sold-out flag cleared). Idempotent: true only the first time.
     async fn release(&self, promo: PromoId, id: StockLogId) -> CacheResult<bool>;
+    /// The ids of the reservations the ledger holds: in flight, committed
+    /// and not forgotten yet, or rolled back and not given back (the
+    /// reconciler's sweep holds each against its journal row).
+    async fn reservations(&self, promo: PromoId) -> CacheResult<Vec<StockLogId>>;
+    /// Drops the records of committed reservations: their units stay sold
+    /// and their buyers recorded; a committed order is never given back,
+    /// so its record would only cost every later sweep a look.
+    async fn forget_committed(&self, promo: PromoId, ids: &[StockLogId]) -> CacheResult<()>;
     /// Gives back the units of a cancelled order (the buyer stays recorded:
     /// one order per user per promo). Idempotent per id: true the first time.
     async fn restock(&self, promo: PromoId, id: StockLogId, amount: i64) -> CacheResult<bool>;

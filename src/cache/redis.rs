@@ -111,7 +111,9 @@ const RESERVE: &str = r#"
 -- KEYS: stock, limit, buyers, resv, soldout
 -- ARGV: count, then (user, amount, id) per reservation
 -- Answers per reservation: remaining stock (>= 0), -1 sold out,
--- -2 per-user limit, -3 not warmed.
+-- -2 per-user limit, -3 not warmed. An id the ledger already holds (a
+-- rebuild loaded it from its journal row) is answered as reserved and
+-- taken no second time.
 local n = tonumber(ARGV[1])
 local out = {}
 local stock = redis.call('GET', KEYS[1])
@@ -126,7 +128,9 @@ for i = 0, n - 1 do
   local amount = tonumber(ARGV[3 + i * 3])
   local id = ARGV[4 + i * 3]
   local bought = tonumber(redis.call('HGET', KEYS[3], user) or '0')
-  if bought + amount > limit then
+  if redis.call('HEXISTS', KEYS[4], id) == 1 then
+    out[i + 1] = stock
+  elseif bought + amount > limit then
     out[i + 1] = -2
   elseif stock < amount then
     out[i + 1] = -1
@@ -315,6 +319,31 @@ impl StockLedger for RedisStockLedger {
             .await
             .map_err(err("ledger release failed"))?;
         Ok(done == 1)
+    }
+
+    async fn reservations(&self, promo: PromoId) -> CacheResult<Vec<StockLogId>> {
+        let k = self.redis.promo_keys(promo);
+        let mut c = self.redis.conn.clone();
+        let ids: Vec<i64> = ::redis::cmd("HKEYS")
+            .arg(&k.reservations)
+            .query_async(&mut c)
+            .await
+            .map_err(err("ledger read failed"))?;
+        Ok(ids.into_iter().map(StockLogId).collect())
+    }
+
+    async fn forget_committed(&self, promo: PromoId, ids: &[StockLogId]) -> CacheResult<()> {
+        let k = self.redis.promo_keys(promo);
+        let mut c = self.redis.conn.clone();
+        for chunk in ids.chunks(1000) {
+            ::redis::cmd("HDEL")
+                .arg(&k.reservations)
+                .arg(chunk.iter().map(|id| id.0).collect::<Vec<_>>())
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(err("ledger write failed"))?;
+        }
+        Ok(())
     }
 
     async fn restock(&self, promo: PromoId, id: StockLogId, amount: i64) -> CacheResult<bool> {

@@ -282,7 +282,7 @@ impl Worker {
     /// them. Every id is given back first (a no-op for one never reserved)
     /// and only the rows given back are rolled back; a row whose give-back
     /// failed stays `init`, for the reconciler to roll back and give back
-    /// later (a rolled-back row is never looked at again).
+    /// later.
     async fn abandon(&self, group: Vec<Reserved>, cause: ServiceError) {
         let ledger = &self.cx.ports.ledger;
         let given_back = futures::future::join_all(group.iter().map(|r| async move {
@@ -437,17 +437,24 @@ impl Worker {
     async fn give_back(&self, promo: PromoId, id: StockLogId) {
         match self.cx.ports.ledger.release(promo, id).await {
             Ok(_) => self.cx.sold_out.clear(promo),
-            Err(e) => tracing::error!(promo_id = %promo, stock_log_id = %id, error = %e,
-                "reservation not given back now; the reconciler will"),
+            Err(e) => stranded(promo, id, &e),
         }
     }
+}
+
+/// A rolled-back row whose reservation could not be given back: the
+/// reconciler's sweep finds its record in the ledger and gives it back.
+pub(crate) fn stranded(promo: PromoId, id: StockLogId, e: &dyn std::fmt::Display) {
+    metrics::counter!("seckill_reservations_stranded_total").increment(1);
+    tracing::error!(promo_id = %promo, stock_log_id = %id, error = %e,
+        "rolled-back reservation not given back (the cache failed); the reconciler's sweep gives it back");
 }
 
 /// Rolls back the journal rows of orders that reserved nothing here (the
 /// ledger refused them, or their reservation was given back already), then
 /// gives back each id: a no-op, unless a ledger rebuild read a row while it
-/// was still `init` and took it for a reservation — a rolled-back row is
-/// never looked at again, so it is given back now or never. Left `init`
+/// was still `init` and took it for a reservation (a give-back that fails
+/// is left to the reconciler's sweep of reservation records). Left `init`
 /// when the DB does not answer: the reconciler settles them.
 async fn discard(cx: &Context, drafts: &[OrderDraft]) {
     if drafts.is_empty() {
@@ -468,8 +475,10 @@ async fn discard(cx: &Context, drafts: &[OrderDraft]) {
     };
     let ledger = &cx.ports.ledger;
     let releases = drafts.iter().filter(rolled_back).map(|d| async move {
-        if let Ok(true) = ledger.release(d.promo_id, d.stock_log_id).await {
-            cx.sold_out.clear(d.promo_id);
+        match ledger.release(d.promo_id, d.stock_log_id).await {
+            Ok(true) => cx.sold_out.clear(d.promo_id),
+            Ok(false) => {}
+            Err(e) => stranded(d.promo_id, d.stock_log_id, &e),
         }
     });
     futures::future::join_all(releases).await;

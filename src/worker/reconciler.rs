@@ -11,22 +11,32 @@
 //!    race), and the reservation given back;
 //! 3. cancels unpaid orders `reconcile_after_secs` past their payment time
 //!    (the delayed message normally did it first);
-//! 4. for each promo on sale (write-behind): rebuilds a ledger the cache
+//! 4. for each promo on sale or ended less than `ledger_sweep_after_end_secs`
+//!    ago (write-behind), holds every reservation record of the ledger
+//!    against its journal row: `committed` — the record is dropped (the
+//!    units stay sold, the buyer recorded); `rolled_back` — given back now
+//!    (a give-back that failed when the cache did: a rolled-back row is
+//!    never looked at again otherwise, and its buyer would stay recorded);
+//!    `init` — left alone (in flight, or step 2's);
+//! 5. for each promo on sale (write-behind): rebuilds a ledger the cache
 //!    lost, and compares the ledger's stock with the DB's — DB stock less
 //!    the units reserved and not yet deducted. A difference that stays the
 //!    same while nothing in the sale moves for `ledger_rebuild_quiet_ms`
 //!    (two passes) is drift — a reservation not given back when the cache
 //!    failed, say — and is repaired with a compare-and-set on the ledger,
 //!    one audit log line per repair. A moving sale is never "repaired":
-//!    its differences are reservations in flight.
+//!    its differences are reservations in flight. Nor is a promo whose
+//!    sweep (step 4) found a rolled-back record it could not give back this
+//!    pass: repairing the stock and later giving the record back would
+//!    count its units twice.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
 use crate::config::OrderStrategy;
-use crate::domain::{PromoId, PromoState, StockLogStatus};
+use crate::domain::{Promo, PromoId, PromoState, StockLogStatus};
 use crate::service::{payment, Context};
 
 /// A promo whose ledger and DB disagree.
@@ -52,6 +62,13 @@ pub struct ReconcileReport {
     pub released: usize,
     /// Unpaid orders past their time cancelled by the sweep.
     pub unpaid_cancelled: usize,
+    /// Reservation records of committed orders dropped from the ledgers.
+    pub records_forgotten: usize,
+    /// Rolled-back reservations still held by a ledger (a give-back that
+    /// failed), given back now.
+    pub stranded_given_back: usize,
+    /// Of those, the ones whose give-back failed again (tried next pass).
+    pub stranded_pending: usize,
     /// Promos on sale whose ledger was missing (a rebuild was started).
     pub ledgers_missing: usize,
     /// Promos whose ledger disagrees with the DB.
@@ -95,7 +112,29 @@ impl Reconciler {
             report.unpaid_cancelled = payment::sweep(cx, grace, 1000).await?;
         }
         if cx.config.order_strategy == OrderStrategy::WriteBehind {
-            self.check_ledgers(cx, dry_run, &mut report).await?;
+            let now = Utc::now();
+            let swept_until = chrono::Duration::seconds(
+                i64::try_from(cx.config.ledger_sweep_after_end_secs).unwrap_or(i64::MAX),
+            );
+            let published: Vec<Promo> = cx
+                .ports
+                .store
+                .promos(1000)
+                .await?
+                .into_iter()
+                .filter(|p| {
+                    p.published
+                        && p.end_at
+                            .checked_add_signed(swept_until)
+                            .is_none_or(|t| now < t)
+                })
+                .collect();
+            let unsettled = sweep_reservations(cx, &published, dry_run, &mut report).await?;
+            let live = published
+                .into_iter()
+                .filter(|p| p.state_at(now) != PromoState::Ended && !unsettled.contains(&p.id))
+                .collect();
+            self.check_ledgers(cx, live, dry_run, &mut report).await?;
         }
         Ok(report)
     }
@@ -103,18 +142,11 @@ impl Reconciler {
     async fn check_ledgers(
         &mut self,
         cx: &Context,
+        live: Vec<Promo>,
         dry_run: bool,
         report: &mut ReconcileReport,
     ) -> anyhow::Result<()> {
         let ports = &cx.ports;
-        let now = Utc::now();
-        let live: Vec<_> = ports
-            .store
-            .promos(1000)
-            .await?
-            .into_iter()
-            .filter(|p| p.published && p.state_at(now) != PromoState::Ended)
-            .collect();
         self.seen.retain(|id, _| live.iter().any(|p| p.id == *id));
         let quiet = Duration::from_millis(cx.config.ledger_rebuild_quiet_ms);
         for promo in live {
@@ -192,6 +224,62 @@ impl Reconciler {
     }
 }
 
+/// Step 4: each reservation record of `promos`' ledgers held against its
+/// journal row (see the module docs). The promos left with a rolled-back
+/// record not given back are returned: no drift repair for them this pass.
+async fn sweep_reservations(
+    cx: &Context,
+    promos: &[Promo],
+    dry_run: bool,
+    report: &mut ReconcileReport,
+) -> anyhow::Result<HashSet<PromoId>> {
+    let ledger = &cx.ports.ledger;
+    let mut unsettled = HashSet::new();
+    for promo in promos {
+        let ids = ledger.reservations(promo.id).await?;
+        for chunk in ids.chunks(1000) {
+            let statuses = cx.ports.store.stock_log_statuses(chunk).await?;
+            let committed: Vec<_> = statuses
+                .iter()
+                .filter(|(_, s)| *s == StockLogStatus::Committed)
+                .map(|(id, _)| *id)
+                .collect();
+            let rolled_back = statuses
+                .iter()
+                .filter(|(_, s)| *s == StockLogStatus::RolledBack)
+                .map(|(id, _)| *id);
+            if dry_run {
+                report.records_forgotten += committed.len();
+                report.stranded_pending += rolled_back.count();
+                continue;
+            }
+            ledger.forget_committed(promo.id, &committed).await?;
+            report.records_forgotten += committed.len();
+            for id in rolled_back {
+                match ledger.release(promo.id, id).await {
+                    Ok(released) => {
+                        if released {
+                            report.stranded_given_back += 1;
+                            cx.sold_out.clear(promo.id);
+                            tracing::warn!(promo_id = %promo.id, stock_log_id = %id,
+                                "audit: reconciler gave back a rolled-back reservation the ledger still held");
+                        }
+                    }
+                    Err(e) => {
+                        report.stranded_pending += 1;
+                        unsettled.insert(promo.id);
+                        tracing::warn!(promo_id = %promo.id, stock_log_id = %id, error = %e,
+                            "rolled-back reservation still not given back; next pass");
+                    }
+                }
+            }
+        }
+    }
+    metrics::counter!("seckill_reconciled_total", "outcome" => "stranded_given_back")
+        .increment(report.stranded_given_back as u64);
+    Ok(unsettled)
+}
+
 /// Steps 1 and 2: replays lost deductions and settles stale `init` rows.
 async fn settle_journal(cx: &Context, dry_run: bool) -> anyhow::Result<ReconcileReport> {
     let before = Utc::now() - chrono::Duration::seconds(cx.config.reconcile_after_secs as i64);
@@ -222,9 +310,16 @@ async fn settle_journal(cx: &Context, dry_run: bool) -> anyhow::Result<Reconcile
         match statuses.iter().find(|(i, _)| *i == id).map(|(_, s)| *s) {
             Some(StockLogStatus::RolledBack) => {
                 report.rolled_back += 1;
-                if cx.ports.ledger.release(promo, id).await? {
-                    report.released += 1;
-                    cx.sold_out.clear(promo);
+                // Rolled back for good: a failed give-back is not retried
+                // (the row is not `init` any more), so one failure must not
+                // stop the others.
+                match cx.ports.ledger.release(promo, id).await {
+                    Ok(true) => {
+                        report.released += 1;
+                        cx.sold_out.clear(promo);
+                    }
+                    Ok(false) => {}
+                    Err(e) => crate::service::write_behind::stranded(promo, id, &e),
                 }
                 tracing::warn!(stock_log_id = %id, promo_id = %promo, "reconciler: stale reservation rolled back and given back");
             }

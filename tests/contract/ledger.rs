@@ -40,6 +40,69 @@ where
     a_rebuilt_ledger_holds_the_journal_and_loads_once(make().await).await;
     adjust_is_a_compare_and_set(make().await).await;
     an_untouched_ledger_is_warmed_afresh(make().await).await;
+    a_reservation_the_ledger_holds_is_not_taken_twice(make().await).await;
+    reservation_records_are_listed_and_committed_ones_forgotten(make().await).await;
+}
+
+async fn reservation_records_are_listed_and_committed_ones_forgotten(l: Arc<dyn StockLedger>) {
+    let p = fresh_promo();
+    assert!(l.reservations(p).await.unwrap().is_empty(), "not loaded");
+    assert!(l.warm(p, 5, 2).await.unwrap());
+    l.reserve(&[r(p, 1, 1, 1), r(p, 2, 1, 2)]).await.unwrap();
+    let mut ids = l.reservations(p).await.unwrap();
+    ids.sort();
+    assert_eq!(ids, vec![StockLogId(1), StockLogId(2)]);
+    // Id 1 committed: its record goes, its unit stays sold and its buyer
+    // recorded; a give-back of it is a no-op.
+    l.forget_committed(p, &[StockLogId(1)]).await.unwrap();
+    assert_eq!(l.reservations(p).await.unwrap(), vec![StockLogId(2)]);
+    assert_eq!(l.stock(p).await.unwrap(), Some(3));
+    assert!(!l.release(p, StockLogId(1)).await.unwrap());
+    assert_eq!(l.stock(p).await.unwrap(), Some(3));
+    let out = l.reserve(&[r(p, 1, 2, 3)]).await.unwrap();
+    assert_eq!(out, vec![ReserveOutcome::AlreadyBought], "the buyer stays");
+    assert!(
+        !l.warm(p, 100, 2).await.unwrap(),
+        "a sale with only forgotten records is still going"
+    );
+    assert!(l.release(p, StockLogId(2)).await.unwrap());
+    assert_eq!(l.stock(p).await.unwrap(), Some(4));
+    l.forget_committed(p, &[]).await.unwrap();
+}
+
+async fn a_reservation_the_ledger_holds_is_not_taken_twice(l: Arc<dyn StockLedger>) {
+    // A batch journals its rows, the ledger is lost and rebuilt from the
+    // journal (the row is an open reservation there), then the batch's
+    // reservation arrives: it is the same reservation, not a second one.
+    let p = fresh_promo();
+    let journal = SaleJournal {
+        db_stock: 5,
+        unsettled: 1,
+        open: vec![(StockLogId(7), UserId(1), 1)],
+        buyers: vec![(UserId(1), 1)],
+        restocked: vec![],
+    };
+    assert!(l.rebuild(p, 1, &journal).await.unwrap());
+    assert_eq!(l.stock(p).await.unwrap(), Some(4));
+    let out = l
+        .reserve(&[r(p, 1, 1, 7), r(p, 2, 1, 8), r(p, 1, 1, 7)])
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            ReserveOutcome::Reserved { remaining: 4 },
+            ReserveOutcome::Reserved { remaining: 3 },
+            ReserveOutcome::Reserved { remaining: 3 }
+        ]
+    );
+    assert_eq!(l.stock(p).await.unwrap(), Some(3));
+    // Given back once, it is the buyer's again to take (a new id).
+    assert!(l.release(p, StockLogId(7)).await.unwrap());
+    assert!(!l.release(p, StockLogId(7)).await.unwrap());
+    assert_eq!(l.stock(p).await.unwrap(), Some(4));
+    let out = l.reserve(&[r(p, 1, 1, 9)]).await.unwrap();
+    assert_eq!(out, vec![ReserveOutcome::Reserved { remaining: 3 }]);
 }
 
 async fn a_rebuilt_ledger_holds_the_journal_and_loads_once(l: Arc<dyn StockLedger>) {

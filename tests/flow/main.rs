@@ -347,6 +347,110 @@ async fn the_reconciler_settles_a_reservation_left_without_an_outcome() {
     assert_eq!(again.stale, 0);
 }
 
+/// A rolled-back row whose give-back failed (the cache did, at that
+/// moment) is never looked at by the stale-row step again: the sweep finds
+/// its record in the ledger and gives it back — the units and the buyer —
+/// and drops the records of committed orders.
+#[tokio::test]
+async fn the_reconciler_gives_back_a_rolled_back_reservation_the_ledger_still_holds() {
+    let t = TestApp::spawn().await;
+    let (item, promo) = t.sale(3).await;
+    let users = buyers(&t, "1884", 1).await;
+    buy(&t, users[0], promo, item).await.unwrap();
+    t.settled(promo).await;
+    let s = &t.app.state;
+    let id = t.app.context.ids.next_id();
+    let now = chrono::Utc::now();
+    let draft = seckill::domain::OrderDraft {
+        stock_log_id: id,
+        order_no: seckill::domain::OrderNo::new(now, id),
+        user_id: UserId(78),
+        item_id: ItemId(item),
+        promo_id: PromoId(promo),
+        amount: 1,
+        unit_price_cents: 1,
+        created_at: now,
+    };
+    s.ports.store.insert_stock_logs(&[draft]).await.unwrap();
+    let mine = seckill::cache::Reservation {
+        promo: PromoId(promo),
+        user: UserId(78),
+        amount: 1,
+        id,
+    };
+    s.ports.ledger.reserve(&[mine]).await.unwrap();
+    // Rolled back; the give-back never happened.
+    s.ports.store.roll_back_stock_logs(&[id]).await.unwrap();
+    assert_eq!(t.stats(promo).await["stock_cache"], 1);
+    assert_eq!(
+        s.ports
+            .ledger
+            .reservations(PromoId(promo))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let dry = seckill::worker::reconciler::reconcile_once(&t.app.context, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        (dry.stranded_pending, dry.records_forgotten),
+        (1, 1),
+        "{dry:?}"
+    );
+    assert_eq!(
+        t.stats(promo).await["stock_cache"],
+        1,
+        "a dry run changes nothing"
+    );
+    let report = seckill::worker::reconciler::reconcile_once(&t.app.context, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            report.stranded_given_back,
+            report.records_forgotten,
+            report.stranded_pending
+        ),
+        (1, 1, 0),
+        "{report:?}"
+    );
+    let stats = t.stats(promo).await;
+    assert_eq!(
+        (&stats["stock_cache"], &stats["stock_db"], &stats["sold"]),
+        (&2.into(), &2.into(), &1.into())
+    );
+    assert!(s
+        .ports
+        .ledger
+        .reservations(PromoId(promo))
+        .await
+        .unwrap()
+        .is_empty());
+    // The buyer is free again (limit 1); the committed buyer is not.
+    let again = |user: i64| seckill::cache::Reservation {
+        user: UserId(user),
+        id: t.app.context.ids.next_id(),
+        ..mine
+    };
+    let out = s.ports.ledger.reserve(&[again(78)]).await.unwrap();
+    assert!(
+        matches!(out[0], seckill::cache::ReserveOutcome::Reserved { .. }),
+        "{out:?}"
+    );
+    let second = seckill::worker::reconciler::reconcile_once(&t.app.context, false)
+        .await
+        .unwrap();
+    assert_eq!(second.stranded_given_back, 0, "given back once");
+    assert_eq!(
+        t.stats(promo).await["stock_cache"],
+        1,
+        "the new reservation is left alone"
+    );
+}
+
 #[tokio::test]
 async fn the_reconciler_replays_a_deduction_that_never_ran() {
     let t = TestApp::spawn_with(|c| c.reconcile_after_secs = 0).await;
