@@ -43,6 +43,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("request body too large")]
     PayloadTooLarge,
+    #[error("this endpoint does not take that method (see the Allow header)")]
+    MethodNotAllowed,
     #[error(transparent)]
     Service(#[from] ServiceError),
 }
@@ -53,6 +55,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             ApiError::Service(e) => match e {
                 S::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "INVALID_ARGUMENT"),
                 S::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),

@@ -84,11 +84,8 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// The session token: the bearer header, else the `seckill_session` cookie.
-pub fn session_token(parts: &Parts) -> Option<String> {
-    if let Some(t) = bearer(parts) {
-        return Some(t.to_owned());
-    }
+/// The `seckill_session` cookie's value, if any.
+pub fn session_cookie(parts: &Parts) -> Option<&str> {
     parts
         .headers
         .get_all(COOKIE)
@@ -97,7 +94,7 @@ pub fn session_token(parts: &Parts) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == SESSION_COOKIE)
-        .map(|(_, v)| v.to_owned())
+        .map(|(_, v)| v)
 }
 
 /// The client's address, for per-address limits: the configured header's
@@ -145,21 +142,29 @@ impl FromRequestParts<AppState> for CurrentUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = session_token(parts).ok_or(ServiceError::Unauthenticated("log in first"))?;
-        let id = state
-            .users
-            .session_user(&token)
-            .await?
-            .ok_or(ServiceError::Unauthenticated(
-                "session unknown or expired; log in again",
-            ))?;
-        Ok(CurrentUser { id, token })
+        // Either one authenticates: the bearer header first, then the
+        // cookie (a browser may send a stale bearer beside a live cookie).
+        let given = bearer(parts);
+        let cookie = session_cookie(parts).filter(|c| Some(*c) != given);
+        if given.is_none() && cookie.is_none() {
+            return Err(ServiceError::Unauthenticated("log in first").into());
+        }
+        for token in given.into_iter().chain(cookie) {
+            if let Some(id) = state.users.session_user(token).await? {
+                return Ok(CurrentUser {
+                    id,
+                    token: token.to_owned(),
+                });
+            }
+        }
+        Err(ServiceError::Unauthenticated("session unknown or expired; log in again").into())
     }
 }
 
 /// The admin: the bearer token equals `SECKILL_ADMIN_TOKEN`. Without one
-/// configured every admin call is 403; without a bearer, 401; with another
-/// bearer (a user session, a wrong token), 403.
+/// configured every admin call is 403; without a bearer, 401 — 403 when a
+/// user's session cookie came instead; with another bearer (a user
+/// session, a wrong token), 403.
 #[derive(Debug, Clone, Copy)]
 pub struct Admin;
 
@@ -181,6 +186,12 @@ impl FromRequestParts<AppState> for Admin {
             .into());
         };
         let Some(given) = bearer(parts) else {
+            if session_cookie(parts).is_some() {
+                return Err(ServiceError::Forbidden(
+                    "a user session is not an admin: admin endpoints need Authorization: Bearer <admin token>",
+                )
+                .into());
+            }
             return Err(ServiceError::Unauthenticated(
                 "admin endpoints need Authorization: Bearer <admin token>",
             )

@@ -113,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .merge(health::root_router())
         .merge(pages)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(request_metrics::RequestMetricsLayer)
         .layer(cors(&state.config))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
@@ -150,6 +151,12 @@ fn cors(config: &Config) -> CorsLayer {
 
 async fn openapi_json() -> impl IntoResponse {
     axum::Json(openapi::ApiDoc::openapi())
+}
+
+/// A path that exists, asked with a method it does not take: 405 with the
+/// error body (axum adds the `Allow` header).
+async fn method_not_allowed() -> error::ApiError {
+    error::ApiError::MethodNotAllowed
 }
 
 async fn api_not_found() -> error::ApiError {

@@ -84,9 +84,16 @@ pub struct OrderRequest {
     /// Units, 1 up to the per-user limit.
     #[serde(deserialize_with = "super::int::i64")]
     pub amount: i64,
-    /// The seckill token (single use).
+    /// The seckill token (single use). Missing or null: 403 `INVALID_TOKEN`,
+    /// as a wrong one.
     #[schema(max_length = 128)]
+    #[serde(default, deserialize_with = "token_or_empty")]
     pub token: String,
+}
+
+/// A token that is null reads as none (refused as a wrong one would be).
+fn token_or_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

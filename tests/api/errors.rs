@@ -134,6 +134,49 @@ async fn invalid_values_are_422_invalid_argument() {
 }
 
 #[tokio::test]
+async fn an_order_without_its_seckill_token_is_403_invalid_token() {
+    let t = TestApp::spawn().await;
+    let s = t.user("13500000009").await;
+    let (item, promo) = t.sale(5).await;
+    for body in [
+        json!({"promo_id": promo, "item_id": item, "amount": 1}),
+        json!({"promo_id": promo, "item_id": item, "amount": 1, "token": null}),
+        json!({"promo_id": promo, "item_id": item, "amount": 1, "token": ""}),
+    ] {
+        let r = t.post("/api/v1/orders", Some(&s), body.clone()).await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (StatusCode::FORBIDDEN, "INVALID_TOKEN"),
+            "{body}"
+        );
+    }
+    assert_eq!(t.stats(promo).await["sold"], 0);
+}
+
+#[tokio::test]
+async fn a_method_an_endpoint_does_not_take_is_405_with_a_json_body() {
+    let t = TestApp::spawn().await;
+    for (method, uri) in [
+        ("DELETE", "/api/v1/orders"),
+        ("DELETE", "/api/v1/items/1"),
+        ("PUT", "/healthz"),
+    ] {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let r = t.send(req).await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+            "{method} {uri}"
+        );
+        assert!(r.headers.contains_key(header::ALLOW), "{method} {uri}");
+    }
+}
+
+#[tokio::test]
 async fn unknown_ids_are_404_and_unparsable_ids_400() {
     let t = TestApp::spawn().await;
     let s = t.user("13500000003").await;

@@ -41,6 +41,41 @@ async fn login_sets_an_http_only_cookie_that_authenticates() {
 }
 
 #[tokio::test]
+async fn a_stale_bearer_beside_a_live_cookie_authenticates_and_a_cookie_is_no_admin() {
+    let t = TestApp::spawn().await;
+    let session = t.user("13800000009").await;
+    let pair = format!("seckill_session={session}");
+    let with = |bearer: Option<&str>, uri: &str| {
+        let mut b = axum::http::Request::get(uri).header(header::COOKIE, &pair);
+        if let Some(bearer) = bearer {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {bearer}"));
+        }
+        b.body(axum::body::Body::empty()).unwrap()
+    };
+    // Either one authenticates: a logged-out bearer does not hide the cookie.
+    let r = t.send(with(Some("no-such-session"), "/api/v1/me")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["phone"], "13800000009");
+    // A user's session on an admin endpoint is 403, cookie or bearer.
+    let r = t.send(with(None, "/api/v1/admin/promos/1/stats")).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::FORBIDDEN, "FORBIDDEN")
+    );
+    let r = t.get("/api/v1/admin/promos/1/stats", Some(&session)).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::FORBIDDEN, "FORBIDDEN")
+    );
+    // Nothing at all: 401.
+    let r = t.get("/api/v1/admin/promos/1/stats", None).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED")
+    );
+}
+
+#[tokio::test]
 async fn a_wrong_code_is_refused_and_used_up() {
     let t = TestApp::spawn().await;
     t.post("/api/v1/otp", None, json!({"phone": "13800000003"}))
