@@ -132,18 +132,12 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<DrillReport> {
             session: None,
         })
         .collect();
-    for chunk in buyers.chunks(5000) {
-        let users: Vec<_> = chunk
-            .iter()
-            .map(|b| json!({"phone": b.phone, "name": "drill buyer", "password": "drill-password"}))
-            .collect();
-        api.admin_post("/api/v1/admin/users", json!({ "users": users }))
-            .await?;
-    }
+    let phones: Vec<String> = buyers.iter().map(|b| b.phone.clone()).collect();
+    api.create_users(&phones, "drill-password").await?;
     let bar = progress(quiet, args.buyers as u64, "logging in");
     let sessions = Arc::new(Mutex::new(vec![None; args.buyers]));
     let next = Arc::new(AtomicUsize::new(0));
-    let phones: Arc<Vec<String>> = Arc::new(buyers.iter().map(|b| b.phone.clone()).collect());
+    let phones = Arc::new(phones);
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency.min(64) {
         let (api, sessions, next, phones, bar) = (

@@ -1,6 +1,8 @@
 //! Accounts and sessions: one-time-code registration, argon2 passwords,
 //! random session tokens kept in the shared key/value store with a TTL.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use argon2::password_hash::{
@@ -231,7 +233,11 @@ impl UserService {
                 )));
             }
         }
-        // Hash on every core; argon2 is the cost of this call.
+        // Hash on every core; argon2 is the cost of this call. A request cut
+        // off (its deadline, the client gone) stops the hashing: nobody
+        // would store what it makes, and a retry must not queue behind it.
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let _stop = StopOnDrop(cancelled.clone());
         let argon = self.argon2();
         let workers = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -241,8 +247,10 @@ impl UserService {
         for part in users.chunks(chunk) {
             let part = part.to_vec();
             let argon = argon.clone();
+            let cancelled = cancelled.clone();
             tasks.push(tokio::task::spawn_blocking(move || {
                 part.into_iter()
+                    .take_while(|_| !cancelled.load(Ordering::Relaxed))
                     .map(|u| {
                         let salt = SaltString::generate(&mut OsRng);
                         let hash = argon
@@ -388,6 +396,15 @@ impl UserService {
             .ok_or(ServiceError::Unauthenticated(
                 "the session's user no longer exists",
             ))
+    }
+}
+
+/// Sets its flag when dropped: the bulk creation's future was dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
