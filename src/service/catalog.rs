@@ -240,6 +240,9 @@ impl CatalogService {
             self.live_figures(&mut item, promo.as_ref()).await;
             out.push(ItemView { item, promo });
         }
+        // A running sale's live figures may have moved an item past the
+        // DB's order: sorted again (stable: ties keep the DB's order).
+        out.sort_by_key(|v| std::cmp::Reverse(v.item.sales));
         Ok(out)
     }
 
