@@ -297,26 +297,21 @@ async fn one_bad_order_in_a_group_commit_does_not_sink_the_others() {
     assert_eq!(stats["stock_log"]["rolled_back"], 1);
 }
 
-#[tokio::test]
-async fn the_reconciler_settles_a_reservation_left_without_an_outcome() {
-    let t = TestApp::spawn_with(|c| c.reconcile_after_secs = 0).await;
-    let (item, promo) = t.sale(2).await;
+/// One unit reserved for `user` behind the app's back, as a batch does it:
+/// its `init` journal row, then the reservation.
+async fn journalled_reservation(
+    t: &TestApp,
+    item: i64,
+    promo: i64,
+    user: i64,
+) -> seckill::cache::Reservation {
     let s = &t.app.state;
-    // A crash after the journal row and before the local transaction: a
-    // reservation and an init row, nothing else.
     let id = t.app.context.ids.next_id();
-    let reservation = seckill::cache::Reservation {
-        promo: PromoId(promo),
-        user: UserId(77),
-        amount: 1,
-        id,
-    };
-    s.ports.ledger.reserve(&[reservation]).await.unwrap();
     let now = chrono::Utc::now();
     let draft = seckill::domain::OrderDraft {
         stock_log_id: id,
         order_no: seckill::domain::OrderNo::new(now, id),
-        user_id: UserId(77),
+        user_id: UserId(user),
         item_id: ItemId(item),
         promo_id: PromoId(promo),
         amount: 1,
@@ -324,6 +319,23 @@ async fn the_reconciler_settles_a_reservation_left_without_an_outcome() {
         created_at: now,
     };
     s.ports.store.insert_stock_logs(&[draft]).await.unwrap();
+    let reservation = seckill::cache::Reservation {
+        promo: PromoId(promo),
+        user: UserId(user),
+        amount: 1,
+        id,
+    };
+    s.ports.ledger.reserve(&[reservation]).await.unwrap();
+    reservation
+}
+
+#[tokio::test]
+async fn the_reconciler_settles_a_reservation_left_without_an_outcome() {
+    let t = TestApp::spawn_with(|c| c.reconcile_after_secs = 0).await;
+    let (item, promo) = t.sale(2).await;
+    // A crash after the journal row and before the local transaction: a
+    // reservation and an init row, nothing else.
+    journalled_reservation(&t, item, promo, 77).await;
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let dry = seckill::worker::reconciler::reconcile_once(&t.app.context, true)
         .await
@@ -359,26 +371,8 @@ async fn the_reconciler_gives_back_a_rolled_back_reservation_the_ledger_still_ho
     buy(&t, users[0], promo, item).await.unwrap();
     t.settled(promo).await;
     let s = &t.app.state;
-    let id = t.app.context.ids.next_id();
-    let now = chrono::Utc::now();
-    let draft = seckill::domain::OrderDraft {
-        stock_log_id: id,
-        order_no: seckill::domain::OrderNo::new(now, id),
-        user_id: UserId(78),
-        item_id: ItemId(item),
-        promo_id: PromoId(promo),
-        amount: 1,
-        unit_price_cents: 1,
-        created_at: now,
-    };
-    s.ports.store.insert_stock_logs(&[draft]).await.unwrap();
-    let mine = seckill::cache::Reservation {
-        promo: PromoId(promo),
-        user: UserId(78),
-        amount: 1,
-        id,
-    };
-    s.ports.ledger.reserve(&[mine]).await.unwrap();
+    let mine = journalled_reservation(&t, item, promo, 78).await;
+    let id = mine.id;
     // Rolled back; the give-back never happened.
     s.ports.store.roll_back_stock_logs(&[id]).await.unwrap();
     assert_eq!(t.stats(promo).await["stock_cache"], 1);
