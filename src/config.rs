@@ -203,6 +203,8 @@ pub struct Config {
     /// The reconciler sweeps a promo's reservation records (write-behind)
     /// while it is on sale and this long after its end.
     pub ledger_sweep_after_end_secs: u64,
+    /// At most this many records of one promo a pass (the rest next pass).
+    pub ledger_sweep_max_records: usize,
     /// An unpaid order is cancelled (its units given back) this long after
     /// it was placed: a delayed message (a timer in the embedded default),
     /// with the reconciler's sweep behind it.
@@ -321,6 +323,7 @@ impl Default for Config {
             reconcile_after_secs: 60,
             reconcile_interval_secs: 10,
             ledger_sweep_after_end_secs: 3_600,
+            ledger_sweep_max_records: 10_000,
             order_payment_timeout_secs: 15 * 60,
             ledger_rebuild_quiet_ms: 6_000,
             request_timeout_ms: 15_000,
@@ -438,7 +441,7 @@ impl Config {
                 )));
             }
         }
-        let positive: [(&str, u64); 20] = [
+        let positive: [(&str, u64); 21] = [
             (
                 "SECKILL_ORDER_PAYMENT_TIMEOUT_SECS",
                 self.order_payment_timeout_secs,
@@ -483,6 +486,10 @@ impl Config {
                 self.item_cache_double_delete_ms,
             ),
             ("SECKILL_MAX_BODY_BYTES", self.max_body_bytes as u64),
+            (
+                "SECKILL_LEDGER_SWEEP_MAX_RECORDS",
+                self.ledger_sweep_max_records as u64,
+            ),
         ];
         for (name, v) in positive {
             if v == 0 {

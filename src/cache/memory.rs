@@ -101,11 +101,11 @@ impl StockLedger for MemoryStockLedger {
         Ok(true)
     }
 
-    async fn reservations(&self, promo: PromoId) -> CacheResult<Vec<StockLogId>> {
+    async fn reservations(&self, promo: PromoId, max: usize) -> CacheResult<Vec<StockLogId>> {
         let promos = self.promos.lock();
         Ok(promos
             .get(&promo)
-            .map(|p| p.reservations.keys().copied().collect())
+            .map(|p| p.reservations.keys().take(max).copied().collect())
             .unwrap_or_default())
     }
 

@@ -86,10 +86,12 @@ pub trait StockLedger: Send + Sync {
     /// The exact inverse of a reservation (stock back, buyer's units back,
     /// sold-out flag cleared). Idempotent: true only the first time.
     async fn release(&self, promo: PromoId, id: StockLogId) -> CacheResult<bool>;
-    /// The ids of the reservations the ledger holds: in flight, committed
-    /// and not forgotten yet, or rolled back and not given back (the
-    /// reconciler's sweep holds each against its journal row).
-    async fn reservations(&self, promo: PromoId) -> CacheResult<Vec<StockLogId>>;
+    /// Up to `max` ids of the reservations the ledger holds (in no
+    /// particular order; never blocking the ledger for the whole list): in
+    /// flight, committed and not forgotten yet, or rolled back and not
+    /// given back (the reconciler's sweep holds each against its journal
+    /// row).
+    async fn reservations(&self, promo: PromoId, max: usize) -> CacheResult<Vec<StockLogId>>;
     /// Drops the records of committed reservations: their units stay sold
     /// and their buyers recorded; a committed order is never given back,
     /// so its record would only cost every later sweep a look.

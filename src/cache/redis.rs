@@ -321,15 +321,34 @@ impl StockLedger for RedisStockLedger {
         Ok(done == 1)
     }
 
-    async fn reservations(&self, promo: PromoId) -> CacheResult<Vec<StockLogId>> {
+    async fn reservations(&self, promo: PromoId, max: usize) -> CacheResult<Vec<StockLogId>> {
+        // HSCAN, a thousand fields a step: a big hash never holds Redis up
+        // (HKEYS would, for every reservation script behind it).
         let k = self.redis.promo_keys(promo);
         let mut c = self.redis.conn.clone();
-        let ids: Vec<i64> = ::redis::cmd("HKEYS")
-            .arg(&k.reservations)
-            .query_async(&mut c)
-            .await
-            .map_err(err("ledger read failed"))?;
-        Ok(ids.into_iter().map(StockLogId).collect())
+        let mut ids = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, page): (u64, Vec<(i64, String)>) = ::redis::cmd("HSCAN")
+                .arg(&k.reservations)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await
+                .map_err(err("ledger read failed"))?;
+            ids.extend(page.into_iter().map(|(id, _)| StockLogId(id)));
+            cursor = next;
+            if cursor == 0 || ids.len() >= max {
+                break;
+            }
+        }
+        // HSCAN may return a field twice; the sweep's steps are idempotent,
+        // but one look each is enough.
+        ids.sort_unstable();
+        ids.dedup();
+        ids.truncate(max);
+        Ok(ids)
     }
 
     async fn forget_committed(&self, promo: PromoId, ids: &[StockLogId]) -> CacheResult<()> {

@@ -186,11 +186,13 @@ impl FromRequestParts<AppState> for Admin {
             .into());
         };
         let Some(given) = bearer(parts) else {
-            if session_cookie(parts).is_some() {
-                return Err(ServiceError::Forbidden(
-                    "a user session is not an admin: admin endpoints need Authorization: Bearer <admin token>",
-                )
-                .into());
+            if let Some(cookie) = session_cookie(parts) {
+                if state.users.session_user(cookie).await?.is_some() {
+                    return Err(ServiceError::Forbidden(
+                        "a user session is not an admin: admin endpoints need Authorization: Bearer <admin token>",
+                    )
+                    .into());
+                }
             }
             return Err(ServiceError::Unauthenticated(
                 "admin endpoints need Authorization: Bearer <admin token>",

@@ -157,8 +157,7 @@ async fn rebuild_leased(
             for (id, status) in statuses {
                 if status == crate::domain::StockLogStatus::RolledBack {
                     if let Err(e) = ports.ledger.release(promo_id, id).await {
-                        tracing::warn!(promo_id = %promo_id, stock_log_id = %id, error = %e,
-                            "a reservation rolled back during the rebuild not given back");
+                        super::write_behind::stranded(promo_id, id, &e);
                     }
                 }
             }

@@ -67,8 +67,12 @@ pub struct ReconcileReport {
     /// Rolled-back reservations still held by a ledger (a give-back that
     /// failed), given back now.
     pub stranded_given_back: usize,
-    /// Of those, the ones whose give-back failed again (tried next pass).
+    /// Rolled-back reservations still held and not given back by this pass:
+    /// the give-back failed again (tried next pass), or a dry run.
     pub stranded_pending: usize,
+    /// Promos whose sweep failed this pass (Redis or the DB did not answer;
+    /// tried next pass, and no drift repair for them this pass).
+    pub sweeps_failed: usize,
     /// Promos on sale whose ledger was missing (a rebuild was started).
     pub ledgers_missing: usize,
     /// Promos whose ledger disagrees with the DB.
@@ -113,9 +117,10 @@ impl Reconciler {
         }
         if cx.config.order_strategy == OrderStrategy::WriteBehind {
             let now = Utc::now();
-            let swept_until = chrono::Duration::seconds(
-                i64::try_from(cx.config.ledger_sweep_after_end_secs).unwrap_or(i64::MAX),
-            );
+            let swept_until = i64::try_from(cx.config.ledger_sweep_after_end_secs)
+                .ok()
+                .and_then(chrono::Duration::try_seconds)
+                .unwrap_or(chrono::Duration::MAX);
             let published: Vec<Promo> = cx
                 .ports
                 .store
@@ -129,7 +134,7 @@ impl Reconciler {
                             .is_none_or(|t| now < t)
                 })
                 .collect();
-            let unsettled = sweep_reservations(cx, &published, dry_run, &mut report).await?;
+            let unsettled = sweep_reservations(cx, &published, dry_run, &mut report).await;
             let live = published
                 .into_iter()
                 .filter(|p| p.state_at(now) != PromoState::Ended && !unsettled.contains(&p.id))
@@ -226,58 +231,86 @@ impl Reconciler {
 
 /// Step 4: each reservation record of `promos`' ledgers held against its
 /// journal row (see the module docs). The promos left with a rolled-back
-/// record not given back are returned: no drift repair for them this pass.
+/// record not given back, or whose sweep failed, are returned: no drift
+/// repair for them this pass.
 async fn sweep_reservations(
     cx: &Context,
     promos: &[Promo],
     dry_run: bool,
     report: &mut ReconcileReport,
-) -> anyhow::Result<HashSet<PromoId>> {
-    let ledger = &cx.ports.ledger;
+) -> HashSet<PromoId> {
     let mut unsettled = HashSet::new();
     for promo in promos {
-        let ids = ledger.reservations(promo.id).await?;
-        for chunk in ids.chunks(1000) {
-            let statuses = cx.ports.store.stock_log_statuses(chunk).await?;
-            let committed: Vec<_> = statuses
-                .iter()
-                .filter(|(_, s)| *s == StockLogStatus::Committed)
-                .map(|(id, _)| *id)
-                .collect();
-            let rolled_back = statuses
-                .iter()
-                .filter(|(_, s)| *s == StockLogStatus::RolledBack)
-                .map(|(id, _)| *id);
-            if dry_run {
-                report.records_forgotten += committed.len();
-                report.stranded_pending += rolled_back.count();
-                continue;
+        match sweep_promo(cx, promo.id, dry_run, report).await {
+            Ok(true) => {}
+            Ok(false) => {
+                unsettled.insert(promo.id);
             }
-            ledger.forget_committed(promo.id, &committed).await?;
-            report.records_forgotten += committed.len();
-            for id in rolled_back {
-                match ledger.release(promo.id, id).await {
-                    Ok(released) => {
-                        if released {
-                            report.stranded_given_back += 1;
-                            cx.sold_out.clear(promo.id);
-                            tracing::warn!(promo_id = %promo.id, stock_log_id = %id,
-                                "audit: reconciler gave back a rolled-back reservation the ledger still held");
-                        }
-                    }
-                    Err(e) => {
-                        report.stranded_pending += 1;
-                        unsettled.insert(promo.id);
-                        tracing::warn!(promo_id = %promo.id, stock_log_id = %id, error = %e,
-                            "rolled-back reservation still not given back; next pass");
-                    }
-                }
+            Err(e) => {
+                // One promo's failure stops neither the others nor the
+                // ledger checks after the sweep.
+                report.sweeps_failed += 1;
+                unsettled.insert(promo.id);
+                tracing::warn!(promo_id = %promo.id, error = %format!("{e:#}"),
+                    "reservation sweep failed; next pass");
             }
         }
     }
     metrics::counter!("seckill_reconciled_total", "outcome" => "stranded_given_back")
         .increment(report.stranded_given_back as u64);
-    Ok(unsettled)
+    unsettled
+}
+
+/// One promo's sweep: false when a rolled-back record is left held.
+async fn sweep_promo(
+    cx: &Context,
+    promo: PromoId,
+    dry_run: bool,
+    report: &mut ReconcileReport,
+) -> anyhow::Result<bool> {
+    let ledger = &cx.ports.ledger;
+    let mut settled = true;
+    let ids = ledger
+        .reservations(promo, cx.config.ledger_sweep_max_records)
+        .await?;
+    for chunk in ids.chunks(1000) {
+        let statuses = cx.ports.store.stock_log_statuses(chunk).await?;
+        let committed: Vec<_> = statuses
+            .iter()
+            .filter(|(_, s)| *s == StockLogStatus::Committed)
+            .map(|(id, _)| *id)
+            .collect();
+        let rolled_back = statuses
+            .iter()
+            .filter(|(_, s)| *s == StockLogStatus::RolledBack)
+            .map(|(id, _)| *id);
+        if dry_run {
+            report.records_forgotten += committed.len();
+            report.stranded_pending += rolled_back.count();
+            continue;
+        }
+        ledger.forget_committed(promo, &committed).await?;
+        report.records_forgotten += committed.len();
+        for id in rolled_back {
+            match ledger.release(promo, id).await {
+                Ok(released) => {
+                    if released {
+                        report.stranded_given_back += 1;
+                        cx.sold_out.clear(promo);
+                        tracing::warn!(promo_id = %promo, stock_log_id = %id,
+                            "audit: reconciler gave back a rolled-back reservation the ledger still held");
+                    }
+                }
+                Err(e) => {
+                    report.stranded_pending += 1;
+                    settled = false;
+                    tracing::warn!(promo_id = %promo, stock_log_id = %id, error = %e,
+                        "rolled-back reservation still not given back; next pass");
+                }
+            }
+        }
+    }
+    Ok(settled)
 }
 
 /// Steps 1 and 2: replays lost deductions and settles stale `init` rows.
@@ -314,14 +347,16 @@ async fn settle_journal(cx: &Context, dry_run: bool) -> anyhow::Result<Reconcile
                 // (the row is not `init` any more), so one failure must not
                 // stop the others.
                 match cx.ports.ledger.release(promo, id).await {
-                    Ok(true) => {
-                        report.released += 1;
-                        cx.sold_out.clear(promo);
+                    Ok(released) => {
+                        if released {
+                            report.released += 1;
+                            cx.sold_out.clear(promo);
+                        }
+                        tracing::warn!(stock_log_id = %id, promo_id = %promo, released,
+                            "reconciler: stale reservation rolled back (released: its units given back; else none were held)");
                     }
-                    Ok(false) => {}
                     Err(e) => crate::service::write_behind::stranded(promo, id, &e),
                 }
-                tracing::warn!(stock_log_id = %id, promo_id = %promo, "reconciler: stale reservation rolled back and given back");
             }
             Some(StockLogStatus::Committed) => report.already_committed += 1,
             _ => {}

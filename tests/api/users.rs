@@ -67,7 +67,16 @@ async fn a_stale_bearer_beside_a_live_cookie_authenticates_and_a_cookie_is_no_ad
         (r.status, r.code().as_str()),
         (StatusCode::FORBIDDEN, "FORBIDDEN")
     );
-    // Nothing at all: 401.
+    // A cookie of no session, or nothing at all: 401.
+    let forged = axum::http::Request::get("/api/v1/admin/promos/1/stats")
+        .header(header::COOKIE, "seckill_session=no-such-session")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let r = t.send(forged).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED")
+    );
     let r = t.get("/api/v1/admin/promos/1/stats", None).await;
     assert_eq!(
         (r.status, r.code().as_str()),

@@ -46,16 +46,20 @@ where
 
 async fn reservation_records_are_listed_and_committed_ones_forgotten(l: Arc<dyn StockLedger>) {
     let p = fresh_promo();
-    assert!(l.reservations(p).await.unwrap().is_empty(), "not loaded");
+    assert!(
+        l.reservations(p, 100).await.unwrap().is_empty(),
+        "not loaded"
+    );
     assert!(l.warm(p, 5, 2).await.unwrap());
     l.reserve(&[r(p, 1, 1, 1), r(p, 2, 1, 2)]).await.unwrap();
-    let mut ids = l.reservations(p).await.unwrap();
+    let mut ids = l.reservations(p, 100).await.unwrap();
     ids.sort();
     assert_eq!(ids, vec![StockLogId(1), StockLogId(2)]);
+    assert_eq!(l.reservations(p, 1).await.unwrap().len(), 1, "at most max");
     // Id 1 committed: its record goes, its unit stays sold and its buyer
     // recorded; a give-back of it is a no-op.
     l.forget_committed(p, &[StockLogId(1)]).await.unwrap();
-    assert_eq!(l.reservations(p).await.unwrap(), vec![StockLogId(2)]);
+    assert_eq!(l.reservations(p, 100).await.unwrap(), vec![StockLogId(2)]);
     assert_eq!(l.stock(p).await.unwrap(), Some(3));
     assert!(!l.release(p, StockLogId(1)).await.unwrap());
     assert_eq!(l.stock(p).await.unwrap(), Some(3));

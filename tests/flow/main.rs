@@ -379,7 +379,7 @@ async fn the_reconciler_gives_back_a_rolled_back_reservation_the_ledger_still_ho
     assert_eq!(
         s.ports
             .ledger
-            .reservations(PromoId(promo))
+            .reservations(PromoId(promo), 100)
             .await
             .unwrap()
             .len(),
@@ -419,7 +419,7 @@ async fn the_reconciler_gives_back_a_rolled_back_reservation_the_ledger_still_ho
     assert!(s
         .ports
         .ledger
-        .reservations(PromoId(promo))
+        .reservations(PromoId(promo), 100)
         .await
         .unwrap()
         .is_empty());
