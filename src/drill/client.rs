@@ -90,16 +90,25 @@ impl Api {
             .context("server time")
     }
 
-    pub async fn admin_post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+    /// An admin POST's status and JSON body (`null` when it has none).
+    async fn admin_send(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
         let r = self
             .http
             .post(self.url(path))
             .bearer_auth(&self.admin)
-            .json(&body)
+            .json(body)
             .send()
             .await?;
         let status = r.status();
-        let v: Value = r.json().await.unwrap_or(Value::Null);
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn admin_post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let (status, v) = self.admin_send(path, &body).await?;
         if !status.is_success() {
             bail!("POST {path}: {status} {v}");
         }
@@ -124,15 +133,7 @@ impl Api {
                 .map(|p| json!({"phone": p, "name": "drill buyer", "password": password}))
                 .collect();
             let started = Instant::now();
-            let r = self
-                .http
-                .post(self.url(path))
-                .bearer_auth(&self.admin)
-                .json(&json!({ "users": users }))
-                .send()
-                .await?;
-            let status = r.status();
-            let v: Value = r.json().await.unwrap_or(Value::Null);
+            let (status, v) = self.admin_send(path, &json!({ "users": users })).await?;
             if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && size > 1 && cut_off < 8 {
                 cut_off += 1;
                 size = (size / 4).max(1);

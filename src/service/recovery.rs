@@ -156,9 +156,7 @@ async fn rebuild_leased(
         Ok(statuses) => {
             for (id, status) in statuses {
                 if status == crate::domain::StockLogStatus::RolledBack {
-                    if let Err(e) = ports.ledger.release(promo_id, id).await {
-                        super::write_behind::stranded(promo_id, id, &e);
-                    }
+                    super::write_behind::give_back(cx, promo_id, id).await;
                 }
             }
         }

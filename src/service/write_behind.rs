@@ -425,7 +425,7 @@ impl Worker {
         futures::future::join_all(
             rolled_back
                 .iter()
-                .map(|r| self.give_back(r.draft.promo_id, r.draft.stock_log_id)),
+                .map(|r| give_back(&self.cx, r.draft.promo_id, r.draft.stock_log_id)),
         )
         .await;
         for r in rolled_back {
@@ -433,21 +433,28 @@ impl Worker {
         }
         payment::schedule_soon(&self.cx, committed);
     }
-
-    async fn give_back(&self, promo: PromoId, id: StockLogId) {
-        match self.cx.ports.ledger.release(promo, id).await {
-            Ok(_) => self.cx.sold_out.clear(promo),
-            Err(e) => stranded(promo, id, &e),
-        }
-    }
 }
 
-/// A rolled-back row whose reservation could not be given back: the
-/// reconciler's sweep finds its record in the ledger and gives it back.
-pub(crate) fn stranded(promo: PromoId, id: StockLogId, e: &dyn std::fmt::Display) {
-    metrics::counter!("seckill_reservations_stranded_total").increment(1);
-    tracing::error!(promo_id = %promo, stock_log_id = %id, error = %e,
-        "rolled-back reservation not given back (the cache failed); the reconciler's sweep gives it back");
+/// Gives back the reservation of a row rolled back for good: `Some(true)`
+/// when units came back (the sold-out flag is cleared), `Some(false)` when
+/// the ledger held none. When the ledger fails, the reservation is stranded
+/// — counted, logged, `None` — and the reconciler's sweep of reservation
+/// records gives it back.
+pub(crate) async fn give_back(cx: &Context, promo: PromoId, id: StockLogId) -> Option<bool> {
+    match cx.ports.ledger.release(promo, id).await {
+        Ok(released) => {
+            if released {
+                cx.sold_out.clear(promo);
+            }
+            Some(released)
+        }
+        Err(e) => {
+            metrics::counter!("seckill_reservations_stranded_total").increment(1);
+            tracing::error!(promo_id = %promo, stock_log_id = %id, error = %e,
+                "rolled-back reservation not given back (the cache failed); the reconciler's sweep gives it back");
+            None
+        }
+    }
 }
 
 /// Rolls back the journal rows of orders that reserved nothing here (the
@@ -473,14 +480,10 @@ async fn discard(cx: &Context, drafts: &[OrderDraft]) {
             .iter()
             .any(|(id, s)| *id == d.stock_log_id && *s == StockLogStatus::RolledBack)
     };
-    let ledger = &cx.ports.ledger;
-    let releases = drafts.iter().filter(rolled_back).map(|d| async move {
-        match ledger.release(d.promo_id, d.stock_log_id).await {
-            Ok(true) => cx.sold_out.clear(d.promo_id),
-            Ok(false) => {}
-            Err(e) => stranded(d.promo_id, d.stock_log_id, &e),
-        }
-    });
+    let releases = drafts
+        .iter()
+        .filter(rolled_back)
+        .map(|d| give_back(cx, d.promo_id, d.stock_log_id));
     futures::future::join_all(releases).await;
 }
 

@@ -37,7 +37,7 @@ use chrono::Utc;
 
 use crate::config::OrderStrategy;
 use crate::domain::{Promo, PromoId, PromoState, StockLogStatus};
-use crate::service::{payment, Context};
+use crate::service::{payment, write_behind, Context};
 
 /// A promo whose ledger and DB disagree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -343,19 +343,12 @@ async fn settle_journal(cx: &Context, dry_run: bool) -> anyhow::Result<Reconcile
         match statuses.iter().find(|(i, _)| *i == id).map(|(_, s)| *s) {
             Some(StockLogStatus::RolledBack) => {
                 report.rolled_back += 1;
-                // Rolled back for good: a failed give-back is not retried
-                // (the row is not `init` any more), so one failure must not
-                // stop the others.
-                match cx.ports.ledger.release(promo, id).await {
-                    Ok(released) => {
-                        if released {
-                            report.released += 1;
-                            cx.sold_out.clear(promo);
-                        }
-                        tracing::warn!(stock_log_id = %id, promo_id = %promo, released,
-                            "reconciler: stale reservation rolled back (released: its units given back; else none were held)");
-                    }
-                    Err(e) => crate::service::write_behind::stranded(promo, id, &e),
+                // A failed give-back stops no other row: the sweep of
+                // reservation records gives it back on a later pass.
+                if let Some(released) = write_behind::give_back(cx, promo, id).await {
+                    report.released += usize::from(released);
+                    tracing::warn!(stock_log_id = %id, promo_id = %promo, released,
+                        "reconciler: stale reservation rolled back (released: its units given back; else none were held)");
                 }
             }
             Some(StockLogStatus::Committed) => report.already_committed += 1,
