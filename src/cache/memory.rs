@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,49 +21,81 @@ struct PromoLedger {
     buyers: HashMap<UserId, i64>,
     reservations: HashMap<StockLogId, (UserId, i64)>,
     restocked: HashSet<StockLogId>,
+    version: u64,
+}
+
+#[derive(Default)]
+struct Ledgers {
+    promos: HashMap<PromoId, PromoLedger>,
+    /// The last version handed out, to any promo: a promo loaded again
+    /// starts past every version it had.
+    last_version: u64,
+}
+
+impl Ledgers {
+    /// Moves the promo's version on past every version handed out.
+    fn changed(&mut self, promo: PromoId) {
+        self.last_version += 1;
+        let version = self.last_version;
+        if let Some(p) = self.promos.get_mut(&promo) {
+            p.version = version;
+        }
+    }
+
+    /// Loads a promo afresh, its version past every earlier one.
+    fn load(&mut self, promo: PromoId, ledger: PromoLedger) {
+        self.promos.insert(promo, ledger);
+        self.changed(promo);
+    }
 }
 
 /// The stock ledger in one mutex: each call is one critical section.
 #[derive(Default)]
 pub struct MemoryStockLedger {
-    promos: Mutex<HashMap<PromoId, PromoLedger>>,
+    ledgers: Mutex<Ledgers>,
+    fail_releases: AtomicBool,
 }
 
 impl MemoryStockLedger {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Fault injection: while true every give-back ([`StockLedger::release`])
+    /// fails as if the cache were unreachable, and changes nothing.
+    pub fn fail_releases(&self, on: bool) {
+        self.fail_releases.store(on, Ordering::SeqCst);
+    }
 }
 
 #[async_trait]
 impl StockLedger for MemoryStockLedger {
     async fn warm(&self, promo: PromoId, stock: i64, per_user_limit: i64) -> CacheResult<bool> {
-        let mut promos = self.promos.lock();
-        if promos
+        let mut l = self.ledgers.lock();
+        if l.promos
             .get(&promo)
             .is_some_and(|p| !p.buyers.is_empty() || !p.reservations.is_empty())
         {
             return Ok(false);
         }
-        promos.insert(
+        l.load(
             promo,
             PromoLedger {
                 stock,
                 limit: per_user_limit,
-                buyers: Default::default(),
-                reservations: Default::default(),
-                restocked: Default::default(),
+                ..PromoLedger::default()
             },
         );
         Ok(true)
     }
 
     async fn reserve(&self, batch: &[Reservation]) -> CacheResult<Vec<ReserveOutcome>> {
-        let mut promos = self.promos.lock();
-        Ok(batch
+        let mut l = self.ledgers.lock();
+        let mut changed = Vec::new();
+        let out = batch
             .iter()
             .map(|r| {
-                let Some(p) = promos.get_mut(&r.promo) else {
+                let Some(p) = l.promos.get_mut(&r.promo) else {
                     return ReserveOutcome::NotWarmed;
                 };
                 if p.reservations.contains_key(&r.id) {
@@ -78,14 +111,26 @@ impl StockLedger for MemoryStockLedger {
                 p.stock -= r.amount;
                 *p.buyers.entry(r.user).or_default() += r.amount;
                 p.reservations.insert(r.id, (r.user, r.amount));
+                changed.push(r.promo);
                 ReserveOutcome::Reserved { remaining: p.stock }
             })
-            .collect())
+            .collect();
+        changed.dedup();
+        for promo in changed {
+            l.changed(promo);
+        }
+        Ok(out)
     }
 
     async fn release(&self, promo: PromoId, id: StockLogId) -> CacheResult<bool> {
-        let mut promos = self.promos.lock();
-        let Some(p) = promos.get_mut(&promo) else {
+        if self.fail_releases.load(Ordering::SeqCst) {
+            return Err(CacheError {
+                context: "ledger release failed (fault injection)",
+                source: None,
+            });
+        }
+        let mut l = self.ledgers.lock();
+        let Some(p) = l.promos.get_mut(&promo) else {
             return Ok(false);
         };
         let Some((user, amount)) = p.reservations.remove(&id) else {
@@ -98,19 +143,20 @@ impl StockLedger for MemoryStockLedger {
                 p.buyers.remove(&user);
             }
         }
+        l.changed(promo);
         Ok(true)
     }
 
     async fn reservations(&self, promo: PromoId, max: usize) -> CacheResult<Vec<StockLogId>> {
-        let promos = self.promos.lock();
-        Ok(promos
+        let l = self.ledgers.lock();
+        Ok(l.promos
             .get(&promo)
             .map(|p| p.reservations.keys().take(max).copied().collect())
             .unwrap_or_default())
     }
 
     async fn forget_committed(&self, promo: PromoId, ids: &[StockLogId]) -> CacheResult<()> {
-        if let Some(p) = self.promos.lock().get_mut(&promo) {
+        if let Some(p) = self.ledgers.lock().promos.get_mut(&promo) {
             for id in ids {
                 p.reservations.remove(id);
             }
@@ -119,14 +165,15 @@ impl StockLedger for MemoryStockLedger {
     }
 
     async fn restock(&self, promo: PromoId, id: StockLogId, amount: i64) -> CacheResult<bool> {
-        let mut promos = self.promos.lock();
-        let Some(p) = promos.get_mut(&promo) else {
+        let mut l = self.ledgers.lock();
+        let Some(p) = l.promos.get_mut(&promo) else {
             return Ok(false);
         };
         if !p.restocked.insert(id) {
             return Ok(false);
         }
         p.stock += amount;
+        l.changed(promo);
         Ok(true)
     }
 
@@ -136,11 +183,11 @@ impl StockLedger for MemoryStockLedger {
         per_user_limit: i64,
         journal: &SaleJournal,
     ) -> CacheResult<bool> {
-        let mut promos = self.promos.lock();
-        if promos.contains_key(&promo) {
+        let mut l = self.ledgers.lock();
+        if l.promos.contains_key(&promo) {
             return Ok(false);
         }
-        promos.insert(
+        l.load(
             promo,
             PromoLedger {
                 stock: journal.ledger_stock(),
@@ -152,16 +199,18 @@ impl StockLedger for MemoryStockLedger {
                     .map(|&(id, user, amount)| (id, (user, amount)))
                     .collect(),
                 restocked: journal.restocked.iter().copied().collect(),
+                version: 0,
             },
         );
         Ok(true)
     }
 
-    async fn adjust(&self, promo: PromoId, expected: i64, delta: i64) -> CacheResult<bool> {
-        let mut promos = self.promos.lock();
-        match promos.get_mut(&promo) {
-            Some(p) if p.stock == expected => {
+    async fn adjust(&self, promo: PromoId, seen: LedgerLevel, delta: i64) -> CacheResult<bool> {
+        let mut l = self.ledgers.lock();
+        match l.promos.get_mut(&promo) {
+            Some(p) if p.stock == seen.stock && p.version == seen.version => {
                 p.stock = (p.stock + delta).max(0);
+                l.changed(promo);
                 Ok(true)
             }
             _ => Ok(false),
@@ -169,11 +218,23 @@ impl StockLedger for MemoryStockLedger {
     }
 
     async fn stock(&self, promo: PromoId) -> CacheResult<Option<i64>> {
-        Ok(self.promos.lock().get(&promo).map(|p| p.stock))
+        Ok(self.ledgers.lock().promos.get(&promo).map(|p| p.stock))
+    }
+
+    async fn level(&self, promo: PromoId) -> CacheResult<Option<LedgerLevel>> {
+        Ok(self.ledgers.lock().promos.get(&promo).map(|p| LedgerLevel {
+            stock: p.stock,
+            version: p.version,
+        }))
     }
 
     async fn sold_out(&self, promo: PromoId) -> CacheResult<bool> {
-        Ok(self.promos.lock().get(&promo).is_some_and(|p| p.stock <= 0))
+        Ok(self
+            .ledgers
+            .lock()
+            .promos
+            .get(&promo)
+            .is_some_and(|p| p.stock <= 0))
     }
 
     async fn ping(&self) -> CacheResult<()> {

@@ -64,6 +64,18 @@ pub enum ReserveOutcome {
     NotWarmed,
 }
 
+/// A promo ledger's stock and the version of its last change. Every change
+/// of the stock or the buyers (a reservation, a give-back, a restock, a
+/// repair) moves the version on, and a load (warm-up, rebuild) starts it
+/// past every version the promo had before, even one a lost cache took
+/// with it: two equal levels mean nothing touched the ledger in between,
+/// where two equal stocks may hide a sale and a give-back (ABA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerLevel {
+    pub stock: i64,
+    pub version: u64,
+}
+
 /// The promo stock ledger. Every method is one atomic step (one Lua script
 /// in Redis, one critical section in memory).
 #[async_trait]
@@ -110,12 +122,17 @@ pub trait StockLedger: Send + Sync {
         per_user_limit: i64,
         journal: &SaleJournal,
     ) -> CacheResult<bool>;
-    /// Drift repair: adds `delta` to the promo's stock when it still is
-    /// `expected` (sets or clears the sold-out flag to match). False when
-    /// the stock moved meanwhile or the promo is not loaded.
-    async fn adjust(&self, promo: PromoId, expected: i64, delta: i64) -> CacheResult<bool>;
+    /// Drift repair: adds `delta` to the promo's stock when the ledger is
+    /// still at `seen` — nothing changed it since it was read, not merely
+    /// the same stock (sets or clears the sold-out flag to match; the
+    /// stock never goes below zero). False when the ledger changed
+    /// meanwhile or the promo is not loaded.
+    async fn adjust(&self, promo: PromoId, seen: LedgerLevel, delta: i64) -> CacheResult<bool>;
     /// The promo's stock, `None` when it is not warmed.
     async fn stock(&self, promo: PromoId) -> CacheResult<Option<i64>>;
+    /// The promo's stock and version, read together; `None` when it is not
+    /// warmed.
+    async fn level(&self, promo: PromoId) -> CacheResult<Option<LedgerLevel>>;
     /// Whether the sold-out flag is set.
     async fn sold_out(&self, promo: PromoId) -> CacheResult<bool>;
     async fn ping(&self) -> CacheResult<()>;

@@ -56,6 +56,7 @@ impl RedisConn {
             reservations: format!("{base}resv"),
             restocked: format!("{base}restocked"),
             sold_out: format!("{base}soldout"),
+            version: format!("{base}ver"),
         }
     }
 
@@ -88,6 +89,9 @@ struct PromoKeys {
     reservations: String,
     restocked: String,
     sold_out: String,
+    /// The ledger's version ([`LedgerLevel`]): INCR on every change, a
+    /// fresh base from the server's clock on every load.
+    version: String,
 }
 
 impl PromoKeys {
@@ -99,7 +103,8 @@ impl PromoKeys {
             .key(&self.buyers)
             .key(&self.reservations)
             .key(&self.restocked)
-            .key(&self.sold_out);
+            .key(&self.sold_out)
+            .key(&self.version);
     }
 }
 
@@ -107,8 +112,27 @@ fn err(context: &'static str) -> impl FnOnce(::redis::RedisError) -> CacheError 
     move |e| CacheError::new(context, e)
 }
 
+/// Sets a loaded ledger's version past every version it had: the server's
+/// clock in microseconds (a string, so no float on the way), or one more
+/// than the version kept when that is higher. Changes (fewer than a
+/// million a second) never carry a version past a later load's base on
+/// the same server (a failover that loses writes is not covered:
+/// docs/RELIABILITY.md).
+const FRESH_VERSION: &str = r#"
+local function fresh_version(key)
+  local t = redis.call('TIME')
+  local base = t[1] .. string.format('%06d', tonumber(t[2]))
+  local old = redis.call('GET', key)
+  if old and tonumber(old) >= tonumber(base) then
+    redis.call('INCR', key)
+  else
+    redis.call('SET', key, base)
+  end
+end
+"#;
+
 const RESERVE: &str = r#"
--- KEYS: stock, limit, buyers, resv, soldout
+-- KEYS: stock, limit, buyers, resv, soldout, version
 -- ARGV: count, then (user, amount, id) per reservation
 -- Answers per reservation: remaining stock (>= 0), -1 sold out,
 -- -2 per-user limit, -3 not warmed. An id the ledger already holds (a
@@ -123,6 +147,7 @@ if not stock then
 end
 stock = tonumber(stock)
 local limit = tonumber(redis.call('GET', KEYS[2]) or '1')
+local changed = false
 for i = 0, n - 1 do
   local user = ARGV[2 + i * 3]
   local amount = tonumber(ARGV[3 + i * 3])
@@ -139,15 +164,17 @@ for i = 0, n - 1 do
     redis.call('HINCRBY', KEYS[3], user, amount)
     redis.call('HSET', KEYS[4], id, user .. ':' .. amount)
     out[i + 1] = stock
+    changed = true
   end
 end
 redis.call('SET', KEYS[1], stock)
 if stock <= 0 then redis.call('SET', KEYS[5], '1') end
+if changed then redis.call('INCR', KEYS[6]) end
 return out
 "#;
 
 const RELEASE: &str = r#"
--- KEYS: stock, buyers, resv, soldout; ARGV: id
+-- KEYS: stock, buyers, resv, soldout, version; ARGV: id
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local v = redis.call('HGET', KEYS[3], ARGV[1])
 if not v then return 0 end
@@ -158,20 +185,22 @@ redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('INCRBY', KEYS[1], amount)
 if redis.call('HINCRBY', KEYS[2], user, -amount) <= 0 then redis.call('HDEL', KEYS[2], user) end
 redis.call('DEL', KEYS[4])
+redis.call('INCR', KEYS[5])
 return 1
 "#;
 
 const RESTOCK: &str = r#"
--- KEYS: stock, restocked, soldout; ARGV: id, amount
+-- KEYS: stock, restocked, soldout, version; ARGV: id, amount
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
 redis.call('INCRBY', KEYS[1], ARGV[2])
 redis.call('DEL', KEYS[3])
+redis.call('INCR', KEYS[4])
 return 1
 "#;
 
 const REBUILD: &str = r#"
--- KEYS: stock, limit, buyers, resv, restocked, soldout
+-- KEYS: stock, limit, buyers, resv, restocked, soldout, version
 -- ARGV: stock, limit, n open, (id, user, amount) per open reservation,
 --       n buyers, (user, units) per buyer, n restocked, id per restocked
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -197,11 +226,13 @@ end
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1])
 if tonumber(ARGV[1]) <= 0 then redis.call('SET', KEYS[6], '1') end
+fresh_version(KEYS[7])
 return 1
 "#;
 
 const WARM: &str = r#"
--- KEYS: stock, limit, buyers, resv, restocked, soldout; ARGV: stock, limit
+-- KEYS: stock, limit, buyers, resv, restocked, soldout, version
+-- ARGV: stock, limit
 -- A fresh sale, unless one is going: a buyer or a reservation recorded
 -- (hashes vanish with their last field).
 if redis.call('EXISTS', KEYS[1]) == 1
@@ -212,17 +243,20 @@ redis.call('DEL', KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1])
 if tonumber(ARGV[1]) <= 0 then redis.call('SET', KEYS[6], '1') end
+fresh_version(KEYS[7])
 return 1
 "#;
 
 const ADJUST: &str = r#"
--- KEYS: stock, soldout; ARGV: expected, delta
+-- KEYS: stock, soldout, version; ARGV: stock seen, version seen, delta
 local v = redis.call('GET', KEYS[1])
 if not v or tonumber(v) ~= tonumber(ARGV[1]) then return 0 end
-local stock = tonumber(v) + tonumber(ARGV[2])
+if (redis.call('GET', KEYS[3]) or '0') ~= ARGV[2] then return 0 end
+local stock = tonumber(v) + tonumber(ARGV[3])
 if stock < 0 then stock = 0 end
 redis.call('SET', KEYS[1], stock)
 if stock <= 0 then redis.call('SET', KEYS[2], '1') else redis.call('DEL', KEYS[2]) end
+redis.call('INCR', KEYS[3])
 return 1
 "#;
 
@@ -244,8 +278,8 @@ impl RedisStockLedger {
             reserve: Script::new(RESERVE),
             release: Script::new(RELEASE),
             restock: Script::new(RESTOCK),
-            rebuild: Script::new(REBUILD),
-            warm: Script::new(WARM),
+            rebuild: Script::new(&format!("{FRESH_VERSION}{REBUILD}")),
+            warm: Script::new(&format!("{FRESH_VERSION}{WARM}")),
             adjust: Script::new(ADJUST),
         }
     }
@@ -283,6 +317,7 @@ impl StockLedger for RedisStockLedger {
                 .key(&k.buyers)
                 .key(&k.reservations)
                 .key(&k.sold_out)
+                .key(&k.version)
                 .arg(idx.len());
             for &i in &idx {
                 let r = &batch[i];
@@ -314,6 +349,7 @@ impl StockLedger for RedisStockLedger {
             .key(&k.buyers)
             .key(&k.reservations)
             .key(&k.sold_out)
+            .key(&k.version)
             .arg(id.0)
             .invoke_async(&mut c)
             .await
@@ -373,6 +409,7 @@ impl StockLedger for RedisStockLedger {
             .key(&k.stock)
             .key(&k.restocked)
             .key(&k.sold_out)
+            .key(&k.version)
             .arg(id.0)
             .arg(amount)
             .invoke_async(&mut c)
@@ -412,14 +449,16 @@ impl StockLedger for RedisStockLedger {
         Ok(loaded == 1)
     }
 
-    async fn adjust(&self, promo: PromoId, expected: i64, delta: i64) -> CacheResult<bool> {
+    async fn adjust(&self, promo: PromoId, seen: LedgerLevel, delta: i64) -> CacheResult<bool> {
         let k = self.redis.promo_keys(promo);
         let mut c = self.redis.conn.clone();
         let done: i64 = self
             .adjust
             .key(&k.stock)
             .key(&k.sold_out)
-            .arg(expected)
+            .key(&k.version)
+            .arg(seen.stock)
+            .arg(seen.version)
             .arg(delta)
             .invoke_async(&mut c)
             .await
@@ -434,6 +473,23 @@ impl StockLedger for RedisStockLedger {
             .query_async(&mut c)
             .await
             .map_err(err("ledger read failed"))
+    }
+
+    async fn level(&self, promo: PromoId) -> CacheResult<Option<LedgerLevel>> {
+        let k = self.redis.promo_keys(promo);
+        let mut c = self.redis.conn.clone();
+        let (stock, version): (Option<i64>, Option<u64>) = ::redis::cmd("MGET")
+            .arg(&k.stock)
+            .arg(&k.version)
+            .query_async(&mut c)
+            .await
+            .map_err(err("ledger read failed"))?;
+        // A ledger a build before versions loaded has none yet: 0, which
+        // its first change moves on.
+        Ok(stock.map(|stock| LedgerLevel {
+            stock,
+            version: version.unwrap_or(0),
+        }))
     }
 
     async fn sold_out(&self, promo: PromoId) -> CacheResult<bool> {

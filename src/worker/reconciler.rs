@@ -23,8 +23,10 @@
 //!    the units reserved and not yet deducted. A difference that stays the
 //!    same while nothing in the sale moves for `ledger_rebuild_quiet_ms`
 //!    (two passes) is drift — a reservation not given back when the cache
-//!    failed, say — and is repaired with a compare-and-set on the ledger,
-//!    one audit log line per repair. A moving sale is never "repaired":
+//!    failed, say — and is repaired with a compare-and-set on the ledger's
+//!    level (its stock and version: an instance that stalled after its look
+//!    cannot repair a ledger another instance repaired and a sale brought
+//!    back to the same stock), one audit log line per repair. A moving sale is never "repaired":
 //!    its differences are reservations in flight. Nor is a promo whose
 //!    sweep (step 4) found a rolled-back record it could not give back this
 //!    pass: repairing the stock and later giving the record back would
@@ -35,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
+use crate::cache::LedgerLevel;
 use crate::config::OrderStrategy;
 use crate::domain::{Promo, PromoId, PromoState, StockLogStatus};
 use crate::service::{payment, write_behind, Context};
@@ -93,7 +96,9 @@ struct Observation {
     unsettled: i64,
     stock_logs: (i64, i64, i64),
     orders: i64,
-    ledger: i64,
+    /// The ledger's stock and version: a reservation and its give-back
+    /// between two looks move the version, not the stock.
+    ledger: LedgerLevel,
 }
 
 /// Keeps what earlier passes saw (drift needs two looks).
@@ -159,7 +164,7 @@ impl Reconciler {
             let unsettled = ports.store.unsettled_units_of_item(promo.item_id).await?;
             let totals = ports.store.promo_totals(promo.id).await?;
             let Some(item) = item else { continue };
-            let Some(ledger) = ports.ledger.stock(promo.id).await? else {
+            let Some(level) = ports.ledger.level(promo.id).await? else {
                 report.ledgers_missing += 1;
                 self.seen.remove(&promo.id);
                 if !dry_run {
@@ -176,8 +181,9 @@ impl Reconciler {
                     totals.stock_log_rolled_back,
                 ),
                 orders: totals.orders,
-                ledger,
+                ledger: level,
             };
+            let ledger = level.stock;
             let expected = (item.stock - unsettled).max(0);
             if expected == ledger {
                 self.seen.remove(&promo.id);
@@ -201,7 +207,7 @@ impl Reconciler {
             } else if held && !dry_run {
                 if ports
                     .ledger
-                    .adjust(promo.id, ledger, expected - ledger)
+                    .adjust(promo.id, level, expected - ledger)
                     .await?
                 {
                     drift.repaired = true;

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use seckill::cache::{Reservation, ReserveOutcome, StockLedger};
+use seckill::cache::{LedgerLevel, Reservation, ReserveOutcome, StockLedger};
 use seckill::domain::{PromoId, SaleJournal, StockLogId, UserId};
 
 static NEXT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
@@ -38,7 +38,8 @@ where
     warming_again_does_not_reset_a_running_sale(make().await).await;
     concurrent_reservations_never_oversell(make().await).await;
     a_rebuilt_ledger_holds_the_journal_and_loads_once(make().await).await;
-    adjust_is_a_compare_and_set(make().await).await;
+    adjust_is_a_compare_and_set_on_the_level(make().await).await;
+    every_change_moves_the_version_and_a_look_does_not(make().await).await;
     an_untouched_ledger_is_warmed_afresh(make().await).await;
     a_reservation_the_ledger_holds_is_not_taken_twice(make().await).await;
     reservation_records_are_listed_and_committed_ones_forgotten(make().await).await;
@@ -159,17 +160,87 @@ async fn a_rebuilt_ledger_holds_the_journal_and_loads_once(l: Arc<dyn StockLedge
     assert!(l.sold_out(q).await.unwrap());
 }
 
-async fn adjust_is_a_compare_and_set(l: Arc<dyn StockLedger>) {
+async fn adjust_is_a_compare_and_set_on_the_level(l: Arc<dyn StockLedger>) {
     let p = fresh_promo();
-    assert!(!l.adjust(p, 0, 1).await.unwrap(), "not loaded");
+    let nowhere = LedgerLevel {
+        stock: 0,
+        version: 0,
+    };
+    assert!(!l.adjust(p, nowhere, 1).await.unwrap(), "not loaded");
+    assert_eq!(l.level(p).await.unwrap(), None);
     assert!(l.warm(p, 0, 1).await.unwrap());
     assert!(l.sold_out(p).await.unwrap());
-    assert!(!l.adjust(p, 1, 2).await.unwrap(), "stock moved: refused");
-    assert!(l.adjust(p, 0, 2).await.unwrap());
+    let seen = l.level(p).await.unwrap().unwrap();
+    assert_eq!(seen.stock, 0);
+    let other_stock = LedgerLevel { stock: 1, ..seen };
+    assert!(!l.adjust(p, other_stock, 2).await.unwrap(), "stock moved");
+    assert!(l.adjust(p, seen, 2).await.unwrap());
+    let repaired = l.level(p).await.unwrap().unwrap();
+    assert_ne!(repaired.version, seen.version, "a repair moves it on");
+    assert!(!l.adjust(p, seen, 2).await.unwrap());
     assert_eq!(l.stock(p).await.unwrap(), Some(2));
     assert!(!l.sold_out(p).await.unwrap(), "flag cleared");
-    assert!(l.adjust(p, 2, -2).await.unwrap());
+    let seen = l.level(p).await.unwrap().unwrap();
+    assert!(l.adjust(p, seen, -3).await.unwrap());
+    assert_eq!(l.stock(p).await.unwrap(), Some(0), "never below zero");
     assert!(l.sold_out(p).await.unwrap(), "flag set at zero");
+}
+
+/// The ABA a stock-only compare-and-set let through: a reservation and its
+/// give-back leave the stock where it was, and a repair decided on the
+/// earlier look must be refused.
+async fn every_change_moves_the_version_and_a_look_does_not(l: Arc<dyn StockLedger>) {
+    let p = fresh_promo();
+    assert!(l.warm(p, 5, 1).await.unwrap());
+    let first = l.level(p).await.unwrap().unwrap();
+    assert_eq!(
+        l.level(p).await.unwrap(),
+        Some(first),
+        "a look changes nothing"
+    );
+    // Loaded afresh (nobody bought): past the version it had.
+    assert!(l.warm(p, 5, 1).await.unwrap());
+    let seen = l.level(p).await.unwrap().unwrap();
+    assert_eq!(seen.stock, 5);
+    assert!(seen.version > first.version, "{seen:?} after {first:?}");
+
+    l.reserve(&[r(p, 1, 1, 1)]).await.unwrap();
+    let reserved = l.level(p).await.unwrap().unwrap();
+    assert_ne!(reserved.version, seen.version);
+    // The same reservation again is answered from its record: no change.
+    l.reserve(&[r(p, 1, 1, 1)]).await.unwrap();
+    // A refused one neither (the buyer is at the limit).
+    l.reserve(&[r(p, 1, 1, 2)]).await.unwrap();
+    assert_eq!(l.level(p).await.unwrap(), Some(reserved));
+    assert!(l.release(p, StockLogId(1)).await.unwrap());
+    let back = l.level(p).await.unwrap().unwrap();
+    assert_eq!(back.stock, seen.stock, "the stock is where it was");
+    assert!(
+        back.version != seen.version && back.version != reserved.version,
+        "{back:?}"
+    );
+    assert!(
+        !l.adjust(p, seen, 2).await.unwrap(),
+        "a repair decided before the sale moved is refused"
+    );
+    assert_eq!(l.stock(p).await.unwrap(), Some(5));
+    // A restock, then a sale of that unit: the stock is where it was.
+    assert!(l.restock(p, StockLogId(9), 1).await.unwrap());
+    l.reserve(&[r(p, 2, 1, 3)]).await.unwrap();
+    assert_eq!(l.stock(p).await.unwrap(), Some(5));
+    assert!(
+        !l.adjust(p, back, 1).await.unwrap(),
+        "a restock moves it too"
+    );
+    // Reads, and dropping a committed record, are not changes.
+    let now = l.level(p).await.unwrap().unwrap();
+    l.stock(p).await.unwrap();
+    l.sold_out(p).await.unwrap();
+    l.reservations(p, 10).await.unwrap();
+    l.forget_committed(p, &[StockLogId(3)]).await.unwrap();
+    assert_eq!(l.level(p).await.unwrap(), Some(now));
+    assert!(l.adjust(p, now, -1).await.unwrap());
+    assert_eq!(l.stock(p).await.unwrap(), Some(4));
 }
 
 async fn reserves_until_sold_out_and_flags_it(l: Arc<dyn StockLedger>) {
