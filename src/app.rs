@@ -43,6 +43,9 @@ pub struct App {
     pub otp: Arc<DevOtpSender>,
     /// The in-process bus, when that is the bus in use (fault injection).
     pub memory_bus: Option<MemoryBus>,
+    /// The in-process ledger, when that is the ledger in use (fault
+    /// injection).
+    pub memory_ledger: Option<Arc<MemoryStockLedger>>,
 }
 
 /// The process's Prometheus recorder, installed once.
@@ -126,6 +129,7 @@ pub async fn open_store(config: &Config, tasks: &TaskTracker) -> anyhow::Result<
 /// The fast-state adapters: Redis when configured, else in-memory.
 struct CacheAdapters {
     ledger: Arc<dyn StockLedger>,
+    memory_ledger: Option<Arc<MemoryStockLedger>>,
     kv: Arc<dyn KvStore>,
     limiter: Arc<dyn RateLimiter>,
     /// A node id leased from Redis, unique among the instances sharing it.
@@ -134,8 +138,10 @@ struct CacheAdapters {
 
 async fn cache_adapters(config: &Config) -> anyhow::Result<CacheAdapters> {
     let Some(url) = &config.redis_url else {
+        let ledger = Arc::new(MemoryStockLedger::new());
         return Ok(CacheAdapters {
-            ledger: Arc::new(MemoryStockLedger::new()),
+            ledger: ledger.clone(),
+            memory_ledger: Some(ledger),
             kv: Arc::new(MemoryKvStore::new()),
             limiter: Arc::new(MemoryRateLimiter::new()),
             leased_node: None,
@@ -151,6 +157,7 @@ async fn cache_adapters(config: &Config) -> anyhow::Result<CacheAdapters> {
     };
     Ok(CacheAdapters {
         ledger: Arc::new(RedisStockLedger::new(conn.clone())),
+        memory_ledger: None,
         kv: Arc::new(RedisKvStore::new(conn.clone())),
         limiter: Arc::new(RedisRateLimiter::new(conn)),
         leased_node,
@@ -286,5 +293,6 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         context,
         otp,
         memory_bus,
+        memory_ledger: caches.memory_ledger,
     })
 }
