@@ -384,6 +384,51 @@ impl CatalogService {
                  deducted from its stock); publish again in a few seconds"
             )));
         }
+        // An unpaid order of an earlier sale, cancelled (by its buyer or its
+        // time-out), gives its units back to the DB stock and to that sale's
+        // ended ledger: warmed from the DB stock now, this promo's ledger
+        // would never see them — DB and ledger apart for good, units never
+        // sold. So the earlier sale ends for good first: paid or cancelled.
+        let (unpaid, newest) = self
+            .cx
+            .ports
+            .store
+            .unpaid_orders_of_item(promo.item_id)
+            .await?;
+        if unpaid > 0 {
+            let cfg = &self.cx.config;
+            let last_due = newest.map(|placed| {
+                let grace = cfg
+                    .order_payment_timeout_secs
+                    .saturating_add(cfg.reconcile_after_secs)
+                    .saturating_add(cfg.reconcile_interval_secs);
+                placed
+                    .checked_add_signed(
+                        i64::try_from(grace)
+                            .ok()
+                            .and_then(chrono::Duration::try_seconds)
+                            .unwrap_or(chrono::Duration::MAX),
+                    )
+                    .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
+            });
+            let by = last_due
+                .map(|t| {
+                    format!(
+                        " (each is paid or cancelled by {} at the latest)",
+                        t.to_rfc3339()
+                    )
+                })
+                .unwrap_or_default();
+            let waiting = if unpaid == 1 {
+                "1 order of an earlier sale of this item awaits".to_owned()
+            } else {
+                format!("{unpaid} orders of an earlier sale of this item await")
+            };
+            return Err(ServiceError::Conflict(format!(
+                "{waiting} payment{by}: a cancellation gives its units back to that sale, which \
+                 this one would never see; publish after that"
+            )));
+        }
         let item = self.load_item(promo.item_id).await?;
         let cfg = &self.cx.config;
         // An earlier publish of this promo that failed after its warm-up

@@ -113,6 +113,7 @@ forward! {
         fn stale_stock_logs(before: DateTime<Utc>, limit: u32) -> Vec<(StockLogId, PromoId)>;
         fn undeducted_stock_logs(before: DateTime<Utc>, limit: u32) -> Vec<Deduction>;
         fn unsettled_units_of_item(item: ItemId) -> i64;
+        fn unpaid_orders_of_item(item: ItemId) -> (i64, Option<DateTime<Utc>>);
         fn sale_journal(promo: PromoId, item: ItemId) -> SaleJournal;
         fn unpaid_orders(before: DateTime<Utc>, limit: u32) -> Vec<OrderNo>;
         fn apply_deductions(entries: &[Deduction] => Vec<Deduction>) -> DeductionReport;

@@ -165,6 +165,14 @@ pub trait OrderStore: Send + Sync {
     /// rows, and committed rows whose deduction has not been applied. A new
     /// promo of the item must not be warmed from the DB stock until this is 0.
     async fn unsettled_units_of_item(&self, item: ItemId) -> StoreResult<i64>;
+    /// Orders of an item's promos still `pending_payment`: how many, and
+    /// when the newest was placed. A cancellation gives its units back to
+    /// its own promo's ledger and to the item's DB stock, so a new promo of
+    /// the item must not be warmed while any can still be cancelled.
+    async fn unpaid_orders_of_item(
+        &self,
+        item: ItemId,
+    ) -> StoreResult<(i64, Option<DateTime<Utc>>)>;
     /// Everything a rebuilt ledger needs about a promo's sale, read in one
     /// DB transaction (see [`SaleJournal`]).
     async fn sale_journal(&self, promo: PromoId, item: ItemId) -> StoreResult<SaleJournal>;

@@ -551,6 +551,28 @@ impl OrderStore for $store {
         Ok(n.unwrap_or(0))
     }
 
+    async fn unpaid_orders_of_item(&self, item: ItemId) -> StoreResult<(i64, Option<DateTime<Utc>>)> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM order_info WHERE status = 'pending_payment' \
+             AND promo_id IN (SELECT id FROM promo WHERE item_id = ?)",
+        )
+        .bind(item.0)
+        .fetch_one(&self.pool)
+        .await?;
+        if n == 0 {
+            return Ok((0, None));
+        }
+        let newest: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "SELECT created_at FROM order_info WHERE status = 'pending_payment' \
+             AND promo_id IN (SELECT id FROM promo WHERE item_id = ?) \
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(item.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok((n, newest))
+    }
+
     async fn sale_journal(&self, promo: PromoId, item: ItemId) -> StoreResult<SaleJournal> {
         let mut tx = self.pool.begin().await?;
         let db_stock: Option<i64> = sqlx::query_scalar("SELECT stock FROM item_stock WHERE item_id = ?")

@@ -326,6 +326,85 @@ async fn a_promo_is_not_published_while_an_earlier_sale_of_its_item_is_still_set
     t.publish(second).await;
 }
 
+/// An unpaid order of an earlier sale, cancelled, gives its unit back to
+/// the item's DB stock and to that sale's ledger: a promo warmed meanwhile
+/// would never see the unit (its ledger below the DB for good, the unit
+/// never sold). A new promo of the item waits until every order of the
+/// earlier sales is paid or cancelled.
+#[tokio::test]
+async fn a_promo_is_not_published_while_an_earlier_sale_of_its_item_has_unpaid_orders() {
+    let t = TestApp::spawn_with(short_in_flight_bound).await;
+    let item = t.item(5).await;
+    let first = t.promo(item, -10, 3).await;
+    t.publish(first).await;
+    let buyers = t.users("1398000", 2).await;
+    let mut orders = Vec::new();
+    for b in &buyers {
+        let r = t.buy(b, first, item).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
+        orders.push(r.json()["order_no"].as_str().unwrap().to_owned());
+    }
+    t.settled(first).await;
+    sleep_past_end(&t, first, IN_FLIGHT_MS as i64 + 50).await;
+    let second = t.promo(item, 1, 3600).await;
+    let publish_second = || async {
+        t.call(
+            "POST",
+            &format!("/api/v1/admin/promos/{second}/publish"),
+            Some(ADMIN),
+            None,
+        )
+        .await
+    };
+    let r = publish_second().await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::CONFLICT, "CONFLICT"),
+        "{:?}",
+        r.json()
+    );
+    let message = r.json()["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("2 orders") && message.contains("at the latest"),
+        "{message}"
+    );
+    assert_eq!(
+        t.stats(second).await["stock_cache"],
+        serde_json::Value::Null
+    );
+
+    // One paid, one cancelled (its unit back in the DB stock): the earlier
+    // sale is over, and the new one starts from all that is left.
+    let r = t
+        .post(
+            &format!("/api/v1/orders/{}/pay", orders[0]),
+            Some(&buyers[0]),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    let r = publish_second().await;
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("1 order of"),
+        "{:?}",
+        r.json()
+    );
+    let r = t
+        .post(
+            &format!("/api/v1/orders/{}/cancel", orders[1]),
+            Some(&buyers[1]),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    t.publish(second).await;
+    let stats = t.stats(second).await;
+    assert_eq!(
+        (&stats["stock_cache"], &stats["stock_db"]),
+        (&4.into(), &4.into())
+    );
+}
+
 /// request_timeout_ms + local_tx_timeout_ms of `short_in_flight_bound`.
 const IN_FLIGHT_MS: u64 = 2_000;
 

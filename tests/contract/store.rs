@@ -442,8 +442,17 @@ async fn cancel_gives_stock_back(s: &dyn Store) {
     }])
     .await
     .unwrap();
+    let (unpaid, newest) = s.unpaid_orders_of_item(item).await.unwrap();
+    assert_eq!(unpaid, 1);
+    let newest = newest.expect("its creation time");
+    assert!(
+        (newest - d.created_at).num_seconds().abs() <= 1,
+        "{newest} vs {}",
+        d.created_at
+    );
     let (o, changed) = s.cancel_order(&d.order_no).await.unwrap();
     assert_eq!((o.status, changed), (OrderStatus::Cancelled, true));
+    assert_eq!(s.unpaid_orders_of_item(item).await.unwrap(), (0, None));
     let (_, again) = s.cancel_order(&d.order_no).await.unwrap();
     assert!(!again, "idempotent");
     let it = s.item(item).await.unwrap().unwrap();
