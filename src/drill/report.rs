@@ -91,12 +91,19 @@ pub struct Inputs {
     pub journeys: Vec<f64>,
 }
 
+/// Whether the deployment's strategy (`/api/v1/config`'s name) reserves in
+/// a ledger: write-behind; the pure-database strategies keep none.
+pub fn keeps_a_ledger(strategy: &str) -> bool {
+    strategy == "write-behind"
+}
+
 pub fn build(i: Inputs) -> DrillReport {
     let s = &i.stats;
     let sold = s["sold"].as_i64().unwrap_or(-1);
     let orders_db = s["orders"].as_i64().unwrap_or(-1);
     let stock_db = s["stock_db"].as_i64().unwrap_or(-1);
     let sales = i.item["sales"].as_i64().unwrap_or(-1);
+    let sales_db = s["sales_db"].as_i64().unwrap_or(-1);
     let mut v = Vec::new();
     if sold > i.stock || i.accepted as i64 > i.stock {
         v.push(format!(
@@ -134,10 +141,18 @@ pub fn build(i: Inputs) -> DrillReport {
             i.stock
         ));
     }
-    if let Some(cache) = s["stock_cache"].as_i64() {
-        if cache != stock_db {
+    // The drill's item is its own: its DB sales are this sale's.
+    if sales_db != sold {
+        v.push(format!("DB item sales {sales_db} ≠ sold {sold}"));
+    }
+    match s["stock_cache"].as_i64() {
+        Some(cache) if cache != stock_db => {
             v.push(format!("cache (Redis) stock {cache} ≠ DB stock {stock_db}"));
         }
+        None if keeps_a_ledger(&i.strategy) => {
+            v.push("the ledger holds no stock for the promo (lost, and not rebuilt)".into());
+        }
+        _ => {}
     }
     if s["stock_log"]["init"].as_i64().unwrap_or(0) != 0 {
         v.push(format!(

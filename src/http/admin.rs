@@ -112,6 +112,9 @@ pub struct PromoStatsDto {
     pub item_id: i64,
     /// `item_stock.stock` in the database.
     pub stock_db: i64,
+    /// The item's sales in the database (`item_stock.sales`: every sale of
+    /// the item, orders not cancelled).
+    pub sales_db: i64,
     /// The ledger's stock (Redis); null when not warmed.
     pub stock_cache: Option<i64>,
     /// Units in orders not cancelled.
@@ -275,6 +278,7 @@ pub async fn stats(
         promo_id: s.promo.id.0,
         item_id: s.promo.item_id.0,
         stock_db: s.stock_db,
+        sales_db: s.sales_db,
         stock_cache: s.stock_cache,
         sold: s.totals.sold,
         orders: s.totals.orders,

@@ -29,6 +29,7 @@ pub struct ItemView {
 pub struct PromoStats {
     pub promo: Promo,
     pub stock_db: i64,
+    pub sales_db: i64,
     pub stock_cache: Option<i64>,
     pub totals: PromoTotals,
 }
@@ -478,6 +479,7 @@ impl CatalogService {
         Ok(PromoStats {
             promo,
             stock_db: item.stock,
+            sales_db: item.sales,
             stock_cache,
             totals,
         })
