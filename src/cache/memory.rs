@@ -53,7 +53,7 @@ impl Ledgers {
 #[derive(Default)]
 pub struct MemoryStockLedger {
     ledgers: Mutex<Ledgers>,
-    fail_releases: AtomicBool,
+    fail_give_backs: AtomicBool,
 }
 
 impl MemoryStockLedger {
@@ -61,10 +61,21 @@ impl MemoryStockLedger {
         Self::default()
     }
 
-    /// Fault injection: while true every give-back ([`StockLedger::release`])
+    /// Fault injection: while true every give-back (a reservation's,
+    /// [`StockLedger::release`]; a cancelled order's, [`StockLedger::restock`])
     /// fails as if the cache were unreachable, and changes nothing.
-    pub fn fail_releases(&self, on: bool) {
-        self.fail_releases.store(on, Ordering::SeqCst);
+    pub fn fail_give_backs(&self, on: bool) {
+        self.fail_give_backs.store(on, Ordering::SeqCst);
+    }
+
+    fn give_back_fault(&self) -> CacheResult<()> {
+        if self.fail_give_backs.load(Ordering::SeqCst) {
+            return Err(CacheError {
+                context: "ledger give-back failed (fault injection)",
+                source: None,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -123,12 +134,7 @@ impl StockLedger for MemoryStockLedger {
     }
 
     async fn release(&self, promo: PromoId, id: StockLogId) -> CacheResult<bool> {
-        if self.fail_releases.load(Ordering::SeqCst) {
-            return Err(CacheError {
-                context: "ledger release failed (fault injection)",
-                source: None,
-            });
-        }
+        self.give_back_fault()?;
         let mut l = self.ledgers.lock();
         let Some(p) = l.promos.get_mut(&promo) else {
             return Ok(false);
@@ -165,6 +171,7 @@ impl StockLedger for MemoryStockLedger {
     }
 
     async fn restock(&self, promo: PromoId, id: StockLogId, amount: i64) -> CacheResult<bool> {
+        self.give_back_fault()?;
         let mut l = self.ledgers.lock();
         let Some(p) = l.promos.get_mut(&promo) else {
             return Ok(false);
@@ -175,6 +182,23 @@ impl StockLedger for MemoryStockLedger {
         p.stock += amount;
         l.changed(promo);
         Ok(true)
+    }
+
+    async fn not_restocked(
+        &self,
+        promo: PromoId,
+        ids: &[StockLogId],
+    ) -> CacheResult<Vec<StockLogId>> {
+        let l = self.ledgers.lock();
+        Ok(l.promos
+            .get(&promo)
+            .map(|p| {
+                ids.iter()
+                    .filter(|id| !p.restocked.contains(id))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     async fn rebuild(

@@ -111,6 +111,15 @@ pub trait StockLedger: Send + Sync {
     /// Gives back the units of a cancelled order (the buyer stays recorded:
     /// one order per user per promo). Idempotent per id: true the first time.
     async fn restock(&self, promo: PromoId, id: StockLogId, amount: i64) -> CacheResult<bool>;
+    /// Of `ids` (cancelled orders), those the ledger was never given back
+    /// ([`StockLedger::restock`] never ran for them: it failed when the
+    /// cache did, or the instance died first). None when the promo is not
+    /// loaded: a rebuild loads every cancelled order as given back.
+    async fn not_restocked(
+        &self,
+        promo: PromoId,
+        ids: &[StockLogId],
+    ) -> CacheResult<Vec<StockLogId>>;
     /// Loads a promo's ledger from what the DB knows (`journal`): stock
     /// `journal.ledger_stock()`, its buyers, its undecided reservations
     /// (so a later rollback gives them back) and the cancelled ones (never

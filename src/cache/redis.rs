@@ -418,6 +418,40 @@ impl StockLedger for RedisStockLedger {
         Ok(done == 1)
     }
 
+    async fn not_restocked(
+        &self,
+        promo: PromoId,
+        ids: &[StockLogId],
+    ) -> CacheResult<Vec<StockLogId>> {
+        let k = self.redis.promo_keys(promo);
+        let mut c = self.redis.conn.clone();
+        let loaded: bool = ::redis::cmd("EXISTS")
+            .arg(&k.stock)
+            .query_async(&mut c)
+            .await
+            .map_err(err("ledger read failed"))?;
+        let mut missing = Vec::new();
+        if !loaded {
+            return Ok(missing);
+        }
+        for chunk in ids.chunks(1000) {
+            let member: Vec<bool> = ::redis::cmd("SMISMEMBER")
+                .arg(&k.restocked)
+                .arg(chunk.iter().map(|id| id.0).collect::<Vec<_>>())
+                .query_async(&mut c)
+                .await
+                .map_err(err("ledger read failed"))?;
+            missing.extend(
+                chunk
+                    .iter()
+                    .zip(member)
+                    .filter(|(_, given_back)| !given_back)
+                    .map(|(id, _)| *id),
+            );
+        }
+        Ok(missing)
+    }
+
     async fn rebuild(
         &self,
         promo: PromoId,

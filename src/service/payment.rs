@@ -88,7 +88,7 @@ async fn give_back(cx: &Context, order: &Order) {
     {
         Ok(_) => cx.sold_out.clear(order.promo_id),
         Err(e) => tracing::error!(order_no = %order.order_no, error = %e,
-            "cancelled order's units not given back to the ledger now; the reconciler's drift repair will"),
+            "cancelled order's units not given back to the ledger now; the reconciler's sweep will"),
     }
 }
 

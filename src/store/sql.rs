@@ -617,6 +617,27 @@ impl OrderStore for $store {
         })
     }
 
+    async fn cancelled_orders(
+        &self,
+        promo: PromoId,
+        after: StockLogId,
+        limit: u32,
+    ) -> StoreResult<Vec<(StockLogId, i64)>> {
+        sqlx::query(
+            "SELECT stock_log_id, amount FROM order_info \
+             WHERE promo_id = ? AND status = 'cancelled' AND stock_log_id > ? \
+             ORDER BY stock_log_id LIMIT ?",
+        )
+        .bind(promo.0)
+        .bind(after.0)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| Ok((StockLogId(r.try_get("stock_log_id")?), r.try_get("amount")?)))
+        .collect()
+    }
+
     async fn unpaid_orders(&self, before: DateTime<Utc>, limit: u32) -> StoreResult<Vec<OrderNo>> {
         sqlx::query("SELECT order_no FROM order_info WHERE status = 'pending_payment' AND created_at < ? ORDER BY created_at LIMIT ?")
             .bind(before)

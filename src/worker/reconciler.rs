@@ -17,7 +17,10 @@
 //!    units stay sold, the buyer recorded); `rolled_back` — given back now
 //!    (a give-back that failed when the cache did: a rolled-back row is
 //!    never looked at again otherwise, and its buyer would stay recorded);
-//!    `init` — left alone (in flight, or step 2's);
+//!    `init` — left alone (in flight, or step 2's); and gives back the
+//!    units of every cancelled order the ledger never got back (the
+//!    cancellation's give-back failed, or its instance died first: nothing
+//!    else calls it again);
 //! 5. for each promo on sale (write-behind): rebuilds a ledger the cache
 //!    lost, and compares the ledger's stock with the DB's — DB stock less
 //!    the units reserved and not yet deducted. A difference that stays the
@@ -39,7 +42,7 @@ use chrono::Utc;
 
 use crate::cache::LedgerLevel;
 use crate::config::OrderStrategy;
-use crate::domain::{Promo, PromoId, PromoState, StockLogStatus};
+use crate::domain::{Promo, PromoId, PromoState, StockLogId, StockLogStatus};
 use crate::service::{payment, write_behind, Context};
 
 /// A promo whose ledger and DB disagree.
@@ -73,6 +76,13 @@ pub struct ReconcileReport {
     /// Rolled-back reservations still held and not given back by this pass:
     /// the give-back failed again (tried next pass), or a dry run.
     pub stranded_pending: usize,
+    /// Cancelled orders whose units the ledger never got back (the
+    /// cancellation's give-back failed, or its instance died first), given
+    /// back now.
+    pub restocks_given_back: usize,
+    /// Such cancellations not given back by this pass: the give-back failed
+    /// again (tried next pass), or a dry run.
+    pub restocks_pending: usize,
     /// Promos whose sweep failed this pass (Redis or the DB did not answer;
     /// tried next pass, and no drift repair for them this pass).
     pub sweeps_failed: usize,
@@ -236,9 +246,10 @@ impl Reconciler {
 }
 
 /// Step 4: each reservation record of `promos`' ledgers held against its
-/// journal row (see the module docs). The promos left with a rolled-back
-/// record not given back, or whose sweep failed, are returned: no drift
-/// repair for them this pass.
+/// journal row, and each cancelled order against the ledger's given-back
+/// set (see the module docs). The promos left with a rolled-back record or
+/// a cancellation not given back, or whose sweep failed, are returned: no
+/// drift repair for them this pass.
 async fn sweep_reservations(
     cx: &Context,
     promos: &[Promo],
@@ -247,7 +258,13 @@ async fn sweep_reservations(
 ) -> HashSet<PromoId> {
     let mut unsettled = HashSet::new();
     for promo in promos {
-        match sweep_promo(cx, promo.id, dry_run, report).await {
+        let swept = async {
+            let records = sweep_promo(cx, promo.id, dry_run, report).await?;
+            let restocks = sweep_restocks(cx, promo.id, dry_run, report).await?;
+            anyhow::Ok(records && restocks)
+        }
+        .await;
+        match swept {
             Ok(true) => {}
             Ok(false) => {
                 unsettled.insert(promo.id);
@@ -264,6 +281,8 @@ async fn sweep_reservations(
     }
     metrics::counter!("seckill_reconciled_total", "outcome" => "stranded_given_back")
         .increment(report.stranded_given_back as u64);
+    metrics::counter!("seckill_reconciled_total", "outcome" => "restock_given_back")
+        .increment(report.restocks_given_back as u64);
     unsettled
 }
 
@@ -314,6 +333,67 @@ async fn sweep_promo(
                         "rolled-back reservation still not given back; next pass");
                 }
             }
+        }
+    }
+    Ok(settled)
+}
+
+/// One promo's cancelled orders whose units the ledger never got back (the
+/// cancellation's give-back failed, or its instance died between the DB's
+/// cancel and the give-back: nothing else calls it again), given back now —
+/// idempotent per order, like the cancellation's own call. Every cancelled
+/// order of the promo is looked at each pass, a page of
+/// `ledger_sweep_max_records` at a time: drift repair of the promo, after
+/// the sweep, must never make up units a later give-back would add again.
+/// False when one could not be given back.
+async fn sweep_restocks(
+    cx: &Context,
+    promo: PromoId,
+    dry_run: bool,
+    report: &mut ReconcileReport,
+) -> anyhow::Result<bool> {
+    let page = cx.config.ledger_sweep_max_records.max(1);
+    let mut after = StockLogId(0);
+    let mut settled = true;
+    loop {
+        let cancelled = cx
+            .ports
+            .store
+            .cancelled_orders(promo, after, u32::try_from(page).unwrap_or(u32::MAX))
+            .await?;
+        let Some(&(last, _)) = cancelled.last() else {
+            break;
+        };
+        after = last;
+        for chunk in cancelled.chunks(1000) {
+            let ids: Vec<StockLogId> = chunk.iter().map(|(id, _)| *id).collect();
+            let missing = cx.ports.ledger.not_restocked(promo, &ids).await?;
+            if dry_run {
+                report.restocks_pending += missing.len();
+                continue;
+            }
+            for (id, amount) in chunk.iter().filter(|(id, _)| missing.contains(id)) {
+                match cx.ports.ledger.restock(promo, *id, *amount).await {
+                    Ok(true) => {
+                        report.restocks_given_back += 1;
+                        cx.sold_out.clear(promo);
+                        tracing::warn!(promo_id = %promo, stock_log_id = %id, amount,
+                            "audit: reconciler gave back a cancelled order's units the ledger never got");
+                    }
+                    // Given back meanwhile (the cancellation's own call), or
+                    // the ledger is gone (a rebuild loads it as given back).
+                    Ok(false) => {}
+                    Err(e) => {
+                        report.restocks_pending += 1;
+                        settled = false;
+                        tracing::warn!(promo_id = %promo, stock_log_id = %id, error = %e,
+                            "cancelled order's units still not given back to the ledger; next pass");
+                    }
+                }
+            }
+        }
+        if cancelled.len() < page {
+            break;
         }
     }
     Ok(settled)

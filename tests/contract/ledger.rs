@@ -43,6 +43,24 @@ where
     an_untouched_ledger_is_warmed_afresh(make().await).await;
     a_reservation_the_ledger_holds_is_not_taken_twice(make().await).await;
     reservation_records_are_listed_and_committed_ones_forgotten(make().await).await;
+    cancellations_not_given_back_are_told_apart(make().await).await;
+}
+
+async fn cancellations_not_given_back_are_told_apart(l: Arc<dyn StockLedger>) {
+    let p = fresh_promo();
+    let ids = [StockLogId(9), StockLogId(10), StockLogId(11)];
+    assert!(
+        l.not_restocked(p, &ids).await.unwrap().is_empty(),
+        "not loaded: a rebuild loads every cancellation as given back"
+    );
+    assert!(l.warm(p, 2, 1).await.unwrap());
+    assert!(l.restock(p, StockLogId(10), 1).await.unwrap());
+    let mut missing = l.not_restocked(p, &ids).await.unwrap();
+    missing.sort();
+    assert_eq!(missing, vec![StockLogId(9), StockLogId(11)]);
+    let level = l.level(p).await.unwrap();
+    assert!(l.not_restocked(p, &[]).await.unwrap().is_empty());
+    assert_eq!(l.level(p).await.unwrap(), level, "a look changes nothing");
 }
 
 async fn reservation_records_are_listed_and_committed_ones_forgotten(l: Arc<dyn StockLedger>) {

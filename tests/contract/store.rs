@@ -453,6 +453,15 @@ async fn cancel_gives_stock_back(s: &dyn Store) {
     let (o, changed) = s.cancel_order(&d.order_no).await.unwrap();
     assert_eq!((o.status, changed), (OrderStatus::Cancelled, true));
     assert_eq!(s.unpaid_orders_of_item(item).await.unwrap(), (0, None));
+    assert_eq!(
+        s.cancelled_orders(promo, StockLogId(0), 10).await.unwrap(),
+        vec![(d.stock_log_id, 2)]
+    );
+    assert!(s
+        .cancelled_orders(promo, d.stock_log_id, 10)
+        .await
+        .unwrap()
+        .is_empty());
     let (_, again) = s.cancel_order(&d.order_no).await.unwrap();
     assert!(!again, "idempotent");
     let it = s.item(item).await.unwrap().unwrap();

@@ -445,18 +445,36 @@ async fn the_reconciler_gives_back_a_rolled_back_reservation_the_ledger_still_ho
     );
 }
 
+/// Three reconciler passes, the quiet time apart, while the ledger's
+/// give-backs fail: each finds one give-back pending and none done
+/// (`pending_and_done` picks which kind), repairs no drift, and the ledger
+/// stays one unit below the DB (the unit waits for its give-back).
+async fn three_passes_hold_back(
+    t: &TestApp,
+    r: &mut seckill::worker::reconciler::Reconciler,
+    promo: i64,
+    pending_and_done: impl Fn(&seckill::worker::reconciler::ReconcileReport) -> (usize, usize),
+) {
+    for look in 0..3 {
+        let report = r.pass(&t.app.context, false).await.unwrap();
+        assert_eq!(pending_and_done(&report), (1, 0), "look {look}: {report:?}");
+        assert!(report.drifts.is_empty(), "look {look}: {report:?}");
+        let stats = t.stats(promo).await;
+        assert_eq!(
+            stats["stock_cache"].as_i64().unwrap() + 1,
+            stats["stock_db"].as_i64().unwrap(),
+            "look {look}: {stats}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+    }
+}
+
 /// While a rolled-back record cannot be given back, its promo's ledger is
 /// one unit low — drift, to the ledger check — and must not be repaired:
 /// the give-back that comes through later would count the unit twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promo_with_a_record_not_given_back_gets_no_drift_repair_until_it_is() {
-    let t = TestApp::spawn_with(|c| {
-        quick_recovery(c);
-        // The test's passes only: a background one could give the record
-        // back before the test's pass does.
-        c.reconcile_interval_secs = 3600;
-    })
-    .await;
+    let t = TestApp::spawn_with(own_passes_only).await;
     let (item, promo) = t.sale(3).await;
     let users = buyers(&t, "1889", 1).await;
     buy(&t, users[0], promo, item).await.unwrap();
@@ -470,27 +488,15 @@ async fn a_promo_with_a_record_not_given_back_gets_no_drift_repair_until_it_is()
         .roll_back_stock_logs(&[mine.id])
         .await
         .unwrap();
-    faults.fail_releases(true);
+    faults.fail_give_backs(true);
 
     let mut r = seckill::worker::reconciler::Reconciler::new();
-    for look in 0..3 {
-        let report = r.pass(&t.app.context, false).await.unwrap();
-        assert_eq!(
-            (report.stranded_pending, report.stranded_given_back),
-            (1, 0),
-            "look {look}: {report:?}"
-        );
-        assert!(report.drifts.is_empty(), "look {look}: {report:?}");
-        let stats = t.stats(promo).await;
-        assert_eq!(
-            (&stats["stock_cache"], &stats["stock_db"]),
-            (&1.into(), &2.into()),
-            "look {look}: the unit stays with its record"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(450)).await;
-    }
+    three_passes_hold_back(&t, &mut r, promo, |r| {
+        (r.stranded_pending, r.stranded_given_back)
+    })
+    .await;
 
-    faults.fail_releases(false);
+    faults.fail_give_backs(false);
     let back = r.pass(&t.app.context, false).await.unwrap();
     assert_eq!(back.stranded_given_back, 1, "{back:?}");
     assert!(back.drifts.is_empty(), "{back:?}");
@@ -502,6 +508,64 @@ async fn a_promo_with_a_record_not_given_back_gets_no_drift_repair_until_it_is()
         (&stats["stock_cache"], &stats["stock_db"], &stats["sold"]),
         (&2.into(), &2.into(), &1.into()),
         "the unit counted once"
+    );
+}
+
+/// A cancellation puts its units back in the DB stock, then gives them
+/// back to the ledger; when that give-back fails (or the instance dies in
+/// between) nothing calls it again — a second cancel finds the order
+/// cancelled. The reconciler's sweep finds the cancelled order the ledger
+/// never got back and gives its units back once; drift repair stays away
+/// meanwhile (it would make them up, and the give-back add them again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_the_ledger_never_got_is_given_back_by_the_reconciler_once() {
+    let t = TestApp::spawn_with(own_passes_only).await;
+    let (item, promo) = t.sale(3).await;
+    let users = buyers(&t, "1890", 2).await;
+    let mine = buy(&t, users[0], promo, item).await.unwrap();
+    buy(&t, users[1], promo, item).await.unwrap();
+    t.settled(promo).await;
+    let faults = t.app.memory_ledger.clone().expect("the embedded ledger");
+    faults.fail_give_backs(true);
+    let s = &t.app.state;
+    let cancelled = s
+        .orders
+        .cancel(users[0], mine.order_no.as_str())
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status, seckill::domain::OrderStatus::Cancelled);
+    let stats = t.stats(promo).await;
+    assert_eq!(
+        (&stats["stock_cache"], &stats["stock_db"]),
+        (&1.into(), &2.into()),
+        "the DB has the unit back, the ledger not"
+    );
+
+    let mut r = seckill::worker::reconciler::Reconciler::new();
+    three_passes_hold_back(&t, &mut r, promo, |r| {
+        (r.restocks_pending, r.restocks_given_back)
+    })
+    .await;
+    let dry = seckill::worker::reconciler::reconcile_once(&t.app.context, true)
+        .await
+        .unwrap();
+    assert_eq!(dry.restocks_pending, 1, "{dry:?}");
+
+    faults.fail_give_backs(false);
+    let back = r.pass(&t.app.context, false).await.unwrap();
+    assert_eq!(
+        (back.restocks_given_back, back.restocks_pending),
+        (1, 0),
+        "{back:?}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+    let after = r.pass(&t.app.context, false).await.unwrap();
+    assert_eq!(after.restocks_given_back, 0, "given back once: {after:?}");
+    assert!(after.drifts.is_empty(), "{after:?}");
+    let stats = t.stats(promo).await;
+    assert_eq!(
+        (&stats["stock_cache"], &stats["stock_db"], &stats["sold"]),
+        (&2.into(), &2.into(), &1.into())
     );
 }
 
@@ -541,6 +605,13 @@ fn quick_recovery(c: &mut seckill::config::Config) {
     c.local_tx_timeout_ms = 300;
     c.ledger_rebuild_quiet_ms = 400;
     c.request_timeout_ms = 2_000;
+}
+
+/// `quick_recovery`, and no background reconciler pass during the test: one
+/// could give back what the test's own pass is to give back.
+fn own_passes_only(c: &mut seckill::config::Config) {
+    quick_recovery(c);
+    c.reconcile_interval_secs = 3600;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
