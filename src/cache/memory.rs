@@ -401,6 +401,17 @@ impl KvStore for MemoryKvStore {
         Ok(())
     }
 
+    async fn add_to_counter(&self, key: &str, delta: i64) -> CacheResult<bool> {
+        let mut map = self.map.lock();
+        match map.get_mut(key) {
+            Some((Value::Counter(n), exp)) if *exp > Instant::now() => {
+                *n += delta;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn take_permit_and_set(
         &self,
         gate: &str,

@@ -164,6 +164,9 @@ pub trait KvStore: Send + Sync {
     async fn delete_if_equals(&self, key: &str, value: &str) -> CacheResult<bool>;
     /// Sets an integer counter (a promo's gate) with a TTL.
     async fn set_counter(&self, key: &str, value: i64, ttl: Duration) -> CacheResult<()>;
+    /// Adds `delta` to a counter that exists, keeping its TTL; a missing
+    /// (or expired) one stays missing. True when added.
+    async fn add_to_counter(&self, key: &str, delta: i64) -> CacheResult<bool>;
     /// Takes one permit from the counter `gate` and, when one was there, sets
     /// `key` to `value` for `ttl` — one step, so a permit is never spent
     /// without its record. True when granted (the counter was positive and

@@ -560,11 +560,21 @@ end
 return 0
 "#;
 
+/// KEYS: counter. ARGV: delta. INCRBY keeps the key's TTL.
+const ADD_TO_COUNTER: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('INCRBY', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"#;
+
 /// Key/value state in Redis.
 pub struct RedisKvStore {
     redis: RedisConn,
     take_permit_and_set: Script,
     delete_if_equals: Script,
+    add_to_counter: Script,
 }
 
 impl RedisKvStore {
@@ -573,6 +583,7 @@ impl RedisKvStore {
             redis,
             take_permit_and_set: Script::new(TAKE_PERMIT_AND_SET),
             delete_if_equals: Script::new(DELETE_IF_EQUALS),
+            add_to_counter: Script::new(ADD_TO_COUNTER),
         }
     }
 
@@ -659,6 +670,18 @@ impl KvStore for RedisKvStore {
 
     async fn set_counter(&self, key: &str, value: i64, ttl: Duration) -> CacheResult<()> {
         self.set_px(key, value, ttl).await
+    }
+
+    async fn add_to_counter(&self, key: &str, delta: i64) -> CacheResult<bool> {
+        let mut c = self.redis.conn.clone();
+        let added: i64 = self
+            .add_to_counter
+            .key(self.redis.key(key))
+            .arg(delta)
+            .invoke_async(&mut c)
+            .await
+            .map_err(err("Redis counter failed"))?;
+        Ok(added == 1)
     }
 
     async fn take_permit_and_set(

@@ -517,6 +517,19 @@ fn publish_lease_key(item: ItemId) -> String {
     format!("publish:item:{item}")
 }
 
+/// Units given back to a promo's ledger (a cancelled order's) are for sale
+/// again: its gate gets room for their tokens, `gate_factor` a unit as at
+/// publish (the crowd may have spent every permit long before an unpaid
+/// order times out). A gate the cache lost stays lost: a rebuild sets it
+/// again from the stock. Best effort.
+pub async fn reopen_gate(cx: &Context, promo: PromoId, units: i64) {
+    let permits = units.saturating_mul(i64::from(cx.config.gate_factor));
+    if let Err(e) = cx.ports.kv.add_to_counter(&gate_key(promo), permits).await {
+        tracing::warn!(promo_id = %promo, units, error = %e,
+            "gate not reopened for units given back; tokens for them are refused until the gate is set again");
+    }
+}
+
 /// The key of a promo's gate counter.
 pub fn gate_key(promo: PromoId) -> String {
     format!("gate:{promo}")

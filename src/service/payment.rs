@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::Context;
+use super::{catalog, Context};
 use crate::config::OrderStrategy;
 use crate::domain::{Order, OrderNo, OrderStatus};
 use crate::mq::Event;
@@ -69,15 +69,21 @@ pub async fn cancel(cx: &Context, no: &OrderNo) -> StoreResult<(Order, bool)> {
     if order.status == OrderStatus::Cancelled {
         // Also when an earlier call cancelled it but died before this step:
         // `restock` is idempotent per order.
-        give_back(cx, &order).await;
+        give_back(cx, &order, cancelled).await;
     }
     Ok((order, cancelled))
 }
 
-/// The ledger's side of a cancellation (the DB's is in `cancel_order`).
-async fn give_back(cx: &Context, order: &Order) {
+/// The ledger's side of a cancellation (the DB's is in `cancel_order`;
+/// `cancelled_now`: by this call), and the gate's: the units are for sale
+/// again, each given back once.
+async fn give_back(cx: &Context, order: &Order, cancelled_now: bool) {
     if cx.config.order_strategy != OrderStrategy::WriteBehind {
+        // No ledger: the DB's cancel gave the units back, once.
         cx.sold_out.clear(order.promo_id);
+        if cancelled_now {
+            catalog::reopen_gate(cx, order.promo_id, order.amount).await;
+        }
         return;
     }
     match cx
@@ -86,7 +92,12 @@ async fn give_back(cx: &Context, order: &Order) {
         .restock(order.promo_id, order.stock_log_id, order.amount)
         .await
     {
-        Ok(_) => cx.sold_out.clear(order.promo_id),
+        Ok(given_back) => {
+            cx.sold_out.clear(order.promo_id);
+            if given_back {
+                catalog::reopen_gate(cx, order.promo_id, order.amount).await;
+            }
+        }
         Err(e) => tracing::error!(order_no = %order.order_no, error = %e,
             "cancelled order's units not given back to the ledger now; the reconciler's sweep will"),
     }

@@ -115,6 +115,16 @@ pub async fn suite(kv: Arc<dyn KvStore>) {
         .await
         .unwrap());
     assert_eq!(kv.get(&record(98)).await.unwrap(), None);
+    // Units given back refill a spent gate; a missing gate stays missing.
+    assert!(kv.add_to_counter(&k, 2).await.unwrap());
+    assert_eq!(kv.get(&k).await.unwrap().as_deref(), Some("2"));
+    assert!(kv
+        .take_permit_and_set(&k, &record(97), "v", Duration::from_secs(10))
+        .await
+        .unwrap());
+    let missing = key("no-gate");
+    assert!(!kv.add_to_counter(&missing, 2).await.unwrap());
+    assert_eq!(kv.get(&missing).await.unwrap(), None);
     tokio::time::sleep(Duration::from_millis(3300)).await;
     for &i in &granted {
         assert_eq!(

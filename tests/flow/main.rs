@@ -569,6 +569,46 @@ async fn a_cancellation_the_ledger_never_got_is_given_back_by_the_reconciler_onc
     );
 }
 
+/// The gate hands out `gate_factor` tokens a unit, and a crowd spends them
+/// all long before an unpaid order times out: a cancelled order's units
+/// would sit in the ledger with no token left to buy them. A give-back
+/// reopens the gate for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_orders_unit_can_be_bought_after_the_crowd_spent_the_gate() {
+    let t = TestApp::spawn_with(|c| c.gate_factor = 2).await;
+    let (item, promo) = t.sale(1).await;
+    let users = buyers(&t, "1891", 4).await;
+    let s = &t.app.state;
+    // The gate's two permits: one to a buyer who finds it sold out.
+    let late = token(s, users[1], promo, item).await.unwrap();
+    let first = buy(&t, users[0], promo, item).await.unwrap();
+    assert!(matches!(
+        place(s, users[1], (promo, item, 1), late).await,
+        Err(ServiceError::SoldOut)
+    ));
+    assert!(matches!(
+        token(s, users[2], promo, item).await,
+        Err(ServiceError::SoldOut)
+    ));
+    t.settled(promo).await;
+
+    s.orders
+        .cancel(users[0], first.order_no.as_str())
+        .await
+        .unwrap();
+    let again = buy(&t, users[2], promo, item).await;
+    assert!(again.is_ok(), "{again:?}");
+    assert!(matches!(
+        token(s, users[3], promo, item).await,
+        Err(ServiceError::SoldOut)
+    ));
+    let stats = t.settled(promo).await;
+    assert_eq!(
+        (&stats["sold"], &stats["stock_db"], &stats["stock_cache"]),
+        (&1.into(), &0.into(), &0.into())
+    );
+}
+
 #[tokio::test]
 async fn the_reconciler_replays_a_deduction_that_never_ran() {
     let t = TestApp::spawn_with(|c| c.reconcile_after_secs = 0).await;
