@@ -254,6 +254,19 @@ impl Config {
                 .saturating_add(self.local_tx_timeout_ms),
         )
     }
+
+    /// How long after a promo's end the reconciler's sweep still looks at
+    /// its ledger: `ledger_sweep_after_end_secs`, and never less than an
+    /// order placed at the end needs to be cancelled unpaid (the payment
+    /// time-out, then the unpaid sweep's grace and interval) and its
+    /// give-back looked at once more.
+    pub fn ledger_sweep_after_end(&self) -> Duration {
+        let cancelled_by = self
+            .order_payment_timeout_secs
+            .saturating_add(self.reconcile_after_secs)
+            .saturating_add(self.reconcile_interval_secs.saturating_mul(2));
+        Duration::from_secs(self.ledger_sweep_after_end_secs.max(cancelled_by))
+    }
 }
 
 impl Default for Config {

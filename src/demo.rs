@@ -60,6 +60,16 @@ pub async fn seed(state: &AppState) -> anyhow::Result<()> {
         tracing::info!(item_id = %target.item.id, "demo: a promo is already running or coming");
         return Ok(());
     }
+    // An earlier demo sale may not be over for good (unpaid orders of it,
+    // say, in a data file kept across starts): no new sale then, and the
+    // server starts anyway.
+    if let Err(e) = catalog
+        .ensure_item_free_for_a_sale(target.item.id, None)
+        .await
+    {
+        tracing::warn!(item_id = %target.item.id, error = %e, "demo: no new flash sale yet");
+        return Ok(());
+    }
     let promo = catalog
         .create_promo(NewPromo {
             item_id: target.item.id,

@@ -103,7 +103,7 @@ pub fn build(i: Inputs) -> DrillReport {
     let orders_db = s["orders"].as_i64().unwrap_or(-1);
     let stock_db = s["stock_db"].as_i64().unwrap_or(-1);
     let sales = i.item["sales"].as_i64().unwrap_or(-1);
-    let sales_db = s["sales_db"].as_i64().unwrap_or(-1);
+    let sales_db = s["sales_db"].as_i64();
     let mut v = Vec::new();
     if sold > i.stock || i.accepted as i64 > i.stock {
         v.push(format!(
@@ -141,8 +141,9 @@ pub fn build(i: Inputs) -> DrillReport {
             i.stock
         ));
     }
-    // The drill's item is its own: its DB sales are this sale's.
-    if sales_db != sold {
+    // The drill's item is its own: its DB sales are this sale's. (A
+    // server before `sales_db` reports none.)
+    if let Some(sales_db) = sales_db.filter(|&n| n != sold) {
         v.push(format!("DB item sales {sales_db} ≠ sold {sold}"));
     }
     match s["stock_cache"].as_i64() {

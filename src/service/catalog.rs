@@ -335,12 +335,18 @@ impl CatalogService {
         result
     }
 
-    async fn publish_leased(&self, id: PromoId) -> ServiceResult<Promo> {
-        // Read again under the lease: a publish of this promo may have won.
-        let promo = self.load_promo(id).await?;
-        if promo.published {
-            return Ok(promo);
-        }
+    /// Refuses (409 `CONFLICT`, saying until when) a new sale of `item`
+    /// while another promo of it (`this` aside) is published and its orders
+    /// may still reach the DB, while an earlier sale's units are not yet
+    /// deducted from the DB stock, or (write-behind) while an earlier
+    /// sale's order awaits payment. Each promo's ledger is warmed from the
+    /// DB stock: any of these would sell units twice, or leave some where
+    /// the new sale never sees them.
+    pub async fn ensure_item_free_for_a_sale(
+        &self,
+        item: ItemId,
+        this: Option<PromoId>,
+    ) -> ServiceResult<()> {
         let now = Utc::now();
         let in_flight = chrono::Duration::from_std(self.cx.config.order_in_flight_bound())
             .unwrap_or(chrono::Duration::MAX);
@@ -350,10 +356,10 @@ impl CatalogService {
                 .checked_add_signed(in_flight)
                 .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
         };
-        let others = self.cx.ports.store.promos_of_item(promo.item_id).await?;
+        let others = self.cx.ports.store.promos_of_item(item).await?;
         if let Some(o) = others
             .iter()
-            .find(|o| o.id != id && o.published && now < settled_by(o))
+            .find(|o| Some(o.id) != this && o.published && now < settled_by(o))
         {
             let when = if now < o.end_at {
                 format!("runs until {}", o.end_at.to_rfc3339())
@@ -373,12 +379,7 @@ impl CatalogService {
         // The ledger is warmed from the DB stock: while an earlier sale of the
         // item still has reservations not settled into it, that stock is too
         // high and warming from it would sell units twice.
-        let unsettled = self
-            .cx
-            .ports
-            .store
-            .unsettled_units_of_item(promo.item_id)
-            .await?;
+        let unsettled = self.cx.ports.store.unsettled_units_of_item(item).await?;
         if unsettled > 0 {
             return Err(ServiceError::Conflict(format!(
                 "an earlier sale of this item is still settling ({unsettled} units not yet \
@@ -390,12 +391,12 @@ impl CatalogService {
         // ended ledger: warmed from the DB stock now, this promo's ledger
         // would never see them — DB and ledger apart for good, units never
         // sold. So the earlier sale ends for good first: paid or cancelled.
-        let (unpaid, newest) = self
-            .cx
-            .ports
-            .store
-            .unpaid_orders_of_item(promo.item_id)
-            .await?;
+        if self.cx.config.order_strategy != crate::config::OrderStrategy::WriteBehind {
+            // No ledger: a cancellation's units go back to the DB stock the
+            // next sale sells from.
+            return Ok(());
+        }
+        let (unpaid, newest) = self.cx.ports.store.unpaid_orders_of_item(item).await?;
         if unpaid > 0 {
             let cfg = &self.cx.config;
             let last_due = newest.map(|placed| {
@@ -415,7 +416,7 @@ impl CatalogService {
             let by = last_due
                 .map(|t| {
                     format!(
-                        " (each is paid or cancelled by {} at the latest)",
+                        " (all paid or cancelled by about {}: the payment time-out, then the sweep)",
                         t.to_rfc3339()
                     )
                 })
@@ -430,6 +431,17 @@ impl CatalogService {
                  this one would never see; publish after that"
             )));
         }
+        Ok(())
+    }
+
+    async fn publish_leased(&self, id: PromoId) -> ServiceResult<Promo> {
+        // Read again under the lease: a publish of this promo may have won.
+        let promo = self.load_promo(id).await?;
+        if promo.published {
+            return Ok(promo);
+        }
+        self.ensure_item_free_for_a_sale(promo.item_id, Some(id))
+            .await?;
         let item = self.load_item(promo.item_id).await?;
         let cfg = &self.cx.config;
         // An earlier publish of this promo that failed after its warm-up

@@ -176,16 +176,18 @@ pub trait OrderStore: Send + Sync {
     /// Everything a rebuilt ledger needs about a promo's sale, read in one
     /// DB transaction (see [`SaleJournal`]).
     async fn sale_journal(&self, promo: PromoId, item: ItemId) -> StoreResult<SaleJournal>;
-    /// A promo's cancelled orders after `after` (by journal id, ascending):
-    /// up to `limit` (journal id, units) pairs. The reconciler pages
-    /// through them to find a cancellation whose units the ledger never
-    /// got back.
+    /// A promo's cancelled orders whose order number comes after `after`
+    /// ("" for the first page), by order number: up to `limit` of (order
+    /// number, journal id, units). The reconciler pages through them to
+    /// find a cancellation whose units the ledger never got back. (By order
+    /// number, the table's key: on MySQL a page is a range of the
+    /// `(promo_id, status)` index read in order, no sort.)
     async fn cancelled_orders(
         &self,
         promo: PromoId,
-        after: StockLogId,
+        after: &str,
         limit: u32,
-    ) -> StoreResult<Vec<(StockLogId, i64)>>;
+    ) -> StoreResult<Vec<(OrderNo, StockLogId, i64)>>;
     /// Orders still `pending_payment` that were placed before `before`,
     /// oldest first (the payment time-out's sweep).
     async fn unpaid_orders(&self, before: DateTime<Utc>, limit: u32) -> StoreResult<Vec<OrderNo>>;

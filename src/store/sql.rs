@@ -620,21 +620,27 @@ impl OrderStore for $store {
     async fn cancelled_orders(
         &self,
         promo: PromoId,
-        after: StockLogId,
+        after: &str,
         limit: u32,
-    ) -> StoreResult<Vec<(StockLogId, i64)>> {
+    ) -> StoreResult<Vec<(OrderNo, StockLogId, i64)>> {
         sqlx::query(
-            "SELECT stock_log_id, amount FROM order_info \
-             WHERE promo_id = ? AND status = 'cancelled' AND stock_log_id > ? \
-             ORDER BY stock_log_id LIMIT ?",
+            "SELECT order_no, stock_log_id, amount FROM order_info \
+             WHERE promo_id = ? AND status = 'cancelled' AND order_no > ? \
+             ORDER BY order_no LIMIT ?",
         )
         .bind(promo.0)
-        .bind(after.0)
+        .bind(after)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(|r| Ok((StockLogId(r.try_get("stock_log_id")?), r.try_get("amount")?)))
+        .map(|r| {
+            Ok((
+                OrderNo(r.try_get("order_no")?),
+                StockLogId(r.try_get("stock_log_id")?),
+                r.try_get("amount")?,
+            ))
+        })
         .collect()
     }
 

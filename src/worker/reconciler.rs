@@ -12,7 +12,8 @@
 //! 3. cancels unpaid orders `reconcile_after_secs` past their payment time
 //!    (the delayed message normally did it first);
 //! 4. for each promo on sale or ended less than `ledger_sweep_after_end_secs`
-//!    ago (write-behind), holds every reservation record of the ledger
+//!    ago (and never less than the payment time-out and the unpaid sweep
+//!    need to cancel its last orders; write-behind), holds every reservation record of the ledger
 //!    against its journal row: `committed` — the record is dropped (the
 //!    units stay sold, the buyer recorded); `rolled_back` — given back now
 //!    (a give-back that failed when the cache did: a rolled-back row is
@@ -132,9 +133,7 @@ impl Reconciler {
         }
         if cx.config.order_strategy == OrderStrategy::WriteBehind {
             let now = Utc::now();
-            let swept_until = i64::try_from(cx.config.ledger_sweep_after_end_secs)
-                .ok()
-                .and_then(chrono::Duration::try_seconds)
+            let swept_until = chrono::Duration::from_std(cx.config.ledger_sweep_after_end())
                 .unwrap_or(chrono::Duration::MAX);
             let published: Vec<Promo> = cx
                 .ports
@@ -353,26 +352,26 @@ async fn sweep_restocks(
     report: &mut ReconcileReport,
 ) -> anyhow::Result<bool> {
     let page = cx.config.ledger_sweep_max_records.max(1);
-    let mut after = StockLogId(0);
+    let mut after = String::new();
     let mut settled = true;
     loop {
         let cancelled = cx
             .ports
             .store
-            .cancelled_orders(promo, after, u32::try_from(page).unwrap_or(u32::MAX))
+            .cancelled_orders(promo, &after, u32::try_from(page).unwrap_or(u32::MAX))
             .await?;
-        let Some(&(last, _)) = cancelled.last() else {
+        let Some((last, _, _)) = cancelled.last() else {
             break;
         };
-        after = last;
+        after = last.0.clone();
         for chunk in cancelled.chunks(1000) {
-            let ids: Vec<StockLogId> = chunk.iter().map(|(id, _)| *id).collect();
+            let ids: Vec<StockLogId> = chunk.iter().map(|(_, id, _)| *id).collect();
             let missing = cx.ports.ledger.not_restocked(promo, &ids).await?;
             if dry_run {
                 report.restocks_pending += missing.len();
                 continue;
             }
-            for (id, amount) in chunk.iter().filter(|(id, _)| missing.contains(id)) {
+            for (_, id, amount) in chunk.iter().filter(|(_, id, _)| missing.contains(id)) {
                 match cx.ports.ledger.restock(promo, *id, *amount).await {
                     Ok(true) => {
                         report.restocks_given_back += 1;

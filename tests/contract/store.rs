@@ -454,11 +454,11 @@ async fn cancel_gives_stock_back(s: &dyn Store) {
     assert_eq!((o.status, changed), (OrderStatus::Cancelled, true));
     assert_eq!(s.unpaid_orders_of_item(item).await.unwrap(), (0, None));
     assert_eq!(
-        s.cancelled_orders(promo, StockLogId(0), 10).await.unwrap(),
-        vec![(d.stock_log_id, 2)]
+        s.cancelled_orders(promo, "", 10).await.unwrap(),
+        vec![(d.order_no.clone(), d.stock_log_id, 2)]
     );
     assert!(s
-        .cancelled_orders(promo, d.stock_log_id, 10)
+        .cancelled_orders(promo, d.order_no.as_str(), 10)
         .await
         .unwrap()
         .is_empty());
