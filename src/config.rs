@@ -401,7 +401,7 @@ impl Config {
             }
         }
         if let Some(t) = &self.admin_token {
-            if t.0.len() < 16 {
+            if t.0.chars().count() < 16 {
                 return Err(ConfigError(
                     "SECKILL_ADMIN_TOKEN must be at least 16 characters (or unset to close the admin API)".into(),
                 ));

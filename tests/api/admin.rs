@@ -310,14 +310,7 @@ async fn a_promo_is_not_published_while_an_earlier_sale_of_its_item_is_still_set
     // The first promo ends, and its in-flight bound passes.
     sleep_past_end(&t, first, IN_FLIGHT_MS as i64 + 50).await;
     let second = t.promo(item, 1, 3600).await;
-    let r = t
-        .call(
-            "POST",
-            &format!("/api/v1/admin/promos/{second}/publish"),
-            Some(ADMIN),
-            None,
-        )
-        .await;
+    let r = t.try_publish(second).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.json());
     assert_eq!(r.code(), "CONFLICT");
     assert!(r.json()["message"].as_str().unwrap().contains("2 units"));
@@ -348,16 +341,7 @@ async fn a_promo_is_not_published_while_an_earlier_sale_of_its_item_has_unpaid_o
     t.settled(first).await;
     sleep_past_end(&t, first, IN_FLIGHT_MS as i64 + 50).await;
     let second = t.promo(item, 1, 3600).await;
-    let publish_second = || async {
-        t.call(
-            "POST",
-            &format!("/api/v1/admin/promos/{second}/publish"),
-            Some(ADMIN),
-            None,
-        )
-        .await
-    };
-    let r = publish_second().await;
+    let r = t.try_publish(second).await;
     assert_eq!(
         (r.status, r.code().as_str()),
         (StatusCode::CONFLICT, "CONFLICT"),
@@ -384,7 +368,7 @@ async fn a_promo_is_not_published_while_an_earlier_sale_of_its_item_has_unpaid_o
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
-    let r = publish_second().await;
+    let r = t.try_publish(second).await;
     assert!(
         r.json()["message"].as_str().unwrap().contains("1 order of"),
         "{:?}",
@@ -442,16 +426,7 @@ async fn an_item_has_one_published_sale_at_a_time() {
     let first = t.promo(item, -10, 5).await;
     t.publish(first).await;
     let second = t.promo(item, 6, 3600).await;
-    let publish_second = || async {
-        t.call(
-            "POST",
-            &format!("/api/v1/admin/promos/{second}/publish"),
-            Some(ADMIN),
-            None,
-        )
-        .await
-    };
-    let r = publish_second().await;
+    let r = t.try_publish(second).await;
     assert_eq!(
         (r.status, r.code().as_str()),
         (StatusCode::CONFLICT, "CONFLICT")
@@ -468,7 +443,7 @@ async fn an_item_has_one_published_sale_at_a_time() {
     );
 
     sleep_past_end(&t, first, 50).await;
-    let r = publish_second().await;
+    let r = t.try_publish(second).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert!(
         r.json()["message"]

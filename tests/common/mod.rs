@@ -211,15 +211,19 @@ impl TestApp {
     }
 
     pub async fn publish(&self, promo: i64) {
-        let r = self
-            .call(
-                "POST",
-                &format!("/api/v1/admin/promos/{promo}/publish"),
-                Some(ADMIN),
-                None,
-            )
-            .await;
+        let r = self.try_publish(promo).await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    }
+
+    /// The admin's publish of `promo`, whatever it answers.
+    pub async fn try_publish(&self, promo: i64) -> Resp {
+        self.call(
+            "POST",
+            &format!("/api/v1/admin/promos/{promo}/publish"),
+            Some(ADMIN),
+            None,
+        )
+        .await
     }
 
     /// An item with `stock` units in a published promo that is on sale now.
