@@ -82,6 +82,32 @@ pub(crate) fn cluster() -> Option<Cluster> {
     })
 }
 
+/// Waits until every instance answers directly, then past nginx's
+/// `fail_timeout` (2 s, scripts/cluster): an instance a previous test
+/// restarted may have been marked down by nginx meanwhile, and a short crowd
+/// would then all go to the other one.
+pub(crate) async fn in_rotation(c: &Cluster) {
+    let client = reqwest::Client::new();
+    for instance in &c.instances {
+        let url = format!("{instance}/healthz");
+        let mut ready = false;
+        for _ in 0..300 {
+            if client
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(ready, "{url} never answered");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+}
+
 pub(crate) async fn mysql(c: &Cluster) -> MySqlPool {
     MySqlPoolOptions::new()
         .max_connections(4)
@@ -104,6 +130,7 @@ pub(crate) async fn scalar(pool: &MySqlPool, sql: &str, promo: i64) -> i64 {
 async fn a_thousand_buyers_through_nginx_buy_exactly_the_hundred_units() {
     let _serial = SERIAL.lock().await;
     let Some(c) = cluster() else { return };
+    in_rotation(&c).await;
     let report = seckill::drill::run(seckill::drill::DrillArgs {
         url: c.front.clone(),
         admin_token: ADMIN.into(),
