@@ -261,11 +261,21 @@ impl Config {
     /// time-out, then the unpaid sweep's grace and interval) and its
     /// give-back looked at once more.
     pub fn ledger_sweep_after_end(&self) -> Duration {
-        let cancelled_by = self
-            .order_payment_timeout_secs
-            .saturating_add(self.reconcile_after_secs)
-            .saturating_add(self.reconcile_interval_secs.saturating_mul(2));
-        Duration::from_secs(self.ledger_sweep_after_end_secs.max(cancelled_by))
+        let looked_at_again = self
+            .unpaid_cancelled_within()
+            .saturating_add(Duration::from_secs(self.reconcile_interval_secs));
+        looked_at_again.max(Duration::from_secs(self.ledger_sweep_after_end_secs))
+    }
+
+    /// How long after it is placed an order left unpaid is cancelled at the
+    /// latest: the payment time-out, then the unpaid sweep's grace and one
+    /// of its intervals (its own delayed message may have been lost).
+    pub fn unpaid_cancelled_within(&self) -> Duration {
+        Duration::from_secs(
+            self.order_payment_timeout_secs
+                .saturating_add(self.reconcile_after_secs)
+                .saturating_add(self.reconcile_interval_secs),
+        )
     }
 }
 

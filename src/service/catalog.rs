@@ -398,19 +398,11 @@ impl CatalogService {
         }
         let (unpaid, newest) = self.cx.ports.store.unpaid_orders_of_item(item).await?;
         if unpaid > 0 {
-            let cfg = &self.cx.config;
+            let within = self.cx.config.unpaid_cancelled_within();
             let last_due = newest.map(|placed| {
-                let grace = cfg
-                    .order_payment_timeout_secs
-                    .saturating_add(cfg.reconcile_after_secs)
-                    .saturating_add(cfg.reconcile_interval_secs);
-                placed
-                    .checked_add_signed(
-                        i64::try_from(grace)
-                            .ok()
-                            .and_then(chrono::Duration::try_seconds)
-                            .unwrap_or(chrono::Duration::MAX),
-                    )
+                chrono::Duration::from_std(within)
+                    .ok()
+                    .and_then(|grace| placed.checked_add_signed(grace))
                     .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
             });
             let by = last_due

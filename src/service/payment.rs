@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 
 use super::{catalog, Context};
 use crate::config::OrderStrategy;
-use crate::domain::{Order, OrderNo, OrderStatus};
+use crate::domain::{Order, OrderNo, OrderStatus, PromoId};
 use crate::mq::Event;
 use crate::store::{StoreError, StoreResult};
 
@@ -80,10 +80,7 @@ pub async fn cancel(cx: &Context, no: &OrderNo) -> StoreResult<(Order, bool)> {
 async fn give_back(cx: &Context, order: &Order, cancelled_now: bool) {
     if cx.config.order_strategy != OrderStrategy::WriteBehind {
         // No ledger: the DB's cancel gave the units back, once.
-        cx.sold_out.clear(order.promo_id);
-        if cancelled_now {
-            catalog::reopen_gate(cx, order.promo_id, order.amount).await;
-        }
+        back_on_sale(cx, order.promo_id, cancelled_now.then_some(order.amount)).await;
         return;
     }
     match cx
@@ -93,13 +90,21 @@ async fn give_back(cx: &Context, order: &Order, cancelled_now: bool) {
         .await
     {
         Ok(given_back) => {
-            cx.sold_out.clear(order.promo_id);
-            if given_back {
-                catalog::reopen_gate(cx, order.promo_id, order.amount).await;
-            }
+            back_on_sale(cx, order.promo_id, given_back.then_some(order.amount)).await;
         }
         Err(e) => tracing::error!(order_no = %order.order_no, error = %e,
             "cancelled order's units not given back to the ledger now; the reconciler's sweep will"),
+    }
+}
+
+/// Units given back to a promo (`Some(units)`: by this caller, once) are
+/// for sale again: the local sold-out flag goes, and the gate gets room for
+/// their tokens. `None` (given back by someone else already): only the flag,
+/// which this instance may still hold.
+pub async fn back_on_sale(cx: &Context, promo: PromoId, given_back: Option<i64>) {
+    cx.sold_out.clear(promo);
+    if let Some(units) = given_back {
+        catalog::reopen_gate(cx, promo, units).await;
     }
 }
 

@@ -44,7 +44,7 @@ use chrono::Utc;
 use crate::cache::LedgerLevel;
 use crate::config::OrderStrategy;
 use crate::domain::{Promo, PromoId, PromoState, StockLogId, StockLogStatus};
-use crate::service::{catalog, payment, write_behind, Context};
+use crate::service::{payment, write_behind, Context};
 
 /// A promo whose ledger and DB disagree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -375,8 +375,7 @@ async fn sweep_restocks(
                 match cx.ports.ledger.restock(promo, *id, *amount).await {
                     Ok(true) => {
                         report.restocks_given_back += 1;
-                        cx.sold_out.clear(promo);
-                        catalog::reopen_gate(cx, promo, *amount).await;
+                        payment::back_on_sale(cx, promo, Some(*amount)).await;
                         tracing::warn!(promo_id = %promo, stock_log_id = %id, amount,
                             "audit: reconciler gave back a cancelled order's units the ledger never got");
                     }
