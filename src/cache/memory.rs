@@ -184,6 +184,13 @@ impl StockLedger for MemoryStockLedger {
         Ok(true)
     }
 
+    async fn restocked_count(&self, promo: PromoId) -> CacheResult<Option<u64>> {
+        let l = self.ledgers.lock();
+        Ok(l.promos
+            .get(&promo)
+            .map(|p| u64::try_from(p.restocked.len()).unwrap_or(u64::MAX)))
+    }
+
     async fn not_restocked(
         &self,
         promo: PromoId,

@@ -120,6 +120,10 @@ pub trait StockLedger: Send + Sync {
         promo: PromoId,
         ids: &[StockLogId],
     ) -> CacheResult<Vec<StockLogId>>;
+    /// How many cancelled orders the ledger was given back (each once, by
+    /// [`StockLedger::restock`] or a rebuild; nothing else is in that
+    /// count). None when the promo is not loaded.
+    async fn restocked_count(&self, promo: PromoId) -> CacheResult<Option<u64>>;
     /// Loads a promo's ledger from what the DB knows (`journal`): stock
     /// `journal.ledger_stock()`, its buyers, its undecided reservations
     /// (so a later rollback gives them back) and the cancelled ones (never

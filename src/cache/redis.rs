@@ -418,6 +418,21 @@ impl StockLedger for RedisStockLedger {
         Ok(done == 1)
     }
 
+    async fn restocked_count(&self, promo: PromoId) -> CacheResult<Option<u64>> {
+        let k = self.redis.promo_keys(promo);
+        let mut c = self.redis.conn.clone();
+        let (loaded, n): (bool, u64) = ::redis::pipe()
+            .atomic()
+            .cmd("EXISTS")
+            .arg(&k.stock)
+            .cmd("SCARD")
+            .arg(&k.restocked)
+            .query_async(&mut c)
+            .await
+            .map_err(err("ledger read failed"))?;
+        Ok(loaded.then_some(n))
+    }
+
     async fn not_restocked(
         &self,
         promo: PromoId,

@@ -114,6 +114,7 @@ forward! {
         fn undeducted_stock_logs(before: DateTime<Utc>, limit: u32) -> Vec<Deduction>;
         fn unsettled_units_of_item(item: ItemId) -> i64;
         fn unpaid_orders_of_item(item: ItemId) -> (i64, Option<DateTime<Utc>>);
+        fn cancelled_order_count(promo: PromoId) -> u64;
         fn cancelled_orders(promo: PromoId, after: &str => String, limit: u32) -> Vec<(OrderNo, StockLogId, i64)>;
         fn sale_journal(promo: PromoId, item: ItemId) -> SaleJournal;
         fn unpaid_orders(before: DateTime<Utc>, limit: u32) -> Vec<OrderNo>;

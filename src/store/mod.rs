@@ -176,6 +176,10 @@ pub trait OrderStore: Send + Sync {
     /// Everything a rebuilt ledger needs about a promo's sale, read in one
     /// DB transaction (see [`SaleJournal`]).
     async fn sale_journal(&self, promo: PromoId, item: ItemId) -> StoreResult<SaleJournal>;
+    /// How many of a promo's orders are cancelled (a range of the
+    /// `(promo_id, status)` index): the reconciler reads them one by one
+    /// only when the ledger holds fewer as given back.
+    async fn cancelled_order_count(&self, promo: PromoId) -> StoreResult<u64>;
     /// A promo's cancelled orders whose order number comes after `after`
     /// ("" for the first page), by order number: up to `limit` of (order
     /// number, journal id, units). The reconciler pages through them to

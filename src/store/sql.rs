@@ -617,6 +617,16 @@ impl OrderStore for $store {
         })
     }
 
+    async fn cancelled_order_count(&self, promo: PromoId) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM order_info WHERE promo_id = ? AND status = 'cancelled'",
+        )
+        .bind(promo.0)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     async fn cancelled_orders(
         &self,
         promo: PromoId,

@@ -351,6 +351,17 @@ async fn sweep_restocks(
     dry_run: bool,
     report: &mut ReconcileReport,
 ) -> anyhow::Result<bool> {
+    // The usual pass: every cancellation given back. The ledger's given-back
+    // set holds only cancelled orders' ids, each once, and cancelled orders
+    // stay cancelled: read first, a set as large as the DB's count read
+    // after holds every order cancelled by then. Not loaded: a rebuild
+    // loads every cancelled order as given back.
+    let Some(given_back) = cx.ports.ledger.restocked_count(promo).await? else {
+        return Ok(true);
+    };
+    if given_back >= cx.ports.store.cancelled_order_count(promo).await? {
+        return Ok(true);
+    }
     let page = cx.config.ledger_sweep_max_records.max(1);
     let mut after = String::new();
     let mut settled = true;

@@ -53,8 +53,16 @@ async fn cancellations_not_given_back_are_told_apart(l: Arc<dyn StockLedger>) {
         l.not_restocked(p, &ids).await.unwrap().is_empty(),
         "not loaded: a rebuild loads every cancellation as given back"
     );
+    assert_eq!(l.restocked_count(p).await.unwrap(), None, "not loaded");
     assert!(l.warm(p, 2, 1).await.unwrap());
+    assert_eq!(l.restocked_count(p).await.unwrap(), Some(0));
     assert!(l.restock(p, StockLogId(10), 1).await.unwrap());
+    assert!(!l.restock(p, StockLogId(10), 1).await.unwrap());
+    assert_eq!(
+        l.restocked_count(p).await.unwrap(),
+        Some(1),
+        "each cancellation counted once"
+    );
     let mut missing = l.not_restocked(p, &ids).await.unwrap();
     missing.sort();
     assert_eq!(missing, vec![StockLogId(9), StockLogId(11)]);

@@ -450,9 +450,11 @@ async fn cancel_gives_stock_back(s: &dyn Store) {
         "{newest} vs {}",
         d.created_at
     );
+    assert_eq!(s.cancelled_order_count(promo).await.unwrap(), 0);
     let (o, changed) = s.cancel_order(&d.order_no).await.unwrap();
     assert_eq!((o.status, changed), (OrderStatus::Cancelled, true));
     assert_eq!(s.unpaid_orders_of_item(item).await.unwrap(), (0, None));
+    assert_eq!(s.cancelled_order_count(promo).await.unwrap(), 1);
     assert_eq!(
         s.cancelled_orders(promo, "", 10).await.unwrap(),
         vec![(d.order_no.clone(), d.stock_log_id, 2)]
@@ -464,6 +466,7 @@ async fn cancel_gives_stock_back(s: &dyn Store) {
         .is_empty());
     let (_, again) = s.cancel_order(&d.order_no).await.unwrap();
     assert!(!again, "idempotent");
+    assert_eq!(s.cancelled_order_count(promo).await.unwrap(), 1);
     let it = s.item(item).await.unwrap().unwrap();
     assert_eq!((it.stock, it.sales), (2, 0));
     assert_eq!(
