@@ -146,6 +146,11 @@ pub struct Config {
     /// holds its socket only, not hyper's buffers and state (~1 KiB instead
     /// of ~10 KiB; `src/http/connection.rs`).
     pub http_park_idle: bool,
+    /// A connection's own wake-ups (hyper's, for every request with a body)
+    /// answered in its poll, not through the runtime's queue and a sibling
+    /// worker's wake-up (`src/http/inline_wakes.rs`). Off: as hyper and
+    /// tokio do it.
+    pub http_inline_wakes: bool,
     /// A keep-alive connection with no request for this long, or a request
     /// head not read whole this long after it began, is closed (0: never).
     /// Above nginx's upstream `keepalive_timeout` (60 s in `deploy/nginx`),
@@ -323,6 +328,7 @@ impl Default for Config {
             order_path_max_in_flight: 8192,
             http_backlog: 8192,
             http_park_idle: true,
+            http_inline_wakes: true,
             http_idle_timeout_secs: 120,
             memory_release_ms: 1000,
             batch_max: 128,

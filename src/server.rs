@@ -36,6 +36,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     let c = &app.state.config;
     let options = ConnectionOptions {
         park_idle: c.http_park_idle,
+        inline_wakes: c.http_inline_wakes,
         idle_timeout: (c.http_idle_timeout_secs > 0)
             .then(|| Duration::from_secs(c.http_idle_timeout_secs)),
     };

@@ -35,12 +35,16 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tower::Service as _;
 
+use super::inline_wakes::InlineWakes;
+
 /// How connections are served (config: `http_park_idle`,
 /// `http_idle_timeout_secs`).
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionOptions {
     /// Park idle keep-alive connections (module doc).
     pub park_idle: bool,
+    /// The connection's own wake-ups answered in its poll (inline_wakes.rs).
+    pub inline_wakes: bool,
     /// How long a connection may wait for its next request, and a request
     /// head take to arrive whole (`None`: no bound); past it, the
     /// connection is closed. Parked, the wait is the parked time and the
@@ -157,6 +161,9 @@ async fn serve_connection(
             },
         )
     };
+    // The connection's own wake-ups (hyper's body channel) answered in its
+    // poll, not by the scheduler (inline_wakes.rs).
+    let wakes = InlineWakes::default();
     let mut io = Watched {
         stream,
         unread: Bytes::new(),
@@ -182,10 +189,17 @@ async fn serve_connection(
         let mut conn = Box::new(builder.serve_connection(TokioIo::new(io), service));
         activity.served.store(false, Ordering::Relaxed);
         tokio::select! {
-            step = std::future::poll_fn(|cx| match Pin::new(&mut *conn).poll(cx) {
-                Poll::Ready(r) => Poll::Ready(Some(r)),
-                Poll::Pending if options.park_idle && activity.idle() => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
+            step = std::future::poll_fn(|cx| {
+                let polled = if options.inline_wakes {
+                    wakes.poll(cx, |cx| Pin::new(&mut *conn).poll(cx))
+                } else {
+                    Pin::new(&mut *conn).poll(cx)
+                };
+                match polled {
+                    Poll::Ready(r) => Poll::Ready(Some(r)),
+                    Poll::Pending if options.park_idle && activity.idle() => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
             }) => match step {
                 Some(Err(e)) => {
                     tracing::trace!(error = %e, "connection ended with an error");
@@ -429,6 +443,7 @@ mod tests {
     fn options(park_idle: bool) -> ConnectionOptions {
         ConnectionOptions {
             park_idle,
+            inline_wakes: true,
             idle_timeout: Some(Duration::from_secs(60)),
         }
     }
@@ -621,6 +636,7 @@ mod tests {
     async fn an_idle_connection_and_a_slow_request_head_are_closed_after_the_time_out() {
         let (addr, _stop, _task) = server(ConnectionOptions {
             park_idle: true,
+            inline_wakes: true,
             idle_timeout: Some(Duration::from_millis(300)),
         })
         .await;

@@ -38,6 +38,7 @@ pub mod deadline;
 pub mod error;
 pub mod extract;
 pub mod health;
+mod inline_wakes;
 pub mod int;
 pub mod items;
 pub mod openapi;
