@@ -38,7 +38,7 @@ use tower::Service as _;
 use super::inline_wakes::InlineWakes;
 
 /// How connections are served (config: `http_park_idle`,
-/// `http_idle_timeout_secs`).
+/// `http_inline_wakes`, `http_idle_timeout_secs`).
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionOptions {
     /// Park idle keep-alive connections (module doc).
@@ -547,50 +547,57 @@ mod tests {
 
     #[tokio::test]
     async fn pipelined_and_split_requests_are_answered_in_order_with_no_byte_lost() {
-        let (addr, _stop, _task) = server(options(true)).await;
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        let mut pending = Vec::new();
-        // Three requests in one write, the third cut off mid-head: hyper
-        // answers two, goes idle holding the third's start, is parked with
-        // it, and the rest arrives later.
-        s.write_all(b"GET /n/1 HTTP/1.1\r\nHost: x\r\n\r\nPOST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /n/3 HTTP/1.1\r\nHo")
-            .await
-            .unwrap();
-        assert_eq!(answer(&mut s, &mut pending).await.1, "n=1");
-        assert_eq!(answer(&mut s, &mut pending).await.1, "hello");
-        settle().await;
-        s.write_all(b"st: x\r\n\r\n").await.unwrap();
-        assert_eq!(answer(&mut s, &mut pending).await.1, "n=3");
-        // A body that comes after its head, later: the request is in flight
-        // meanwhile, not parked.
-        s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
-            .await
-            .unwrap();
-        settle().await;
-        s.write_all(b"cd").await.unwrap();
-        assert_eq!(answer(&mut s, &mut pending).await.1, "abcd");
-        // An empty line after a body (some clients send one) is ignored.
-        s.write_all(b"\r\n").await.unwrap();
-        settle().await;
-        s.write_all(b"GET /n/4 HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(answer(&mut s, &mut pending).await.1, "n=4");
-        // An answer bigger than the socket's buffers is written out whole
-        // before the connection is parked.
-        s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut reader = s;
-        let mut big = Vec::new();
-        let (head, body) = answer(&mut reader, &mut big).await;
-        assert!(head.starts_with("HTTP/1.1 200"));
-        assert_eq!(body.len(), 4 << 20);
-        reader
-            .write_all(b"GET /n/9 HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(answer(&mut reader, &mut big).await.1, "n=9");
+        // The connection's own wake-ups answered in its poll, or by the task.
+        for inline_wakes in [true, false] {
+            let (addr, _stop, _task) = server(ConnectionOptions {
+                inline_wakes,
+                ..options(true)
+            })
+            .await;
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let mut pending = Vec::new();
+            // Three requests in one write, the third cut off mid-head: hyper
+            // answers two, goes idle holding the third's start, is parked with
+            // it, and the rest arrives later.
+            s.write_all(b"GET /n/1 HTTP/1.1\r\nHost: x\r\n\r\nPOST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /n/3 HTTP/1.1\r\nHo")
+                .await
+                .unwrap();
+            assert_eq!(answer(&mut s, &mut pending).await.1, "n=1");
+            assert_eq!(answer(&mut s, &mut pending).await.1, "hello");
+            settle().await;
+            s.write_all(b"st: x\r\n\r\n").await.unwrap();
+            assert_eq!(answer(&mut s, &mut pending).await.1, "n=3");
+            // A body that comes after its head, later: the request is in flight
+            // meanwhile, not parked.
+            s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
+                .await
+                .unwrap();
+            settle().await;
+            s.write_all(b"cd").await.unwrap();
+            assert_eq!(answer(&mut s, &mut pending).await.1, "abcd");
+            // An empty line after a body (some clients send one) is ignored.
+            s.write_all(b"\r\n").await.unwrap();
+            settle().await;
+            s.write_all(b"GET /n/4 HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            assert_eq!(answer(&mut s, &mut pending).await.1, "n=4");
+            // An answer bigger than the socket's buffers is written out whole
+            // before the connection is parked.
+            s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut reader = s;
+            let mut big = Vec::new();
+            let (head, body) = answer(&mut reader, &mut big).await;
+            assert!(head.starts_with("HTTP/1.1 200"));
+            assert_eq!(body.len(), 4 << 20);
+            reader
+                .write_all(b"GET /n/9 HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            assert_eq!(answer(&mut reader, &mut big).await.1, "n=9");
+        }
     }
 
     #[tokio::test]

@@ -340,11 +340,12 @@ async fn sweep_promo(
 /// One promo's cancelled orders whose units the ledger never got back (the
 /// cancellation's give-back failed, or its instance died between the DB's
 /// cancel and the give-back: nothing else calls it again), given back now —
-/// idempotent per order, like the cancellation's own call. Every cancelled
-/// order of the promo is looked at each pass, a page of
-/// `ledger_sweep_max_records` at a time: drift repair of the promo, after
-/// the sweep, must never make up units a later give-back would add again.
-/// False when one could not be given back.
+/// idempotent per order, like the cancellation's own call. A pass compares
+/// the ledger's given-back count with the DB's count of cancelled orders
+/// first; unless they are equal, it looks at every cancelled order of the
+/// promo, a page of `ledger_sweep_max_records` at a time: drift repair of
+/// the promo, after the sweep, must never make up units a later give-back
+/// would add again. False when one could not be given back.
 async fn sweep_restocks(
     cx: &Context,
     promo: PromoId,
@@ -359,8 +360,15 @@ async fn sweep_restocks(
     let Some(given_back) = cx.ports.ledger.restocked_count(promo).await? else {
         return Ok(true);
     };
-    if given_back >= cx.ports.store.cancelled_order_count(promo).await? {
+    let cancelled = cx.ports.store.cancelled_order_count(promo).await?;
+    if given_back == cancelled {
         return Ok(true);
+    }
+    if given_back > cancelled {
+        // Not from this system's own writes: a DB restored or reset under
+        // a kept ledger. Every order is looked at, not trusted to a count.
+        tracing::warn!(promo_id = %promo, given_back, cancelled,
+            "ledger holds more cancellations given back than the DB has cancelled orders");
     }
     let page = cx.config.ledger_sweep_max_records.max(1);
     let mut after = String::new();

@@ -150,6 +150,11 @@ async fn a_rebuilt_ledger_holds_the_journal_and_loads_once(l: Arc<dyn StockLedge
     };
     assert!(l.rebuild(p, 2, &journal).await.unwrap());
     assert_eq!(l.stock(p).await.unwrap(), Some(7));
+    assert_eq!(
+        l.restocked_count(p).await.unwrap(),
+        Some(1),
+        "the journal's cancellations are loaded as given back"
+    );
     assert!(!l.rebuild(p, 2, &journal).await.unwrap(), "loads once");
     assert!(
         !l.warm(p, 100, 2).await.unwrap(),

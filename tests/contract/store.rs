@@ -480,6 +480,18 @@ async fn cancel_gives_stock_back(s: &dyn Store) {
             .await,
         Err(StoreError::NotFound)
     ));
+    // Counted by promo and status: another promo's cancellation, an order
+    // of this promo still unpaid.
+    let (item2, promo2) = setup(s, 2).await;
+    let other = draft(4_002, UserId(2), item2, promo2, 1);
+    let unpaid = draft(4_003, UserId(3), item, promo, 1);
+    for o in [&other, &unpaid] {
+        s.insert_stock_logs(std::slice::from_ref(o)).await.unwrap();
+        s.commit_orders(std::slice::from_ref(o)).await.unwrap();
+    }
+    assert!(s.cancel_order(&other.order_no).await.unwrap().1);
+    assert_eq!(s.cancelled_order_count(promo).await.unwrap(), 1);
+    assert_eq!(s.cancelled_order_count(promo2).await.unwrap(), 1);
 }
 
 async fn pure_database_orders(s: &dyn Store) {
