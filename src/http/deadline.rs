@@ -8,14 +8,14 @@
 //! every request, which showed in the profile of the sold-out answer.
 
 use std::convert::Infallible;
-use std::task::{Context, Poll};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use futures::future::{FutureExt, Map};
-use tokio::time::error::Elapsed;
-use tokio::time::Timeout;
+use tokio::time::Sleep;
 use tower::{Layer, Service};
 
 use super::error::ApiError;
@@ -58,24 +58,116 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Map<Timeout<S::Future>, fn(Result<Answer, Elapsed>) -> Answer>;
+    type Future = DeadlineFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        tokio::time::timeout(self.limit, self.inner.call(req)).map(past_deadline)
+        DeadlineFuture {
+            inner: self.inner.call(req),
+            timer: None,
+            limit: self.limit,
+        }
     }
 }
 
-/// The inner answer, or 503 when the deadline passed first.
-fn past_deadline(answer: Result<Answer, Elapsed>) -> Answer {
-    answer.unwrap_or_else(|_| {
-        metrics::counter!("seckill_http_deadline_exceeded_total").increment(1);
-        Ok(ApiError::from(ServiceError::unavailable(
-            "no answer within the request deadline; retry (an order's outcome shows under your orders)",
-        ))
-        .into_response())
-    })
+pin_project_lite::pin_project! {
+    /// The inner answer, or 503 past the deadline. The timer is set when the
+    /// answer is first found not ready (the first poll follows the call at
+    /// once): an answer ready on its first poll — the sold-out flag's, a
+    /// refused token's, a cached item's — costs no timer at all.
+    pub struct DeadlineFuture<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        timer: Option<Sleep>,
+        limit: Duration,
+    }
+}
+
+impl<F> Future for DeadlineFuture<F>
+where
+    F: Future<Output = Answer>,
+{
+    type Output = Answer;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        let mut this = self.project();
+        if let Poll::Ready(answer) = this.inner.poll(cx) {
+            return Poll::Ready(answer);
+        }
+        if this.timer.is_none() {
+            this.timer.set(Some(tokio::time::sleep(*this.limit)));
+        }
+        if let Some(timer) = this.timer.as_pin_mut() {
+            ready!(timer.poll(cx));
+        }
+        Poll::Ready(past_deadline())
+    }
+}
+
+/// 503: the deadline passed first.
+fn past_deadline() -> Answer {
+    metrics::counter!("seckill_http_deadline_exceeded_total").increment(1);
+    Ok(ApiError::from(ServiceError::unavailable(
+        "no answer within the request deadline; retry (an order's outcome shows under your orders)",
+    ))
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+    use tower::ServiceExt;
+
+    fn answering_after(
+        delay: Duration,
+    ) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send> + Clone {
+        tower::service_fn(move |_req: Request| async move {
+            tokio::time::sleep(delay).await;
+            Ok::<_, Infallible>(StatusCode::NO_CONTENT.into_response())
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_within_the_deadline_passes_and_a_late_one_is_503() {
+        let limit = Duration::from_secs(2);
+        let svc = DeadlineLayer::new(limit).layer(answering_after(Duration::ZERO));
+        let r = svc
+            .oneshot(Request::new(axum::body::Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::NO_CONTENT,
+            "ready on its first poll"
+        );
+
+        let svc = DeadlineLayer::new(limit).layer(answering_after(Duration::from_millis(1_999)));
+        let r = svc
+            .oneshot(Request::new(axum::body::Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT, "pending, then in time");
+
+        let started = tokio::time::Instant::now();
+        let svc = DeadlineLayer::new(limit).layer(answering_after(Duration::from_secs(60)));
+        let r = svc
+            .oneshot(Request::new(axum::body::Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[axum::http::header::RETRY_AFTER], "1");
+        assert_eq!(
+            started.elapsed(),
+            limit,
+            "cut off at the deadline, not at the answer"
+        );
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["code"], "UNAVAILABLE");
+    }
 }

@@ -10,6 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::{any, get};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -94,13 +95,20 @@ pub fn router(state: AppState) -> Router {
         .route("/api/openapi.json", get(openapi_json))
         .route("/api", any(api_not_found))
         .route("/api/{*rest}", any(api_not_found))
-        .layer(deadline::DeadlineLayer::new(
-            std::time::Duration::from_millis(state.config.request_timeout_ms),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        ));
+        // One `layer` call wraps every route once: each `Router::layer` is a
+        // boxed service of its own that every request clones and calls
+        // through (two allocations and a dynamic call per layer and
+        // request), so the stack goes on as one.
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetResponseHeaderLayer::if_not_present(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("no-store"),
+                ))
+                .layer(deadline::DeadlineLayer::new(
+                    std::time::Duration::from_millis(state.config.request_timeout_ms),
+                )),
+        );
     let web_dir = web_dir(&state.config);
     // Pages and assets are revalidated on every use (Last-Modified /
     // If-Modified-Since, answered 304): a deploy shows at once.
@@ -115,9 +123,13 @@ pub fn router(state: AppState) -> Router {
         .merge(health::root_router())
         .merge(pages)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(request_metrics::RequestMetricsLayer)
-        .layer(cors(&state.config))
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        // Outermost first, as one layer (above).
+        .layer(
+            ServiceBuilder::new()
+                .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+                .layer(cors(&state.config))
+                .layer(request_metrics::RequestMetricsLayer),
+        )
         .with_state(state)
 }
 
