@@ -269,6 +269,11 @@ impl CatalogService {
     /// loads it again and the others wait for that load (before, each
     /// request in the load's round trip read the DB itself).
     pub async fn promo(&self, id: PromoId) -> ServiceResult<Arc<Promo>> {
+        // A hit, the crowd's case, is a plain read; `try_get_with` (one
+        // load for all the readers of a missing entry) boxes its wait.
+        if let Some(promo) = self.promos.get(&id).await {
+            return Ok(promo);
+        }
         self.promos
             .try_get_with(id, async { self.load_promo(id).await.map(Arc::new) })
             .await

@@ -44,21 +44,41 @@ pub struct UserService {
     /// broadcast), so a session ends everywhere within that bound at worst.
     /// Keyed by the token's digest ([`session_digest`]): the broadcast
     /// carries the digest, never the bearer token itself.
-    sessions: Option<moka::sync::Cache<String, UserId>>,
+    sessions: Option<moka::sync::Cache<[u8; 32], UserId>>,
 }
 
 /// A session token's SHA-256, hex: names a session in the log-out broadcast
 /// (which the broker stores) without giving the credential away.
 pub fn session_digest(token: &str) -> String {
-    use sha2::Digest;
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let d = sha2::Sha256::digest(token.as_bytes());
     let mut hex = String::with_capacity(64);
-    for b in d {
+    for b in digest_of(token) {
         hex.push(char::from(HEX[usize::from(b >> 4)]));
         hex.push(char::from(HEX[usize::from(b & 0xf)]));
     }
     hex
+}
+
+/// The digest itself, the session cache's key: every authenticated
+/// request looks it up, and the bytes need no string built or hashed
+/// twice as long.
+fn digest_of(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// [`session_digest`]'s hex read back; `None` when it is not 64 hex digits.
+fn digest_from_hex(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let nibble = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        *o = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(out)
 }
 
 fn session_key(token: &str) -> String {
@@ -343,8 +363,8 @@ impl UserService {
     /// the entry's `session_cache_ttl_ms` runs out).
     pub async fn logout(&self, token: &str) -> ServiceResult<()> {
         self.cx.ports.kv.delete(&session_key(token)).await?;
-        self.forget_session(&session_digest(token));
-        if self.sessions.is_some() {
+        if let Some(c) = &self.sessions {
+            c.invalidate(&digest_of(token));
             if let Err(e) = self
                 .cx
                 .ports
@@ -363,8 +383,8 @@ impl UserService {
 
     /// Drops this instance's cached copy of a session, named by its digest.
     pub fn forget_session(&self, digest: &str) {
-        if let Some(c) = &self.sessions {
-            c.invalidate(digest);
+        if let (Some(c), Some(d)) = (&self.sessions, digest_from_hex(digest)) {
+            c.invalidate(&d);
         }
     }
 
@@ -373,7 +393,7 @@ impl UserService {
         if token.is_empty() || token.len() > 128 {
             return Ok(None);
         }
-        let digest = self.sessions.as_ref().map(|_| session_digest(token));
+        let digest = self.sessions.as_ref().map(|_| digest_of(token));
         if let (Some(c), Some(d)) = (&self.sessions, &digest) {
             if let Some(user) = c.get(d) {
                 return Ok(Some(user));
@@ -416,5 +436,31 @@ mod digest_tests {
             super::session_digest("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn the_broadcast_digest_reads_back_as_the_cache_key() {
+        for token in [
+            "abc",
+            "",
+            "a-longer-token_with-URL-safe-characters-0123456789",
+        ] {
+            let hex = super::session_digest(token);
+            assert_eq!(super::digest_from_hex(&hex), Some(super::digest_of(token)));
+            assert_eq!(
+                super::digest_from_hex(&hex.to_uppercase()),
+                Some(super::digest_of(token))
+            );
+        }
+        for bad in [
+            "",
+            "abc",
+            &"g".repeat(64),
+            &"a".repeat(63),
+            &"a".repeat(65),
+            &"é".repeat(32),
+        ] {
+            assert_eq!(super::digest_from_hex(bad), None, "{bad:?}");
+        }
     }
 }

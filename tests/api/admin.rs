@@ -213,6 +213,12 @@ async fn metrics_are_exposed_in_prometheus_text() {
     t.get("/api/v1/items/999999", None).await;
     // An invented method is counted, under one label for all such.
     t.call("BREW", "/api/v1/no-such-thing", None, None).await;
+    // Refused orders, by reason (each reason's handle is kept per thread).
+    let b = t.user("13600000901").await;
+    for _ in 0..2 {
+        let r = t.order(&b, 999_999, 1, "x").await;
+        assert_eq!(r.code(), "NOT_FOUND");
+    }
     let r = t.get("/metrics", None).await;
     assert_eq!(r.status, StatusCode::OK);
     let text = String::from_utf8(r.bytes).unwrap();
@@ -232,6 +238,12 @@ async fn metrics_are_exposed_in_prometheus_text() {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok());
     assert!(other.is_some_and(|n| n >= 1.0), "{text}");
+    let not_found = text
+        .lines()
+        .find(|l| l.starts_with(r#"seckill_orders_refused_total{reason="not_found"}"#))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(not_found.is_some_and(|n| n >= 2.0), "{text}");
 }
 
 #[tokio::test]
