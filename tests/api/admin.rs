@@ -232,18 +232,18 @@ async fn metrics_are_exposed_in_prometheus_text() {
     }
     assert!(!text.contains(r#"method="BREW""#), "{text}");
     // Counted, not only registered: this test alone sends an invented method.
-    let other = text
-        .lines()
-        .find(|l| l.starts_with(r#"seckill_http_requests_total{method="OTHER""#))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok());
+    let other = series_value(&text, r#"seckill_http_requests_total{method="OTHER""#);
     assert!(other.is_some_and(|n| n >= 1.0), "{text}");
-    let not_found = text
-        .lines()
-        .find(|l| l.starts_with(r#"seckill_orders_refused_total{reason="not_found"}"#))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok());
+    let not_found = series_value(&text, r#"seckill_orders_refused_total{reason="not_found"}"#);
     assert!(not_found.is_some_and(|n| n >= 2.0), "{text}");
+}
+
+/// The value of the first series whose line starts with `prefix`.
+fn series_value(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test]
