@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
+use tokio::task::Unconstrained;
 use tokio::time::Sleep;
 use tower::{Layer, Service};
 
@@ -76,13 +77,17 @@ where
 pin_project_lite::pin_project! {
     /// The inner answer, or 503 past the deadline. The timer is set when the
     /// answer is first found not ready (the first poll follows the call at
-    /// once): an answer ready on its first poll — the sold-out flag's, a
-    /// refused token's, a cached item's — costs no timer at all.
+    /// once), so the deadline counts from there: an answer ready on its
+    /// first poll — the sold-out flag's, a refused token's, a cached
+    /// item's — costs no timer at all. The timer is polled outside tokio's
+    /// co-operative budget (as `tokio::time::timeout` does once the inner
+    /// future spent it): an answer that spends the budget on every poll is
+    /// still cut off.
     pub struct DeadlineFuture<F> {
         #[pin]
         inner: F,
         #[pin]
-        timer: Option<Sleep>,
+        timer: Option<Unconstrained<Sleep>>,
         limit: Duration,
     }
 }
@@ -99,7 +104,10 @@ where
             return Poll::Ready(answer);
         }
         if this.timer.is_none() {
-            this.timer.set(Some(tokio::time::sleep(*this.limit)));
+            this.timer
+                .set(Some(tokio::task::unconstrained(tokio::time::sleep(
+                    *this.limit,
+                ))));
         }
         if let Some(timer) = this.timer.as_pin_mut() {
             ready!(timer.poll(cx));
@@ -169,5 +177,27 @@ mod tests {
         let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["code"], "UNAVAILABLE");
+    }
+
+    /// `tokio::time::timeout` polls its timer outside the co-operative
+    /// budget once the inner future spent it; so does this one.
+    #[tokio::test]
+    async fn an_answer_that_spends_its_budget_on_every_poll_is_still_cut_off() {
+        let busy = tower::service_fn(|_req: Request| async {
+            loop {
+                tokio::task::consume_budget().await;
+            }
+            #[allow(unreachable_code)]
+            Ok::<Response, Infallible>(StatusCode::OK.into_response())
+        });
+        let svc = DeadlineLayer::new(Duration::from_millis(50)).layer(busy);
+        let r = tokio::time::timeout(
+            Duration::from_secs(30),
+            svc.oneshot(Request::new(axum::body::Body::empty())),
+        )
+        .await
+        .expect("cut off at its deadline")
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

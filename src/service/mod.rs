@@ -72,6 +72,25 @@ impl ServiceError {
         }
     }
 
+    /// Every [`ServiceError::reason`], for meters registered up front.
+    pub const REASONS: [&'static str; 15] = [
+        "invalid",
+        "unauthenticated",
+        "forbidden",
+        "invalid_token",
+        "wrong_captcha",
+        "not_found",
+        "promo_not_started",
+        "promo_ended",
+        "promo_not_published",
+        "sold_out",
+        "already_bought",
+        "conflict",
+        "rate_limited",
+        "unavailable",
+        "internal",
+    ];
+
     /// A stable label for metrics (`orders_refused_total{reason}`).
     pub fn reason(&self) -> &'static str {
         match self {
@@ -229,5 +248,33 @@ impl Context {
             return Ok(true);
         }
         Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::ServiceError as E;
+
+    #[test]
+    fn every_reason_is_listed_once() {
+        let all = [
+            E::Invalid(String::new()),
+            E::Unauthenticated(""),
+            E::Forbidden(""),
+            E::InvalidToken,
+            E::WrongCaptcha,
+            E::NotFound(""),
+            E::PromoNotStarted,
+            E::PromoEnded,
+            E::PromoNotPublished,
+            E::SoldOut,
+            E::AlreadyBought,
+            E::Conflict(String::new()),
+            E::RateLimited(""),
+            E::unavailable(""),
+            E::Internal("x".into()),
+        ];
+        let reasons: Vec<_> = all.iter().map(E::reason).collect();
+        assert_eq!(reasons, E::REASONS, "REASONS follows reason(), in order");
     }
 }

@@ -7,7 +7,6 @@
 //! (429) never burns the buyer's token; it is held until the answer, so the
 //! bound covers orders being committed too, not just those waiting.
 
-use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,28 +23,34 @@ use crate::config::OrderStrategy;
 use crate::domain::{ItemId, Order, OrderDraft, OrderNo, OrderStatus, PromoId, UserId};
 use crate::store::StoreError;
 
-thread_local! {
-    /// `seckill_orders_refused_total` by reason, the handles this thread
-    /// has used: a handful, searched in order. The macro with a label
-    /// builds, hashes and looks up its key on every call — under a sold-out
-    /// crowd, on every request.
-    static REFUSED: RefCell<Vec<(&'static str, metrics::Counter)>> = const { RefCell::new(Vec::new()) };
-}
+/// `seckill_orders_refused_total`, one handle per reason, registered when
+/// the service starts: the macro with a label builds, hashes and looks up
+/// its key on every call — under a sold-out crowd, on every request.
+struct RefusedMeters(Vec<(&'static str, metrics::Counter)>);
 
-fn count_refused(reason: &'static str) {
-    REFUSED.with_borrow_mut(|handles| {
-        let i = match handles.iter().position(|(r, _)| *r == reason) {
-            Some(i) => i,
+impl RefusedMeters {
+    fn new() -> Self {
+        RefusedMeters(
+            ServiceError::REASONS
+                .iter()
+                .map(|&r| {
+                    (
+                        r,
+                        metrics::counter!("seckill_orders_refused_total", "reason" => r),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn count(&self, reason: &'static str) {
+        match self.0.iter().find(|(r, _)| *r == reason) {
+            Some((_, c)) => c.increment(1),
             None => {
-                handles.push((
-                    reason,
-                    metrics::counter!("seckill_orders_refused_total", "reason" => reason),
-                ));
-                handles.len() - 1
+                metrics::counter!("seckill_orders_refused_total", "reason" => reason).increment(1)
             }
-        };
-        handles[i].1.increment(1);
-    });
+        }
+    }
 }
 
 /// An order request as the buyer sent it.
@@ -66,6 +71,7 @@ pub struct OrderService {
     /// left, new orders get 429 at once instead of piling up.
     in_flight: Arc<Semaphore>,
     order_rule: RateRule,
+    refused: RefusedMeters,
     /// Set on shutdown: new orders are refused (503) while those admitted
     /// finish.
     draining: std::sync::atomic::AtomicBool,
@@ -87,6 +93,7 @@ impl OrderService {
             write_behind,
             in_flight,
             order_rule,
+            refused: RefusedMeters::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -117,7 +124,7 @@ impl OrderService {
                 metrics::histogram!("seckill_order_seconds")
                     .record(started.elapsed().as_secs_f64());
             }
-            Err(e) => count_refused(e.reason()),
+            Err(e) => self.refused.count(e.reason()),
         }
         result
     }
