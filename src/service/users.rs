@@ -50,9 +50,13 @@ pub struct UserService {
 /// A session token's SHA-256, hex: names a session in the log-out broadcast
 /// (which the broker stores) without giving the credential away.
 pub fn session_digest(token: &str) -> String {
+    digest_hex(&digest_of(token))
+}
+
+fn digest_hex(digest: &[u8; 32]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut hex = String::with_capacity(64);
-    for b in digest_of(token) {
+    for &b in digest {
         hex.push(char::from(HEX[usize::from(b >> 4)]));
         hex.push(char::from(HEX[usize::from(b & 0xf)]));
     }
@@ -364,14 +368,15 @@ impl UserService {
     pub async fn logout(&self, token: &str) -> ServiceResult<()> {
         self.cx.ports.kv.delete(&session_key(token)).await?;
         if let Some(c) = &self.sessions {
-            c.invalidate(&digest_of(token));
+            let digest = digest_of(token);
+            c.invalidate(&digest);
             if let Err(e) = self
                 .cx
                 .ports
                 .bus
                 .publish(crate::mq::Event::SessionEnded {
                     v: 1,
-                    digest: session_digest(token),
+                    digest: digest_hex(&digest),
                 })
                 .await
             {
