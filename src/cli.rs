@@ -74,12 +74,7 @@ pub struct ServeArgs {
 }
 
 fn parse_strategy(s: &str) -> Result<OrderStrategy, String> {
-    match s {
-        "write-behind" => Ok(OrderStrategy::WriteBehind),
-        "db-lock" => Ok(OrderStrategy::DbLock),
-        "db-optimistic" => Ok(OrderStrategy::DbOptimistic),
-        _ => Err("expected write-behind, db-lock or db-optimistic".into()),
-    }
+    s.parse()
 }
 
 impl ServeArgs {

@@ -22,28 +22,7 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// How orders take stock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum OrderStrategy {
-    /// Reservation in the ledger + transactional message (the design).
-    #[default]
-    WriteBehind,
-    /// Conditional `UPDATE … WHERE stock >= n` in the order's transaction.
-    DbLock,
-    /// `version` compare-and-set with bounded retries.
-    DbOptimistic,
-}
-
-impl OrderStrategy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OrderStrategy::WriteBehind => "write-behind",
-            OrderStrategy::DbLock => "db-lock",
-            OrderStrategy::DbOptimistic => "db-optimistic",
-        }
-    }
-}
+pub use crate::domain::OrderStrategy;
 
 /// Every setting, with its default. Field names are the lower-case
 /// `SECKILL_*` variable names.

@@ -10,7 +10,7 @@ pub mod user;
 pub use ids::{IdGenerator, ItemId, OrderNo, PromoId, StockLogId, UserId};
 pub use item::{Item, ItemPatch, NewItem};
 pub use order::{Order, OrderDraft, OrderStatus, StockLogStatus};
-pub use promo::{NewPromo, Promo, PromoBaseline, PromoState, SaleJournal};
+pub use promo::{NewPromo, OrderStrategy, Promo, PromoBaseline, PromoState, SaleJournal};
 pub use user::{NewUser, Phone, User};
 
 /// A rule broken by well-formed input: answered as `422 INVALID_ARGUMENT`.

@@ -17,7 +17,8 @@ pub struct Promo {
     pub end_at: DateTime<Utc>,
     pub published: bool,
     /// The item's stock and sales when the promo was published (the ledger's
-    /// starting point); `None` until then.
+    /// starting point), and the order strategy it was published under;
+    /// `None` until then.
     pub baseline: Option<PromoBaseline>,
 }
 
@@ -61,17 +62,66 @@ impl SaleJournal {
 }
 
 /// What a promo's ledger started from: live stock is the ledger's, live
-/// sales are `sales + (stock - live stock)`.
+/// sales are `sales + (stock - live stock)`; and how its sale takes stock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PromoBaseline {
     pub stock: i64,
     pub sales: i64,
+    /// The strategy the promo was published under. `None`: published
+    /// before promos recorded it (held to the instance's own).
+    pub strategy: Option<OrderStrategy>,
 }
 
 impl PromoBaseline {
     /// The item's sales when the ledger holds `live_stock`.
     pub fn sales_at(&self, live_stock: i64) -> i64 {
         self.sales + (self.stock - live_stock).max(0)
+    }
+}
+
+/// How orders take stock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OrderStrategy {
+    /// Reservation in the ledger + transactional message (the design).
+    #[default]
+    WriteBehind,
+    /// Conditional `UPDATE … WHERE stock >= n` in the order's transaction.
+    DbLock,
+    /// `version` compare-and-set with bounded retries.
+    DbOptimistic,
+}
+
+impl OrderStrategy {
+    pub const ALL: [OrderStrategy; 3] = [
+        OrderStrategy::WriteBehind,
+        OrderStrategy::DbLock,
+        OrderStrategy::DbOptimistic,
+    ];
+
+    /// Whether its sales take stock from the ledger (the cache) first and
+    /// the DB after, rather than from the DB alone.
+    pub fn keeps_ledger(self) -> bool {
+        self == OrderStrategy::WriteBehind
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStrategy::WriteBehind => "write-behind",
+            OrderStrategy::DbLock => "db-lock",
+            OrderStrategy::DbOptimistic => "db-optimistic",
+        }
+    }
+}
+
+impl std::str::FromStr for OrderStrategy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        OrderStrategy::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| format!("expected write-behind, db-lock or db-optimistic, not {s:?}"))
     }
 }
 
@@ -112,6 +162,28 @@ impl Promo {
             PromoState::NotStarted => Err(NotOnSale::NotStarted),
             PromoState::Ended => Err(NotOnSale::Ended),
             PromoState::Ongoing => Ok(()),
+        }
+    }
+
+    /// The strategy the promo's sale is held to: the one it was published
+    /// under, or `instance`'s for a promo published before promos recorded
+    /// it (or not published yet).
+    pub fn strategy_or(&self, instance: OrderStrategy) -> OrderStrategy {
+        self.baseline.and_then(|b| b.strategy).unwrap_or(instance)
+    }
+
+    /// Ok when an instance selling with `instance` may sell this promo: the
+    /// promo was published under a strategy that keeps its stock where
+    /// `instance`'s does — the ledger, or the DB alone. Otherwise the
+    /// promo's strategy: a ledger warmed at publish and never told of the
+    /// DB's sales (or a DB never told of the ledger's reservations yet)
+    /// would sell units twice.
+    pub fn check_sold_by(&self, instance: OrderStrategy) -> Result<(), OrderStrategy> {
+        let own = self.strategy_or(instance);
+        if own.keeps_ledger() == instance.keeps_ledger() {
+            Ok(())
+        } else {
+            Err(own)
         }
     }
 
@@ -214,6 +286,52 @@ mod tests {
         }
         .validate(100, now)
         .is_err());
+    }
+
+    #[test]
+    fn a_sale_is_held_to_where_its_strategy_keeps_the_stock() {
+        use OrderStrategy::*;
+        let published_under = |strategy| Promo {
+            baseline: Some(PromoBaseline {
+                stock: 5,
+                sales: 0,
+                strategy,
+            }),
+            ..promo(true)
+        };
+        // Same place (the ledger, or the DB alone): sold.
+        for (own, here) in [
+            (WriteBehind, WriteBehind),
+            (DbLock, DbLock),
+            (DbLock, DbOptimistic),
+            (DbOptimistic, DbLock),
+        ] {
+            assert_eq!(published_under(Some(own)).check_sold_by(here), Ok(()));
+            assert_eq!(published_under(Some(own)).strategy_or(here), own);
+        }
+        // The other place: refused, naming the promo's own strategy.
+        assert_eq!(
+            published_under(Some(DbLock)).check_sold_by(WriteBehind),
+            Err(DbLock)
+        );
+        assert_eq!(
+            published_under(Some(WriteBehind)).check_sold_by(DbOptimistic),
+            Err(WriteBehind)
+        );
+        // Published before promos recorded it, or not yet: the instance's.
+        for here in OrderStrategy::ALL {
+            assert_eq!(published_under(None).check_sold_by(here), Ok(()));
+            assert_eq!(promo(false).strategy_or(here), here);
+        }
+    }
+
+    #[test]
+    fn strategies_read_back_from_their_names() {
+        for s in OrderStrategy::ALL {
+            assert_eq!(s.as_str().parse::<OrderStrategy>(), Ok(s));
+        }
+        assert!("write_behind".parse::<OrderStrategy>().is_err());
+        assert!("".parse::<OrderStrategy>().is_err());
     }
 
     #[test]

@@ -110,6 +110,12 @@ pub struct StockLogCounts {
 pub struct PromoStatsDto {
     pub promo_id: i64,
     pub item_id: i64,
+    /// The order strategy the promo was published under (`write-behind`,
+    /// `db-lock`, `db-optimistic`): only instances whose strategy keeps the
+    /// stock in the same place sell it (409 `CONFLICT` elsewhere). Null
+    /// before it is published, or for a promo published before promos
+    /// recorded it.
+    pub strategy: Option<String>,
     /// `item_stock.stock` in the database.
     pub stock_db: i64,
     /// The item's sales in the database (`item_stock.sales`: every sale of
@@ -277,6 +283,11 @@ pub async fn stats(
         refused: refused.into_iter().collect(),
         promo_id: s.promo.id.0,
         item_id: s.promo.item_id.0,
+        strategy: s
+            .promo
+            .baseline
+            .and_then(|b| b.strategy)
+            .map(|x| x.as_str().to_owned()),
         stock_db: s.stock_db,
         sales_db: s.sales_db,
         stock_cache: s.stock_cache,

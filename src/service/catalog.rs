@@ -11,7 +11,8 @@ use super::item_cache::ItemCache;
 use super::{Context, ServiceError, ServiceResult, SharedError};
 use crate::domain::promo::NotOnSale;
 use crate::domain::{
-    Item, ItemId, ItemPatch, NewItem, NewPromo, Promo, PromoBaseline, PromoId, PromoState,
+    Item, ItemId, ItemPatch, NewItem, NewPromo, OrderStrategy, Promo, PromoBaseline, PromoId,
+    PromoState,
 };
 use crate::mq::Event;
 use crate::store::PromoTotals;
@@ -68,6 +69,39 @@ impl From<NotOnSale> for ServiceError {
 }
 
 impl CatalogService {
+    /// Ok when this instance may sell `promo`: its order strategy keeps the
+    /// stock where the strategy the promo was published under does (see
+    /// [`Promo::check_sold_by`]). Else 409 `CONFLICT` saying why and what
+    /// to do: a deployment that changed strategy while a sale was
+    /// published, or instances of one deployment configured apart.
+    pub fn check_sold_here(&self, promo: &Promo) -> ServiceResult<()> {
+        let here = self.cx.config.order_strategy;
+        promo.check_sold_by(here).map_err(|own| {
+            let keeps = |s: OrderStrategy| {
+                if s.keeps_ledger() {
+                    "stock reserved in the cache's ledger first"
+                } else {
+                    "stock taken from the database alone"
+                }
+            };
+            ServiceError::Conflict(format!(
+                "promo {} was published under the {} order strategy ({}) and this instance \
+                 sells with {} ({}): selling it here could sell its units twice; it is sold \
+                 by instances that run {}, or end it and publish a new promo",
+                promo.id,
+                own.as_str(),
+                keeps(own),
+                here.as_str(),
+                keeps(here),
+                if own.keeps_ledger() {
+                    "write-behind"
+                } else {
+                    "db-lock or db-optimistic"
+                }
+            ))
+        })
+    }
+
     pub fn new(cx: Context) -> Self {
         let promos = Cache::builder()
             .max_capacity(10_000)
@@ -159,12 +193,18 @@ impl CatalogService {
         });
     }
 
-    /// Shows the live stock and sales: while a published promo runs in
-    /// write-behind mode, the ledger's stock (the DB catches up only as the
-    /// consumer deducts) and the sales derived from it; with the pure-DB
-    /// strategies, the DB row's, read now (every order changes it).
+    /// Shows the live stock and sales: while a published promo sold with
+    /// the ledger (write-behind) runs, the ledger's stock (the DB catches up
+    /// only as the consumer deducts) and the sales derived from it; with the
+    /// pure-DB strategies, the DB row's, read now (every order changes it).
+    /// A promo published under the other kind of strategy than this
+    /// instance's is not sold here: its ledger, if any, is not kept, so the
+    /// DB's figures.
     async fn live_figures(&self, item: &mut Item, promo: Option<&Promo>) {
-        if self.cx.config.order_strategy != crate::config::OrderStrategy::WriteBehind {
+        let here = self.cx.config.order_strategy;
+        let ledger_sale = here.keeps_ledger()
+            && promo.is_none_or(|p| !p.published || p.strategy_or(here).keeps_ledger());
+        if !ledger_sale {
             match self.cx.ports.store.item(item.id).await {
                 Ok(Some(row)) => {
                     item.stock = row.stock;
@@ -467,6 +507,7 @@ impl CatalogService {
         let baseline = PromoBaseline {
             stock: item.stock,
             sales: item.sales,
+            strategy: Some(cfg.order_strategy),
         };
         self.cx.ports.store.publish_promo(id, baseline).await?;
         self.live_stock.invalidate(&id).await;
@@ -481,9 +522,13 @@ impl CatalogService {
         let item = self.load_item(promo.item_id).await?;
         let totals = self.cx.ports.store.promo_totals(id).await?;
         // The pure-database strategies never touch the ledger after warm-up.
-        let stock_cache = match self.cx.config.order_strategy {
-            crate::config::OrderStrategy::WriteBehind => self.cx.ports.ledger.stock(id).await?,
-            _ => None,
+        let stock_cache = if promo
+            .strategy_or(self.cx.config.order_strategy)
+            .keeps_ledger()
+        {
+            self.cx.ports.ledger.stock(id).await?
+        } else {
+            None
         };
         Ok(PromoStats {
             promo,

@@ -28,7 +28,7 @@ use moka::future::Cache;
 use serde::{Deserialize, Serialize};
 
 use super::{Context, ServiceError, ServiceResult};
-use crate::domain::{Item, ItemId, Promo, PromoBaseline, PromoId};
+use crate::domain::{Item, ItemId, OrderStrategy, Promo, PromoBaseline, PromoId};
 
 /// What one item's detail is built from: the row and its promos (the
 /// featured one is chosen at read time, by the clock). `item: None` is a
@@ -324,6 +324,10 @@ struct StoredPromo {
     end_at: DateTime<Utc>,
     published: bool,
     warm: Option<(i64, i64)>,
+    /// The strategy it was published under (absent in entries written
+    /// before promos recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    strategy: Option<OrderStrategy>,
 }
 
 impl From<&ItemSnapshot> for Stored {
@@ -351,6 +355,7 @@ impl From<&ItemSnapshot> for Stored {
                     end_at: p.end_at,
                     published: p.published,
                     warm: p.baseline.map(|b| (b.stock, b.sales)),
+                    strategy: p.baseline.and_then(|b| b.strategy),
                 })
                 .collect(),
         }
@@ -381,7 +386,11 @@ impl From<Stored> for ItemSnapshot {
                     start_at: p.start_at,
                     end_at: p.end_at,
                     published: p.published,
-                    baseline: p.warm.map(|(stock, sales)| PromoBaseline { stock, sales }),
+                    baseline: p.warm.map(|(stock, sales)| PromoBaseline {
+                        stock,
+                        sales,
+                        strategy: p.strategy,
+                    }),
                 })
                 .collect(),
         }

@@ -149,6 +149,7 @@ impl OrderService {
             )));
         }
         promo.check_on_sale(Utc::now())?;
+        self.catalog.check_sold_here(&promo)?;
         // The crowd after the last unit is answered here, from this
         // process's flag: no round trip, no rate-limit permit spent.
         if self.cx.sold_out_here(promo.id).await? {

@@ -100,6 +100,7 @@ impl TokenService {
             )));
         }
         promo.check_on_sale(Utc::now())?;
+        self.catalog.check_sold_here(&promo)?;
         if self.cx.sold_out_here(promo_id).await? {
             return Err(ServiceError::SoldOut);
         }

@@ -84,7 +84,8 @@ pub(crate) const ITEM_COLUMNS: &str =
      i.updated_at, s.stock FROM item i JOIN item_stock s ON s.item_id = i.id";
 
 pub(crate) const PROMO_COLUMNS: &str =
-    "id, item_id, name, price_cents, start_at, end_at, published, warm_stock, warm_sales FROM promo";
+    "id, item_id, name, price_cents, start_at, end_at, published, warm_stock, warm_sales, strategy \
+     FROM promo";
 
 /// The conditional deduction (the consumer's, and the db-lock order's):
 /// never below zero.
@@ -150,7 +151,14 @@ fn promo_of(r: &$row) -> StoreResult<Promo> {
             r.try_get::<Option<i64>, _>("warm_stock")?,
             r.try_get::<Option<i64>, _>("warm_sales")?,
         ) {
-            (Some(stock), Some(sales)) => Some(PromoBaseline { stock, sales }),
+            (Some(stock), Some(sales)) => Some(PromoBaseline {
+                stock,
+                sales,
+                strategy: r
+                    .try_get::<Option<String>, _>("strategy")?
+                    .map(|s| s.parse().map_err(StoreError::Corrupt))
+                    .transpose()?,
+            }),
             _ => None,
         },
     })
@@ -371,11 +379,12 @@ impl CatalogStore for $store {
 
     async fn publish_promo(&self, id: PromoId, baseline: PromoBaseline) -> StoreResult<bool> {
         let res = sqlx::query(
-            "UPDATE promo SET published = 1, warm_stock = ?, warm_sales = ? \
+            "UPDATE promo SET published = 1, warm_stock = ?, warm_sales = ?, strategy = ? \
              WHERE id = ? AND published = 0",
         )
         .bind(baseline.stock)
         .bind(baseline.sales)
+        .bind(baseline.strategy.map(|s| s.as_str()))
         .bind(id.0)
             .execute(&self.writer)
             .await?;

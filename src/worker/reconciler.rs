@@ -13,7 +13,8 @@
 //!    (the delayed message normally did it first);
 //! 4. for each promo on sale or ended less than `ledger_sweep_after_end_secs`
 //!    ago (and never less than the payment time-out and the unpaid sweep
-//!    need to cancel its last orders; write-behind), holds every reservation record of the ledger
+//!    need to cancel its last orders; write-behind, and only the promos
+//!    published under it), holds every reservation record of the ledger
 //!    against its journal row: `committed` — the record is dropped (the
 //!    units stay sold, the buyer recorded); `rolled_back` — given back now
 //!    (a give-back that failed when the cache did: a rolled-back row is
@@ -22,7 +23,7 @@
 //!    units of every cancelled order the ledger never got back (the
 //!    cancellation's give-back failed, or its instance died first: nothing
 //!    else calls it again);
-//! 5. for each promo on sale (write-behind): rebuilds a ledger the cache
+//! 5. for each such promo on sale: rebuilds a ledger the cache
 //!    lost, and compares the ledger's stock with the DB's — DB stock less
 //!    the units reserved and not yet deducted. A difference that stays the
 //!    same while nothing in the sale moves for `ledger_rebuild_quiet_ms`
@@ -42,7 +43,6 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use crate::cache::LedgerLevel;
-use crate::config::OrderStrategy;
 use crate::domain::{Promo, PromoId, PromoState, StockLogId, StockLogStatus};
 use crate::service::{payment, write_behind, Context};
 
@@ -131,7 +131,8 @@ impl Reconciler {
             let grace = Duration::from_secs(cx.config.reconcile_after_secs);
             report.unpaid_cancelled = payment::sweep(cx, grace, 1000).await?;
         }
-        if cx.config.order_strategy == OrderStrategy::WriteBehind {
+        let here = cx.config.order_strategy;
+        if here.keeps_ledger() {
             let now = Utc::now();
             let swept_until = chrono::Duration::from_std(cx.config.ledger_sweep_after_end())
                 .unwrap_or(chrono::Duration::MAX);
@@ -142,7 +143,11 @@ impl Reconciler {
                 .await?
                 .into_iter()
                 .filter(|p| {
+                    // A promo published under a pure-DB strategy has a
+                    // ledger nobody keeps (warmed at publish, never told of
+                    // its sales): nothing to sweep, nothing to repair.
                     p.published
+                        && p.strategy_or(here).keeps_ledger()
                         && p.end_at
                             .checked_add_signed(swept_until)
                             .is_none_or(|t| now < t)

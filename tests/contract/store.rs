@@ -211,18 +211,52 @@ async fn catalog(s: &dyn Store) {
         .unwrap();
     assert!(!p.published);
     assert!((p.start_at - now).num_milliseconds().abs() < 1000);
-    let base = PromoBaseline { stock: 7, sales: 3 };
+    let base = PromoBaseline {
+        stock: 7,
+        sales: 3,
+        strategy: Some(OrderStrategy::DbLock),
+    };
     assert!(s.publish_promo(p.id, base).await.unwrap());
-    let again = PromoBaseline { stock: 1, sales: 9 };
+    let again = PromoBaseline {
+        stock: 1,
+        sales: 9,
+        strategy: Some(OrderStrategy::WriteBehind),
+    };
     assert!(
         !s.publish_promo(p.id, again).await.unwrap(),
         "published once"
     );
     let stored = s.promo(p.id).await.unwrap().unwrap();
     assert!(stored.published);
-    assert_eq!(stored.baseline, Some(base), "the first baseline stays");
+    assert_eq!(
+        stored.baseline,
+        Some(base),
+        "the first baseline stays, its strategy with it"
+    );
+    // Every strategy is kept as it was given, and none (a promo published
+    // before promos recorded it) stays none.
+    for strategy in OrderStrategy::ALL.map(Some).into_iter().chain([None]) {
+        let q = s
+            .create_promo(&NewPromo {
+                item_id: a.id,
+                name: "q".into(),
+                price_cents: 100,
+                start_at: now + Duration::hours(1),
+                end_at: now + Duration::hours(2),
+            })
+            .await
+            .unwrap();
+        let base = PromoBaseline {
+            stock: 5,
+            sales: 0,
+            strategy,
+        };
+        assert!(s.publish_promo(q.id, base).await.unwrap());
+        let stored = s.promo(q.id).await.unwrap().unwrap();
+        assert_eq!(stored.baseline.and_then(|b| b.strategy), strategy);
+    }
     assert!(s.promo(p.id).await.unwrap().unwrap().published);
-    assert_eq!(s.promos_of_item(a.id).await.unwrap().len(), 1);
+    assert_eq!(s.promos_of_item(a.id).await.unwrap().len(), 5);
     assert!(s.promos(10).await.unwrap().iter().any(|x| x.id == p.id));
 }
 

@@ -1007,3 +1007,101 @@ async fn asking_more_units_than_are_left_does_not_mark_the_promo_sold_out() {
         assert!(answers[1].is_ok(), "{strategy:?}: {:?}", answers[1]);
     }
 }
+
+/// A promo is sold only by instances whose strategy keeps its stock where
+/// the strategy it was published under does: the ledger (write-behind) or
+/// the DB alone (db-lock, db-optimistic). A deployment restarted with the
+/// other kind refuses it with 409 `CONFLICT` naming both — a ledger warmed
+/// at publish and never told of the DB's sales would sell them again — and
+/// its reconciler leaves that promo alone (no drift "repaired", no ledger
+/// rebuilt); the same kind sells on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_stays_with_the_kind_of_strategy_it_was_published_under() {
+    use seckill::config::OrderStrategy::{DbLock, DbOptimistic};
+    use seckill::worker::reconciler::Reconciler;
+    let lock = TestApp::spawn_with(|c| {
+        own_passes_only(c);
+        c.order_strategy = DbLock;
+    })
+    .await;
+    let (item, promo) = lock.sale(5).await;
+    let users = buyers(&lock, "1890", 4).await;
+    for &u in &users[..2] {
+        buy(&lock, u, promo, item).await.unwrap();
+    }
+    let stats = lock.stats(promo).await;
+    assert_eq!(stats["strategy"], "db-lock", "{stats}");
+    assert_eq!(stats["stock_db"], 3, "{stats}");
+
+    // The same database, instances restarted with write-behind.
+    let wb = lock.restarted(own_passes_only).await;
+    match buy(&wb, users[2], promo, item).await {
+        Err(ServiceError::Conflict(m)) => {
+            assert!(m.contains("db-lock") && m.contains("write-behind"), "{m}")
+        }
+        other => panic!("a token for a db-lock sale from write-behind: {other:?}"),
+    }
+    let order = place(&wb.app.state, users[2], (promo, item, 1), "t".into()).await;
+    assert!(matches!(order, Err(ServiceError::Conflict(_))), "{order:?}");
+    let session = wb.user("18900000777").await;
+    let r = wb.token(&session, promo, item).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (409, "CONFLICT".to_owned()),
+        "{:?}",
+        r.json()
+    );
+    let mut reconciler = Reconciler::new();
+    for _ in 0..3 {
+        let report = reconciler.pass(&wb.app.context, false).await.unwrap();
+        assert!(
+            report.drifts.is_empty() && report.ledgers_missing == 0,
+            "{report:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+    }
+    let stats = wb.stats(promo).await;
+    assert_eq!(
+        (&stats["stock_db"], &stats["stock_cache"], &stats["sold"]),
+        (&3.into(), &serde_json::Value::Null, &2.into()),
+        "{stats}"
+    );
+
+    // Another pure-DB strategy sells it on, from the DB (once its gate,
+    // lost with the embedded process's memory, is loaded again: 503 until
+    // then).
+    let optimistic = lock
+        .restarted(|c| {
+            own_passes_only(c);
+            c.order_strategy = DbOptimistic;
+        })
+        .await;
+    let mut tries = 0;
+    loop {
+        match buy(&optimistic, users[2], promo, item).await {
+            Ok(_) => break,
+            Err(ServiceError::Unavailable { .. }) if tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("db-optimistic refused a db-lock sale: {e:?}"),
+        }
+    }
+    assert_eq!(optimistic.stats(promo).await["stock_db"], 2);
+
+    // And the other way: a write-behind sale is not sold by db-lock.
+    let (item, promo) = wb.sale(3).await;
+    buy(&wb, users[3], promo, item).await.unwrap();
+    assert_eq!(wb.settled(promo).await["strategy"], "write-behind");
+    let lock_again = wb
+        .restarted(|c| {
+            own_passes_only(c);
+            c.order_strategy = DbLock;
+        })
+        .await;
+    let refused = buy(&lock_again, users[0], promo, item).await;
+    assert!(
+        matches!(refused, Err(ServiceError::Conflict(_))),
+        "{refused:?}"
+    );
+}
