@@ -244,7 +244,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<DrillReport> {
             .admin_get(&format!("/api/v1/admin/promos/{promo_id}/stats"))
             .await?;
         // The pure-database strategies keep no ledger: null there.
-        let ledger_ok = if report::keeps_a_ledger(&cfg.order_strategy) {
+        let ledger_ok = if report::keeps_a_ledger(sale_strategy(&s, &cfg.order_strategy)) {
             s["stock_cache"] == s["stock_db"]
         } else {
             s["stock_cache"].is_null()
@@ -276,7 +276,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<DrillReport> {
     let tokens = std::mem::take(&mut *tokens.lock());
     let finals = std::mem::take(&mut *finals.lock());
     let report = report::build(report::Inputs {
-        strategy: cfg.order_strategy,
+        strategy: sale_strategy(&stats, &cfg.order_strategy).to_owned(),
         url: args.url.clone(),
         buyers: args.buyers,
         concurrency: args.concurrency,
@@ -355,4 +355,12 @@ async fn backoff(attempt: u32) {
     let base = 10u64.saturating_mul(1 << attempt.min(7)).min(1000);
     let jitter = rand::random::<u64>() % (base / 2 + 1);
     tokio::time::sleep(Duration::from_millis(base / 2 + jitter)).await;
+}
+
+/// The strategy the drill's promo was sold by: the one it was published
+/// under (its stats say), else — a server before promos recorded it — the
+/// deployment's (`/api/v1/config`). They differ only in a deployment whose
+/// instances are configured apart, where the promo's is the truth.
+fn sale_strategy<'a>(stats: &'a serde_json::Value, deployment: &'a str) -> &'a str {
+    stats["strategy"].as_str().unwrap_or(deployment)
 }

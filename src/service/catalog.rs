@@ -41,6 +41,8 @@ pub struct CatalogService {
     items: Arc<ItemCache>,
     /// A promo's ledger stock, reused for `item_live_stock_ttl_ms`.
     live_stock: Cache<PromoId, i64>,
+    /// Promos refused for their strategy, logged once each.
+    refused_for_strategy: parking_lot::Mutex<std::collections::HashSet<PromoId>>,
 }
 
 /// How long a promo's gate counter outlives the promo.
@@ -72,8 +74,9 @@ impl CatalogService {
     /// Ok when this instance may sell `promo`: its order strategy keeps the
     /// stock where the strategy the promo was published under does (see
     /// [`Promo::check_sold_by`]). Else 409 `CONFLICT` saying why and what
-    /// to do: a deployment that changed strategy while a sale was
-    /// published, or instances of one deployment configured apart.
+    /// to do — a deployment that changed strategy while a sale was
+    /// published, or instances of one deployment configured apart — and a
+    /// warning in the log, once per promo and process, for the operator.
     pub fn check_sold_here(&self, promo: &Promo) -> ServiceResult<()> {
         let here = self.cx.config.order_strategy;
         promo.check_sold_by(here).map_err(|own| {
@@ -84,10 +87,11 @@ impl CatalogService {
                     "stock taken from the database alone"
                 }
             };
-            ServiceError::Conflict(format!(
+            let message = format!(
                 "promo {} was published under the {} order strategy ({}) and this instance \
-                 sells with {} ({}): selling it here could sell its units twice; it is sold \
-                 by instances that run {}, or end it and publish a new promo",
+                 sells with {} ({}): selling it here could sell its units twice; instances \
+                 that run {} sell it, and the item's next sale can be published here once \
+                 it ends ({})",
                 promo.id,
                 own.as_str(),
                 keeps(own),
@@ -97,8 +101,14 @@ impl CatalogService {
                     "write-behind"
                 } else {
                     "db-lock or db-optimistic"
-                }
-            ))
+                },
+                promo.end_at.to_rfc3339(),
+            );
+            if self.refused_for_strategy.lock().insert(promo.id) {
+                tracing::warn!(promo_id = %promo.id, promo_strategy = own.as_str(),
+                    instance_strategy = here.as_str(), "{message}");
+            }
+            ServiceError::Conflict(message)
         })
     }
 
@@ -119,6 +129,7 @@ impl CatalogService {
             promos,
             items,
             live_stock,
+            refused_for_strategy: Default::default(),
         }
     }
 
@@ -197,14 +208,12 @@ impl CatalogService {
     /// the ledger (write-behind) runs, the ledger's stock (the DB catches up
     /// only as the consumer deducts) and the sales derived from it; with the
     /// pure-DB strategies, the DB row's, read now (every order changes it).
-    /// A promo published under the other kind of strategy than this
-    /// instance's is not sold here: its ledger, if any, is not kept, so the
-    /// DB's figures.
+    /// The promo's strategy decides (the one it was published under), as in
+    /// its admin stats; with no published promo, this instance's.
     async fn live_figures(&self, item: &mut Item, promo: Option<&Promo>) {
         let here = self.cx.config.order_strategy;
-        let ledger_sale = here.keeps_ledger()
-            && promo.is_none_or(|p| !p.published || p.strategy_or(here).keeps_ledger());
-        if !ledger_sale {
+        let sale = promo.filter(|p| p.published);
+        if !sale.map_or(here.keeps_ledger(), |p| p.strategy_or(here).keeps_ledger()) {
             match self.cx.ports.store.item(item.id).await {
                 Ok(Some(row)) => {
                     item.stock = row.stock;
@@ -217,7 +226,7 @@ impl CatalogService {
             }
             return;
         }
-        let Some(p) = promo.filter(|p| p.published) else {
+        let Some(p) = sale else {
             return;
         };
         if let Some(stock) = self.ledger_stock(p.id).await {

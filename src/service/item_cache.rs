@@ -396,3 +396,34 @@ impl From<Stored> for ItemSnapshot {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shared tier outlives a deploy: an entry an instance of the build
+    /// before wrote (no `strategy`) still reads, held to the instance's
+    /// strategy; and a promo's strategy survives the round trip.
+    #[test]
+    fn stored_promos_read_with_and_without_their_strategy() {
+        let before = r#"{"item":null,"promos":[{"id":7,"item_id":3,"name":"p","price_cents":5,
+            "start_at":"2026-12-06T10:00:00Z","end_at":"2026-12-06T11:00:00Z",
+            "published":true,"warm":[10,2]}]}"#;
+        let snapshot = ItemSnapshot::from(serde_json::from_str::<Stored>(before).unwrap());
+        let baseline = snapshot.promos[0].baseline.unwrap();
+        assert_eq!(
+            (baseline.stock, baseline.sales, baseline.strategy),
+            (10, 2, None)
+        );
+
+        let mut pinned = snapshot.clone();
+        pinned.promos[0].baseline = Some(PromoBaseline {
+            strategy: Some(OrderStrategy::DbLock),
+            ..baseline
+        });
+        let json = serde_json::to_string(&Stored::from(&pinned)).unwrap();
+        assert!(json.contains(r#""strategy":"db-lock""#), "{json}");
+        let back = ItemSnapshot::from(serde_json::from_str::<Stored>(&json).unwrap());
+        assert_eq!(back.promos, pinned.promos);
+    }
+}

@@ -15,7 +15,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::{catalog, Context};
-use crate::config::OrderStrategy;
 use crate::domain::{Order, OrderNo, OrderStatus, PromoId};
 use crate::mq::Event;
 use crate::store::{StoreError, StoreResult};
@@ -78,7 +77,7 @@ pub async fn cancel(cx: &Context, no: &OrderNo) -> StoreResult<(Order, bool)> {
 /// `cancelled_now`: by this call), and the gate's: the units are for sale
 /// again, each given back once.
 async fn give_back(cx: &Context, order: &Order, cancelled_now: bool) {
-    if cx.config.order_strategy != OrderStrategy::WriteBehind {
+    if !sold_with_ledger(cx, order.promo_id).await {
         // No ledger: the DB's cancel gave the units back, once.
         back_on_sale(cx, order.promo_id, cancelled_now.then_some(order.amount)).await;
         return;
@@ -94,6 +93,26 @@ async fn give_back(cx: &Context, order: &Order, cancelled_now: bool) {
         }
         Err(e) => tracing::error!(order_no = %order.order_no, error = %e,
             "cancelled order's units not given back to the ledger now; the reconciler's sweep will"),
+    }
+}
+
+/// Whether the promo's sale keeps a ledger: the strategy it was published
+/// under, not this instance's (a cancellation of another deployment's sale
+/// — one restarted with another strategy, or configured apart — gives its
+/// units back where that sale takes them from). Read from the DB: a
+/// cancellation is rare next to an order. Unread (the DB did not answer),
+/// this instance's strategy decides, and a ledger's give-back missed is
+/// the reconciler's sweep's to make.
+async fn sold_with_ledger(cx: &Context, promo: PromoId) -> bool {
+    let here = cx.config.order_strategy;
+    match cx.ports.store.promo(promo).await {
+        Ok(Some(p)) => p.strategy_or(here).keeps_ledger(),
+        Ok(None) => here.keeps_ledger(),
+        Err(e) => {
+            tracing::warn!(promo_id = %promo, error = %e,
+                "promo unread; its cancellation gives back as this instance's strategy does");
+            here.keeps_ledger()
+        }
     }
 }
 

@@ -1033,8 +1033,12 @@ async fn a_sale_stays_with_the_kind_of_strategy_it_was_published_under() {
     assert_eq!(stats["strategy"], "db-lock", "{stats}");
     assert_eq!(stats["stock_db"], 3, "{stats}");
 
-    // The same database, instances restarted with write-behind.
+    // The same database, instances restarted with write-behind, and the
+    // ledger as Redis would still hold it: warmed at publish with all 5
+    // units, never told of the DB's sales (the embedded restart lost it).
     let wb = lock.restarted(own_passes_only).await;
+    let ledger = &wb.app.state.ports.ledger;
+    assert!(ledger.warm(PromoId(promo), 5, 1).await.unwrap());
     match buy(&wb, users[2], promo, item).await {
         Err(ServiceError::Conflict(m)) => {
             assert!(m.contains("db-lock") && m.contains("write-behind"), "{m}")
@@ -1060,11 +1064,17 @@ async fn a_sale_stays_with_the_kind_of_strategy_it_was_published_under() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(450)).await;
     }
+    // Nothing sold from the stale ledger, and nothing "repaired" in it.
     let stats = wb.stats(promo).await;
     assert_eq!(
-        (&stats["stock_db"], &stats["stock_cache"], &stats["sold"]),
-        (&3.into(), &serde_json::Value::Null, &2.into()),
+        (&stats["stock_db"], &stats["sold"], &stats["orders"]),
+        (&3.into(), &2.into(), &2.into()),
         "{stats}"
+    );
+    assert_eq!(ledger.stock(PromoId(promo)).await.unwrap(), Some(5));
+    assert!(
+        stats["stock_cache"].is_null(),
+        "a pure-DB sale's stats read no ledger: {stats}"
     );
 
     // Another pure-DB strategy sells it on, from the DB (once its gate,
@@ -1091,7 +1101,7 @@ async fn a_sale_stays_with_the_kind_of_strategy_it_was_published_under() {
 
     // And the other way: a write-behind sale is not sold by db-lock.
     let (item, promo) = wb.sale(3).await;
-    buy(&wb, users[3], promo, item).await.unwrap();
+    let bought = buy(&wb, users[3], promo, item).await.unwrap();
     assert_eq!(wb.settled(promo).await["strategy"], "write-behind");
     let lock_again = wb
         .restarted(|c| {
@@ -1099,9 +1109,24 @@ async fn a_sale_stays_with_the_kind_of_strategy_it_was_published_under() {
             c.order_strategy = DbLock;
         })
         .await;
-    let refused = buy(&lock_again, users[0], promo, item).await;
-    assert!(
-        matches!(refused, Err(ServiceError::Conflict(_))),
-        "{refused:?}"
-    );
+    match buy(&lock_again, users[0], promo, item).await {
+        Err(ServiceError::Conflict(m)) => assert!(
+            m.contains("published under the write-behind order strategy")
+                && m.contains("sells with db-lock"),
+            "{m}"
+        ),
+        other => panic!("a token for a write-behind sale from db-lock: {other:?}"),
+    }
+    // A cancellation there gives the units back where the promo's sale
+    // takes them from: its ledger (as Redis holds it: 2 units left), not
+    // only the DB.
+    let ledger = &lock_again.app.state.ports.ledger;
+    assert!(ledger.warm(PromoId(promo), 2, 1).await.unwrap());
+    let (order, cancelled) =
+        seckill::service::payment::cancel(&lock_again.app.context, &bought.order_no)
+            .await
+            .unwrap();
+    assert!(cancelled, "{order:?}");
+    assert_eq!(ledger.stock(PromoId(promo)).await.unwrap(), Some(3));
+    assert_eq!(lock_again.stats(promo).await["stock_db"], 3);
 }
