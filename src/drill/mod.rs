@@ -120,7 +120,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<DrillReport> {
     )
     .await?;
     say(format!(
-        "sale: item {item_id}, promo {promo_id}, {} units, strategy {}",
+        "sale: item {item_id}, promo {promo_id}, {} units, the deployment's strategy {}",
         args.stock, cfg.order_strategy
     ));
 

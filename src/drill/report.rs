@@ -91,8 +91,9 @@ pub struct Inputs {
     pub journeys: Vec<f64>,
 }
 
-/// Whether the deployment's strategy (`/api/v1/config`'s name) reserves in
-/// a ledger: write-behind; the pure-database strategies keep none.
+/// Whether a strategy (by name: the promo's, from its stats, or the
+/// deployment's, `/api/v1/config`'s) reserves in a ledger: write-behind;
+/// the pure-database strategies keep none.
 pub fn keeps_a_ledger(strategy: &str) -> bool {
     strategy == "write-behind"
 }

@@ -121,7 +121,8 @@ pub struct PromoStatsDto {
     /// The item's sales in the database (`item_stock.sales`: every sale of
     /// the item, orders not cancelled).
     pub sales_db: i64,
-    /// The ledger's stock (Redis); null when not warmed.
+    /// The ledger's stock (Redis); null when not warmed, or when the
+    /// promo's strategy keeps no ledger (db-lock, db-optimistic).
     pub stock_cache: Option<i64>,
     /// Units in orders not cancelled.
     pub sold: i64,

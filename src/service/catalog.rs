@@ -73,42 +73,48 @@ impl From<NotOnSale> for ServiceError {
 impl CatalogService {
     /// Ok when this instance may sell `promo`: its order strategy keeps the
     /// stock where the strategy the promo was published under does (see
-    /// [`Promo::check_sold_by`]). Else 409 `CONFLICT` saying why and what
-    /// to do — a deployment that changed strategy while a sale was
-    /// published, or instances of one deployment configured apart — and a
-    /// warning in the log, once per promo and process, for the operator.
+    /// [`Promo::check_sold_by`]). Else 409 `CONFLICT` — a deployment that
+    /// changed strategy while a sale was published, or instances of one
+    /// deployment configured apart — with a short answer for the buyer, and
+    /// a warning in the log for the operator (once per promo and process)
+    /// saying why and what to do.
     pub fn check_sold_here(&self, promo: &Promo) -> ServiceResult<()> {
         let here = self.cx.config.order_strategy;
         promo.check_sold_by(here).map_err(|own| {
-            let keeps = |s: OrderStrategy| {
-                if s.keeps_ledger() {
-                    "stock reserved in the cache's ledger first"
-                } else {
-                    "stock taken from the database alone"
-                }
-            };
-            let message = format!(
-                "promo {} was published under the {} order strategy ({}) and this instance \
-                 sells with {} ({}): selling it here could sell its units twice; instances \
-                 that run {} sell it, and the item's next sale can be published here once \
-                 it ends ({})",
-                promo.id,
-                own.as_str(),
-                keeps(own),
-                here.as_str(),
-                keeps(here),
-                if own.keeps_ledger() {
-                    "write-behind"
-                } else {
-                    "db-lock or db-optimistic"
-                },
-                promo.end_at.to_rfc3339(),
-            );
             if self.refused_for_strategy.lock().insert(promo.id) {
-                tracing::warn!(promo_id = %promo.id, promo_strategy = own.as_str(),
-                    instance_strategy = here.as_str(), "{message}");
+                let keeps = |s: OrderStrategy| {
+                    if s.keeps_ledger() {
+                        "stock reserved in the cache's ledger first"
+                    } else {
+                        "stock taken from the database alone"
+                    }
+                };
+                tracing::warn!(
+                    promo_id = %promo.id,
+                    promo_strategy = own.as_str(),
+                    instance_strategy = here.as_str(),
+                    "the promo was published under {} ({}) and this instance sells with {} ({}): \
+                     its tokens and orders are refused here (409), for selling them could sell \
+                     its units twice; instances that run {} sell it, and the item's next sale \
+                     can be published once it ends ({})",
+                    own.as_str(),
+                    keeps(own),
+                    here.as_str(),
+                    keeps(here),
+                    if own.keeps_ledger() {
+                        "write-behind"
+                    } else {
+                        "db-lock or db-optimistic"
+                    },
+                    promo.end_at.to_rfc3339(),
+                );
             }
-            ServiceError::Conflict(message)
+            ServiceError::Conflict(format!(
+                "this sale is not sold by this server: it was published under the {} order \
+                 strategy, and this server sells with {}",
+                own.as_str(),
+                here.as_str()
+            ))
         })
     }
 

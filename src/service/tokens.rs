@@ -84,8 +84,10 @@ impl TokenService {
     }
 
     /// Hands out a seckill token: the promo sells now, the item is the
-    /// promo's, the captcha is right (when enabled), the promo is not sold
-    /// out and its gate counter has a permit left.
+    /// promo's, this instance's strategy sells it (the one it was published
+    /// under keeps stock in the same place), the captcha is right (when
+    /// enabled), the promo is not sold out and its gate counter has a permit
+    /// left.
     pub async fn issue(
         &self,
         user: UserId,

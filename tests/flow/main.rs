@@ -1076,6 +1076,12 @@ async fn a_sale_stays_with_the_kind_of_strategy_it_was_published_under() {
         stats["stock_cache"].is_null(),
         "a pure-DB sale's stats read no ledger: {stats}"
     );
+    let page = wb.get(&format!("/api/v1/items/{item}"), None).await.json();
+    assert_eq!(
+        (&page["stock"], &page["sales"]),
+        (&3.into(), &2.into()),
+        "a pure-DB sale's item page shows the DB's figures: {page}"
+    );
 
     // Another pure-DB strategy sells it on, from the DB (once its gate,
     // lost with the embedded process's memory, is loaded again: 503 until
@@ -1122,6 +1128,14 @@ async fn a_sale_stays_with_the_kind_of_strategy_it_was_published_under() {
     // only the DB.
     let ledger = &lock_again.app.state.ports.ledger;
     assert!(ledger.warm(PromoId(promo), 2, 1).await.unwrap());
+    let page = lock_again
+        .get(&format!("/api/v1/items/{item}"), None)
+        .await
+        .json();
+    assert_eq!(
+        page["stock"], 2,
+        "a write-behind sale's item page shows its ledger's figures: {page}"
+    );
     let (order, cancelled) =
         seckill::service::payment::cancel(&lock_again.app.context, &bought.order_no)
             .await
