@@ -169,7 +169,18 @@ impl Promo {
     /// under, or `instance`'s for a promo published before promos recorded
     /// it (or not published yet).
     pub fn strategy_or(&self, instance: OrderStrategy) -> OrderStrategy {
-        self.baseline.and_then(|b| b.strategy).unwrap_or(instance)
+        self.published_under().unwrap_or(instance)
+    }
+
+    /// The strategy it was published under, when recorded.
+    pub fn published_under(&self) -> Option<OrderStrategy> {
+        self.baseline.and_then(|b| b.strategy)
+    }
+
+    /// Whether its sale takes stock from the ledger first (write-behind),
+    /// by [`Promo::strategy_or`].
+    pub fn sold_with_ledger(&self, instance: OrderStrategy) -> bool {
+        self.strategy_or(instance).keeps_ledger()
     }
 
     /// Ok when an instance selling with `instance` may sell this promo: the

@@ -284,11 +284,7 @@ pub async fn stats(
         refused: refused.into_iter().collect(),
         promo_id: s.promo.id.0,
         item_id: s.promo.item_id.0,
-        strategy: s
-            .promo
-            .baseline
-            .and_then(|b| b.strategy)
-            .map(|x| x.as_str().to_owned()),
+        strategy: s.promo.published_under().map(|x| x.as_str().to_owned()),
         stock_db: s.stock_db,
         sales_db: s.sales_db,
         stock_cache: s.stock_cache,

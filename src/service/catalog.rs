@@ -219,7 +219,7 @@ impl CatalogService {
     async fn live_figures(&self, item: &mut Item, promo: Option<&Promo>) {
         let here = self.cx.config.order_strategy;
         let sale = promo.filter(|p| p.published);
-        if !sale.map_or(here.keeps_ledger(), |p| p.strategy_or(here).keeps_ledger()) {
+        if !sale.map_or(here.keeps_ledger(), |p| p.sold_with_ledger(here)) {
             match self.cx.ports.store.item(item.id).await {
                 Ok(Some(row)) => {
                     item.stock = row.stock;
@@ -537,10 +537,7 @@ impl CatalogService {
         let item = self.load_item(promo.item_id).await?;
         let totals = self.cx.ports.store.promo_totals(id).await?;
         // The pure-database strategies never touch the ledger after warm-up.
-        let stock_cache = if promo
-            .strategy_or(self.cx.config.order_strategy)
-            .keeps_ledger()
-        {
+        let stock_cache = if promo.sold_with_ledger(self.cx.config.order_strategy) {
             self.cx.ports.ledger.stock(id).await?
         } else {
             None

@@ -355,7 +355,7 @@ impl From<&ItemSnapshot> for Stored {
                     end_at: p.end_at,
                     published: p.published,
                     warm: p.baseline.map(|b| (b.stock, b.sales)),
-                    strategy: p.baseline.and_then(|b| b.strategy),
+                    strategy: p.published_under(),
                 })
                 .collect(),
         }

@@ -72,7 +72,8 @@ impl ServiceError {
         }
     }
 
-    /// Every [`ServiceError::reason`], for meters registered up front.
+    /// Every [`ServiceError::reason`], by [`ServiceError::reason_index`]:
+    /// meters are registered up front, one per reason.
     pub const REASONS: [&'static str; 15] = [
         "invalid",
         "unauthenticated",
@@ -93,22 +94,27 @@ impl ServiceError {
 
     /// A stable label for metrics (`orders_refused_total{reason}`).
     pub fn reason(&self) -> &'static str {
+        Self::REASONS[self.reason_index()]
+    }
+
+    /// The reason's place in [`ServiceError::REASONS`].
+    pub fn reason_index(&self) -> usize {
         match self {
-            ServiceError::Invalid(_) => "invalid",
-            ServiceError::Unauthenticated(_) => "unauthenticated",
-            ServiceError::Forbidden(_) => "forbidden",
-            ServiceError::InvalidToken => "invalid_token",
-            ServiceError::WrongCaptcha => "wrong_captcha",
-            ServiceError::NotFound(_) => "not_found",
-            ServiceError::PromoNotStarted => "promo_not_started",
-            ServiceError::PromoEnded => "promo_ended",
-            ServiceError::PromoNotPublished => "promo_not_published",
-            ServiceError::SoldOut => "sold_out",
-            ServiceError::AlreadyBought => "already_bought",
-            ServiceError::Conflict(_) => "conflict",
-            ServiceError::RateLimited(_) => "rate_limited",
-            ServiceError::Unavailable { .. } => "unavailable",
-            ServiceError::Internal(_) => "internal",
+            ServiceError::Invalid(_) => 0,
+            ServiceError::Unauthenticated(_) => 1,
+            ServiceError::Forbidden(_) => 2,
+            ServiceError::InvalidToken => 3,
+            ServiceError::WrongCaptcha => 4,
+            ServiceError::NotFound(_) => 5,
+            ServiceError::PromoNotStarted => 6,
+            ServiceError::PromoEnded => 7,
+            ServiceError::PromoNotPublished => 8,
+            ServiceError::SoldOut => 9,
+            ServiceError::AlreadyBought => 10,
+            ServiceError::Conflict(_) => 11,
+            ServiceError::RateLimited(_) => 12,
+            ServiceError::Unavailable { .. } => 13,
+            ServiceError::Internal(_) => 14,
         }
     }
 }

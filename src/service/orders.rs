@@ -23,33 +23,24 @@ use crate::config::OrderStrategy;
 use crate::domain::{ItemId, Order, OrderDraft, OrderNo, OrderStatus, PromoId, UserId};
 use crate::store::StoreError;
 
-/// `seckill_orders_refused_total`, one handle per reason, registered when
-/// the service starts: the macro with a label builds, hashes and looks up
-/// its key on every call — under a sold-out crowd, on every request.
-struct RefusedMeters(Vec<(&'static str, metrics::Counter)>);
+/// `seckill_orders_refused_total`, one handle per reason (by
+/// [`ServiceError::reason_index`]), registered when the service starts: the
+/// macro with a label builds, hashes and looks up its key on every call —
+/// under a sold-out crowd, on every request.
+struct RefusedMeters(Vec<metrics::Counter>);
 
 impl RefusedMeters {
     fn new() -> Self {
         RefusedMeters(
             ServiceError::REASONS
                 .iter()
-                .map(|&r| {
-                    (
-                        r,
-                        metrics::counter!("seckill_orders_refused_total", "reason" => r),
-                    )
-                })
+                .map(|&r| metrics::counter!("seckill_orders_refused_total", "reason" => r))
                 .collect(),
         )
     }
 
-    fn count(&self, reason: &'static str) {
-        match self.0.iter().find(|(r, _)| *r == reason) {
-            Some((_, c)) => c.increment(1),
-            None => {
-                metrics::counter!("seckill_orders_refused_total", "reason" => reason).increment(1)
-            }
-        }
+    fn count(&self, refused: &ServiceError) {
+        self.0[refused.reason_index()].increment(1);
     }
 }
 
@@ -124,7 +115,7 @@ impl OrderService {
                 metrics::histogram!("seckill_order_seconds")
                     .record(started.elapsed().as_secs_f64());
             }
-            Err(e) => self.refused.count(e.reason()),
+            Err(e) => self.refused.count(e),
         }
         result
     }

@@ -106,7 +106,7 @@ async fn give_back(cx: &Context, order: &Order, cancelled_now: bool) {
 async fn sold_with_ledger(cx: &Context, promo: PromoId) -> bool {
     let here = cx.config.order_strategy;
     match cx.ports.store.promo(promo).await {
-        Ok(Some(p)) => p.strategy_or(here).keeps_ledger(),
+        Ok(Some(p)) => p.sold_with_ledger(here),
         Ok(None) => here.keeps_ledger(),
         Err(e) => {
             tracing::warn!(promo_id = %promo, error = %e,

@@ -147,7 +147,7 @@ impl Reconciler {
                     // ledger nobody keeps (warmed at publish, never told of
                     // its sales): nothing to sweep, nothing to repair.
                     p.published
-                        && p.strategy_or(here).keeps_ledger()
+                        && p.sold_with_ledger(here)
                         && p.end_at
                             .checked_add_signed(swept_until)
                             .is_none_or(|t| now < t)
