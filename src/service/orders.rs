@@ -283,7 +283,9 @@ impl OrderService {
         let order = self.get(user, no).await?;
         let order = match order.status {
             OrderStatus::PendingPayment if Utc::now() >= payment::due_at(&self.cx, &order) => {
-                payment::cancel(&self.cx, &order.order_no).await?.0
+                payment::cancel(&self.cx, &order.order_no, &mut Default::default())
+                    .await?
+                    .0
             }
             OrderStatus::PendingPayment => self.cx.ports.store.pay_order(&order.order_no).await?,
             _ => order,
@@ -313,7 +315,8 @@ impl OrderService {
             OrderStatus::Cancelled => return Ok(order),
             OrderStatus::PendingPayment => {}
         }
-        let (order, _) = payment::cancel(&self.cx, &order.order_no).await?;
+        let (order, _) =
+            payment::cancel(&self.cx, &order.order_no, &mut Default::default()).await?;
         match order.status {
             OrderStatus::Cancelled => Ok(order),
             OrderStatus::Paid => Err(ServiceError::Conflict(

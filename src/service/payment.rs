@@ -10,6 +10,7 @@
 //! (once per order, by its `stock_log` id), so another buyer can have them.
 //! A payment after the time is up is refused, and the order cancelled.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -62,13 +63,18 @@ pub fn schedule_soon(cx: &Context, orders: Vec<OrderNo>) {
 
 /// Cancels an unpaid order and gives its units back. Returns the order as
 /// it stands after and whether this call cancelled it (false: it was paid
-/// or cancelled already).
-pub async fn cancel(cx: &Context, no: &OrderNo) -> StoreResult<(Order, bool)> {
+/// or cancelled already). `sales`: what a batch of cancellations has read
+/// of its promos so far ([`SaleKinds::default`] for one order).
+pub async fn cancel(
+    cx: &Context,
+    no: &OrderNo,
+    sales: &mut SaleKinds,
+) -> StoreResult<(Order, bool)> {
     let (order, cancelled) = cx.ports.store.cancel_order(no).await?;
     if order.status == OrderStatus::Cancelled {
         // Also when an earlier call cancelled it but died before this step:
         // `restock` is idempotent per order.
-        give_back(cx, &order, cancelled).await;
+        give_back(cx, &order, cancelled, sales).await;
     }
     Ok((order, cancelled))
 }
@@ -76,8 +82,8 @@ pub async fn cancel(cx: &Context, no: &OrderNo) -> StoreResult<(Order, bool)> {
 /// The ledger's side of a cancellation (the DB's is in `cancel_order`;
 /// `cancelled_now`: by this call), and the gate's: the units are for sale
 /// again, each given back once.
-async fn give_back(cx: &Context, order: &Order, cancelled_now: bool) {
-    if !sold_with_ledger(cx, order.promo_id).await {
+async fn give_back(cx: &Context, order: &Order, cancelled_now: bool, sales: &mut SaleKinds) {
+    if !sales.sold_with_ledger(cx, order.promo_id).await {
         // No ledger: the DB's cancel gave the units back, once.
         back_on_sale(cx, order.promo_id, cancelled_now.then_some(order.amount)).await;
         return;
@@ -96,23 +102,36 @@ async fn give_back(cx: &Context, order: &Order, cancelled_now: bool) {
     }
 }
 
-/// Whether the promo's sale keeps a ledger: the strategy it was published
+/// Whether promos' sales keep a ledger: the strategy each was published
 /// under, not this instance's (a cancellation of another deployment's sale
 /// — one restarted with another strategy, or configured apart — gives its
-/// units back where that sale takes them from). Read from the DB: a
-/// cancellation is rare next to an order. Unread (the DB did not answer),
-/// this instance's strategy decides, and a ledger's give-back missed is
-/// the reconciler's sweep's to make.
-async fn sold_with_ledger(cx: &Context, promo: PromoId) -> bool {
-    let here = cx.config.order_strategy;
-    match cx.ports.store.promo(promo).await {
-        Ok(Some(p)) => p.sold_with_ledger(here),
-        Ok(None) => here.keeps_ledger(),
-        Err(e) => {
-            tracing::warn!(promo_id = %promo, error = %e,
-                "promo unread; its cancellation gives back as this instance's strategy does");
-            here.keeps_ledger()
+/// units back where that sale takes them from). Read from the DB once per
+/// promo and batch of cancellations: a payment time-out message holds up
+/// to 256 orders and the sweep up to 1,000, mostly of one sale, and a
+/// promo's strategy is fixed when it is published. Unread (the DB did not
+/// answer), this instance's strategy decides for that order, the next one
+/// reads again, and a ledger's give-back missed is the reconciler's
+/// sweep's to make.
+#[derive(Debug, Default)]
+pub struct SaleKinds(HashMap<PromoId, bool>);
+
+impl SaleKinds {
+    async fn sold_with_ledger(&mut self, cx: &Context, promo: PromoId) -> bool {
+        if let Some(&known) = self.0.get(&promo) {
+            return known;
         }
+        let here = cx.config.order_strategy;
+        let known = match cx.ports.store.promo(promo).await {
+            Ok(Some(p)) => p.sold_with_ledger(here),
+            Ok(None) => here.keeps_ledger(),
+            Err(e) => {
+                tracing::warn!(promo_id = %promo, error = %e,
+                    "promo unread; its cancellation gives back as this instance's strategy does");
+                return here.keeps_ledger();
+            }
+        };
+        self.0.insert(promo, known);
+        known
     }
 }
 
@@ -138,8 +157,9 @@ pub enum Expiry {
     NotYet(Duration),
 }
 
-/// Cancels `no` if it is still unpaid and its time is up.
-pub async fn expire(cx: &Context, no: &OrderNo) -> StoreResult<Expiry> {
+/// Cancels `no` if it is still unpaid and its time is up (`sales`: as for
+/// [`cancel`]).
+pub async fn expire(cx: &Context, no: &OrderNo, sales: &mut SaleKinds) -> StoreResult<Expiry> {
     let Some(order) = cx.ports.store.order(no).await? else {
         return Ok(Expiry::Settled);
     };
@@ -150,7 +170,7 @@ pub async fn expire(cx: &Context, no: &OrderNo) -> StoreResult<Expiry> {
     if left > chrono::Duration::zero() {
         return Ok(Expiry::NotYet(left.to_std().unwrap_or_default()));
     }
-    match cancel(cx, no).await {
+    match cancel(cx, no, sales).await {
         Ok((_, true)) => {
             metrics::counter!("seckill_orders_expired_total").increment(1);
             tracing::info!(order_no = %no, "unpaid order cancelled at its payment time-out; units given back");
@@ -169,8 +189,9 @@ pub async fn sweep(cx: &Context, grace: Duration, limit: u32) -> StoreResult<usi
     let before = Utc::now() - timeout(cx) - chrono::Duration::from_std(grace).unwrap_or_default();
     let due = cx.ports.store.unpaid_orders(before, limit).await?;
     let mut cancelled = 0;
+    let mut sales = SaleKinds::default();
     for no in &due {
-        if expire(cx, no).await? == Expiry::Cancelled {
+        if expire(cx, no, &mut sales).await? == Expiry::Cancelled {
             cancelled += 1;
         }
     }

@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 
 use crate::mq::{Event, MessageHandler};
-use crate::service::payment::{self, Expiry};
+use crate::service::payment::{self, Expiry, SaleKinds};
 use crate::service::Context;
 
 /// The consumer group name of payment time-outs.
@@ -29,10 +29,11 @@ impl MessageHandler for PaymentDueConsumer {
             return Ok(());
         };
         let mut early = Vec::new();
+        let mut sales = SaleKinds::default();
         for no in order_nos {
             // A DB error asks for redelivery; orders settled already are
             // skipped the second time.
-            match payment::expire(&self.cx, no).await? {
+            match payment::expire(&self.cx, no, &mut sales).await? {
                 Expiry::NotYet(_) => early.push(no.clone()),
                 Expiry::Cancelled | Expiry::Settled => {}
             }
