@@ -440,22 +440,23 @@ impl StockLedger for RedisStockLedger {
     ) -> CacheResult<Vec<StockLogId>> {
         let k = self.redis.promo_keys(promo);
         let mut c = self.redis.conn.clone();
-        let loaded: bool = ::redis::cmd("EXISTS")
-            .arg(&k.stock)
-            .query_async(&mut c)
-            .await
-            .map_err(err("ledger read failed"))?;
         let mut missing = Vec::new();
-        if !loaded {
-            return Ok(missing);
-        }
         for chunk in ids.chunks(1000) {
-            let member: Vec<bool> = ::redis::cmd("SMISMEMBER")
+            // One round trip a chunk, the promo's presence read with it: a
+            // ledger dropped between two chunks answers none.
+            let (loaded, member): (bool, Vec<bool>) = ::redis::pipe()
+                .atomic()
+                .cmd("EXISTS")
+                .arg(&k.stock)
+                .cmd("SMISMEMBER")
                 .arg(&k.restocked)
                 .arg(chunk.iter().map(|id| id.0).collect::<Vec<_>>())
                 .query_async(&mut c)
                 .await
                 .map_err(err("ledger read failed"))?;
+            if !loaded {
+                return Ok(Vec::new());
+            }
             missing.extend(
                 chunk
                     .iter()

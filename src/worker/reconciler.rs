@@ -13,9 +13,10 @@
 //!    (the delayed message normally did it first);
 //! 4. for each promo on sale or ended less than `ledger_sweep_after_end_secs`
 //!    ago (and never less than the payment time-out and the unpaid sweep
-//!    need to cancel its last orders; write-behind, and only the promos
-//!    published under it), holds every reservation record of the ledger
-//!    against its journal row: `committed` — the record is dropped (the
+//!    need to cancel its last orders; only the promos published under
+//!    write-behind, whatever this instance sells with — a promo with no
+//!    strategy recorded, only by write-behind instances), holds every
+//!    reservation record of the ledger against its journal row: `committed` — the record is dropped (the
 //!    units stay sold, the buyer recorded); `rolled_back` — given back now
 //!    (a give-back that failed when the cache did: a rolled-back row is
 //!    never looked at again otherwise, and its buyer would stay recorded);
@@ -132,34 +133,38 @@ impl Reconciler {
             report.unpaid_cancelled = payment::sweep(cx, grace, 1000).await?;
         }
         let here = cx.config.order_strategy;
-        if here.keeps_ledger() {
-            let now = Utc::now();
-            let swept_until = chrono::Duration::from_std(cx.config.ledger_sweep_after_end())
-                .unwrap_or(chrono::Duration::MAX);
-            let published: Vec<Promo> = cx
-                .ports
-                .store
-                .promos(1000)
-                .await?
-                .into_iter()
-                .filter(|p| {
-                    // A promo published under a pure-DB strategy has a
-                    // ledger nobody keeps (warmed at publish, never told of
-                    // its sales): nothing to sweep, nothing to repair.
-                    p.published
-                        && p.sold_with_ledger(here)
-                        && p.end_at
-                            .checked_add_signed(swept_until)
-                            .is_none_or(|t| now < t)
-                })
-                .collect();
-            let unsettled = sweep_reservations(cx, &published, dry_run, &mut report).await;
-            let live = published
-                .into_iter()
-                .filter(|p| p.state_at(now) != PromoState::Ended && !unsettled.contains(&p.id))
-                .collect();
-            self.check_ledgers(cx, live, dry_run, &mut report).await?;
-        }
+        let now = Utc::now();
+        let swept_until = chrono::Duration::from_std(cx.config.ledger_sweep_after_end())
+            .unwrap_or(chrono::Duration::MAX);
+        let published: Vec<Promo> = cx
+            .ports
+            .store
+            .promos(1000)
+            .await?
+            .into_iter()
+            .filter(|p| {
+                // The promo's strategy decides, not this instance's: a
+                // pure-DB instance beside write-behind ones (or restarted
+                // from one) cancels write-behind orders too, and its
+                // give-back that failed is its own sweep's to make; it
+                // rebuilds and repairs those ledgers as a write-behind
+                // instance does (shared, idempotent steps). A promo
+                // published under a pure-DB strategy has a ledger nobody
+                // keeps (warmed at publish, never told of its sales):
+                // nothing to sweep, nothing to repair.
+                p.published
+                    && p.sold_with_ledger(here)
+                    && p.end_at
+                        .checked_add_signed(swept_until)
+                        .is_none_or(|t| now < t)
+            })
+            .collect();
+        let unsettled = sweep_reservations(cx, &published, dry_run, &mut report).await;
+        let live = published
+            .into_iter()
+            .filter(|p| p.state_at(now) != PromoState::Ended && !unsettled.contains(&p.id))
+            .collect();
+        self.check_ledgers(cx, live, dry_run, &mut report).await?;
         Ok(report)
     }
 
@@ -390,7 +395,13 @@ async fn sweep_restocks(
         after = last.0.clone();
         for chunk in cancelled.chunks(1000) {
             let ids: Vec<StockLogId> = chunk.iter().map(|(_, id, _)| *id).collect();
-            let missing = cx.ports.ledger.not_restocked(promo, &ids).await?;
+            let missing: HashSet<StockLogId> = cx
+                .ports
+                .ledger
+                .not_restocked(promo, &ids)
+                .await?
+                .into_iter()
+                .collect();
             if dry_run {
                 report.restocks_pending += missing.len();
                 continue;

@@ -1014,7 +1014,9 @@ async fn asking_more_units_than_are_left_does_not_mark_the_promo_sold_out() {
 /// other kind refuses it with 409 `CONFLICT` naming both — a ledger warmed
 /// at publish and never told of the DB's sales would sell them again — and
 /// its reconciler leaves that promo alone (no drift "repaired", no ledger
-/// rebuilt); the same kind sells on.
+/// rebuilt); the same kind sells on. The other way round, a pure-DB
+/// instance's reconciler keeps a write-behind sale's ledger: a
+/// cancellation's give-back that never ran is its sweep's to make.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sale_stays_with_the_kind_of_strategy_it_was_published_under() {
     use seckill::config::OrderStrategy::{DbLock, DbOptimistic};
@@ -1108,6 +1110,7 @@ async fn a_sale_stays_with_the_kind_of_strategy_it_was_published_under() {
     // And the other way: a write-behind sale is not sold by db-lock.
     let (item, promo) = wb.sale(3).await;
     let bought = buy(&wb, users[3], promo, item).await.unwrap();
+    let also = buy(&wb, users[2], promo, item).await.unwrap();
     assert_eq!(wb.settled(promo).await["strategy"], "write-behind");
     let lock_again = wb
         .restarted(|c| {
@@ -1124,23 +1127,47 @@ async fn a_sale_stays_with_the_kind_of_strategy_it_was_published_under() {
         other => panic!("a token for a write-behind sale from db-lock: {other:?}"),
     }
     // A cancellation there gives the units back where the promo's sale
-    // takes them from: its ledger (as Redis holds it: 2 units left), not
+    // takes them from: its ledger (as Redis holds it: 1 unit left), not
     // only the DB.
     let ledger = &lock_again.app.state.ports.ledger;
-    assert!(ledger.warm(PromoId(promo), 2, 1).await.unwrap());
+    assert!(ledger.warm(PromoId(promo), 1, 1).await.unwrap());
     let page = lock_again
         .get(&format!("/api/v1/items/{item}"), None)
         .await
         .json();
     assert_eq!(
-        page["stock"], 2,
+        page["stock"], 1,
         "a write-behind sale's item page shows its ledger's figures: {page}"
     );
-    let (order, cancelled) =
-        seckill::service::payment::cancel(&lock_again.app.context, &bought.order_no)
-            .await
-            .unwrap();
+    let (order, cancelled) = seckill::service::payment::cancel(
+        &lock_again.app.context,
+        &bought.order_no,
+        &mut Default::default(),
+    )
+    .await
+    .unwrap();
     assert!(cancelled, "{order:?}");
+    assert_eq!(ledger.stock(PromoId(promo)).await.unwrap(), Some(2));
+    assert_eq!(lock_again.stats(promo).await["stock_db"], 2);
+    // A cancellation whose give-back to the ledger failed (only the DB's
+    // cancel ran): this db-lock instance's reconciler gives it back, as a
+    // write-behind instance's would.
+    let (_, cancelled) = lock_again
+        .app
+        .context
+        .ports
+        .store
+        .cancel_order(&also.order_no)
+        .await
+        .unwrap();
+    assert!(cancelled);
+    assert_eq!(ledger.stock(PromoId(promo)).await.unwrap(), Some(2));
+    let report = Reconciler::new()
+        .pass(&lock_again.app.context, false)
+        .await
+        .unwrap();
+    assert_eq!(report.restocks_given_back, 1, "{report:?}");
+    assert!(report.drifts.is_empty(), "{report:?}");
     assert_eq!(ledger.stock(PromoId(promo)).await.unwrap(), Some(3));
     assert_eq!(lock_again.stats(promo).await["stock_db"], 3);
 }
