@@ -120,14 +120,15 @@ async fn rebuild_leased(
     if ports.ledger.stock(promo_id).await?.is_some() {
         return Ok(RebuildOutcome::NotNeeded);
     }
-    if cx.config.order_strategy.keeps_ledger() {
-        tracing::warn!(promo_id = %promo_id, quiet_ms = quiet.as_millis() as u64,
-            "promo's stock ledger is missing (cache restarted empty?); orders get 503 until it is rebuilt from the DB");
-    } else {
+    let here = cx.config.order_strategy;
+    if !here.keeps_ledger() && promo.sold_with_ledger(here) {
         // A pure-DB instance keeps the ledgers of the write-behind sales
         // it does not sell (the reconciler's ledger steps run everywhere).
         tracing::warn!(promo_id = %promo_id, quiet_ms = quiet.as_millis() as u64,
-            "write-behind promo's stock ledger is missing (cache restarted empty?); rebuilding it from the DB for the instances that sell it");
+            "write-behind promo's stock ledger is missing (cache restarted empty?); rebuilding it from the DB (write-behind instances sell from it)");
+    } else {
+        tracing::warn!(promo_id = %promo_id, quiet_ms = quiet.as_millis() as u64,
+            "promo's stock ledger is missing (cache restarted empty?); orders get 503 until it is rebuilt from the DB");
     }
     metrics::counter!("seckill_ledger_rebuilds_total", "phase" => "started").increment(1);
     // The orders in flight at the loss reach their outcome meanwhile.

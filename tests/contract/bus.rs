@@ -230,7 +230,8 @@ where
     assert!(sent.elapsed() >= Duration::from_millis(1_900));
 
     // A short delay does not wait behind many long ones: a flash sale
-    // sends a payment time-out per batch, hundreds a second, and a broker
+    // sends payment time-outs by the hundreds a second (one per batch
+    // with write-behind, one per order with the pure-DB strategies), and a broker
     // that takes them into its timer at its default pace (the Rust
     // broker's `timerSourceBatchMessages`: 64 a second, from one queue
     // whose earlier messages hold back every delivery) holds a shorter
@@ -242,7 +243,7 @@ where
     let ahead: Vec<_> = (0..4_000)
         .map(|i| Event::PaymentDue {
             v: 1,
-            order_nos: vec![OrderNo(format!("2024010100000000{i:07}"))],
+            order_nos: vec![OrderNo(format!("2024010200000000{i:07}"))],
         })
         .collect();
     for chunk in ahead.chunks(16) {
