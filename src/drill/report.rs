@@ -93,9 +93,12 @@ pub struct Inputs {
 
 /// Whether a strategy (by name: the promo's, from its stats, or the
 /// deployment's, `/api/v1/config`'s) reserves in a ledger: write-behind;
-/// the pure-database strategies keep none.
+/// the pure-database strategies keep none. A name this build does not know
+/// keeps none.
 pub fn keeps_a_ledger(strategy: &str) -> bool {
-    strategy == "write-behind"
+    strategy
+        .parse::<crate::domain::OrderStrategy>()
+        .is_ok_and(|s| s.keeps_ledger())
 }
 
 pub fn build(i: Inputs) -> DrillReport {
