@@ -22,7 +22,7 @@ use crate::service::catalog::CatalogService;
 use crate::service::checkback::StockLogChecker;
 use crate::service::monitor::{self, SaleMonitor};
 use crate::service::orders::OrderService;
-use crate::service::otp::DevOtpSender;
+use crate::service::otp::{DevOtpSender, OtpSender, WebhookOtpSender};
 use crate::service::sold_out::SoldOutFlags;
 use crate::service::tokens::TokenService;
 use crate::service::users::UserService;
@@ -173,6 +173,22 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let background = TaskTracker::new();
     let store = open_store(&config, &background).await?;
     let otp = Arc::new(DevOtpSender::new());
+    let otp_sender: Arc<dyn OtpSender> = match &config.otp_webhook_url {
+        Some(url) => Arc::new(WebhookOtpSender::new(
+            url,
+            config.otp_webhook_token.as_ref().map(|t| t.0.as_str()),
+            Duration::from_millis(config.otp_webhook_timeout_ms),
+        )?),
+        None => {
+            if config.redis_url.is_some() {
+                tracing::warn!(
+                    "one-time codes are only logged (the dev sender): set SECKILL_OTP_WEBHOOK_URL \
+                     to hand them to an SMS gateway"
+                );
+            }
+            otp.clone()
+        }
+    };
     let checker = Arc::new(StockLogChecker::new(store.clone()));
     let caches = cache_adapters(&config).await?;
     let node = config
@@ -214,7 +230,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         kv: caches.kv,
         limiter: caches.limiter,
         bus,
-        otp: otp.clone(),
+        otp: otp_sender,
     };
 
     let context = Context {

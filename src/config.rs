@@ -86,6 +86,14 @@ pub struct Config {
     /// Sessions an instance keeps in that cache at most.
     pub session_cache_capacity: u64,
     pub otp_ttl_secs: u64,
+    /// Where one-time codes go: `POST` `{"phone", "code"}` to this URL (the
+    /// SMS gateway). Unset: the dev sender logs them (local use only).
+    pub otp_webhook_url: Option<String>,
+    /// Sent to the webhook as `Authorization: Bearer …` when set.
+    pub otp_webhook_token: Option<Secret>,
+    /// The webhook's longest wait for an answer; past it the code is not
+    /// sent (503).
+    pub otp_webhook_timeout_ms: u64,
     pub otp_per_phone_per_hour: u32,
     pub login_attempts_per_phone_per_minute: u32,
     /// Login attempts one client address may make per minute (0: no limit).
@@ -100,8 +108,12 @@ pub struct Config {
     /// before the process exits anyway.
     pub shutdown_timeout_secs: u64,
     pub captcha_ttl_secs: u64,
+    /// Captchas one user may draw per minute (each is an image drawn on a
+    /// blocking thread).
+    pub captcha_per_user_per_minute: u32,
     pub seckill_token_ttl_secs: u64,
-    /// Tokens a promo hands out = stock × this factor.
+    /// Buyers a promo hands tokens to = stock × this factor (a buyer's
+    /// later tokens of the same promo take no permit).
     pub gate_factor: u32,
     /// Units one user may buy in one promo (one order).
     pub per_user_limit: i64,
@@ -298,6 +310,10 @@ impl Default for Config {
             shutdown_timeout_secs: 20,
             login_attempts_per_phone_per_minute: 10,
             captcha_ttl_secs: 120,
+            otp_webhook_url: None,
+            otp_webhook_token: None,
+            otp_webhook_timeout_ms: 3_000,
+            captcha_per_user_per_minute: 30,
             seckill_token_ttl_secs: 300,
             gate_factor: 5,
             per_user_limit: 1,
@@ -376,10 +392,18 @@ impl Config {
             .ok()
             .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect()))
             .unwrap_or_default();
-        fig = fig.merge(
-            Env::prefixed("SECKILL_")
-                .filter(move |k| known.iter().any(|n| k.as_str().eq_ignore_ascii_case(n))),
-        );
+        const SECRETS: [&str; 2] = ["admin_token", "otp_webhook_token"];
+        fig = fig.merge(Env::prefixed("SECKILL_").filter(move |k| {
+            known.iter().any(|n| k.as_str().eq_ignore_ascii_case(n))
+                && !SECRETS.iter().any(|s| k.as_str().eq_ignore_ascii_case(s))
+        }));
+        // Secrets are text whatever they look like: read raw, not parsed as
+        // a value (digits would be a number and lose leading zeros).
+        for key in SECRETS {
+            if let Ok(raw) = std::env::var(format!("SECKILL_{}", key.to_ascii_uppercase())) {
+                fig = fig.merge(Serialized::default(key, raw));
+            }
+        }
         fig.extract()
             .map_err(|e| ConfigError(format!("bad setting: {e}")))
     }
@@ -392,6 +416,15 @@ impl Config {
             if !(r.starts_with("redis://") || r.starts_with("rediss://")) {
                 return Err(ConfigError(format!(
                     "SECKILL_REDIS_URL must start with redis:// or rediss:// (got {r:?})"
+                )));
+            }
+        }
+        if let Some(u) = &self.otp_webhook_url {
+            if !(u.starts_with("http://") || u.starts_with("https://"))
+                || reqwest::Url::parse(u).is_err()
+            {
+                return Err(ConfigError(format!(
+                    "SECKILL_OTP_WEBHOOK_URL must be an http:// or https:// URL (got {u:?})"
                 )));
             }
         }
@@ -449,7 +482,7 @@ impl Config {
                 )));
             }
         }
-        let positive: [(&str, u64); 21] = [
+        let positive: [(&str, u64); 23] = [
             (
                 "SECKILL_ORDER_PAYMENT_TIMEOUT_SECS",
                 self.order_payment_timeout_secs,
@@ -461,7 +494,15 @@ impl Config {
             ),
             ("SECKILL_SESSION_TTL_SECS", self.session_ttl_secs),
             ("SECKILL_OTP_TTL_SECS", self.otp_ttl_secs),
+            (
+                "SECKILL_OTP_WEBHOOK_TIMEOUT_MS",
+                self.otp_webhook_timeout_ms,
+            ),
             ("SECKILL_CAPTCHA_TTL_SECS", self.captcha_ttl_secs),
+            (
+                "SECKILL_CAPTCHA_PER_USER_PER_MINUTE",
+                self.captcha_per_user_per_minute.into(),
+            ),
             (
                 "SECKILL_SECKILL_TOKEN_TTL_SECS",
                 self.seckill_token_ttl_secs,
@@ -551,9 +592,40 @@ impl Config {
                     .into(),
             ));
         }
-        if self.argon2_memory_kib < 8 || self.argon2_iterations == 0 {
+        // Every hash takes this much memory and time on a blocking thread:
+        // past 1 GiB or 64 passes a login is no longer an answer.
+        if !(8..=1_048_576).contains(&self.argon2_memory_kib)
+            || !(1..=64).contains(&self.argon2_iterations)
+            || argon2::Params::new(self.argon2_memory_kib, self.argon2_iterations, 1, None).is_err()
+        {
             return Err(ConfigError(
-                "SECKILL_ARGON2_MEMORY_KIB must be ≥ 8 and SECKILL_ARGON2_ITERATIONS ≥ 1".into(),
+                "SECKILL_ARGON2_MEMORY_KIB must be 8..=1048576 and SECKILL_ARGON2_ITERATIONS 1..=64"
+                    .into(),
+            ));
+        }
+        // The per-phone limits guard passwords and codes; they cannot be
+        // turned off (the per-address ones can: 0).
+        for (name, v) in [
+            (
+                "SECKILL_LOGIN_ATTEMPTS_PER_PHONE_PER_MINUTE",
+                self.login_attempts_per_phone_per_minute,
+            ),
+            (
+                "SECKILL_OTP_PER_PHONE_PER_HOUR",
+                self.otp_per_phone_per_hour,
+            ),
+        ] {
+            if v == 0 {
+                return Err(ConfigError(format!(
+                    "{name} must be greater than 0 (the per-phone limits cannot be turned off)"
+                )));
+            }
+        }
+        if self.session_cache_ttl_ms > 60_000 {
+            return Err(ConfigError(
+                "SECKILL_SESSION_CACHE_TTL_MS must be at most 60000 \
+                 (a logged-out session stays usable on an instance that missed the broadcast this long)"
+                    .into(),
             ));
         }
         if matches!(self.database()?, DatabaseBackend::Mysql(_)) && self.redis_url.is_none() {
@@ -644,6 +716,10 @@ mod tests {
             assert_eq!(c.order_strategy, OrderStrategy::DbLock);
             assert!(!c.captcha_enabled);
             assert!(!format!("{c:?}").contains("0123456789abcdef"));
+            // A token of digits only stays the text it is.
+            jail.set_env("SECKILL_ADMIN_TOKEN", "0012345678901234567890");
+            let c = Config::load(None).unwrap();
+            assert_eq!(c.admin_token, Some(Secret("0012345678901234567890".into())));
             Ok(())
         });
     }

@@ -422,17 +422,25 @@ impl KvStore for MemoryKvStore {
     async fn take_permit_and_set(
         &self,
         gate: &str,
+        holder: &str,
+        holder_ttl: Duration,
         key: &str,
         value: &str,
         ttl: Duration,
-    ) -> CacheResult<bool> {
+    ) -> CacheResult<Permit> {
         let mut map = self.map.lock();
+        let now = Instant::now();
+        if map.get(holder).is_some_and(|(_, exp)| *exp > now) {
+            self.insert_locked(&mut map, key, Value::Text(value.to_owned()), ttl);
+            return Ok(Permit::Held);
+        }
         match map.get_mut(gate) {
-            Some((Value::Counter(n), exp)) if *exp > Instant::now() && *n > 0 => *n -= 1,
-            _ => return Ok(false),
+            Some((Value::Counter(n), exp)) if *exp > now && *n > 0 => *n -= 1,
+            _ => return Ok(Permit::Refused),
         }
         self.insert_locked(&mut map, key, Value::Text(value.to_owned()), ttl);
-        Ok(true)
+        self.insert_locked(&mut map, holder, Value::Text("1".to_owned()), holder_ttl);
+        Ok(Permit::Granted)
     }
 
     async fn hash_add(&self, key: &str, deltas: &[(&str, i64)], ttl: Duration) -> CacheResult<()> {

@@ -171,17 +171,22 @@ pub trait KvStore: Send + Sync {
     /// Adds `delta` to a counter that exists, keeping its TTL; a missing
     /// (or expired) one stays missing. True when added.
     async fn add_to_counter(&self, key: &str, delta: i64) -> CacheResult<bool>;
-    /// Takes one permit from the counter `gate` and, when one was there, sets
-    /// `key` to `value` for `ttl` — one step, so a permit is never spent
-    /// without its record. True when granted (the counter was positive and
-    /// is now one less); false when it is zero or missing (nothing is set).
+    /// Sets `key` to `value` for `ttl` under a permit of the counter `gate`,
+    /// at most one permit per `holder` — one step, so a permit is never
+    /// spent without its record, nor twice for one holder. A `holder` key
+    /// that exists already holds a permit: the record is set, no permit
+    /// taken ([`Permit::Held`]). Otherwise one permit is taken and the
+    /// holder key set for `holder_ttl` ([`Permit::Granted`]); with the
+    /// counter at zero or missing nothing is set ([`Permit::Refused`]).
     async fn take_permit_and_set(
         &self,
         gate: &str,
+        holder: &str,
+        holder_ttl: Duration,
         key: &str,
         value: &str,
         ttl: Duration,
-    ) -> CacheResult<bool>;
+    ) -> CacheResult<Permit>;
     /// Adds each delta to its field of a hash of counters (created at 0),
     /// and (re)sets the hash's TTL. One step.
     async fn hash_add(&self, key: &str, deltas: &[(&str, i64)], ttl: Duration) -> CacheResult<()>;
@@ -193,6 +198,17 @@ pub trait KvStore: Send + Sync {
     /// Every field of a hash (empty when missing), in no particular order.
     async fn hash_get_all(&self, key: &str) -> CacheResult<Vec<(String, String)>>;
     async fn ping(&self) -> CacheResult<()>;
+}
+
+/// What [`KvStore::take_permit_and_set`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    /// A permit taken now; the record and the holder set.
+    Granted,
+    /// The holder had one already: the record set, no permit taken.
+    Held,
+    /// No permit left (or no counter): nothing set.
+    Refused,
 }
 
 /// A named limit: at most `limit` events per `period` for one key, refilled

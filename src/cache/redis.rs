@@ -557,12 +557,18 @@ impl StockLedger for RedisStockLedger {
     }
 }
 
-/// KEYS: gate counter, record. ARGV: value, TTL in ms.
+/// KEYS: gate counter, holder, record. ARGV: value, record TTL in ms,
+/// holder TTL in ms. 2: held already, 1: granted, 0: refused.
 const TAKE_PERMIT_AND_SET: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
+  return 2
+end
 local v = tonumber(redis.call('GET', KEYS[1]) or '0')
 if v > 0 then
   redis.call('DECR', KEYS[1])
-  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
   return 1
 end
 return 0
@@ -703,21 +709,29 @@ impl KvStore for RedisKvStore {
     async fn take_permit_and_set(
         &self,
         gate: &str,
+        holder: &str,
+        holder_ttl: Duration,
         key: &str,
         value: &str,
         ttl: Duration,
-    ) -> CacheResult<bool> {
+    ) -> CacheResult<Permit> {
         let mut c = self.redis.conn.clone();
-        let granted: i64 = self
+        let answer: i64 = self
             .take_permit_and_set
             .key(self.redis.key(gate))
+            .key(self.redis.key(holder))
             .key(self.redis.key(key))
             .arg(value)
             .arg(millis(ttl))
+            .arg(millis(holder_ttl))
             .invoke_async(&mut c)
             .await
             .map_err(err("Redis gate counter failed"))?;
-        Ok(granted == 1)
+        Ok(match answer {
+            2 => Permit::Held,
+            1 => Permit::Granted,
+            _ => Permit::Refused,
+        })
     }
 
     async fn hash_add(&self, key: &str, deltas: &[(&str, i64)], ttl: Duration) -> CacheResult<()> {

@@ -235,6 +235,10 @@ impl NewPromo {
         if self.end_at - self.start_at > chrono::Duration::days(366) {
             return Err(Invalid::new("a promo lasts at most 366 days"));
         }
+        // What a DATETIME column holds (start_at is earlier still).
+        if chrono::Datelike::year(&self.end_at) > 9999 {
+            return Err(Invalid::new("end_at must be before the year 10000 (UTC)"));
+        }
         Ok(())
     }
 }
@@ -297,6 +301,14 @@ mod tests {
         }
         .validate(100, now)
         .is_err());
+        let far = "9999-12-31T20:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        let r = NewPromo {
+            start_at: far,
+            end_at: far + Duration::hours(5),
+            ..np.clone()
+        }
+        .validate(100, now);
+        assert!(r.as_ref().is_err_and(|e| e.0.contains("10000")), "{r:?}");
     }
 
     #[test]

@@ -128,6 +128,9 @@ pub struct PromoStatsDto {
     pub sold: i64,
     /// Orders not cancelled.
     pub orders: i64,
+    /// The most units one buyer holds in orders not cancelled (0 without
+    /// orders): never above the per-user limit.
+    pub max_units_per_buyer: i64,
     pub stock_log: StockLogCounts,
     /// Token and order requests refused, by reason (`sold_out`,
     /// `rate_limited`, …), the whole cluster's, as of each instance's last
@@ -290,6 +293,7 @@ pub async fn stats(
         stock_cache: s.stock_cache,
         sold: s.totals.sold,
         orders: s.totals.orders,
+        max_units_per_buyer: s.totals.max_units_per_buyer,
         stock_log: StockLogCounts {
             init: s.totals.stock_log_init,
             committed: s.totals.stock_log_committed,

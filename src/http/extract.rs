@@ -4,7 +4,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, HOST, ORIGIN};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -149,8 +149,19 @@ impl FromRequestParts<AppState> for CurrentUser {
         if given.is_none() && cookie.is_none() {
             return Err(ServiceError::Unauthenticated("log in first").into());
         }
-        for token in given.into_iter().chain(cookie) {
+        for (token, by_cookie) in given
+            .map(|t| (t, false))
+            .into_iter()
+            .chain(cookie.map(|c| (c, true)))
+        {
             if let Some(id) = state.users.session_user(token).await? {
+                if by_cookie && !same_site_or_allowed(parts, state) {
+                    return Err(ServiceError::Forbidden(
+                        "a request from another site's page may not use the session cookie; \
+                         its origin is not in SECKILL_CORS_ORIGINS",
+                    )
+                    .into());
+                }
                 return Ok(CurrentUser {
                     id,
                     token: token.to_owned(),
@@ -159,6 +170,51 @@ impl FromRequestParts<AppState> for CurrentUser {
         }
         Err(ServiceError::Unauthenticated("session unknown or expired; log in again").into())
     }
+}
+
+/// A browser attaches the session cookie to any request to this site, one
+/// another site's page makes (a form, a `no-cors` fetch) included; with
+/// `SECKILL_COOKIE_SECURE` (`SameSite=None`) nothing else stops it. So a
+/// cookie-authenticated request that changes something (any method but
+/// GET, HEAD, OPTIONS) whose browser names its `Origin` is taken only from
+/// this site's host or an origin of `SECKILL_CORS_ORIGINS`. A client that
+/// sends no `Origin` is no browser page: taken. Hosts are compared without
+/// ports (nginx passes `$host`; same-site ignores ports too).
+fn same_site_or_allowed(parts: &Parts, state: &AppState) -> bool {
+    use axum::http::Method;
+    if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return true;
+    }
+    let Some(origin) = parts.headers.get(ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    if state.config.cors_origin_list().iter().any(|o| o == origin) {
+        return true;
+    }
+    let host_of = |authority: &str| -> String {
+        let authority = authority.rsplit('@').next().unwrap_or(authority);
+        match authority.strip_prefix('[') {
+            // [v6]:port
+            Some(v6) => v6
+                .split(']')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase(),
+            None => authority
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase(),
+        }
+    };
+    let Some((_, origin_authority)) = origin.split_once("://") else {
+        return false; // "null" (a sandboxed or file page), or garbage
+    };
+    parts
+        .headers
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|host| !host.is_empty() && host_of(host) == host_of(origin_authority))
 }
 
 /// The admin: the bearer token equals `SECKILL_ADMIN_TOKEN`. Without one

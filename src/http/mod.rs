@@ -159,6 +159,8 @@ fn cors(config: &Config) -> CorsLayer {
             Method::OPTIONS,
         ])
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+        // A page's script backs off as a 429 or 503 asks.
+        .expose_headers([header::RETRY_AFTER])
         .max_age(std::time::Duration::from_secs(600))
 }
 

@@ -60,8 +60,14 @@ impl SaleMonitor {
         }
     }
 
-    /// Counts one refused token or order request of a promo.
+    /// Counts one refused token or order request of a promo. Bad input
+    /// (`invalid`) and an unknown promo (`not_found`) are not the promo's
+    /// refusals, and are answered before (or by) its lookup: counted, any
+    /// caller could make shared counters for promo ids that do not exist.
     pub fn refused(&self, promo: PromoId, reason: &'static str) {
+        if matches!(reason, "invalid" | "not_found") {
+            return;
+        }
         *self.pending.lock().entry((promo, reason)).or_insert(0) += 1;
     }
 

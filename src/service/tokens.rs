@@ -1,6 +1,6 @@
 //! The gates in front of the order path: a captcha per (user, promo), and
 //! the seckill token — single use, short-lived, bound to (user, promo, item),
-//! handed out at most stock × gate factor times per promo.
+//! handed out to at most stock × gate factor buyers per promo.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,13 +10,14 @@ use chrono::{DateTime, Utc};
 use super::catalog::{gate_key, CatalogService};
 use super::users::random_token;
 use super::{Context, ServiceError, ServiceResult};
-use crate::cache::RateRule;
+use crate::cache::{Permit, RateRule};
 use crate::domain::{ItemId, PromoId, UserId};
 
 pub struct TokenService {
     cx: Context,
     catalog: Arc<CatalogService>,
     token_rule: RateRule,
+    captcha_rule: RateRule,
 }
 
 /// A seckill token handed to a buyer.
@@ -34,6 +35,12 @@ fn token_key(token: &str) -> String {
     format!("token:{token}")
 }
 
+/// Set when a buyer's first token of a promo takes its gate permit: later
+/// tokens of that buyer and promo take none.
+fn holder_key(user: UserId, promo: PromoId) -> String {
+    format!("token-holder:{promo}:{user}")
+}
+
 fn binding(user: UserId, promo: PromoId, item: ItemId) -> String {
     format!("{user}:{promo}:{item}")
 }
@@ -45,10 +52,16 @@ impl TokenService {
             limit: cx.config.token_rate_per_sec,
             period: Duration::from_secs(1),
         };
+        let captcha_rule = RateRule {
+            name: "captcha_per_user",
+            limit: cx.config.captcha_per_user_per_minute,
+            period: Duration::from_secs(60),
+        };
         TokenService {
             cx,
             catalog,
             token_rule,
+            captcha_rule,
         }
     }
 
@@ -56,6 +69,17 @@ impl TokenService {
     /// previous one for that pair is replaced.
     pub async fn captcha(&self, user: UserId, promo: PromoId) -> ServiceResult<Vec<u8>> {
         self.catalog.promo(promo).await?;
+        if !self
+            .cx
+            .ports
+            .limiter
+            .check(&self.captcha_rule, &user.0.to_string())
+            .await?
+        {
+            return Err(ServiceError::RateLimited(
+                "too many captchas drawn; wait a minute",
+            ));
+        }
         let (answer, png) = tokio::task::spawn_blocking(|| {
             let mut c = captcha::Captcha::new();
             c.add_chars(5)
@@ -106,21 +130,28 @@ impl TokenService {
         if self.cx.sold_out_here(promo_id).await? {
             return Err(ServiceError::SoldOut);
         }
-        if self.cx.config.captcha_enabled {
-            let given = captcha
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .ok_or(ServiceError::WrongCaptcha)?;
+        let given = if self.cx.config.captcha_enabled {
+            Some(
+                captcha
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .ok_or(ServiceError::WrongCaptcha)?,
+            )
+        } else {
+            None
+        };
+        // Before the captcha is taken: a buyer told to retry keeps it.
+        if !self.cx.ports.limiter.check(&self.token_rule, "all").await? {
+            return Err(ServiceError::RateLimited(
+                "too many requests; retry shortly",
+            ));
+        }
+        if let Some(given) = given {
             // Taken on any attempt: one image, one guess.
             let expected = self.cx.ports.kv.take(&captcha_key(user, promo_id)).await?;
             if expected.as_deref() != Some(given.to_lowercase().as_str()) {
                 return Err(ServiceError::WrongCaptcha);
             }
-        }
-        if !self.cx.ports.limiter.check(&self.token_rule, "all").await? {
-            return Err(ServiceError::RateLimited(
-                "too many requests; retry shortly",
-            ));
         }
         // Another instance may have sold the last unit: the ledger's flag is
         // asked at most once per `sold_out_poll_ms` per promo (a token handed
@@ -129,21 +160,28 @@ impl TokenService {
             return Err(ServiceError::SoldOut);
         }
         // The permit and the token's record are one step: a permit is never
-        // spent on a token that was not recorded.
+        // spent on a token that was not recorded. The gate counts buyers,
+        // not requests: a buyer's later tokens of this promo (a new one
+        // after one expired, or after a failed order) take no permit, so
+        // one account asking again and again cannot spend the gate that
+        // lets the crowd in. The mark lasts until the promo ends.
         let token = random_token();
         let ttl = Duration::from_secs(self.cx.config.seckill_token_ttl_secs);
-        let granted = self
+        let until_end = (promo.end_at - Utc::now()).to_std().unwrap_or_default();
+        let permit = self
             .cx
             .ports
             .kv
             .take_permit_and_set(
                 &gate_key(promo_id),
+                &holder_key(user, promo_id),
+                until_end.max(ttl),
                 &token_key(&token),
                 &binding(user, promo_id, item_id),
                 ttl,
             )
             .await?;
-        if !granted {
+        if permit == Permit::Refused {
             // No permit: the gate is spent, or the cache lost it with the
             // ledger (then it is rebuilt from the DB; 503 until then).
             if self.cx.ports.ledger.stock(promo_id).await?.is_none() {

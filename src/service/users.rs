@@ -45,6 +45,8 @@ pub struct UserService {
     /// Keyed by the token's digest ([`session_digest`]): the broadcast
     /// carries the digest, never the bearer token itself.
     sessions: Option<moka::sync::Cache<[u8; 32], UserId>>,
+    /// See [`UserService::unknown_phone_hash`].
+    unknown_phone_hash: tokio::sync::OnceCell<String>,
 }
 
 /// A session token's SHA-256, hex: names a session in the log-out broadcast
@@ -104,18 +106,34 @@ impl UserService {
                 .time_to_live(Duration::from_millis(ttl))
                 .build()
         });
-        UserService { cx, sessions }
+        UserService {
+            cx,
+            sessions,
+            unknown_phone_hash: tokio::sync::OnceCell::new(),
+        }
     }
 
-    fn argon2(&self) -> Argon2<'static> {
+    fn argon2(&self) -> ServiceResult<Argon2<'static>> {
         let c = &self.cx.config;
-        let params =
-            Params::new(c.argon2_memory_kib, c.argon2_iterations, 1, None).unwrap_or_default();
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        // Checked at start-up (`Config::validate`); a failure here is a bug,
+        // never a silent fall-back to other parameters.
+        let params = Params::new(c.argon2_memory_kib, c.argon2_iterations, 1, None)
+            .map_err(|e| ServiceError::Internal(format!("Argon2 parameters: {e}").into()))?;
+        Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+    }
+
+    /// A hash no password matches (of random bytes), made once with this
+    /// instance's parameters: what an unknown phone's login is checked
+    /// against.
+    async fn unknown_phone_hash(&self) -> ServiceResult<&str> {
+        self.unknown_phone_hash
+            .get_or_try_init(|| self.hash_password(random_token()))
+            .await
+            .map(String::as_str)
     }
 
     async fn hash_password(&self, password: String) -> ServiceResult<String> {
-        let argon = self.argon2();
+        let argon = self.argon2()?;
         tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut OsRng);
             argon
@@ -202,36 +220,48 @@ impl UserService {
         check_name(&r.name)?;
         check_password(&r.password)?;
         check_profile(r.gender.as_deref(), r.age)?;
-        let stored = self
-            .cx
-            .ports
-            .kv
-            .take(&format!("otp:{}", phone.as_str()))
-            .await?;
+        let otp_key = format!("otp:{}", phone.as_str());
+        let stored = self.cx.ports.kv.take(&otp_key).await?;
         if stored.as_deref() != Some(r.otp.trim()) || r.otp.trim().is_empty() {
             return Err(ServiceError::Invalid(
                 "one-time code wrong or expired; ask for a new one".into(),
             ));
         }
-        let password_hash = self.hash_password(r.password).await?;
-        let user = NewUser {
-            phone,
-            name: r.name.trim().to_owned(),
-            gender: r.gender,
-            age: r.age,
-            password_hash,
+        let code = r.otp.trim().to_owned();
+        let created = match self.hash_password(r.password).await {
+            Ok(password_hash) => {
+                let user = NewUser {
+                    phone,
+                    name: r.name.trim().to_owned(),
+                    gender: r.gender,
+                    age: r.age,
+                    password_hash,
+                };
+                self.cx
+                    .ports
+                    .store
+                    .create_user(&user)
+                    .await
+                    .map_err(|e| match e {
+                        crate::store::StoreError::Conflict(_) => {
+                            ServiceError::Conflict("this phone is already registered".into())
+                        }
+                        e => e.into(),
+                    })
+            }
+            Err(e) => Err(e),
         };
-        self.cx
-            .ports
-            .store
-            .create_user(&user)
-            .await
-            .map_err(|e| match e {
-                crate::store::StoreError::Conflict(_) => {
-                    ServiceError::Conflict("this phone is already registered".into())
+        // The right code was used for nothing when the account could not
+        // be written (503, 500): it stays good for a retry. Best effort.
+        if let Err(e) = &created {
+            if !matches!(e, ServiceError::Conflict(_)) {
+                let ttl = Duration::from_secs(self.cx.config.otp_ttl_secs);
+                if let Err(e) = self.cx.ports.kv.set(&otp_key, &code, ttl).await {
+                    tracing::debug!(error = %e, "one-time code not given back");
                 }
-                e => e.into(),
-            })
+            }
+        }
+        created
     }
 
     /// Creates many accounts at once; phones already registered are
@@ -262,7 +292,7 @@ impl UserService {
         // would store what it makes, and a retry must not queue behind it.
         let cancelled = Arc::new(AtomicBool::new(false));
         let _stop = StopOnDrop(cancelled.clone());
-        let argon = self.argon2();
+        let argon = self.argon2()?;
         let workers = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
@@ -313,7 +343,8 @@ impl UserService {
     ) -> ServiceResult<(String, User)> {
         const WRONG: ServiceError = ServiceError::Unauthenticated("wrong phone or password");
         let phone = Phone::parse(phone)?;
-        if password.is_empty() || password.len() > 128 {
+        // The bound sign-up checks (`check_password`): characters, not bytes.
+        if password.is_empty() || password.chars().count() > 128 {
             return Err(WRONG);
         }
         let rule = RateRule {
@@ -334,21 +365,24 @@ impl UserService {
             "too many login attempts from this address; wait a minute",
         )
         .await?;
-        let Some(user) = self.cx.ports.store.user_by_phone(phone.as_str()).await? else {
-            return Err(WRONG);
+        let user = self.cx.ports.store.user_by_phone(phone.as_str()).await?;
+        // An unknown phone costs the same hash as a wrong password, so the
+        // answer's time does not tell which phones have an account.
+        let hash = match &user {
+            Some(u) => u.password_hash.clone(),
+            None => self.unknown_phone_hash().await?.to_owned(),
         };
-        let hash = user.password_hash.clone();
         let password = password.to_owned();
-        let argon = self.argon2();
+        let argon = self.argon2()?;
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
                 .is_ok_and(|h| argon.verify_password(password.as_bytes(), &h).is_ok())
         })
         .await
         .map_err(|e| ServiceError::Internal(Box::new(e)))?;
-        if !ok {
+        let Some(user) = user.filter(|_| ok) else {
             return Err(WRONG);
-        }
+        };
         let token = random_token();
         self.cx
             .ports

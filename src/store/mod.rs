@@ -97,6 +97,9 @@ pub struct PromoTotals {
     pub sold: i64,
     /// Orders that are not cancelled.
     pub orders: i64,
+    /// The most units one buyer holds in orders that are not cancelled
+    /// (0 without orders): what the per-user limit bounds.
+    pub max_units_per_buyer: i64,
     pub stock_log_init: i64,
     pub stock_log_committed: i64,
     pub stock_log_rolled_back: i64,

@@ -137,6 +137,17 @@ fn item_of(r: &$row) -> StoreResult<Item> {
     })
 }
 
+/// An item read on a connection (inside a transaction), not the pool.
+async fn item_in(conn: &mut $conn, id: ItemId) -> StoreResult<Item> {
+    sqlx::query(&format!("SELECT {ITEM_COLUMNS} WHERE i.id = ?"))
+        .bind(id.0)
+        .fetch_optional(&mut *conn)
+        .await?
+        .as_ref()
+        .map(item_of)
+        .transpose()?
+        .ok_or(StoreError::NotFound)
+}
 
 fn promo_of(r: &$row) -> StoreResult<Promo> {
     Ok(Promo {
@@ -283,11 +294,15 @@ impl CatalogStore for $store {
             .bind(it.stock)
             .execute(&mut *tx)
             .await?;
+        // Read back before the commit: a failed read must not answer 503
+        // for an item that exists.
+        let item = item_in(&mut tx, ItemId(id)).await?;
         tx.commit().await?;
-        self.item(ItemId(id)).await?.ok_or(StoreError::NotFound)
+        Ok(item)
     }
 
     async fn update_item(&self, id: ItemId, p: &ItemPatch) -> StoreResult<Item> {
+        let mut tx = self.writer.begin().await?;
         let res = sqlx::query(
             "UPDATE item SET title = COALESCE(?, title), price_cents = COALESCE(?, price_cents), \
              description = COALESCE(?, description), image_url = COALESCE(?, image_url), \
@@ -299,12 +314,15 @@ impl CatalogStore for $store {
         .bind(&p.image_url)
         .bind(Utc::now())
         .bind(id.0)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
         if res.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        self.item(id).await?.ok_or(StoreError::NotFound)
+        // Read back in the transaction: a 503 means nothing was written.
+        let item = item_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(item)
     }
 
     async fn item(&self, id: ItemId) -> StoreResult<Option<Item>> {
@@ -330,6 +348,7 @@ impl CatalogStore for $store {
     }
 
     async fn create_promo(&self, p: &NewPromo) -> StoreResult<Promo> {
+        let mut tx = self.writer.begin().await?;
         let res = sqlx::query(
             "INSERT INTO promo (item_id, name, price_cents, start_at, end_at, published, created_at) \
              VALUES (?, ?, ?, ?, ?, 0, ?)",
@@ -340,9 +359,17 @@ impl CatalogStore for $store {
         .bind(p.start_at)
         .bind(p.end_at)
         .bind(Utc::now())
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
-        self.promo(PromoId($last_id(&res))).await?.ok_or(StoreError::NotFound)
+        // Read back in the transaction: a 503 means nothing was written.
+        let promo = sqlx::query(&format!("SELECT {PROMO_COLUMNS} WHERE id = ?"))
+            .bind($last_id(&res))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::from)
+            .and_then(|r| promo_of(&r))?;
+        tx.commit().await?;
+        Ok(promo)
     }
 
     async fn promo(&self, id: PromoId) -> StoreResult<Option<Promo>> {
@@ -848,9 +875,18 @@ impl OrderStore for $store {
         .bind(promo.0)
         .fetch_one(&self.pool)
         .await?;
+        let most = sqlx::query(
+            "SELECT CAST(COALESCE(MAX(units), 0) AS SIGNED) AS most FROM \
+             (SELECT SUM(amount) AS units FROM order_info \
+              WHERE promo_id = ? AND status <> 'cancelled' GROUP BY user_id) AS per_buyer",
+        )
+        .bind(promo.0)
+        .fetch_one(&self.pool)
+        .await?;
         let mut totals = PromoTotals {
             sold: r.try_get("sold")?,
             orders: r.try_get("orders")?,
+            max_units_per_buyer: most.try_get("most")?,
             ..PromoTotals::default()
         };
         let rows = sqlx::query(

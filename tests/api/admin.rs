@@ -269,6 +269,26 @@ async fn the_dashboard_sees_refusals_by_reason_and_every_instance_with_its_healt
     }
     let again = t.buy(&buyers[0], promo, item).await.code();
     assert!(again == "SOLD_OUT" || again == "ALREADY_BOUGHT", "{again}");
+    // Bad input and unknown promos are nobody's refusals: no shared
+    // counters for ids anybody can make up.
+    for p in [promo, 999_999] {
+        let r = t
+            .post(
+                "/api/v1/orders",
+                Some(&buyers[1]),
+                json!({"promo_id": p, "item_id": item, "amount": 0, "token": "x"}),
+            )
+            .await;
+        assert_eq!(r.code(), "INVALID_ARGUMENT");
+    }
+    let r = t
+        .post(
+            "/api/v1/orders",
+            Some(&buyers[1]),
+            json!({"promo_id": 999_999, "item_id": item, "amount": 1, "token": "x"}),
+        )
+        .await;
+    assert_eq!(r.code(), "NOT_FOUND");
     // Counted locally, flushed to the shared counters on the next beat.
     let mut stats = serde_json::Value::Null;
     for _ in 0..50 {
@@ -282,7 +302,17 @@ async fn the_dashboard_sees_refusals_by_reason_and_every_instance_with_its_healt
         stats["refused"]["sold_out"].as_i64().unwrap_or(0) >= 2,
         "{stats}"
     );
+    assert!(stats["refused"].get("invalid").is_none(), "{stats}");
+    assert!(t
+        .app
+        .state
+        .monitor
+        .refusals(seckill::domain::PromoId(999_999))
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(stats["sold"], 1);
+    assert_eq!(stats["max_units_per_buyer"], 1);
 
     let r = t.get("/api/v1/admin/instances", Some(ADMIN)).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());

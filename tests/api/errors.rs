@@ -131,6 +131,21 @@ async fn invalid_values_are_422_invalid_argument() {
         )
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // A date past what the database holds is bad input, not a 503.
+    let r = t
+        .post(
+            "/api/v1/admin/promos",
+            Some(ADMIN),
+            json!({"item_id": item, "name": "far", "price_cents": 1,
+                   "start_at": "9999-12-31T18:00:00-05:00", "end_at": "9999-12-31T20:00:00-05:00"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "INVALID_ARGUMENT"),
+        "{:?}",
+        r.json()
+    );
 }
 
 #[tokio::test]

@@ -174,17 +174,55 @@ async fn a_lapsed_sold_out_flag_still_answers_the_crowd_while_it_is_looked_at_ag
 }
 
 #[tokio::test]
-async fn the_gate_counter_caps_tokens_at_stock_times_the_factor() {
+async fn the_gate_counter_caps_buyers_at_stock_times_the_factor() {
     let t = TestApp::spawn_with(|c| c.gate_factor = 2).await;
     let (item, promo) = t.sale(2).await;
-    let b = t.user("13600000009").await;
-    for _ in 0..4 {
-        assert_eq!(t.token(&b, promo, item).await.status, StatusCode::CREATED);
+    let buyers = t.users("1360001", 5).await;
+    // One account asking again and again spends one permit, not the gate.
+    for _ in 0..10 {
+        assert_eq!(
+            t.token(&buyers[0], promo, item).await.status,
+            StatusCode::CREATED
+        );
     }
-    let r = t.token(&b, promo, item).await;
+    for b in &buyers[1..4] {
+        assert_eq!(t.token(b, promo, item).await.status, StatusCode::CREATED);
+        assert_eq!(
+            t.token(b, promo, item).await.status,
+            StatusCode::CREATED,
+            "a buyer let in is let in again"
+        );
+    }
+    let r = t.token(&buyers[4], promo, item).await;
     assert_eq!(
         (r.status, r.code().as_str()),
-        (StatusCode::CONFLICT, "SOLD_OUT")
+        (StatusCode::CONFLICT, "SOLD_OUT"),
+        "2 units × 2: four buyers"
+    );
+}
+
+#[tokio::test]
+async fn captchas_are_limited_per_user() {
+    let t = TestApp::spawn_with(|c| {
+        c.captcha_enabled = true;
+        c.captcha_per_user_per_minute = 2;
+    })
+    .await;
+    let (_, promo) = t.sale(5).await;
+    let (a, b) = (t.user("13600000031").await, t.user("13600000032").await);
+    let uri = format!("/api/v1/promos/{promo}/captcha");
+    for _ in 0..2 {
+        assert_eq!(t.get(&uri, Some(&a)).await.status, StatusCode::OK);
+    }
+    let r = t.get(&uri, Some(&a)).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED")
+    );
+    assert_eq!(
+        t.get(&uri, Some(&b)).await.status,
+        StatusCode::OK,
+        "per user"
     );
 }
 

@@ -13,6 +13,78 @@ async fn a_user_registers_with_a_one_time_code_and_logs_in() {
     assert!(me.json().get("password").is_none() && me.json().get("password_hash").is_none());
 }
 
+/// A stand-in SMS gateway: records what it is handed, answers `status`.
+async fn gateway(
+    status: StatusCode,
+) -> (
+    String,
+    std::sync::Arc<parking_lot::Mutex<Vec<(Option<String>, serde_json::Value)>>>,
+) {
+    let got = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let seen = got.clone();
+    let app = axum::Router::new().route(
+        "/sms",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::Json<serde_json::Value>| {
+                let seen = seen.clone();
+                async move {
+                    let auth = headers
+                        .get(header::AUTHORIZATION)
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    seen.lock().push((auth, body.0));
+                    status
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/sms", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
+
+#[tokio::test]
+async fn one_time_codes_go_to_the_configured_webhook() {
+    let (url, got) = gateway(StatusCode::NO_CONTENT).await;
+    let t = TestApp::spawn_with(|c| {
+        c.otp_webhook_url = Some(url);
+        c.otp_webhook_token = Some(seckill::config::Secret("gateway-secret".into()));
+    })
+    .await;
+    let r = t
+        .post("/api/v1/otp", None, json!({"phone": "13800000041"}))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.json());
+    assert_eq!(
+        t.app.otp.last_code("13800000041"),
+        None,
+        "not the dev sender"
+    );
+    let (auth, body) = got.lock().pop().expect("the gateway was handed the code");
+    assert_eq!(auth.as_deref(), Some("Bearer gateway-secret"));
+    assert_eq!(body["phone"], "13800000041");
+    let code = body["code"].as_str().unwrap().to_owned();
+    let r = t
+        .post(
+            "/api/v1/users",
+            None,
+            json!({"phone": "13800000041", "otp": code, "name": "B", "password": "secret-pass"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
+
+    // A gateway that refuses: 503, the user asks again.
+    let (url, _) = gateway(StatusCode::INTERNAL_SERVER_ERROR).await;
+    let t = TestApp::spawn_with(|c| c.otp_webhook_url = Some(url)).await;
+    let r = t
+        .post("/api/v1/otp", None, json!({"phone": "13800000042"}))
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+    );
+}
+
 #[tokio::test]
 async fn login_sets_an_http_only_cookie_that_authenticates() {
     let t = TestApp::spawn().await;
@@ -38,6 +110,107 @@ async fn login_sets_an_http_only_cookie_that_authenticates() {
         .body(axum::body::Body::empty())
         .unwrap();
     assert_eq!(t.send(req).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn another_sites_page_cannot_change_anything_with_the_cookie() {
+    let t = TestApp::spawn_with(|c| {
+        c.cors_origins = "https://shop.example".into();
+        c.cookie_secure = true; // SameSite=None: the browser sends it cross-site
+    })
+    .await;
+    let bearer = t.user("13800000033").await;
+    let r = t
+        .post(
+            "/api/v1/sessions",
+            None,
+            json!({"phone": "13800000033", "password": "secret-pass"}),
+        )
+        .await;
+    let set = r.headers.get(header::SET_COOKIE).unwrap().to_str().unwrap();
+    assert!(set.contains("SameSite=None"));
+    let pair = set.split(';').next().unwrap().to_owned();
+    let logout = |origin: Option<&str>, host: &str, by_cookie: bool| {
+        let mut req =
+            axum::http::Request::delete("/api/v1/sessions/current").header(header::HOST, host);
+        req = if by_cookie {
+            req.header(header::COOKIE, pair.as_str())
+        } else {
+            req.header(header::AUTHORIZATION, format!("Bearer {bearer}"))
+        };
+        if let Some(o) = origin {
+            req = req.header(header::ORIGIN, o);
+        }
+        t.send(req.body(axum::body::Body::empty()).unwrap())
+    };
+    for evil in [
+        "https://evil.example",
+        "null",
+        "https://api.shop.example.evil.example",
+    ] {
+        let r = logout(Some(evil), "api.shop.example", true).await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (StatusCode::FORBIDDEN, "FORBIDDEN"),
+            "{evil}"
+        );
+    }
+    let me = axum::http::Request::get("/api/v1/me")
+        .header(header::COOKIE, pair.as_str())
+        .header(header::ORIGIN, "https://evil.example")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    assert_eq!(
+        t.send(me).await.status,
+        StatusCode::OK,
+        "reading is CORS's business"
+    );
+    // A bearer is no ambient credential: any origin may send it.
+    assert_eq!(
+        logout(Some("https://evil.example"), "api.shop.example", false)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    // The site's own pages (any port: nginx passes the host alone), a listed
+    // origin, and clients that name no origin.
+    assert_eq!(
+        logout(
+            Some("http://api.shop.example:8088"),
+            "api.shop.example",
+            true
+        )
+        .await
+        .status,
+        StatusCode::NO_CONTENT
+    );
+    for (origin, phone) in [
+        (Some("https://shop.example"), "13800000034"),
+        (None, "13800000035"),
+    ] {
+        t.user(phone).await;
+        let r = t
+            .post(
+                "/api/v1/sessions",
+                None,
+                json!({"phone": phone, "password": "secret-pass"}),
+            )
+            .await;
+        let set = r.headers.get(header::SET_COOKIE).unwrap().to_str().unwrap();
+        let mut req = axum::http::Request::delete("/api/v1/sessions/current")
+            .header(header::HOST, "api.shop.example")
+            .header(header::COOKIE, set.split(';').next().unwrap());
+        if let Some(o) = origin {
+            req = req.header(header::ORIGIN, o);
+        }
+        assert_eq!(
+            t.send(req.body(axum::body::Body::empty()).unwrap())
+                .await
+                .status,
+            StatusCode::NO_CONTENT,
+            "{origin:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -236,6 +409,70 @@ async fn cors_is_granted_with_credentials_to_listed_origins_only() {
         .headers
         .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
         .is_none());
+    // A page's script may read Retry-After (it backs off as told).
+    let r = t
+        .send(
+            axum::http::Request::builder()
+                .uri("/api/v1/me")
+                .header(header::ORIGIN, "http://shop.example:3000")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(r
+        .headers
+        .get(header::ACCESS_CONTROL_EXPOSE_HEADERS)
+        .is_some_and(|v| v
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase()
+            .contains("retry-after")));
+}
+
+#[tokio::test]
+async fn a_password_of_any_script_up_to_128_characters_logs_in() {
+    let t = TestApp::spawn().await;
+    let phone = "13800000031";
+    let password = "秒".repeat(128); // 384 bytes
+    assert_eq!(
+        t.post("/api/v1/otp", None, json!({"phone": phone}))
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    let otp = t.app.otp.last_code(phone).unwrap();
+    let r = t
+        .post(
+            "/api/v1/users",
+            None,
+            json!({"phone": phone, "otp": otp, "name": "Buyer", "password": password}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
+    let login = |password: String| {
+        t.post(
+            "/api/v1/sessions",
+            None,
+            json!({"phone": phone, "password": password}),
+        )
+    };
+    assert_eq!(login(password.clone()).await.status, StatusCode::CREATED);
+    assert_eq!(
+        login("秒".repeat(129)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // An unknown phone is refused like a wrong password.
+    let r = t
+        .post(
+            "/api/v1/sessions",
+            None,
+            json!({"phone": "13800000032", "password": password}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED")
+    );
 }
 
 async fn login_from(t: &TestApp, phone: &str, ip: &str) -> StatusCode {

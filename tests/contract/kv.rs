@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use seckill::cache::{KvStore, RateLimiter, RateRule};
+use seckill::cache::{KvStore, Permit, RateLimiter, RateRule};
 
 fn key(name: &str) -> String {
     format!("contract:{}:{}:{}", std::process::id(), name, rand_suffix())
@@ -70,10 +70,13 @@ pub async fn suite(kv: Arc<dyn KvStore>) {
 
     let k = key("gate");
     let record = |i: usize| format!("{k}:record:{i}");
-    assert!(
-        !kv.take_permit_and_set(&k, &record(99), "v", Duration::from_secs(10))
+    let holder = |i: usize| format!("{k}:holder:{i}");
+    let long = Duration::from_secs(10);
+    assert_eq!(
+        kv.take_permit_and_set(&k, &holder(99), long, &record(99), "v", long)
             .await
             .unwrap(),
+        Permit::Refused,
         "missing counter: no permit"
     );
     assert_eq!(
@@ -81,15 +84,13 @@ pub async fn suite(kv: Arc<dyn KvStore>) {
         None,
         "no permit, no record"
     );
-    kv.set_counter(&k, 3, Duration::from_secs(10))
-        .await
-        .unwrap();
+    kv.set_counter(&k, 3, long).await.unwrap();
     let tasks: Vec<_> = (0..10)
         .map(|i| {
             let kv = kv.clone();
-            let (k, r) = (k.clone(), record(i));
+            let (k, h, r) = (k.clone(), holder(i), record(i));
             tokio::spawn(async move {
-                kv.take_permit_and_set(&k, &r, &format!("v{i}"), Duration::from_secs(3))
+                kv.take_permit_and_set(&k, &h, long, &r, &format!("v{i}"), Duration::from_secs(3))
                     .await
                     .unwrap()
             })
@@ -97,8 +98,10 @@ pub async fn suite(kv: Arc<dyn KvStore>) {
         .collect();
     let mut granted = Vec::new();
     for (i, t) in tasks.into_iter().enumerate() {
-        if t.await.unwrap() {
-            granted.push(i);
+        match t.await.unwrap() {
+            Permit::Granted => granted.push(i),
+            Permit::Refused => {}
+            Permit::Held => panic!("holder {i} held nothing yet"),
         }
     }
     assert_eq!(granted.len(), 3, "exactly the counter's permits");
@@ -110,18 +113,48 @@ pub async fn suite(kv: Arc<dyn KvStore>) {
             "a record for each permit granted, none for the others"
         );
     }
-    assert!(!kv
-        .take_permit_and_set(&k, &record(98), "v", Duration::from_secs(10))
-        .await
-        .unwrap());
+    assert_eq!(
+        kv.take_permit_and_set(&k, &holder(98), long, &record(98), "v", long)
+            .await
+            .unwrap(),
+        Permit::Refused
+    );
     assert_eq!(kv.get(&record(98)).await.unwrap(), None);
+    // A holder takes no second permit, even from a spent counter: its
+    // record is set all the same.
+    let first = granted[0];
+    assert_eq!(
+        kv.take_permit_and_set(&k, &holder(first), long, &record(50), "again", long)
+            .await
+            .unwrap(),
+        Permit::Held
+    );
+    assert_eq!(kv.get(&record(50)).await.unwrap().as_deref(), Some("again"));
+    assert_eq!(kv.get(&k).await.unwrap().as_deref(), Some("0"));
     // Units given back refill a spent gate; a missing gate stays missing.
     assert!(kv.add_to_counter(&k, 2).await.unwrap());
     assert_eq!(kv.get(&k).await.unwrap().as_deref(), Some("2"));
-    assert!(kv
-        .take_permit_and_set(&k, &record(97), "v", Duration::from_secs(10))
+    assert_eq!(
+        kv.take_permit_and_set(&k, &holder(first), long, &record(51), "v", long)
+            .await
+            .unwrap(),
+        Permit::Held,
+        "a refill is for other holders"
+    );
+    assert_eq!(kv.get(&k).await.unwrap().as_deref(), Some("2"));
+    assert_eq!(
+        kv.take_permit_and_set(
+            &k,
+            &holder(97),
+            Duration::from_secs(3),
+            &record(97),
+            "v",
+            long
+        )
         .await
-        .unwrap());
+        .unwrap(),
+        Permit::Granted
+    );
     let missing = key("no-gate");
     assert!(!kv.add_to_counter(&missing, 2).await.unwrap());
     assert_eq!(kv.get(&missing).await.unwrap(), None);
@@ -133,6 +166,14 @@ pub async fn suite(kv: Arc<dyn KvStore>) {
             "the record's TTL holds"
         );
     }
+    assert_eq!(
+        kv.take_permit_and_set(&k, &holder(97), long, &record(96), "v", long)
+            .await
+            .unwrap(),
+        Permit::Granted,
+        "a holder's mark lapses with its TTL"
+    );
+    assert_eq!(kv.get(&k).await.unwrap().as_deref(), Some("0"));
 
     let k = key("hash");
     assert!(kv.hash_get_all(&k).await.unwrap().is_empty());

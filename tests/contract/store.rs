@@ -297,6 +297,7 @@ async fn order_flow(s: &dyn Store) {
         (totals.sold, totals.orders, totals.stock_log_committed),
         (3, 2, 2)
     );
+    assert_eq!(totals.max_units_per_buyer, 2, "user 2's two units");
 
     // Rolling back only touches init rows; a committed row stays committed.
     let late = draft(1_003, UserId(3), item, promo, 1);
@@ -508,7 +509,12 @@ async fn cancel_gives_stock_back(s: &dyn Store) {
         OrderStatus::Cancelled,
         "no payment after cancel"
     );
-    assert_eq!(s.promo_totals(promo).await.unwrap().sold, 0);
+    let totals = s.promo_totals(promo).await.unwrap();
+    assert_eq!(
+        (totals.sold, totals.max_units_per_buyer),
+        (0, 0),
+        "a cancelled order counts for nobody"
+    );
     assert!(matches!(
         s.cancel_order(&OrderNo("202401010000000000000000000".into()))
             .await,
