@@ -14,7 +14,14 @@ pub enum Outcome {
     /// Status and code of a refusal.
     Refused(u16, String),
     /// No answer (connection error, timeout).
-    Failed(String),
+    Failed(Failure),
+}
+
+/// Why a request got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Timeout,
+    Connection,
 }
 
 impl Outcome {
@@ -23,8 +30,8 @@ impl Outcome {
             Outcome::Token(_) => "token".into(),
             Outcome::Created(_) => "created".into(),
             Outcome::Refused(s, code) => format!("{s} {code}"),
-            Outcome::Failed(e) if e.contains("timed out") => "no answer (timeout)".into(),
-            Outcome::Failed(_) => "no answer (connection)".into(),
+            Outcome::Failed(Failure::Timeout) => "no answer (timeout)".into(),
+            Outcome::Failed(Failure::Connection) => "no answer (connection)".into(),
         }
     }
 }
@@ -189,27 +196,38 @@ impl Api {
         )
     }
 
-    async fn call(&self, req: reqwest::RequestBuilder) -> (Result<(u16, Value), String>, f64) {
+    /// A request's status and JSON body (`Null` when the body is not JSON:
+    /// a proxy's own error page keeps its status), or why there was no
+    /// answer.
+    async fn call(&self, req: reqwest::RequestBuilder) -> (Result<(u16, Value), Failure>, f64) {
         let started = Instant::now();
+        let failure = |e: reqwest::Error| {
+            if e.is_timeout() {
+                Failure::Timeout
+            } else {
+                Failure::Connection
+            }
+        };
         let res = match req.send().await {
             Ok(r) => {
                 let status = r.status().as_u16();
-                match r.json::<Value>().await {
-                    Ok(v) => Ok((status, v)),
-                    Err(e) => Err(e.to_string()),
+                match r.bytes().await {
+                    Ok(body) => Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null))),
+                    Err(e) => Err(failure(e)),
                 }
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(failure(e)),
         };
         (res, started.elapsed().as_secs_f64() * 1000.0)
     }
 
-    fn outcome(res: Result<(u16, Value), String>, ok: impl FnOnce(&Value) -> Outcome) -> Outcome {
+    fn outcome(res: Result<(u16, Value), Failure>, ok: impl FnOnce(&Value) -> Outcome) -> Outcome {
         match res {
             Ok((201, v)) => ok(&v),
-            Ok((status, v)) => {
-                Outcome::Refused(status, v["code"].as_str().unwrap_or("?").to_owned())
-            }
+            Ok((status, v)) => Outcome::Refused(
+                status,
+                v["code"].as_str().unwrap_or("(no JSON code)").to_owned(),
+            ),
             Err(e) => Outcome::Failed(e),
         }
     }

@@ -48,9 +48,14 @@ pub struct DrillArgs {
     /// How long to wait for the database to catch up after the crowd.
     #[arg(long, default_value_t = 60)]
     pub settle_timeout: u64,
-    /// Retries of one request answered 429 before the buyer gives up.
+    /// Retries of one request answered 429 (or 503) before the buyer gives
+    /// up.
     #[arg(long, default_value_t = 50)]
     pub max_retries: u32,
+    /// Percent of the buyers who, having bought, at once try to buy again
+    /// (the per-user limit must refuse them once they hold it).
+    #[arg(long, default_value_t = 5)]
+    pub again_percent: u8,
     /// Print one JSON object instead of the human report.
     #[arg(long)]
     pub json: bool,
@@ -83,6 +88,12 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<DrillReport> {
     if args.buyers == 0 || args.concurrency == 0 || args.stock < 0 {
         bail!("--buyers and --concurrency must be positive and --stock not negative");
     }
+    if args.start_in > 86_400 || !(1..=86_400).contains(&args.settle_timeout) {
+        bail!("--start-in must be at most 86400 s and --settle-timeout 1..=86400 s");
+    }
+    if args.again_percent > 100 {
+        bail!("--again-percent must be 0..=100");
+    }
     let api = Api::new(&args.url, &args.admin_token, args.concurrency)?;
     let cfg = api
         .client_config()
@@ -98,33 +109,8 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<DrillReport> {
         }
     };
 
-    // The sale.
-    let run_id = Utc::now().timestamp_millis() % 10_000;
-    let item = api
-        .admin_post("/api/v1/admin/items", json!({"title": format!("Drill item {run_id}"), "price_cents": 10_000, "stock": args.stock, "description": "seckill drill"}))
-        .await?;
-    let item_id = item["id"].as_i64().context("item id")?;
-    let server_now = api.server_time().await?;
-    let start = server_now + chrono::Duration::seconds(args.start_in as i64);
-    let promo = api
-        .admin_post(
-            "/api/v1/admin/promos",
-            json!({"item_id": item_id, "name": format!("Drill {run_id}"), "price_cents": 5_000,
-                   "start_at": start.to_rfc3339(), "end_at": (start + chrono::Duration::hours(1)).to_rfc3339()}),
-        )
-        .await?;
-    let promo_id = promo["id"].as_i64().context("promo id")?;
-    api.admin_post(
-        &format!("/api/v1/admin/promos/{promo_id}/publish"),
-        json!({}),
-    )
-    .await?;
-    say(format!(
-        "sale: item {item_id}, promo {promo_id}, {} units, the deployment's strategy {}",
-        args.stock, cfg.order_strategy
-    ));
-
     // The buyers.
+    let run_id = Utc::now().timestamp_millis() % 10_000;
     let prefix = format!("19{run_id:04}");
     let mut buyers: Vec<Buyer> = (0..args.buyers)
         .map(|i| Buyer {
@@ -167,6 +153,32 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<DrillReport> {
         b.session = s;
     }
 
+    // The sale, set up once the buyers are in: the crowd meets its start
+    // (setting thousands of buyers up takes longer than `--start-in`).
+    let item = api
+        .admin_post("/api/v1/admin/items", json!({"title": format!("Drill item {run_id}"), "price_cents": 10_000, "stock": args.stock, "description": "seckill drill"}))
+        .await?;
+    let item_id = item["id"].as_i64().context("item id")?;
+    let server_now = api.server_time().await?;
+    let start = server_now + chrono::Duration::seconds(args.start_in as i64);
+    let promo = api
+        .admin_post(
+            "/api/v1/admin/promos",
+            json!({"item_id": item_id, "name": format!("Drill {run_id}"), "price_cents": 5_000,
+                   "start_at": start.to_rfc3339(), "end_at": (start + chrono::Duration::hours(1)).to_rfc3339()}),
+        )
+        .await?;
+    let promo_id = promo["id"].as_i64().context("promo id")?;
+    api.admin_post(
+        &format!("/api/v1/admin/promos/{promo_id}/publish"),
+        json!({}),
+    )
+    .await?;
+    say(format!(
+        "sale: item {item_id}, promo {promo_id}, {} units, the deployment's strategy {}",
+        args.stock, cfg.order_strategy
+    ));
+
     // Wait for the start, on the server's clock.
     let wait = (start - api.server_time().await?)
         .to_std()
@@ -187,6 +199,9 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<DrillReport> {
         std::collections::BTreeMap::<String, usize>::new(),
     ));
     let last_accept = Arc::new(Mutex::new(None::<Instant>));
+    let again = Arc::new(Mutex::new(
+        std::collections::BTreeMap::<String, usize>::new(),
+    ));
     let journeys = Arc::new(Mutex::new(Vec::<f64>::new()));
     let buyers = Arc::new(buyers);
     let next = Arc::new(AtomicUsize::new(0));
@@ -204,6 +219,8 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<DrillReport> {
             journeys.clone(),
         );
         let max_retries = args.max_retries;
+        let again_percent = usize::from(args.again_percent);
+        let again = again.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -223,9 +240,32 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<DrillReport> {
                 if let Outcome::Created(no) = &outcome {
                     journeys.lock().push(began.elapsed().as_secs_f64() * 1000.0);
                     accepted.lock().push((i, no.clone()));
-                    *last_accept.lock() = Some(Instant::now());
+                    let now = Instant::now();
+                    let mut last = last_accept.lock();
+                    *last = Some(last.map_or(now, |l| l.max(now)));
                 }
                 *finals.lock().entry(outcome.label()).or_default() += 1;
+                // A buyer who got an order tries once more; what the
+                // deployment answered is counted apart from the finals.
+                if matches!(outcome, Outcome::Created(_)) && (i % 100) < again_percent {
+                    let outcome = buy(
+                        &api,
+                        session,
+                        promo_id,
+                        item_id,
+                        max_retries,
+                        &tokens,
+                        &orders,
+                    )
+                    .await;
+                    if let Outcome::Created(no) = &outcome {
+                        accepted.lock().push((i, no.clone()));
+                        let now = Instant::now();
+                        let mut last = last_accept.lock();
+                        *last = Some(last.map_or(now, |l| l.max(now)));
+                    }
+                    *again.lock().entry(outcome.label()).or_default() += 1;
+                }
                 bar.inc(1);
             }
         }));
@@ -239,10 +279,21 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<DrillReport> {
     // Settling: the DB catches up with the ledger.
     let settle_from = last_accept.lock().unwrap_or_else(Instant::now);
     let settle_deadline = Instant::now() + Duration::from_secs(args.settle_timeout);
-    let stats = loop {
-        let s = api
+    let (stats, settled) = loop {
+        // A busy or failing answer is asked again until the deadline: one
+        // lost poll must not throw the crowd's figures away.
+        let s = match api
             .admin_get(&format!("/api/v1/admin/promos/{promo_id}/stats"))
-            .await?;
+            .await
+        {
+            Ok(s) => s,
+            Err(e) if Instant::now() < settle_deadline => {
+                tracing::debug!(error = %e, "stats not read; asking again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => return Err(e.context("the promo's stats could not be read")),
+        };
         // The pure-database strategies keep no ledger: null there.
         let ledger_ok = if report::keeps_a_ledger(sale_strategy(&s, &cfg.order_strategy)) {
             s["stock_cache"] == s["stock_db"]
@@ -254,10 +305,13 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<DrillReport> {
             // (A server before `sales_db`: not asked.)
             && (s["sales_db"].is_null() || s["sales_db"] == s["sold"])
             && s["stock_db"].as_i64() == Some(args.stock - s["sold"].as_i64().unwrap_or(0));
-        if caught_up || Instant::now() > settle_deadline {
-            break s;
+        if caught_up {
+            break (s, true);
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        if Instant::now() > settle_deadline {
+            break (s, false);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let settle_ms = settle_from.elapsed().as_secs_f64() * 1000.0;
     let item_now = api.get_json(&format!("/api/v1/items/{item_id}")).await?;
@@ -287,6 +341,8 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<DrillReport> {
         crowd_secs,
         last_accept_secs: last_accept.lock().map(|t| (t - crowd_start).as_secs_f64()),
         settle_ms,
+        settled,
+        settle_timeout_secs: args.settle_timeout,
         accepted: accepted.len(),
         missing,
         stats,
@@ -294,6 +350,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<DrillReport> {
         tokens,
         orders,
         finals,
+        again: std::mem::take(&mut *again.lock()),
         journeys: std::mem::take(&mut *journeys.lock()),
     });
     Ok(report)
@@ -313,8 +370,9 @@ fn progress(hidden: bool, len: u64, what: &'static str) -> ProgressBar {
     bar
 }
 
-/// One buyer: a token, then an order, each retried on 429 with jittered
-/// exponential back-off.
+/// One buyer: a token, then an order, each retried on 429 (busy) or 503
+/// (a dependency down: nothing was written, the token is good again) with
+/// jittered exponential back-off.
 async fn buy(
     api: &Api,
     session: &str,
@@ -330,7 +388,7 @@ async fn buy(
         tokens.lock().record(&outcome.label(), ms);
         match outcome {
             Outcome::Token(t) => break t,
-            Outcome::Refused(429, _) if attempt < max_retries => {
+            Outcome::Refused(429 | 503, _) if attempt < max_retries => {
                 attempt += 1;
                 backoff(attempt).await;
             }
@@ -342,7 +400,7 @@ async fn buy(
         let (outcome, ms) = api.order(session, promo, item, &token).await;
         orders.lock().record(&outcome.label(), ms);
         match outcome {
-            Outcome::Refused(429, _) if attempt < max_retries => {
+            Outcome::Refused(429 | 503, _) if attempt < max_retries => {
                 attempt += 1;
                 backoff(attempt).await;
             }

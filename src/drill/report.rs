@@ -55,8 +55,10 @@ pub struct DrillReport {
     pub token_requests_per_sec: f64,
     pub order_p50_ms: f64,
     pub order_p99_ms: f64,
-    /// From the last accepted order until the DB caught up.
+    /// From the last accepted order until the DB caught up (or, when
+    /// `settled` is false, until the drill stopped waiting).
     pub settle_ms: f64,
+    pub settled: bool,
     /// A successful buyer's whole journey: from the first token request to
     /// the accepted order, back-offs after 429 included.
     pub buyer_journey: Latency,
@@ -64,6 +66,9 @@ pub struct DrillReport {
     pub tokens: BTreeMap<String, Latency>,
     /// How each buyer's attempt ended.
     pub outcomes: BTreeMap<String, usize>,
+    /// How the second attempts of buyers who had bought ended
+    /// (`--again-percent`).
+    pub again: BTreeMap<String, usize>,
     pub stats: Value,
     pub violations: Vec<String>,
 }
@@ -80,6 +85,9 @@ pub struct Inputs {
     pub crowd_secs: f64,
     pub last_accept_secs: Option<f64>,
     pub settle_ms: f64,
+    /// Whether the DB caught up before `--settle-timeout`.
+    pub settled: bool,
+    pub settle_timeout_secs: u64,
     pub accepted: usize,
     pub missing: usize,
     pub stats: Value,
@@ -87,6 +95,7 @@ pub struct Inputs {
     pub tokens: Samples,
     pub orders: Samples,
     pub finals: BTreeMap<String, usize>,
+    pub again: BTreeMap<String, usize>,
     /// Each successful buyer's journey, ms.
     pub journeys: Vec<f64>,
 }
@@ -133,10 +142,21 @@ pub fn build(i: Inputs) -> DrillReport {
             i.accepted
         ));
     }
-    if sold > orders_db * i.per_user_limit {
+    // The deployment's own count, per buyer. (A server before
+    // `max_units_per_buyer`: not asked.)
+    if let Some(most) = s["max_units_per_buyer"]
+        .as_i64()
+        .filter(|&n| n > i.per_user_limit)
+    {
         v.push(format!(
-            "a buyer holds more than the per-user limit ({} per promo)",
+            "a buyer holds {most} units, above the per-user limit ({} per promo)",
             i.per_user_limit
+        ));
+    }
+    if !i.settled {
+        v.push(format!(
+            "the DB did not catch up within --settle-timeout ({} s)",
+            i.settle_timeout_secs
         ));
     }
     if stock_db != i.stock - sold {
@@ -159,7 +179,7 @@ pub fn build(i: Inputs) -> DrillReport {
         }
         _ => {}
     }
-    if s["stock_log"]["init"].as_i64().unwrap_or(0) != 0 {
+    if s["stock_log"]["init"].as_i64() != Some(0) {
         v.push(format!(
             "{} stock_log rows still init after settling",
             s["stock_log"]["init"]
@@ -202,6 +222,7 @@ pub fn build(i: Inputs) -> DrillReport {
         order_p50_ms: created.map_or(0.0, |l| l.p50_ms),
         order_p99_ms: created.map_or(0.0, |l| l.p99_ms),
         settle_ms: i.settle_ms,
+        settled: i.settled,
         buyer_journey: latency(i.journeys),
         orders: order_latencies,
         tokens: i
@@ -211,6 +232,7 @@ pub fn build(i: Inputs) -> DrillReport {
             .map(|(k, xs)| (k, latency(xs)))
             .collect(),
         outcomes: i.finals,
+        again: i.again,
         stats: i.stats,
         violations: v,
     }
@@ -244,8 +266,15 @@ impl DrillReport {
         line(
             &mut out,
             format!(
-                "sold {} of {}; DB caught up {:.0} ms after the last accepted order",
-                self.sold, self.stock, self.settle_ms
+                "sold {} of {}; DB {} {:.0} ms after the last accepted order",
+                self.sold,
+                self.stock,
+                if self.settled {
+                    "caught up"
+                } else {
+                    "still not caught up"
+                },
+                self.settle_ms
             ),
         );
         for (kind, table) in [("order", &self.orders), ("token", &self.tokens)] {
@@ -257,6 +286,9 @@ impl DrillReport {
         line(&mut out, format!("  buyer journey to an order (back-offs included) n={:<7} p50 {:>7.2} ms  p90 {:>7.2}  p99 {:>7.2}  max {:>7.2}", j.count, j.p50_ms, j.p90_ms, j.p99_ms, j.max_ms));
         for (k, n) in &self.outcomes {
             line(&mut out, format!("  buyers ended {k:<22} {n}"));
+        }
+        for (k, n) in &self.again {
+            line(&mut out, format!("  a second try ended {k:<15} {n}"));
         }
         if self.violations.is_empty() {
             line(&mut out, "invariants: all hold (no oversell, no lost order, DB = cache, orders = sales = sold)".into());

@@ -140,6 +140,7 @@ async fn a_thousand_buyers_through_nginx_buy_exactly_the_hundred_units() {
         start_in: 2,
         settle_timeout: 60,
         max_retries: 50,
+        again_percent: 10,
         json: true,
     })
     .await
@@ -147,6 +148,17 @@ async fn a_thousand_buyers_through_nginx_buy_exactly_the_hundred_units() {
     eprintln!("{}", report.render());
     assert!(report.violations.is_empty(), "{:?}", report.violations);
     assert_eq!(report.accepted, 100);
+    // Buyers who had bought and tried again were refused, and the
+    // deployment counts nobody above the limit.
+    assert!(
+        report
+            .again
+            .keys()
+            .all(|k| k == "409 ALREADY_BOUGHT" || k == "409 SOLD_OUT"),
+        "{:?}",
+        report.again
+    );
+    assert_eq!(report.stats["max_units_per_buyer"], 1);
 
     // MariaDB, directly.
     let pool = mysql(&c).await;
