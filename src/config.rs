@@ -224,6 +224,10 @@ pub struct Config {
     /// Argon2 memory cost (KiB) and passes; lower only for drills.
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
+    /// Password hashes (sign-up, login) computed at once on this instance;
+    /// more wait their turn (within the request's time-out). Each holds
+    /// `argon2_memory_kib` and a blocking thread.
+    pub password_hashes_max_in_flight: u32,
     /// Seed demo items and a promo at start-up (`serve --demo`).
     pub demo: bool,
 }
@@ -355,6 +359,7 @@ impl Default for Config {
             bulk_users_max: 20_000,
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
+            password_hashes_max_in_flight: 4,
             demo: false,
         }
     }
@@ -482,7 +487,7 @@ impl Config {
                 )));
             }
         }
-        let positive: [(&str, u64); 23] = [
+        let positive: [(&str, u64); 24] = [
             (
                 "SECKILL_ORDER_PAYMENT_TIMEOUT_SECS",
                 self.order_payment_timeout_secs,
@@ -502,6 +507,10 @@ impl Config {
             (
                 "SECKILL_CAPTCHA_PER_USER_PER_MINUTE",
                 self.captcha_per_user_per_minute.into(),
+            ),
+            (
+                "SECKILL_PASSWORD_HASHES_MAX_IN_FLIGHT",
+                self.password_hashes_max_in_flight.into(),
             ),
             (
                 "SECKILL_SECKILL_TOKEN_TTL_SECS",

@@ -430,16 +430,23 @@ impl KvStore for MemoryKvStore {
     ) -> CacheResult<Permit> {
         let mut map = self.map.lock();
         let now = Instant::now();
-        if map.get(holder).is_some_and(|(_, exp)| *exp > now) {
-            self.insert_locked(&mut map, key, Value::Text(value.to_owned()), ttl);
-            return Ok(Permit::Held);
+        if let Some((Value::Text(previous), exp)) = map.get_mut(holder) {
+            if *exp > now {
+                // One live record per holder: the one it named goes.
+                let previous = std::mem::replace(previous, key.to_owned());
+                if previous != key {
+                    map.remove(&previous);
+                }
+                self.insert_locked(&mut map, key, Value::Text(value.to_owned()), ttl);
+                return Ok(Permit::Held);
+            }
         }
         match map.get_mut(gate) {
             Some((Value::Counter(n), exp)) if *exp > now && *n > 0 => *n -= 1,
             _ => return Ok(Permit::Refused),
         }
         self.insert_locked(&mut map, key, Value::Text(value.to_owned()), ttl);
-        self.insert_locked(&mut map, holder, Value::Text("1".to_owned()), holder_ttl);
+        self.insert_locked(&mut map, holder, Value::Text(key.to_owned()), holder_ttl);
         Ok(Permit::Granted)
     }
 

@@ -173,11 +173,13 @@ pub trait KvStore: Send + Sync {
     async fn add_to_counter(&self, key: &str, delta: i64) -> CacheResult<bool>;
     /// Sets `key` to `value` for `ttl` under a permit of the counter `gate`,
     /// at most one permit per `holder` — one step, so a permit is never
-    /// spent without its record, nor twice for one holder. A `holder` key
-    /// that exists already holds a permit: the record is set, no permit
-    /// taken ([`Permit::Held`]). Otherwise one permit is taken and the
-    /// holder key set for `holder_ttl` ([`Permit::Granted`]); with the
-    /// counter at zero or missing nothing is set ([`Permit::Refused`]).
+    /// spent without its record, nor twice for one holder. The `holder` key
+    /// names the holder's record: a holder that exists already holds a
+    /// permit, and its record is replaced — the one it named deleted, `key`
+    /// set, no permit taken ([`Permit::Held`]; one live record per holder).
+    /// Otherwise one permit is taken and the holder key set, naming `key`,
+    /// for `holder_ttl` ([`Permit::Granted`]); with the counter at zero or
+    /// missing nothing is set ([`Permit::Refused`]).
     async fn take_permit_and_set(
         &self,
         gate: &str,

@@ -558,17 +558,24 @@ impl StockLedger for RedisStockLedger {
 }
 
 /// KEYS: gate counter, holder, record. ARGV: value, record TTL in ms,
-/// holder TTL in ms. 2: held already, 1: granted, 0: refused.
+/// holder TTL in ms. The holder's value is its record's key (as given,
+/// prefixed). 2: held already (its previous record replaced), 1: granted,
+/// 0: refused.
 const TAKE_PERMIT_AND_SET: &str = r#"
-if redis.call('EXISTS', KEYS[2]) == 1 then
+local previous = redis.call('GET', KEYS[2])
+if previous then
+  if previous ~= KEYS[3] then
+    redis.call('DEL', previous)
+  end
   redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
+  redis.call('SET', KEYS[2], KEYS[3], 'KEEPTTL')
   return 2
 end
 local v = tonumber(redis.call('GET', KEYS[1]) or '0')
 if v > 0 then
   redis.call('DECR', KEYS[1])
   redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
-  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+  redis.call('SET', KEYS[2], KEYS[3], 'PX', ARGV[3])
   return 1
 end
 return 0

@@ -130,28 +130,35 @@ impl TokenService {
         if self.cx.sold_out_here(promo_id).await? {
             return Err(ServiceError::SoldOut);
         }
-        let given = if self.cx.config.captcha_enabled {
-            Some(
-                captcha
-                    .map(str::trim)
-                    .filter(|c| !c.is_empty())
-                    .ok_or(ServiceError::WrongCaptcha)?,
-            )
-        } else {
-            None
-        };
-        // Before the captcha is taken: a buyer told to retry keeps it.
-        if !self.cx.ports.limiter.check(&self.token_rule, "all").await? {
-            return Err(ServiceError::RateLimited(
-                "too many requests; retry shortly",
-            ));
-        }
-        if let Some(given) = given {
-            // Taken on any attempt: one image, one guess.
-            let expected = self.cx.ports.kv.take(&captcha_key(user, promo_id)).await?;
+        if self.cx.config.captcha_enabled {
+            let given = captcha
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .ok_or(ServiceError::WrongCaptcha)?;
+            // Taken on any attempt: one image, one guess. Checked before the
+            // shared rate limit, so wrong guesses spend nobody's permits.
+            let key = captcha_key(user, promo_id);
+            let expected = self.cx.ports.kv.take(&key).await?;
             if expected.as_deref() != Some(given.to_lowercase().as_str()) {
                 return Err(ServiceError::WrongCaptcha);
             }
+            if !self.cx.ports.limiter.check(&self.token_rule, "all").await? {
+                // A buyer told to retry keeps the answer they solved (unless
+                // they drew another meanwhile).
+                let ttl = Duration::from_secs(self.cx.config.captcha_ttl_secs);
+                if let Some(answer) = expected {
+                    if let Err(e) = self.cx.ports.kv.set_if_absent(&key, &answer, ttl).await {
+                        tracing::debug!(error = %e, "captcha not given back; the buyer draws a new one");
+                    }
+                }
+                return Err(ServiceError::RateLimited(
+                    "too many requests; retry shortly",
+                ));
+            }
+        } else if !self.cx.ports.limiter.check(&self.token_rule, "all").await? {
+            return Err(ServiceError::RateLimited(
+                "too many requests; retry shortly",
+            ));
         }
         // Another instance may have sold the last unit: the ledger's flag is
         // asked at most once per `sold_out_poll_ms` per promo (a token handed
@@ -164,7 +171,9 @@ impl TokenService {
         // not requests: a buyer's later tokens of this promo (a new one
         // after one expired, or after a failed order) take no permit, so
         // one account asking again and again cannot spend the gate that
-        // lets the crowd in. The mark lasts until the promo ends.
+        // lets the crowd in; and each replaces the buyer's last one, so it
+        // cannot fill the store with live tokens either. The mark lasts
+        // until the promo ends.
         let token = random_token();
         let ttl = Duration::from_secs(self.cx.config.seckill_token_ttl_secs);
         let until_end = (promo.end_at - Utc::now()).to_std().unwrap_or_default();

@@ -47,6 +47,10 @@ pub struct UserService {
     sessions: Option<moka::sync::Cache<[u8; 32], UserId>>,
     /// See [`UserService::unknown_phone_hash`].
     unknown_phone_hash: tokio::sync::OnceCell<String>,
+    /// Places for password hashes computed at once
+    /// (`password_hashes_max_in_flight`): a flood of logins queues here
+    /// rather than run hundreds of hashes, each holding its memory.
+    hashing: Arc<tokio::sync::Semaphore>,
 }
 
 /// A session token's SHA-256, hex: names a session in the log-out broadcast
@@ -106,10 +110,14 @@ impl UserService {
                 .time_to_live(Duration::from_millis(ttl))
                 .build()
         });
+        let hashing = Arc::new(tokio::sync::Semaphore::new(
+            cx.config.password_hashes_max_in_flight.max(1) as usize,
+        ));
         UserService {
             cx,
             sessions,
             unknown_phone_hash: tokio::sync::OnceCell::new(),
+            hashing,
         }
     }
 
@@ -134,7 +142,9 @@ impl UserService {
 
     async fn hash_password(&self, password: String) -> ServiceResult<String> {
         let argon = self.argon2()?;
+        let place = self.hashing_place().await?;
         tokio::task::spawn_blocking(move || {
+            let _place = place;
             let salt = SaltString::generate(&mut OsRng);
             argon
                 .hash_password(password.as_bytes(), &salt)
@@ -143,6 +153,16 @@ impl UserService {
         .await
         .map_err(|e| ServiceError::Internal(Box::new(e)))?
         .map_err(|e| ServiceError::Internal(e.to_string().into()))
+    }
+
+    /// A place to hash in, held by the blocking task until its hash is done
+    /// (a request cut off meanwhile does not free it early).
+    async fn hashing_place(&self) -> ServiceResult<tokio::sync::OwnedSemaphorePermit> {
+        self.hashing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ServiceError::Internal(Box::new(e)))
     }
 
     /// Sends a one-time code to a phone, at most `otp_per_phone_per_hour`.
@@ -252,11 +272,12 @@ impl UserService {
             Err(e) => Err(e),
         };
         // The right code was used for nothing when the account could not
-        // be written (503, 500): it stays good for a retry. Best effort.
+        // be written (503, 500): it stays good for a retry — unless a newer
+        // code was asked for meanwhile. Best effort.
         if let Err(e) = &created {
             if !matches!(e, ServiceError::Conflict(_)) {
                 let ttl = Duration::from_secs(self.cx.config.otp_ttl_secs);
-                if let Err(e) = self.cx.ports.kv.set(&otp_key, &code, ttl).await {
+                if let Err(e) = self.cx.ports.kv.set_if_absent(&otp_key, &code, ttl).await {
                     tracing::debug!(error = %e, "one-time code not given back");
                 }
             }
@@ -374,7 +395,9 @@ impl UserService {
         };
         let password = password.to_owned();
         let argon = self.argon2()?;
+        let place = self.hashing_place().await?;
         let ok = tokio::task::spawn_blocking(move || {
+            let _place = place;
             PasswordHash::new(&hash)
                 .is_ok_and(|h| argon.verify_password(password.as_bytes(), &h).is_ok())
         })

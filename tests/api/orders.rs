@@ -178,13 +178,23 @@ async fn the_gate_counter_caps_buyers_at_stock_times_the_factor() {
     let t = TestApp::spawn_with(|c| c.gate_factor = 2).await;
     let (item, promo) = t.sale(2).await;
     let buyers = t.users("1360001", 5).await;
-    // One account asking again and again spends one permit, not the gate.
+    // One account asking again and again spends one permit, not the gate,
+    // and holds one live token: each new one replaces the last.
+    let mut issued = Vec::new();
     for _ in 0..10 {
-        assert_eq!(
-            t.token(&buyers[0], promo, item).await.status,
-            StatusCode::CREATED
-        );
+        let r = t.token(&buyers[0], promo, item).await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        issued.push(r.json()["token"].as_str().unwrap().to_owned());
     }
+    assert_eq!(
+        t.order(&buyers[0], promo, item, &issued[0]).await.code(),
+        "INVALID_TOKEN",
+        "replaced"
+    );
+    assert_eq!(
+        t.order(&buyers[0], promo, item, &issued[9]).await.status,
+        StatusCode::CREATED
+    );
     for b in &buyers[1..4] {
         assert_eq!(t.token(b, promo, item).await.status, StatusCode::CREATED);
         assert_eq!(

@@ -121,7 +121,7 @@ pub async fn suite(kv: Arc<dyn KvStore>) {
     );
     assert_eq!(kv.get(&record(98)).await.unwrap(), None);
     // A holder takes no second permit, even from a spent counter: its
-    // record is set all the same.
+    // record is replaced (one live record per holder).
     let first = granted[0];
     assert_eq!(
         kv.take_permit_and_set(&k, &holder(first), long, &record(50), "again", long)
@@ -130,6 +130,11 @@ pub async fn suite(kv: Arc<dyn KvStore>) {
         Permit::Held
     );
     assert_eq!(kv.get(&record(50)).await.unwrap().as_deref(), Some("again"));
+    assert_eq!(
+        kv.get(&record(first)).await.unwrap(),
+        None,
+        "the holder's previous record is gone"
+    );
     assert_eq!(kv.get(&k).await.unwrap().as_deref(), Some("0"));
     // Units given back refill a spent gate; a missing gate stays missing.
     assert!(kv.add_to_counter(&k, 2).await.unwrap());
@@ -141,6 +146,8 @@ pub async fn suite(kv: Arc<dyn KvStore>) {
         Permit::Held,
         "a refill is for other holders"
     );
+    assert_eq!(kv.get(&record(50)).await.unwrap(), None);
+    assert_eq!(kv.get(&record(51)).await.unwrap().as_deref(), Some("v"));
     assert_eq!(kv.get(&k).await.unwrap().as_deref(), Some("2"));
     assert_eq!(
         kv.take_permit_and_set(
