@@ -450,6 +450,21 @@ impl KvStore for MemoryKvStore {
         Ok(Permit::Granted)
     }
 
+    async fn set_if_held(
+        &self,
+        holder: &str,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> CacheResult<bool> {
+        let mut map = self.map.lock();
+        let held = matches!(map.get(holder), Some((Value::Text(named), exp)) if named == key && *exp > Instant::now());
+        if held {
+            self.insert_locked(&mut map, key, Value::Text(value.to_owned()), ttl);
+        }
+        Ok(held)
+    }
+
     async fn hash_add(&self, key: &str, deltas: &[(&str, i64)], ttl: Duration) -> CacheResult<()> {
         self.update_hash(key, ttl, |h| {
             for (field, delta) in deltas {

@@ -189,6 +189,17 @@ pub trait KvStore: Send + Sync {
         value: &str,
         ttl: Duration,
     ) -> CacheResult<Permit>;
+    /// Sets `key` to `value` for `ttl` only while `holder` (a holder key of
+    /// [`take_permit_and_set`](Self::take_permit_and_set)) names `key` as
+    /// its live record: a record given back is never one its holder has
+    /// since replaced. True when set.
+    async fn set_if_held(
+        &self,
+        holder: &str,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> CacheResult<bool>;
     /// Adds each delta to its field of a hash of counters (created at 0),
     /// and (re)sets the hash's TTL. One step.
     async fn hash_add(&self, key: &str, deltas: &[(&str, i64)], ttl: Duration) -> CacheResult<()>;

@@ -581,6 +581,16 @@ end
 return 0
 "#;
 
+/// KEYS: holder, record. ARGV: value, TTL in ms. Sets the record while the
+/// holder names it (its prefixed key, as TAKE_PERMIT_AND_SET stores it).
+const SET_IF_HELD: &str = r#"
+if redis.call('GET', KEYS[1]) == KEYS[2] then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"#;
+
 /// KEYS: key. ARGV: the value it must hold to be deleted.
 const DELETE_IF_EQUALS: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -602,6 +612,7 @@ return 0
 pub struct RedisKvStore {
     redis: RedisConn,
     take_permit_and_set: Script,
+    set_if_held: Script,
     delete_if_equals: Script,
     add_to_counter: Script,
 }
@@ -611,6 +622,7 @@ impl RedisKvStore {
         RedisKvStore {
             redis,
             take_permit_and_set: Script::new(TAKE_PERMIT_AND_SET),
+            set_if_held: Script::new(SET_IF_HELD),
             delete_if_equals: Script::new(DELETE_IF_EQUALS),
             add_to_counter: Script::new(ADD_TO_COUNTER),
         }
@@ -739,6 +751,26 @@ impl KvStore for RedisKvStore {
             1 => Permit::Granted,
             _ => Permit::Refused,
         })
+    }
+
+    async fn set_if_held(
+        &self,
+        holder: &str,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> CacheResult<bool> {
+        let mut c = self.redis.conn.clone();
+        let n: i64 = self
+            .set_if_held
+            .key(self.redis.key(holder))
+            .key(self.redis.key(key))
+            .arg(value)
+            .arg(millis(ttl))
+            .invoke_async(&mut c)
+            .await
+            .map_err(err("Redis conditional SET failed"))?;
+        Ok(n == 1)
     }
 
     async fn hash_add(&self, key: &str, deltas: &[(&str, i64)], ttl: Duration) -> CacheResult<()> {

@@ -203,17 +203,28 @@ impl TokenService {
     }
 
     /// Makes a used-up token good again (its order failed for a reason not
-    /// the buyer's: 503, contention), for its full TTL. Best effort.
+    /// the buyer's: 503, contention), for its full TTL — unless the buyer
+    /// has since asked for another (one live token per buyer and promo).
+    /// Best effort.
     pub async fn give_back(&self, token: &str, user: UserId, promo: PromoId, item: ItemId) {
         let ttl = Duration::from_secs(self.cx.config.seckill_token_ttl_secs);
-        if let Err(e) = self
+        match self
             .cx
             .ports
             .kv
-            .set(&token_key(token), &binding(user, promo, item), ttl)
+            .set_if_held(
+                &holder_key(user, promo),
+                &token_key(token),
+                &binding(user, promo, item),
+                ttl,
+            )
             .await
         {
-            tracing::debug!(error = %e, "seckill token not given back; the buyer asks a new one");
+            Ok(true) => {}
+            Ok(false) => tracing::debug!("seckill token replaced since; not given back"),
+            Err(e) => {
+                tracing::debug!(error = %e, "seckill token not given back; the buyer asks a new one")
+            }
         }
     }
 

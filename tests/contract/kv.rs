@@ -148,6 +148,26 @@ pub async fn suite(kv: Arc<dyn KvStore>) {
     );
     assert_eq!(kv.get(&record(50)).await.unwrap(), None);
     assert_eq!(kv.get(&record(51)).await.unwrap().as_deref(), Some("v"));
+    // A record given back only while its holder still names it.
+    assert!(
+        !kv.set_if_held(&holder(first), &record(50), "back", long)
+            .await
+            .unwrap(),
+        "replaced since"
+    );
+    assert_eq!(kv.get(&record(50)).await.unwrap(), None);
+    kv.delete(&record(51)).await.unwrap(); // used up
+    assert!(kv
+        .set_if_held(&holder(first), &record(51), "back", long)
+        .await
+        .unwrap());
+    assert_eq!(kv.get(&record(51)).await.unwrap().as_deref(), Some("back"));
+    assert!(
+        !kv.set_if_held(&holder(99), &record(99), "back", long)
+            .await
+            .unwrap(),
+        "no holder"
+    );
     assert_eq!(kv.get(&k).await.unwrap().as_deref(), Some("2"));
     assert_eq!(
         kv.take_permit_and_set(
