@@ -222,22 +222,14 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<DrillReport> {
         let again_percent = usize::from(args.again_percent);
         let again = again.clone();
         tasks.push(tokio::spawn(async move {
-            let spare = (
-                Mutex::new(Samples::default()),
-                Mutex::new(Samples::default()),
-            );
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(buyer) = buyers.get(i) else { return };
                 let session = buyer.session.as_deref().unwrap_or_default();
-                // A second try's requests are kept apart from the crowd's.
+                // A second try's requests are not in the crowd's figures.
                 let attempt = |counted: bool| {
-                    let (t, o) = if counted {
-                        (&*tokens, &*orders)
-                    } else {
-                        (&spare.0, &spare.1)
-                    };
-                    buy(&api, session, promo_id, item_id, max_retries, t, o)
+                    let samples = counted.then_some((&*tokens, &*orders));
+                    buy(&api, session, promo_id, item_id, max_retries, samples)
                 };
                 let accept = |no: &str| {
                     accepted.lock().push((i, no.to_owned()));
@@ -368,20 +360,26 @@ fn progress(hidden: bool, len: u64, what: &'static str) -> ProgressBar {
 
 /// One buyer: a token, then an order, each retried on 429 (busy) or 503
 /// (a dependency down: nothing was written, the token is good again) with
-/// jittered exponential back-off.
+/// jittered exponential back-off. Each request's latency goes to `samples`
+/// (tokens, orders) when given.
 async fn buy(
     api: &Api,
     session: &str,
     promo: i64,
     item: i64,
     max_retries: u32,
-    tokens: &Mutex<Samples>,
-    orders: &Mutex<Samples>,
+    samples: Option<(&Mutex<Samples>, &Mutex<Samples>)>,
 ) -> Outcome {
+    let (tokens, orders) = samples.unzip();
+    let record = |into: Option<&Mutex<Samples>>, outcome: &Outcome, ms: f64| {
+        if let Some(s) = into {
+            s.lock().record(&outcome.label(), ms);
+        }
+    };
     let mut attempt = 0;
     let token = loop {
         let (outcome, ms) = api.token(session, promo, item).await;
-        tokens.lock().record(&outcome.label(), ms);
+        record(tokens, &outcome, ms);
         match outcome {
             Outcome::Token(t) => break t,
             Outcome::Refused(429 | 503, _) if attempt < max_retries => {
@@ -394,7 +392,7 @@ async fn buy(
     let mut attempt = 0;
     loop {
         let (outcome, ms) = api.order(session, promo, item, &token).await;
-        orders.lock().record(&outcome.label(), ms);
+        record(orders, &outcome, ms);
         match outcome {
             Outcome::Refused(429 | 503, _) if attempt < max_retries => {
                 attempt += 1;

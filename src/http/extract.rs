@@ -188,33 +188,26 @@ fn same_site_or_allowed(parts: &Parts, state: &AppState) -> bool {
     let Some(origin) = parts.headers.get(ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
-    if state.config.cors_origin_list().iter().any(|o| o == origin) {
-        return true;
-    }
-    let host_of = |authority: &str| -> String {
+    // The host of an authority (`user@host:port`, `[v6]:port`).
+    fn host_of(authority: &str) -> &str {
         let authority = authority.rsplit('@').next().unwrap_or(authority);
         match authority.strip_prefix('[') {
-            // [v6]:port
-            Some(v6) => v6
-                .split(']')
-                .next()
-                .unwrap_or_default()
-                .to_ascii_lowercase(),
-            None => authority
-                .split(':')
-                .next()
-                .unwrap_or_default()
-                .to_ascii_lowercase(),
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => authority.split(':').next().unwrap_or_default(),
         }
-    };
-    let Some((_, origin_authority)) = origin.split_once("://") else {
-        return false; // "null" (a sandboxed or file page), or garbage
-    };
-    parts
-        .headers
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|host| !host.is_empty() && host_of(host) == host_of(origin_authority))
+    }
+    // This site's own pages, the common case, first; then the list.
+    let same_host = origin.split_once("://").is_some_and(|(_, authority)| {
+        parts
+            .headers
+            .get(HOST)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|host| {
+                !host.is_empty() && host_of(host).eq_ignore_ascii_case(host_of(authority))
+            })
+    });
+    // ("null" — a sandboxed or file page — or garbage has no "://".)
+    same_host || state.config.cors_origin_list().iter().any(|o| o == origin)
 }
 
 /// The admin: the bearer token equals `SECKILL_ADMIN_TOKEN`. Without one

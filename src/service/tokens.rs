@@ -130,32 +130,31 @@ impl TokenService {
         if self.cx.sold_out_here(promo_id).await? {
             return Err(ServiceError::SoldOut);
         }
-        if self.cx.config.captcha_enabled {
+        // The captcha first (taken on any attempt: one image, one guess), so
+        // wrong guesses spend nobody's share of the shared rate limit.
+        let solved = if self.cx.config.captcha_enabled {
             let given = captcha
                 .map(str::trim)
                 .filter(|c| !c.is_empty())
                 .ok_or(ServiceError::WrongCaptcha)?;
-            // Taken on any attempt: one image, one guess. Checked before the
-            // shared rate limit, so wrong guesses spend nobody's permits.
             let key = captcha_key(user, promo_id);
             let expected = self.cx.ports.kv.take(&key).await?;
-            if expected.as_deref() != Some(given.to_lowercase().as_str()) {
-                return Err(ServiceError::WrongCaptcha);
+            match expected {
+                Some(answer) if answer == given.to_lowercase() => Some((key, answer)),
+                _ => return Err(ServiceError::WrongCaptcha),
             }
-            if !self.cx.ports.limiter.check(&self.token_rule, "all").await? {
-                // A buyer told to retry keeps the answer they solved (unless
-                // they drew another meanwhile).
+        } else {
+            None
+        };
+        if !self.cx.ports.limiter.check(&self.token_rule, "all").await? {
+            // A buyer told to retry keeps the answer they solved (unless
+            // they drew another meanwhile).
+            if let Some((key, answer)) = solved {
                 let ttl = Duration::from_secs(self.cx.config.captcha_ttl_secs);
-                if let Some(answer) = expected {
-                    if let Err(e) = self.cx.ports.kv.set_if_absent(&key, &answer, ttl).await {
-                        tracing::debug!(error = %e, "captcha not given back; the buyer draws a new one");
-                    }
+                if let Err(e) = self.cx.ports.kv.set_if_absent(&key, &answer, ttl).await {
+                    tracing::debug!(error = %e, "captcha not given back; the buyer draws a new one");
                 }
-                return Err(ServiceError::RateLimited(
-                    "too many requests; retry shortly",
-                ));
             }
-        } else if !self.cx.ports.limiter.check(&self.token_rule, "all").await? {
             return Err(ServiceError::RateLimited(
                 "too many requests; retry shortly",
             ));

@@ -247,37 +247,34 @@ impl UserService {
                 "one-time code wrong or expired; ask for a new one".into(),
             ));
         }
-        let code = r.otp.trim().to_owned();
-        let created = match self.hash_password(r.password).await {
-            Ok(password_hash) => {
-                let user = NewUser {
-                    phone,
-                    name: r.name.trim().to_owned(),
-                    gender: r.gender,
-                    age: r.age,
-                    password_hash,
-                };
-                self.cx
-                    .ports
-                    .store
-                    .create_user(&user)
-                    .await
-                    .map_err(|e| match e {
-                        crate::store::StoreError::Conflict(_) => {
-                            ServiceError::Conflict("this phone is already registered".into())
-                        }
-                        e => e.into(),
-                    })
-            }
-            Err(e) => Err(e),
-        };
+        let created = async {
+            let user = NewUser {
+                phone,
+                name: r.name.trim().to_owned(),
+                gender: r.gender,
+                age: r.age,
+                password_hash: self.hash_password(r.password).await?,
+            };
+            self.cx
+                .ports
+                .store
+                .create_user(&user)
+                .await
+                .map_err(|e| match e {
+                    crate::store::StoreError::Conflict(_) => {
+                        ServiceError::Conflict("this phone is already registered".into())
+                    }
+                    e => e.into(),
+                })
+        }
+        .await;
         // The right code was used for nothing when the account could not
         // be written (503, 500): it stays good for a retry — unless a newer
         // code was asked for meanwhile. Best effort.
-        if let Err(e) = &created {
+        if let (Err(e), Some(code)) = (&created, &stored) {
             if !matches!(e, ServiceError::Conflict(_)) {
                 let ttl = Duration::from_secs(self.cx.config.otp_ttl_secs);
-                if let Err(e) = self.cx.ports.kv.set_if_absent(&otp_key, &code, ttl).await {
+                if let Err(e) = self.cx.ports.kv.set_if_absent(&otp_key, code, ttl).await {
                     tracing::debug!(error = %e, "one-time code not given back");
                 }
             }

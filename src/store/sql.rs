@@ -137,16 +137,32 @@ fn item_of(r: &$row) -> StoreResult<Item> {
     })
 }
 
-/// An item read on a connection (inside a transaction), not the pool.
-async fn item_in(conn: &mut $conn, id: ItemId) -> StoreResult<Item> {
+/// An item, read from the pool or inside a transaction.
+async fn item_on<'c, E: sqlx::Executor<'c, Database = $db>>(
+    e: E,
+    id: ItemId,
+) -> StoreResult<Option<Item>> {
     sqlx::query(&format!("SELECT {ITEM_COLUMNS} WHERE i.id = ?"))
         .bind(id.0)
-        .fetch_optional(&mut *conn)
+        .fetch_optional(e)
         .await?
         .as_ref()
         .map(item_of)
-        .transpose()?
-        .ok_or(StoreError::NotFound)
+        .transpose()
+}
+
+/// A promo, read from the pool or inside a transaction.
+async fn promo_on<'c, E: sqlx::Executor<'c, Database = $db>>(
+    e: E,
+    id: PromoId,
+) -> StoreResult<Option<Promo>> {
+    sqlx::query(&format!("SELECT {PROMO_COLUMNS} WHERE id = ?"))
+        .bind(id.0)
+        .fetch_optional(e)
+        .await?
+        .as_ref()
+        .map(promo_of)
+        .transpose()
 }
 
 fn promo_of(r: &$row) -> StoreResult<Promo> {
@@ -296,7 +312,7 @@ impl CatalogStore for $store {
             .await?;
         // Read back before the commit: a failed read must not answer 503
         // for an item that exists.
-        let item = item_in(&mut tx, ItemId(id)).await?;
+        let item = item_on(&mut *tx, ItemId(id)).await?.ok_or(StoreError::NotFound)?;
         tx.commit().await?;
         Ok(item)
     }
@@ -320,19 +336,13 @@ impl CatalogStore for $store {
             return Err(StoreError::NotFound);
         }
         // Read back in the transaction: a 503 means nothing was written.
-        let item = item_in(&mut tx, id).await?;
+        let item = item_on(&mut *tx, id).await?.ok_or(StoreError::NotFound)?;
         tx.commit().await?;
         Ok(item)
     }
 
     async fn item(&self, id: ItemId) -> StoreResult<Option<Item>> {
-        sqlx::query(&format!("SELECT {ITEM_COLUMNS} WHERE i.id = ?"))
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(item_of)
-            .transpose()
+        item_on(&self.pool, id).await
     }
 
     async fn items(&self, limit: u32) -> StoreResult<Vec<Item>> {
@@ -362,24 +372,15 @@ impl CatalogStore for $store {
         .execute(&mut *tx)
         .await?;
         // Read back in the transaction: a 503 means nothing was written.
-        let promo = sqlx::query(&format!("SELECT {PROMO_COLUMNS} WHERE id = ?"))
-            .bind($last_id(&res))
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(StoreError::from)
-            .and_then(|r| promo_of(&r))?;
+        let promo = promo_on(&mut *tx, PromoId($last_id(&res)))
+            .await?
+            .ok_or(StoreError::NotFound)?;
         tx.commit().await?;
         Ok(promo)
     }
 
     async fn promo(&self, id: PromoId) -> StoreResult<Option<Promo>> {
-        sqlx::query(&format!("SELECT {PROMO_COLUMNS} WHERE id = ?"))
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(promo_of)
-            .transpose()
+        promo_on(&self.pool, id).await
     }
 
     async fn promos(&self, limit: u32) -> StoreResult<Vec<Promo>> {
@@ -868,16 +869,13 @@ impl OrderStore for $store {
     }
 
     async fn promo_totals(&self, promo: PromoId) -> StoreResult<PromoTotals> {
+        // One pass over the promo's orders, grouped by buyer: the units and
+        // orders summed, and the most units one buyer holds.
         let r = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(amount), 0) AS SIGNED) AS sold, COUNT(*) AS orders FROM order_info \
-             WHERE promo_id = ? AND status <> 'cancelled'",
-        )
-        .bind(promo.0)
-        .fetch_one(&self.pool)
-        .await?;
-        let most = sqlx::query(
-            "SELECT CAST(COALESCE(MAX(units), 0) AS SIGNED) AS most FROM \
-             (SELECT SUM(amount) AS units FROM order_info \
+            "SELECT CAST(COALESCE(SUM(units), 0) AS SIGNED) AS sold, \
+                    CAST(COALESCE(SUM(n), 0) AS SIGNED) AS orders, \
+                    CAST(COALESCE(MAX(units), 0) AS SIGNED) AS most FROM \
+             (SELECT SUM(amount) AS units, COUNT(*) AS n FROM order_info \
               WHERE promo_id = ? AND status <> 'cancelled' GROUP BY user_id) AS per_buyer",
         )
         .bind(promo.0)
@@ -886,7 +884,7 @@ impl OrderStore for $store {
         let mut totals = PromoTotals {
             sold: r.try_get("sold")?,
             orders: r.try_get("orders")?,
-            max_units_per_buyer: most.try_get("most")?,
+            max_units_per_buyer: r.try_get("most")?,
             ..PromoTotals::default()
         };
         let rows = sqlx::query(
