@@ -160,7 +160,9 @@ pub fn main() -> anyhow::Result<()> {
             }
             Command::Migrate(db) => {
                 db.apply(&mut config);
-                config.validate()?;
+                // Only the database is used: an instance's other settings
+                // (a MySQL deployment's Redis, say) are not asked for.
+                config.database()?;
                 crate::app::open_store(&config, &Default::default()).await?;
                 tracing::info!(database = %redact(&config.database_url), "migrations applied");
                 Ok(())
