@@ -32,7 +32,8 @@ use crate::store::mysql::MysqlStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{PoolLimits, Store};
 use crate::worker::{
-    cache_invalidation::CacheInvalidation, payment_due, reconciler, stock_consumer,
+    cache_invalidation::{self, CacheInvalidation},
+    payment_due, reconciler, stock_consumer,
 };
 
 /// A wired application: the HTTP state plus handles tests and tools use.
@@ -46,6 +47,9 @@ pub struct App {
     /// The in-process ledger, when that is the ledger in use (fault
     /// injection).
     pub memory_ledger: Option<Arc<MemoryStockLedger>>,
+    /// The in-process key-value store, when that is the one in use (fault
+    /// injection).
+    pub memory_kv: Option<Arc<MemoryKvStore>>,
 }
 
 /// The process's Prometheus recorder, installed once.
@@ -131,6 +135,7 @@ struct CacheAdapters {
     ledger: Arc<dyn StockLedger>,
     memory_ledger: Option<Arc<MemoryStockLedger>>,
     kv: Arc<dyn KvStore>,
+    memory_kv: Option<Arc<MemoryKvStore>>,
     limiter: Arc<dyn RateLimiter>,
     /// A node id leased from Redis, unique among the instances sharing it.
     leased_node: Option<u16>,
@@ -139,10 +144,12 @@ struct CacheAdapters {
 async fn cache_adapters(config: &Config) -> anyhow::Result<CacheAdapters> {
     let Some(url) = &config.redis_url else {
         let ledger = Arc::new(MemoryStockLedger::new());
+        let kv = Arc::new(MemoryKvStore::new());
         return Ok(CacheAdapters {
             ledger: ledger.clone(),
             memory_ledger: Some(ledger),
-            kv: Arc::new(MemoryKvStore::new()),
+            kv: kv.clone(),
+            memory_kv: Some(kv),
             limiter: Arc::new(MemoryRateLimiter::new()),
             leased_node: None,
         });
@@ -159,6 +166,7 @@ async fn cache_adapters(config: &Config) -> anyhow::Result<CacheAdapters> {
         ledger: Arc::new(RedisStockLedger::new(conn.clone())),
         memory_ledger: None,
         kv: Arc::new(RedisKvStore::new(conn.clone())),
+        memory_kv: None,
         limiter: Arc::new(RedisRateLimiter::new(conn)),
         leased_node,
     })
@@ -262,6 +270,19 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             Arc::new(stock_consumer::StockConsumer::new(
                 store.clone(),
                 ports.kv.clone(),
+                ports.bus.clone(),
+            )),
+        )
+        .await?;
+    ports
+        .bus
+        .subscribe(
+            Topic::CacheRepair,
+            cache_invalidation::REPAIR_GROUP,
+            Delivery::Clustering,
+            Arc::new(cache_invalidation::CacheRepair::new(
+                ports.kv.clone(),
+                ports.bus.clone(),
             )),
         )
         .await?;
@@ -310,5 +331,6 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         otp,
         memory_bus,
         memory_ledger: caches.memory_ledger,
+        memory_kv: caches.memory_kv,
     })
 }

@@ -73,7 +73,7 @@ pub struct Config {
     /// Folder of the web pages; the copy built into the binary is used when
     /// this folder does not exist.
     pub web_dir: PathBuf,
-    /// This instance's node id in order numbers (0..=1023); random when unset.
+    /// This instance's node id in order numbers (0..=1023); unset: leased from the shared Redis (unique among the instances sharing it); random without Redis.
     pub node_id: Option<u16>,
     /// Set the session cookie's `Secure` flag (behind HTTPS).
     pub cookie_secure: bool,
@@ -221,6 +221,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Accounts per bulk-creation request.
     pub bulk_users_max: usize,
+    /// Items per page of `GET /api/v1/items` (its `limit`'s default and
+    /// bound).
+    pub item_list_page_max: u32,
     /// Argon2 memory cost (KiB) and passes; lower only for drills.
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
@@ -357,6 +360,7 @@ impl Default for Config {
             request_timeout_ms: 15_000,
             max_body_bytes: 2 * 1024 * 1024,
             bulk_users_max: 20_000,
+            item_list_page_max: 500,
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
             password_hashes_max_in_flight: 4,
@@ -487,7 +491,7 @@ impl Config {
                 )));
             }
         }
-        let positive: [(&str, u64); 24] = [
+        let positive: [(&str, u64); 25] = [
             (
                 "SECKILL_ORDER_PAYMENT_TIMEOUT_SECS",
                 self.order_payment_timeout_secs,
@@ -545,6 +549,10 @@ impl Config {
             ),
             ("SECKILL_MAX_BODY_BYTES", self.max_body_bytes as u64),
             (
+                "SECKILL_ITEM_LIST_PAGE_MAX",
+                u64::from(self.item_list_page_max),
+            ),
+            (
                 "SECKILL_LEDGER_SWEEP_MAX_RECORDS",
                 self.ledger_sweep_max_records as u64,
             ),
@@ -571,6 +579,11 @@ impl Config {
                 "SECKILL_REQUEST_TIMEOUT_MS must be above SECKILL_LOCAL_TX_TIMEOUT_MS \
                  (an order's answer includes its local transaction)"
                     .into(),
+            ));
+        }
+        if self.item_list_page_max > 10_000 {
+            return Err(ConfigError(
+                "SECKILL_ITEM_LIST_PAGE_MAX must be at most 10000 (a page's promos are read with one placeholder an item)".into(),
             ));
         }
         if self.batch_max > 1000 {

@@ -29,7 +29,8 @@ const ITEMS: [(&str, i64, i64, &str); 3] = [
 
 pub async fn seed(state: &AppState) -> anyhow::Result<()> {
     let catalog = &state.catalog;
-    let mut items = catalog.items().await?;
+    let page = state.config.item_list_page_max;
+    let mut items = catalog.items(0, page).await?.0;
     if items.is_empty() {
         for (title, price, stock, description) in ITEMS {
             catalog
@@ -42,7 +43,7 @@ pub async fn seed(state: &AppState) -> anyhow::Result<()> {
                 })
                 .await?;
         }
-        items = catalog.items().await?;
+        items = catalog.items(0, page).await?.0;
     }
     let Some(target) = items
         .iter()

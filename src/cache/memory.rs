@@ -153,12 +153,25 @@ impl StockLedger for MemoryStockLedger {
         Ok(true)
     }
 
-    async fn reservations(&self, promo: PromoId, max: usize) -> CacheResult<Vec<StockLogId>> {
+    async fn reservations(&self, promo: PromoId, max: usize) -> CacheResult<ReservationPage> {
         let l = self.ledgers.lock();
-        Ok(l.promos
-            .get(&promo)
-            .map(|p| p.reservations.keys().take(max).copied().collect())
-            .unwrap_or_default())
+        Ok(match l.promos.get(&promo) {
+            Some(p) => {
+                // In id order, as a look at the same records gives them
+                // every time (a map's own order would differ per run).
+                let mut ids: Vec<StockLogId> = p.reservations.keys().copied().collect();
+                ids.sort_unstable();
+                ids.truncate(max);
+                ReservationPage {
+                    ids,
+                    complete: p.reservations.len() <= max,
+                }
+            }
+            None => ReservationPage {
+                ids: Vec::new(),
+                complete: true,
+            },
+        })
     }
 
     async fn forget_committed(&self, promo: PromoId, ids: &[StockLogId]) -> CacheResult<()> {
@@ -284,6 +297,7 @@ enum Value {
 pub struct MemoryKvStore {
     map: Mutex<HashMap<String, (Value, Instant)>>,
     writes_since_sweep: Mutex<u32>,
+    fail_deletes: AtomicBool,
 }
 
 impl Default for MemoryKvStore {
@@ -299,7 +313,14 @@ impl MemoryKvStore {
         MemoryKvStore {
             map: Mutex::new(HashMap::new()),
             writes_since_sweep: Mutex::new(0),
+            fail_deletes: AtomicBool::new(false),
         }
+    }
+
+    /// Fault injection: while true every [`KvStore::delete`] fails as if the
+    /// cache were unreachable, and deletes nothing.
+    pub fn fail_deletes(&self, on: bool) {
+        self.fail_deletes.store(on, Ordering::SeqCst);
     }
 
     /// Changes the hash under `key` (a fresh one when missing, expired or
@@ -379,6 +400,12 @@ impl KvStore for MemoryKvStore {
     }
 
     async fn delete(&self, key: &str) -> CacheResult<()> {
+        if self.fail_deletes.load(Ordering::SeqCst) {
+            return Err(CacheError {
+                context: "delete failed (fault injection)",
+                source: None,
+            });
+        }
         self.map.lock().remove(key);
         Ok(())
     }

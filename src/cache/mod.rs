@@ -40,6 +40,15 @@ impl CacheError {
 
 pub type CacheResult<T> = Result<T, CacheError>;
 
+/// A look at a ledger's reservation records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReservationPage {
+    pub ids: Vec<StockLogId>,
+    /// Every record the ledger held is in `ids` (false: the look stopped at
+    /// its `max`, more may be held).
+    pub complete: bool,
+}
+
 /// One reservation to make: `amount` units of `promo` for `user`, recorded
 /// under `id` so that it can be given back exactly once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,8 +111,8 @@ pub trait StockLedger: Send + Sync {
     /// particular order; never blocking the ledger for the whole list): in
     /// flight, committed and not forgotten yet, or rolled back and not
     /// given back (the reconciler's sweep holds each against its journal
-    /// row).
-    async fn reservations(&self, promo: PromoId, max: usize) -> CacheResult<Vec<StockLogId>>;
+    /// row), and whether they are all of them.
+    async fn reservations(&self, promo: PromoId, max: usize) -> CacheResult<ReservationPage>;
     /// Drops the records of committed reservations: their units stay sold
     /// and their buyers recorded; a committed order is never given back,
     /// so its record would only cost every later sweep a look.

@@ -357,7 +357,7 @@ impl StockLedger for RedisStockLedger {
         Ok(done == 1)
     }
 
-    async fn reservations(&self, promo: PromoId, max: usize) -> CacheResult<Vec<StockLogId>> {
+    async fn reservations(&self, promo: PromoId, max: usize) -> CacheResult<ReservationPage> {
         // HSCAN, a thousand fields a step: a big hash never holds Redis up
         // (HKEYS would, for every reservation script behind it).
         let k = self.redis.promo_keys(promo);
@@ -383,8 +383,11 @@ impl StockLedger for RedisStockLedger {
         // but one look each is enough.
         ids.sort_unstable();
         ids.dedup();
+        // Complete only when the scan went round (the cursor back at 0) and
+        // nothing of what it found is cut off.
+        let complete = cursor == 0 && ids.len() <= max;
         ids.truncate(max);
-        Ok(ids)
+        Ok(ReservationPage { ids, complete })
     }
 
     async fn forget_committed(&self, promo: PromoId, ids: &[StockLogId]) -> CacheResult<()> {

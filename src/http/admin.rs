@@ -49,6 +49,7 @@ pub struct Created {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NewItemRequest {
     #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub title: String,
@@ -68,6 +69,7 @@ pub struct NewItemRequest {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ItemPatchRequest {
     #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub title: Option<String>,
@@ -81,6 +83,7 @@ pub struct ItemPatchRequest {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NewPromoRequest {
     #[serde(deserialize_with = "super::int::i64")]
     pub item_id: i64,

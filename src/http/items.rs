@@ -1,17 +1,19 @@
 //! Items and promos as buyers see them: `/items`, `/promos/{id}`.
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
 use super::AppState;
 use crate::domain::{ItemId, Promo, PromoId, PromoState};
 use crate::service::catalog::ItemView;
+use crate::service::ServiceError;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -92,15 +94,42 @@ impl From<&ItemView> for ItemDto {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ItemList {
     pub items: Vec<ItemDto>,
+    /// The `offset` of the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<u32>,
 }
 
-/// Every item, most sales first.
-#[utoipa::path(get, path = "/api/v1/items", tag = "items",
-    responses((status = 200, body = ItemList), (status = 503, body = ErrorBody)))]
-pub async fn list(State(state): State<AppState>) -> ApiResult<ApiJson<ItemList>> {
-    let items = state.catalog.items().await?;
+/// Which page of the item list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ItemPage {
+    /// Items to skip (most sales first); 0 by default.
+    #[serde(default)]
+    pub offset: u32,
+    /// Items on the page: 1 to `SECKILL_ITEM_LIST_PAGE_MAX` (500 by
+    /// default), which is also the default.
+    pub limit: Option<u32>,
+}
+
+/// The items, most sales first, a page at a time (`next_offset` names the
+/// next page while there is one).
+#[utoipa::path(get, path = "/api/v1/items", tag = "items", params(ItemPage),
+    responses((status = 200, body = ItemList), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    page: Result<Query<ItemPage>, QueryRejection>,
+) -> ApiResult<ApiJson<ItemList>> {
+    let Query(page) = page?;
+    let max = state.config.item_list_page_max;
+    let limit = page.limit.unwrap_or(max);
+    if !(1..=max).contains(&limit) {
+        return Err(ServiceError::Invalid(format!("limit must be between 1 and {max}")).into());
+    }
+    let (items, more) = state.catalog.items(page.offset, limit).await?;
+    let next_offset = more.then(|| page.offset.saturating_add(limit));
     Ok(ApiJson(ItemList {
         items: items.iter().map(ItemDto::from).collect(),
+        next_offset,
     }))
 }
 

@@ -39,6 +39,10 @@ pub enum Event {
     /// A session ended (log-out): drop every instance's cached copy. Names
     /// the session by its token's SHA-256, never by the token.
     SessionEnded { v: u8, digest: String },
+    /// Deleting an item's shared cache entry failed: delete it again (one
+    /// consumer of the group; a failure is redelivered until it succeeds),
+    /// then tell every instance.
+    SharedItemStale { v: u8, item_id: ItemId },
 }
 
 impl Event {
@@ -47,6 +51,7 @@ impl Event {
             Event::StockDeduct { .. } => Topic::Stock,
             Event::ItemChanged { .. } | Event::SessionEnded { .. } => Topic::Cache,
             Event::PaymentDue { .. } => Topic::PaymentDue,
+            Event::SharedItemStale { .. } => Topic::CacheRepair,
         }
     }
 
@@ -57,7 +62,9 @@ impl Event {
                 .first()
                 .map(|e| e.stock_log_id.to_string())
                 .unwrap_or_default(),
-            Event::ItemChanged { item_id, .. } => item_id.to_string(),
+            Event::ItemChanged { item_id, .. } | Event::SharedItemStale { item_id, .. } => {
+                item_id.to_string()
+            }
             Event::SessionEnded { .. } => "session".to_owned(),
             Event::PaymentDue { order_nos, .. } => order_nos
                 .first()
@@ -74,6 +81,8 @@ pub enum Topic {
     Cache,
     /// Payment time-outs (delayed messages).
     PaymentDue,
+    /// Shared cache deletes to redo (clustering, redelivered on failure).
+    CacheRepair,
     /// Readiness pings; never consumed.
     Health,
 }
@@ -84,6 +93,7 @@ impl Topic {
             Topic::Stock => "stock",
             Topic::Cache => "cache",
             Topic::PaymentDue => "payment_due",
+            Topic::CacheRepair => "cache_repair",
             Topic::Health => "health",
         }
     }

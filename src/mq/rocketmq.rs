@@ -225,6 +225,7 @@ impl RocketMqBus {
             (Topic::Stock, 4),
             (Topic::Cache, 1),
             (Topic::PaymentDue, 2),
+            (Topic::CacheRepair, 1),
             (Topic::Health, 1),
         ] {
             let name = format!("{}{}", settings.prefix, topic.name());

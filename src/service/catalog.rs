@@ -1,6 +1,7 @@
 //! Items and promos: the admin's writes, the buyers' reads, publishing (the
 //! stock warm-up) and a promo's live stats.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -175,21 +176,56 @@ impl CatalogService {
                 "give at least one of title, price_cents, description, image_url".into(),
             ));
         }
-        let item = self
-            .cx
+        let item = match patch.price_cents {
+            // A new price must stay at or above the price of every promo of
+            // the item not over yet (as a promo's creation checks); under
+            // the item's lease, so a promo created meanwhile cannot slip by.
+            Some(price) => {
+                let holder = self.lease_item_to_write(id).await?;
+                let result = self.update_price_leased(id, &patch, price).await;
+                self.release_item(id, &holder).await;
+                result?
+            }
+            None => self.store_update_item(id, &patch).await?,
+        };
+        self.item_changed(id).await;
+        let promo = featured(self.cx.ports.store.promos_of_item(id).await?);
+        let mut item = item;
+        self.live_figures(&mut item, promo.as_ref(), Row::Fresh)
+            .await;
+        Ok(ItemView { item, promo })
+    }
+
+    async fn update_price_leased(
+        &self,
+        id: ItemId,
+        patch: &ItemPatch,
+        price: i64,
+    ) -> ServiceResult<Item> {
+        let now = Utc::now();
+        let promos = self.cx.ports.store.promos_of_item(id).await?;
+        if let Some(p) = promos
+            .iter()
+            .find(|p| p.price_cents > price && p.state_at(now) != PromoState::Ended)
+        {
+            return Err(ServiceError::Invalid(format!(
+                "promo {} sells this item at {} cents until it ends: the item's price may not go below that",
+                p.id, p.price_cents
+            )));
+        }
+        self.store_update_item(id, patch).await
+    }
+
+    async fn store_update_item(&self, id: ItemId, patch: &ItemPatch) -> ServiceResult<Item> {
+        self.cx
             .ports
             .store
-            .update_item(id, &patch)
+            .update_item(id, patch)
             .await
             .map_err(|e| match e {
                 crate::store::StoreError::NotFound => ServiceError::NotFound("no such item"),
                 e => e.into(),
-            })?;
-        self.item_changed(id).await;
-        let promo = featured(self.cx.ports.store.promos_of_item(id).await?);
-        let mut item = item;
-        self.live_figures(&mut item, promo.as_ref()).await;
-        Ok(ItemView { item, promo })
+            })
     }
 
     /// After a write to an item or its promos: delete the shared cache
@@ -215,11 +251,15 @@ impl CatalogService {
     /// only as the consumer deducts) and the sales derived from it; with the
     /// pure-DB strategies, the DB row's, read now (every order changes it).
     /// The promo's strategy decides (the one it was published under), as in
-    /// its admin stats; with no published promo, this instance's.
-    async fn live_figures(&self, item: &mut Item, promo: Option<&Promo>) {
+    /// its admin stats; with no published promo, this instance's. `row`:
+    /// whether `item` was just read from the DB (then it is not read again).
+    async fn live_figures(&self, item: &mut Item, promo: Option<&Promo>, row: Row) {
         let here = self.cx.config.order_strategy;
         let sale = promo.filter(|p| p.published);
         if !sale.map_or(here.keeps_ledger(), |p| p.sold_with_ledger(here)) {
+            if row == Row::Fresh {
+                return;
+            }
             match self.cx.ports.store.item(item.id).await {
                 Ok(Some(row)) => {
                     item.stock = row.stock;
@@ -271,7 +311,8 @@ impl CatalogService {
             .item
             .ok_or(ServiceError::NotFound("no such item"))?;
         let promo = featured(snapshot.promos);
-        self.live_figures(&mut item, promo.as_ref()).await;
+        self.live_figures(&mut item, promo.as_ref(), Row::Cached)
+            .await;
         Ok(ItemView { item, promo })
     }
 
@@ -280,31 +321,49 @@ impl CatalogService {
         &self.items
     }
 
-    /// Items, most sales first.
-    pub async fn items(&self) -> ServiceResult<Vec<ItemView>> {
-        let items = self.cx.ports.store.items(500).await?;
-        let mut promos = self.cx.ports.store.promos(5000).await?;
+    /// A page of the items, most sales first: up to `limit` from the
+    /// `offset`-th on, and whether more may follow. Two DB reads whatever
+    /// the page's size (the rows, then all their promos).
+    pub async fn items(&self, offset: u32, limit: u32) -> ServiceResult<(Vec<ItemView>, bool)> {
+        let store = &self.cx.ports.store;
+        let mut items = store.items(offset, limit.saturating_add(1)).await?;
+        let more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        let ids: Vec<ItemId> = items.iter().map(|i| i.id).collect();
+        let mut promos = store.promos_of_items(&ids).await?;
         let mut out = Vec::with_capacity(items.len());
         for mut item in items {
-            let mine: Vec<Promo> = promos
-                .iter()
-                .filter(|p| p.item_id == item.id)
-                .cloned()
-                .collect();
-            promos.retain(|p| p.item_id != item.id);
+            let (mine, rest): (Vec<Promo>, Vec<Promo>) =
+                promos.into_iter().partition(|p| p.item_id == item.id);
+            promos = rest;
             let promo = featured(mine);
-            self.live_figures(&mut item, promo.as_ref()).await;
+            self.live_figures(&mut item, promo.as_ref(), Row::Fresh)
+                .await;
             out.push(ItemView { item, promo });
         }
         // A running sale's live figures may have moved an item past the
         // DB's order: sorted again (stable: ties keep the DB's order).
         out.sort_by_key(|v| std::cmp::Reverse(v.item.sales));
-        Ok(out)
+        Ok((out, more))
     }
 
     /// Creates a promo for an item; two promos of one item may not overlap
     /// (they would sell the same stock).
+    /// Under the item's lease: two creations at once (a double click) would
+    /// both pass the overlap check.
     pub async fn create_promo(&self, p: NewPromo) -> ServiceResult<Promo> {
+        let item = self.load_item(p.item_id).await?;
+        p.validate(item.price_cents, Utc::now())?;
+        let holder = self.lease_item_to_write(p.item_id).await?;
+        let result = self.create_promo_leased(&p).await;
+        self.release_item(p.item_id, &holder).await;
+        let promo = result?;
+        self.item_changed(p.item_id).await;
+        Ok(promo)
+    }
+
+    async fn create_promo_leased(&self, p: &NewPromo) -> ServiceResult<Promo> {
+        // Read again under the lease: the price may have changed meanwhile.
         let item = self.load_item(p.item_id).await?;
         p.validate(item.price_cents, Utc::now())?;
         let others = self.cx.ports.store.promos_of_item(p.item_id).await?;
@@ -314,9 +373,7 @@ impl CatalogService {
                 o.id
             )));
         }
-        let promo = self.cx.ports.store.create_promo(&p).await?;
-        self.item_changed(p.item_id).await;
-        Ok(promo)
+        Ok(self.cx.ports.store.create_promo(p).await?)
     }
 
     /// A promo, through a short in-process cache (the order path reads it on
@@ -360,39 +417,77 @@ impl CatalogService {
         if promo.state_at(Utc::now()) == PromoState::Ended {
             return Err(ServiceError::PromoEnded);
         }
+        // Published by another caller while this one waited: done.
+        let published_meanwhile = || async move {
+            let now = self.load_promo(id).await?;
+            Ok(now.published.then_some(now))
+        };
+        let holder = match self.lease_item(promo.item_id, published_meanwhile).await? {
+            Ok(holder) => holder,
+            Err(now) => return Ok(now),
+        };
+        let result = self.publish_leased(id).await;
+        self.release_item(promo.item_id, &holder).await;
+        result
+    }
+
+    /// Takes the item's lease, which serializes the writes that decide what
+    /// its sales sell: publishes, promo creations and price changes. Another
+    /// holder is waited for (its write takes milliseconds), a quarter of the
+    /// request's deadline at most: a lease left by a write cut off gets a 409
+    /// saying so, and a waiter keeps the time to write. Between tries,
+    /// `done` may end the wait with its own answer (`Err(answer)`).
+    async fn lease_item<T, F>(
+        &self,
+        item: ItemId,
+        done: impl Fn() -> F,
+    ) -> ServiceResult<Result<String, T>>
+    where
+        F: std::future::Future<Output = ServiceResult<Option<T>>>,
+    {
         let kv = &self.cx.ports.kv;
-        let lease = publish_lease_key(promo.item_id);
-        // Past the admin request's deadline the publish is cut off; the
-        // lease outlives it so no other publish of the item starts while
-        // a store call of this one may still be running.
+        let lease = item_lease_key(item);
+        // Past the admin request's deadline the write is cut off; the lease
+        // outlives it so no other write of the item starts while a store
+        // call of this one may still be running.
         let lease_ttl = Duration::from_millis(self.cx.config.request_timeout_ms.saturating_mul(2));
-        // Another publish of the item holds the lease: wait for it (a
-        // publish takes milliseconds) — then this promo is published (a
-        // publish of this very promo: publishing again changes nothing),
-        // or the lease is free and the checks below say why not. A quarter
-        // of the request's deadline at most: a lease left by a publish cut
-        // off gets a 409 saying so, and a waiter keeps the time to publish.
         let give_up = std::time::Instant::now()
             + Duration::from_millis(self.cx.config.request_timeout_ms / 4);
         let holder = self.cx.lease_holder();
         while !kv.set_if_absent(&lease, &holder, lease_ttl).await? {
-            let now = self.load_promo(id).await?;
-            if now.published {
-                return Ok(now);
+            if let Some(answer) = done().await? {
+                return Ok(Err(answer));
             }
             if std::time::Instant::now() >= give_up {
                 return Err(ServiceError::Conflict(
-                    "another promo of this item is being published right now; try again in a few seconds"
+                    "another change to this item's sales (a publish, a new promo or a price) is under way; try again in a few seconds"
                         .into(),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let result = self.publish_leased(id).await;
-        if let Err(e) = kv.delete_if_equals(&lease, &holder).await {
-            tracing::warn!(item_id = %promo.item_id, error = %e, "publish lease not released; it expires");
+        Ok(Ok(holder))
+    }
+
+    /// Takes the item's lease for a write that waits it out.
+    async fn lease_item_to_write(&self, item: ItemId) -> ServiceResult<String> {
+        let Ok(holder) = self
+            .lease_item(item, || std::future::ready(Ok(None::<Infallible>)))
+            .await?;
+        Ok(holder)
+    }
+
+    /// Gives the item's lease back (only while this holder holds it).
+    async fn release_item(&self, item: ItemId, holder: &str) {
+        if let Err(e) = self
+            .cx
+            .ports
+            .kv
+            .delete_if_equals(&item_lease_key(item), holder)
+            .await
+        {
+            tracing::warn!(item_id = %item, error = %e, "item lease not released; it expires");
         }
-        result
     }
 
     /// Refuses (409 `CONFLICT`, saying until when) a new sale of `item`
@@ -578,8 +673,16 @@ pub fn gate_ttl(promo: &Promo) -> Duration {
     (promo.end_at - Utc::now()).to_std().unwrap_or_default() + GATE_GRACE
 }
 
-/// The lease serializing the publishes of one item's promos.
-fn publish_lease_key(item: ItemId) -> String {
+/// Whether an item row was just read from the DB or comes from a cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Row {
+    Fresh,
+    Cached,
+}
+
+/// The lease serializing the writes that decide what one item's sales
+/// sell (its key predates promo creations and price changes taking it).
+fn item_lease_key(item: ItemId) -> String {
     format!("publish:item:{item}")
 }
 

@@ -17,18 +17,24 @@
 //!
 //! A load that started before an invalidation of its key is never served
 //! after it: each entry carries the epoch at which its load began, and each
-//! invalidation records the epoch it happened at.
+//! invalidation records the epoch it happened at. Nor does it fill the
+//! shared tier then, or when its DB read began more than half the
+//! double-delete delay ago: a fill landing after a write's second delete
+//! would stay until the shared TTL. A delete that fails is redone through
+//! the bus (`SharedItemStale`, redelivered until it succeeds).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use moka::future::Cache;
 use serde::{Deserialize, Serialize};
 
 use super::{Context, ServiceError, ServiceResult};
+use crate::cache::KvStore;
 use crate::domain::{Item, ItemId, OrderStrategy, Promo, PromoBaseline, PromoId};
+use crate::mq::{Event, MessageBus};
 
 /// What one item's detail is built from: the row and its promos (the
 /// featured one is chosen at read time, by the clock). `item: None` is a
@@ -118,9 +124,15 @@ impl ItemCache {
             .max_capacity(cx.config.item_cache_capacity.max(1))
             .time_to_live(ttl)
             .build();
+        // Kept past any load that may still consult it: one that fills the
+        // shared tier ends within half the double-delete delay.
         let invalidated = moka::sync::Cache::builder()
             .max_capacity(cx.config.item_cache_capacity.max(1))
-            .time_to_live(ttl * 2 + Duration::from_secs(1))
+            .time_to_live(
+                ttl * 2
+                    + Duration::from_secs(1)
+                    + Duration::from_millis(cx.config.item_cache_double_delete_ms),
+            )
             .build();
         ItemCache {
             cx,
@@ -169,7 +181,7 @@ impl ItemCache {
                         })?
                 }
             };
-            if self.invalidated.get(&id).is_some_and(|at| entry.epoch < at) {
+            if self.invalidated_since(id, entry.epoch) {
                 // Drop it only if it is still the cached entry: another
                 // request may already have put a fresh one in its place.
                 if let Some(current) = self.local.get(&id).await {
@@ -218,6 +230,7 @@ impl ItemCache {
                 tracing::warn!(item_id = %id, error = %e, "shared cache unavailable; reading the DB");
             }
         }
+        let read_at = Instant::now();
         let snapshot = self.load_db(id).await?;
         if shared_up {
             let ttl = if snapshot.item.is_some() {
@@ -227,7 +240,7 @@ impl ItemCache {
             };
             let json = serde_json::to_string(&Stored::from(&snapshot))
                 .map_err(|e| ServiceError::Internal(Box::new(e)))?;
-            self.fill_shared(id, &json, ttl).await;
+            self.fill_back(id, &json, ttl, read_at, start).await;
         }
         Ok(Arc::new(Entry {
             snapshot,
@@ -247,9 +260,50 @@ impl ItemCache {
         Ok(ItemSnapshot { item, promos })
     }
 
-    /// Puts a serialized snapshot into the shared tier (the fill-back step
-    /// of a load; public so that the race the double delete exists for can
-    /// be reproduced step by step).
+    /// The current epoch: a load that begins now carries it.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Whether the item was invalidated here after `epoch`.
+    fn invalidated_since(&self, id: ItemId, epoch: u64) -> bool {
+        self.invalidated.get(&id).is_some_and(|at| epoch < at)
+    }
+
+    /// A load's fill-back: puts what it read from the DB (from `read_at`, in
+    /// a load begun at `epoch`) into the shared tier, unless the fill could
+    /// outlive a write's second delete — the item was invalidated here
+    /// since (this instance's write or a broadcast one), or the read began
+    /// half the double-delete delay ago or more (a write committed after the
+    /// read may have done its second delete by the time the fill lands).
+    /// A fill that itself took that long is deleted again. Returns whether
+    /// the entry stays filled.
+    pub async fn fill_back(
+        &self,
+        id: ItemId,
+        json: &str,
+        ttl: Duration,
+        read_at: Instant,
+        epoch: u64,
+    ) -> bool {
+        let window = Duration::from_millis(self.cx.config.item_cache_double_delete_ms) / 2;
+        let late = || read_at.elapsed() >= window || self.invalidated_since(id, epoch);
+        if late() {
+            metrics::counter!("seckill_item_cache_fills_skipped_total").increment(1);
+            return false;
+        }
+        self.fill_shared(id, json, ttl).await;
+        if late() {
+            metrics::counter!("seckill_item_cache_fills_skipped_total").increment(1);
+            self.delete_shared(id).await;
+            return false;
+        }
+        true
+    }
+
+    /// Puts a serialized snapshot into the shared tier, unconditionally
+    /// (public so that the race the double delete exists for can be
+    /// reproduced step by step).
     pub async fn fill_shared(&self, id: ItemId, json: &str, ttl: Duration) {
         if let Err(e) = self.cx.ports.kv.set(&shared_key(id), json, ttl).await {
             tracing::warn!(item_id = %id, error = %e, "shared item entry not filled");
@@ -263,18 +317,10 @@ impl ItemCache {
         serde_json::to_string(&Stored::from(&s)).map_err(|e| ServiceError::Internal(Box::new(e)))
     }
 
-    /// Deletes the shared entry (after a DB write).
+    /// Deletes the shared entry (after a DB write); a failed delete is
+    /// redone through the bus.
     pub async fn delete_shared(&self, id: ItemId) {
-        match self.cx.ports.kv.delete(&shared_key(id)).await {
-            Ok(()) => {
-                metrics::counter!("seckill_item_cache_invalidations_total", "tier" => "shared")
-                    .increment(1);
-            }
-            Err(e) => tracing::warn!(
-                item_id = %id, error = %e,
-                "shared item entry not deleted; it expires by TTL"
-            ),
-        }
+        delete_shared_entry(&*self.cx.ports.kv, &*self.cx.ports.bus, id).await;
     }
 
     /// Drops this instance's copy; loads that began before now are not
@@ -285,6 +331,31 @@ impl ItemCache {
         self.local.invalidate(&id).await;
         bump(&self.counters.invalidations);
         metrics::counter!("seckill_item_cache_invalidations_total", "tier" => "local").increment(1);
+    }
+}
+
+/// Deletes an item's shared cache entry. When the delete fails, the entry
+/// may hold an old row until its TTL: a `SharedItemStale` message asks for
+/// the delete again (its consumer's failures are redelivered until one
+/// succeeds). Only with the bus down as well is the entry left to its TTL.
+pub async fn delete_shared_entry(kv: &dyn KvStore, bus: &dyn MessageBus, id: ItemId) {
+    let Err(e) = kv.delete(&shared_key(id)).await else {
+        metrics::counter!("seckill_item_cache_invalidations_total", "tier" => "shared")
+            .increment(1);
+        return;
+    };
+    match bus
+        .publish(Event::SharedItemStale { v: 1, item_id: id })
+        .await
+    {
+        Ok(()) => tracing::warn!(
+            item_id = %id, error = %e,
+            "shared item entry not deleted; the delete is redone through the bus"
+        ),
+        Err(bus_error) => tracing::error!(
+            item_id = %id, error = %e, bus_error = %bus_error,
+            "shared item entry not deleted, nor its repair queued; it expires by TTL"
+        ),
     }
 }
 

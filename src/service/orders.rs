@@ -174,7 +174,10 @@ impl OrderService {
             promo: promo.id,
             item: promo.item_id,
         };
-        let result = self.commit(user, &promo, &req).await;
+        let result = match self.commit(user, &promo, &req).await {
+            Err(ServiceError::AlreadyBought) => self.already_bought(user, promo.id).await,
+            result => result,
+        };
         match &result {
             // Not the buyer's doing (a dependency down, contention): the
             // token stays good for a retry, given back before the answer.
@@ -184,6 +187,23 @@ impl OrderService {
             _ => spent.keep(),
         }
         result
+    }
+
+    /// Makes "already bought" final only when the DB has the buyer's order.
+    /// The ledger counts a buyer's units from the reservation on, so an
+    /// earlier attempt not settled yet also counts there: one left `init`
+    /// by a DB outage, or whose give-back failed, until the reconciler
+    /// settles it. That buyer is told to retry (503, token kept for it)
+    /// rather than, for good, that they bought.
+    async fn already_bought(&self, user: UserId, promo: PromoId) -> ServiceResult<Order> {
+        if self.cx.ports.store.has_order(user, promo).await? {
+            return Err(ServiceError::AlreadyBought);
+        }
+        tracing::info!(user_id = %user, promo_id = %promo,
+            "the ledger counts units of this buyer that no order holds (an attempt not settled yet)");
+        Err(ServiceError::unavailable(
+            "an earlier order attempt of yours is still being settled; retry shortly",
+        ))
     }
 
     /// The strategy's half of `place`: reserve and commit the order.

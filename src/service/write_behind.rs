@@ -237,6 +237,12 @@ impl Worker {
             let _ = p.reply.send(Err(answer));
             refused.push(draft);
         }
+        // A caller cut off meanwhile (journal and reservation took the rest
+        // of its deadline) was answered 503: its order is given back rather
+        // than committed behind that answer.
+        let (gone, reserved): (Vec<Reserved>, Vec<Reserved>) =
+            reserved.into_iter().partition(|r| r.reply.is_closed());
+        refused.extend(gone.into_iter().map(|r| r.draft));
         futures::join!(
             async {
                 if !reserved.is_empty() {

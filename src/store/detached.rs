@@ -95,11 +95,12 @@ forward! {
         fn create_item(item: &NewItem => NewItem) -> Item;
         fn update_item(id: ItemId, patch: &ItemPatch => ItemPatch) -> Item;
         fn item(id: ItemId) -> Option<Item>;
-        fn items(limit: u32) -> Vec<Item>;
+        fn items(offset: u32, limit: u32) -> Vec<Item>;
         fn create_promo(promo: &NewPromo => NewPromo) -> Promo;
         fn promo(id: PromoId) -> Option<Promo>;
         fn promos(limit: u32) -> Vec<Promo>;
         fn promos_of_item(item: ItemId) -> Vec<Promo>;
+        fn promos_of_items(items: &[ItemId] => Vec<ItemId>) -> Vec<Promo>;
         fn publish_promo(id: PromoId, baseline: PromoBaseline) -> bool;
     }
 }
@@ -121,6 +122,7 @@ forward! {
         fn apply_deductions(entries: &[Deduction] => Vec<Deduction>) -> DeductionReport;
         fn order(no: &OrderNo => OrderNo) -> Option<Order>;
         fn orders_of_user(user: UserId, limit: u32) -> Vec<Order>;
+        fn has_order(user: UserId, promo: PromoId) -> bool;
         fn pay_order(no: &OrderNo => OrderNo) -> Order;
         fn cancel_order(no: &OrderNo => OrderNo) -> (Order, bool);
         fn promo_totals(promo: PromoId) -> PromoTotals;

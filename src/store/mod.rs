@@ -79,12 +79,15 @@ pub trait CatalogStore: Send + Sync {
     /// Applies a patch; `NotFound` for an unknown id.
     async fn update_item(&self, id: ItemId, patch: &ItemPatch) -> StoreResult<Item>;
     async fn item(&self, id: ItemId) -> StoreResult<Option<Item>>;
-    /// All items, most sales first (ties by id).
-    async fn items(&self, limit: u32) -> StoreResult<Vec<Item>>;
+    /// A page of the items, most sales first (ties by id): `limit` from
+    /// the `offset`-th on.
+    async fn items(&self, offset: u32, limit: u32) -> StoreResult<Vec<Item>>;
     async fn create_promo(&self, promo: &NewPromo) -> StoreResult<Promo>;
     async fn promo(&self, id: PromoId) -> StoreResult<Option<Promo>>;
     async fn promos(&self, limit: u32) -> StoreResult<Vec<Promo>>;
     async fn promos_of_item(&self, item: ItemId) -> StoreResult<Vec<Promo>>;
+    /// The promos of each of `items` (a page of the item list), by start.
+    async fn promos_of_items(&self, items: &[ItemId]) -> StoreResult<Vec<Promo>>;
     /// Marks a promo published, recording what its ledger was warmed with.
     /// Returns false when it already was (the first baseline stays).
     async fn publish_promo(&self, id: PromoId, baseline: PromoBaseline) -> StoreResult<bool>;
@@ -204,6 +207,9 @@ pub trait OrderStore: Send + Sync {
     async fn apply_deductions(&self, entries: &[Deduction]) -> StoreResult<DeductionReport>;
     async fn order(&self, no: &OrderNo) -> StoreResult<Option<Order>>;
     async fn orders_of_user(&self, user: UserId, limit: u32) -> StoreResult<Vec<Order>>;
+    /// Whether the user has an order of the promo, in any state (one order
+    /// per buyer and promo: a cancelled one counts too).
+    async fn has_order(&self, user: UserId, promo: PromoId) -> StoreResult<bool>;
     /// `pending_payment` → `paid`. Returns the order as it stands after.
     async fn pay_order(&self, no: &OrderNo) -> StoreResult<Order>;
     /// `pending_payment` → `cancelled`, giving the units back to the item's

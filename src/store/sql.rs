@@ -345,11 +345,12 @@ impl CatalogStore for $store {
         item_on(&self.pool, id).await
     }
 
-    async fn items(&self, limit: u32) -> StoreResult<Vec<Item>> {
+    async fn items(&self, offset: u32, limit: u32) -> StoreResult<Vec<Item>> {
         sqlx::query(&format!(
-            "SELECT {ITEM_COLUMNS} ORDER BY i.sales DESC, i.id LIMIT ?"
+            "SELECT {ITEM_COLUMNS} ORDER BY i.sales DESC, i.id LIMIT ? OFFSET ?"
         ))
         .bind(limit)
+        .bind(offset)
         .fetch_all(&self.pool)
         .await?
         .iter()
@@ -403,6 +404,24 @@ impl CatalogStore for $store {
         .iter()
         .map(promo_of)
         .collect()
+    }
+
+    async fn promos_of_items(&self, items: &[ItemId]) -> StoreResult<Vec<Promo>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut qb = QueryBuilder::<$db>::new(format!("SELECT {PROMO_COLUMNS} WHERE item_id IN ("));
+        let mut sep = qb.separated(", ");
+        for item in items {
+            sep.push_bind(item.0);
+        }
+        qb.push(") ORDER BY item_id, start_at");
+        build_once(&mut qb)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(promo_of)
+            .collect()
     }
 
     async fn publish_promo(&self, id: PromoId, baseline: PromoBaseline) -> StoreResult<bool> {
@@ -819,6 +838,17 @@ impl OrderStore for $store {
         .iter()
         .map(order_of)
         .collect()
+    }
+
+    async fn has_order(&self, user: UserId, promo: PromoId) -> StoreResult<bool> {
+        Ok(
+            sqlx::query("SELECT 1 FROM order_info WHERE user_id = ? AND promo_id = ? LIMIT 1")
+                .bind(user.0)
+                .bind(promo.0)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
     }
 
     async fn pay_order(&self, no: &OrderNo) -> StoreResult<Order> {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::cache::KvStore;
-use crate::mq::{Event, MessageHandler};
-use crate::service::item_cache::shared_key;
+use crate::mq::{Event, MessageBus, MessageHandler};
+use crate::service::item_cache::delete_shared_entry;
 use crate::store::Store;
 
 /// The consumer group name of stock deduction.
@@ -17,13 +17,15 @@ pub const GROUP: &str = "seckill_stock_deduct";
 pub struct StockConsumer {
     store: Arc<dyn Store>,
     kv: Arc<dyn KvStore>,
+    bus: Arc<dyn MessageBus>,
 }
 
 impl StockConsumer {
     /// `kv`: the shared item cache, whose entries of the deducted items are
-    /// deleted (their DB stock and sales changed).
-    pub fn new(store: Arc<dyn Store>, kv: Arc<dyn KvStore>) -> Self {
-        StockConsumer { store, kv }
+    /// deleted (their DB stock and sales changed); a failed delete is redone
+    /// through `bus`.
+    pub fn new(store: Arc<dyn Store>, kv: Arc<dyn KvStore>, bus: Arc<dyn MessageBus>) -> Self {
+        StockConsumer { store, kv, bus }
     }
 }
 
@@ -44,9 +46,7 @@ impl MessageHandler for StockConsumer {
             let mut items: Vec<_> = entries.iter().map(|e| e.item_id).collect();
             items.dedup();
             for item in items {
-                if let Err(e) = self.kv.delete(&shared_key(item)).await {
-                    tracing::warn!(item_id = %item, error = %e, "shared item entry not deleted; it expires by TTL");
-                }
+                delete_shared_entry(&*self.kv, &*self.bus, item).await;
             }
         }
         metrics::counter!("seckill_deductions_total", "outcome" => "applied")

@@ -49,6 +49,139 @@ async fn items_are_listed_by_sales_with_their_promo() {
 }
 
 #[tokio::test]
+async fn the_item_list_comes_a_page_at_a_time() {
+    let t = TestApp::spawn_with(|c| c.item_list_page_max = 2).await;
+    let mut made = [t.item(1).await, t.item(1).await, t.item(1).await];
+    made.sort();
+    let ids = |v: &serde_json::Value| -> Vec<i64> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_i64().unwrap())
+            .collect()
+    };
+    // No sales: ties by id. The default page is the largest.
+    let first = t.get("/api/v1/items", None).await.json();
+    assert_eq!(ids(&first), made[..2].to_vec());
+    assert_eq!(first["next_offset"], 2);
+    let last = t.get("/api/v1/items?offset=2", None).await.json();
+    assert_eq!(ids(&last), made[2..].to_vec());
+    assert!(last.get("next_offset").is_none(), "the last page: {last}");
+    let one = t.get("/api/v1/items?limit=1&offset=1", None).await.json();
+    assert_eq!((ids(&one), &one["next_offset"]), (vec![made[1]], &2.into()));
+
+    for (query, status) in [
+        ("limit=0", StatusCode::UNPROCESSABLE_ENTITY),
+        ("limit=3", StatusCode::UNPROCESSABLE_ENTITY),
+        ("offset=-1", StatusCode::BAD_REQUEST),
+        ("limit=many", StatusCode::BAD_REQUEST),
+    ] {
+        let r = t.get(&format!("/api/v1/items?{query}"), None).await;
+        assert_eq!(r.status, status, "{query}: {:?}", r.json());
+        assert!(!r.json()["message"].as_str().unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn an_admin_write_naming_a_field_it_does_not_have_is_refused() {
+    let t = TestApp::spawn().await;
+    let item = t.item(5).await;
+    // Stock moves only through orders: a patch that tries is told so, not
+    // answered 200 with the stock unchanged.
+    for body in [json!({"title": "x", "stock": 0}), json!({"price": 100})] {
+        let r = t
+            .call(
+                "PATCH",
+                &format!("/api/v1/admin/items/{item}"),
+                Some(ADMIN),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
+            "{body}: {:?}",
+            r.json()
+        );
+        assert!(r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field"));
+    }
+    let r = t
+        .post(
+            "/api/v1/admin/items",
+            Some(ADMIN),
+            json!({"title": "x", "price_cents": 1, "stock": 1, "imageUrl": "/a.png"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.json());
+    let view = t.get(&format!("/api/v1/items/{item}"), None).await.json();
+    assert_eq!(
+        (&view["title"], &view["stock"]),
+        (&"Phone".into(), &5.into())
+    );
+}
+
+#[tokio::test]
+async fn an_items_price_may_not_go_below_a_promo_not_over() {
+    let t = TestApp::spawn().await;
+    let item = t.item(5).await; // 10,000 cents; its promo sells at 5,000
+    t.promo(item, 60, 3600).await;
+    let t = &t;
+    let patch = |cents: i64| {
+        let uri = format!("/api/v1/admin/items/{item}");
+        async move {
+            t.call(
+                "PATCH",
+                &uri,
+                Some(ADMIN),
+                Some(json!({ "price_cents": cents })),
+            )
+            .await
+        }
+    };
+    let r = patch(4_999).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "INVALID_ARGUMENT"),
+        "{:?}",
+        r.json()
+    );
+    assert_eq!(
+        t.get(&format!("/api/v1/items/{item}"), None).await.json()["price_cents"],
+        10_000
+    );
+    assert_eq!(patch(5_000).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_overlapping_promos_created_at_once_one_is_refused() {
+    let t = TestApp::spawn().await;
+    for _ in 0..5 {
+        let item = t.item(5).await;
+        let now = chrono::Utc::now();
+        let at = |s: i64| (now + chrono::Duration::seconds(s)).to_rfc3339();
+        let body = json!({"item_id": item, "name": "twin", "price_cents": 10,
+                          "start_at": at(60), "end_at": at(600)});
+        let (a, b) = tokio::join!(
+            t.post("/api/v1/admin/promos", Some(ADMIN), body.clone()),
+            t.post("/api/v1/admin/promos", Some(ADMIN), body.clone()),
+        );
+        let mut statuses = [a.status, b.status];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [StatusCode::CREATED, StatusCode::CONFLICT],
+            "{:?} {:?}",
+            a.json(),
+            b.json()
+        );
+    }
+}
+
+#[tokio::test]
 async fn patching_an_item_changes_what_buyers_see() {
     let t = TestApp::spawn().await;
     let item = t.item(5).await;

@@ -73,20 +73,24 @@ async fn cancellations_not_given_back_are_told_apart(l: Arc<dyn StockLedger>) {
 
 async fn reservation_records_are_listed_and_committed_ones_forgotten(l: Arc<dyn StockLedger>) {
     let p = fresh_promo();
-    assert!(
-        l.reservations(p, 100).await.unwrap().is_empty(),
-        "not loaded"
-    );
+    let none = l.reservations(p, 100).await.unwrap();
+    assert!(none.ids.is_empty() && none.complete, "not loaded: {none:?}");
     assert!(l.warm(p, 5, 2).await.unwrap());
     l.reserve(&[r(p, 1, 1, 1), r(p, 2, 1, 2)]).await.unwrap();
-    let mut ids = l.reservations(p, 100).await.unwrap();
-    ids.sort();
-    assert_eq!(ids, vec![StockLogId(1), StockLogId(2)]);
-    assert_eq!(l.reservations(p, 1).await.unwrap().len(), 1, "at most max");
+    let mut all = l.reservations(p, 100).await.unwrap();
+    all.ids.sort();
+    assert_eq!(all.ids, vec![StockLogId(1), StockLogId(2)]);
+    assert!(all.complete);
+    let exact = l.reservations(p, 2).await.unwrap();
+    assert!(exact.ids.len() == 2 && exact.complete, "{exact:?}");
+    let cut = l.reservations(p, 1).await.unwrap();
+    assert_eq!(cut.ids.len(), 1, "at most max");
+    assert!(!cut.complete, "one of two is not all of them");
     // Id 1 committed: its record goes, its unit stays sold and its buyer
     // recorded; a give-back of it is a no-op.
     l.forget_committed(p, &[StockLogId(1)]).await.unwrap();
-    assert_eq!(l.reservations(p, 100).await.unwrap(), vec![StockLogId(2)]);
+    let left = l.reservations(p, 100).await.unwrap();
+    assert_eq!((left.ids, left.complete), (vec![StockLogId(2)], true));
     assert_eq!(l.stock(p).await.unwrap(), Some(3));
     assert!(!l.release(p, StockLogId(1)).await.unwrap());
     assert_eq!(l.stock(p).await.unwrap(), Some(3));

@@ -118,7 +118,7 @@ async fn a_cancelled_mysql_transaction_leaves_no_connection_inside_one() {
         // A read on the pooled connection (it starts a snapshot if the
         // connection was left inside a transaction), then a row committed
         // through another pool: the pooled connection must see it.
-        one.items(1)
+        one.items(0, 1)
             .await
             .unwrap_or_else(|e| panic!("round {i}: the pooled connection: {e:?}"));
         let fresh = other.create_item(&store::new_item(2)).await.unwrap();
@@ -131,7 +131,7 @@ async fn a_cancelled_mysql_transaction_leaves_no_connection_inside_one() {
     // Each cut-off write ran to its end all the same: 300 + 300 items.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let n = one.items(1000).await.unwrap().len();
+        let n = one.items(0, 1000).await.unwrap().len();
         if n == 600 {
             break;
         }
@@ -313,7 +313,7 @@ async fn a_sqlite_store_waits_no_longer_than_its_configured_bounds() {
         "the refused order took nothing"
     );
     assert_eq!(
-        s.items(10).await.unwrap().len(),
+        s.items(0, 10).await.unwrap().len(),
         1,
         "the refused write wrote nothing"
     );
@@ -455,7 +455,7 @@ async fn a_shutdown_waits_for_store_calls_nobody_waits_for() {
         .expect("the tracked write ended");
     releaser.await.unwrap();
     assert_eq!(
-        s.items(10).await.unwrap().len(),
+        s.items(0, 10).await.unwrap().len(),
         1,
         "the cut-off write is done"
     );

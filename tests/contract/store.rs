@@ -258,6 +258,32 @@ async fn catalog(s: &dyn Store) {
     assert!(s.promo(p.id).await.unwrap().unwrap().published);
     assert_eq!(s.promos_of_item(a.id).await.unwrap().len(), 5);
     assert!(s.promos(10).await.unwrap().iter().any(|x| x.id == p.id));
+
+    // A page's promos in one read: each listed item's, none of another's.
+    let b = s.create_item(&new_item(1)).await.unwrap();
+    let c = s.create_item(&new_item(1)).await.unwrap();
+    let of_c = s
+        .create_promo(&NewPromo {
+            item_id: c.id,
+            name: "c".into(),
+            price_cents: 100,
+            start_at: now + Duration::hours(1),
+            end_at: now + Duration::hours(2),
+        })
+        .await
+        .unwrap();
+    let page = s.promos_of_items(&[a.id, b.id, c.id]).await.unwrap();
+    assert_eq!(page.len(), 6, "a's five and c's one");
+    assert!(page.iter().any(|x| x.id == of_c.id));
+    assert!(s.promos_of_items(&[b.id]).await.unwrap().is_empty());
+    assert!(s.promos_of_items(&[]).await.unwrap().is_empty());
+    // Pages of the item list follow on from each other.
+    let all = s.items(0, 1000).await.unwrap();
+    let first = s.items(0, 2).await.unwrap();
+    let second = s.items(2, 2).await.unwrap();
+    let ids = |v: &[Item]| v.iter().map(|i| i.id).collect::<Vec<_>>();
+    assert_eq!(ids(&first), ids(&all[..2]));
+    assert_eq!(ids(&second), ids(&all[2..4.min(all.len())]));
 }
 
 async fn order_flow(s: &dyn Store) {
@@ -274,7 +300,22 @@ async fn order_flow(s: &dyn Store) {
         .unwrap()
         .iter()
         .all(|(_, st)| *st == StockLogStatus::Init));
+    assert!(
+        !s.has_order(UserId(1), promo).await.unwrap(),
+        "a journal row is no order"
+    );
     s.commit_orders(&drafts).await.unwrap();
+    assert!(s.has_order(UserId(1), promo).await.unwrap());
+    assert!(
+        !s.has_order(UserId(3), promo).await.unwrap(),
+        "another buyer"
+    );
+    assert!(
+        !s.has_order(UserId(1), PromoId(promo.0 + 1_000_000))
+            .await
+            .unwrap(),
+        "another promo"
+    );
     assert!(s
         .stock_log_statuses(&ids)
         .await
