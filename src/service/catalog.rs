@@ -15,7 +15,7 @@ use crate::domain::{
     Item, ItemId, ItemPatch, NewItem, NewPromo, OrderStrategy, Promo, PromoBaseline, PromoId,
     PromoState,
 };
-use crate::mq::Event;
+use crate::mq::{Event, MessageBus};
 use crate::store::PromoTotals;
 
 /// An item as buyers see it: the live stock (the ledger's while a published
@@ -235,14 +235,14 @@ impl CatalogService {
         self.items.delete_shared(item_id).await;
         self.items.forget_local(item_id).await;
         self.promos.invalidate_all();
-        announce(&self.cx, item_id).await;
+        announce(&*self.cx.ports.bus, item_id).await;
         let items = self.items.clone();
         let cx = self.cx.clone();
         let delay = Duration::from_millis(self.cx.config.item_cache_double_delete_ms);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             items.delete_shared(item_id).await;
-            announce(&cx, item_id).await;
+            announce(&*cx.ports.bus, item_id).await;
         });
     }
 
@@ -657,13 +657,8 @@ impl CatalogService {
 }
 
 /// Broadcasts an item change (every instance drops its cached copies).
-async fn announce(cx: &Context, item_id: ItemId) {
-    if let Err(e) = cx
-        .ports
-        .bus
-        .publish(Event::ItemChanged { v: 1, item_id })
-        .await
-    {
+pub(crate) async fn announce(bus: &dyn MessageBus, item_id: ItemId) {
+    if let Err(e) = bus.publish(Event::ItemChanged { v: 1, item_id }).await {
         tracing::warn!(item_id = %item_id, error = %e, "item change not broadcast; local caches expire by TTL");
     }
 }

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 
 use crate::cache::KvStore;
 use crate::mq::{Event, MessageBus, MessageHandler};
+use crate::service::catalog::announce;
 use crate::service::catalog::CatalogService;
 use crate::service::item_cache::shared_key;
 use crate::service::users::UserService;
@@ -71,16 +72,7 @@ impl MessageHandler for CacheRepair {
             .context("shared item entry still not deleted")?;
         metrics::counter!("seckill_item_cache_repairs_total").increment(1);
         tracing::info!(item_id = %item_id, "shared item entry deleted on a retry");
-        if let Err(e) = self
-            .bus
-            .publish(Event::ItemChanged {
-                v: 1,
-                item_id: *item_id,
-            })
-            .await
-        {
-            tracing::warn!(item_id = %item_id, error = %e, "item change not broadcast; local caches expire by TTL");
-        }
+        announce(&*self.bus, *item_id).await;
         Ok(())
     }
 }
