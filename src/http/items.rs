@@ -105,10 +105,13 @@ pub struct ItemList {
 pub struct ItemPage {
     /// Items to skip (most sales first); 0 by default.
     #[serde(default)]
-    pub offset: u32,
-    /// Items on the page: 1 to `SECKILL_ITEM_LIST_PAGE_MAX` (500 by
-    /// default), which is also the default.
-    pub limit: Option<u32>,
+    #[param(minimum = 0)]
+    pub offset: i32,
+    /// Items on the page, at least 1; at most `SECKILL_ITEM_LIST_PAGE_MAX`
+    /// (500 by default), which is also the default: a larger limit is
+    /// taken as that.
+    #[param(minimum = 1)]
+    pub limit: Option<i32>,
 }
 
 /// The items, most sales first, a page at a time (`next_offset` names the
@@ -121,12 +124,19 @@ pub async fn list(
 ) -> ApiResult<ApiJson<ItemList>> {
     let Query(page) = page?;
     let max = state.config.item_list_page_max;
-    let limit = page.limit.unwrap_or(max);
-    if !(1..=max).contains(&limit) {
-        return Err(ServiceError::Invalid(format!("limit must be between 1 and {max}")).into());
-    }
-    let (items, more) = state.catalog.items(page.offset, limit).await?;
-    let next_offset = more.then(|| page.offset.saturating_add(limit));
+    let (Ok(offset), Some(limit)) = (
+        u32::try_from(page.offset),
+        page.limit
+            .map_or(Some(max), |l| u32::try_from(l).ok())
+            .filter(|l| *l >= 1),
+    ) else {
+        return Err(
+            ServiceError::Invalid("offset must be at least 0 and limit at least 1".into()).into(),
+        );
+    };
+    let limit = limit.min(max);
+    let (items, more) = state.catalog.items(offset, limit).await?;
+    let next_offset = more.then(|| offset.saturating_add(limit));
     Ok(ApiJson(ItemList {
         items: items.iter().map(ItemDto::from).collect(),
         next_offset,

@@ -71,10 +71,18 @@ async fn the_item_list_comes_a_page_at_a_time() {
     let one = t.get("/api/v1/items?limit=1&offset=1", None).await.json();
     assert_eq!((ids(&one), &one["next_offset"]), (vec![made[1]], &2.into()));
 
+    // A limit above the largest page is taken as the largest page.
+    let capped = t.get("/api/v1/items?limit=3", None).await.json();
+    assert_eq!(
+        (ids(&capped), &capped["next_offset"]),
+        (made[..2].to_vec(), &2.into())
+    );
+
     for (query, status) in [
         ("limit=0", StatusCode::UNPROCESSABLE_ENTITY),
-        ("limit=3", StatusCode::UNPROCESSABLE_ENTITY),
-        ("offset=-1", StatusCode::BAD_REQUEST),
+        ("offset=-1", StatusCode::UNPROCESSABLE_ENTITY),
+        ("offset=2147483648", StatusCode::BAD_REQUEST),
+        ("limit=3000000000", StatusCode::BAD_REQUEST),
         ("limit=many", StatusCode::BAD_REQUEST),
     ] {
         let r = t.get(&format!("/api/v1/items?{query}"), None).await;
