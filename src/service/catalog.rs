@@ -176,21 +176,21 @@ impl CatalogService {
                 "give at least one of title, price_cents, description, image_url".into(),
             ));
         }
-        let item = match patch.price_cents {
+        let (mut item, promos) = match patch.price_cents {
             // A new price must stay at or above the price of every promo of
             // the item not over yet (as a promo's creation checks); under
             // the item's lease, so a promo created meanwhile cannot slip by.
             Some(price) => {
-                let holder = self.lease_item_to_write(id).await?;
-                let result = self.update_price_leased(id, &patch, price).await;
-                self.release_item(id, &holder).await;
-                result?
+                self.with_item_lease(id, self.update_price_leased(id, &patch, price))
+                    .await?
             }
-            None => self.store_update_item(id, &patch).await?,
+            None => (
+                self.store_update_item(id, &patch).await?,
+                self.cx.ports.store.promos_of_item(id).await?,
+            ),
         };
         self.item_changed(id).await;
-        let promo = featured(self.cx.ports.store.promos_of_item(id).await?);
-        let mut item = item;
+        let promo = featured(promos);
         self.live_figures(&mut item, promo.as_ref(), Row::Fresh)
             .await;
         Ok(ItemView { item, promo })
@@ -201,7 +201,7 @@ impl CatalogService {
         id: ItemId,
         patch: &ItemPatch,
         price: i64,
-    ) -> ServiceResult<Item> {
+    ) -> ServiceResult<(Item, Vec<Promo>)> {
         let now = Utc::now();
         let promos = self.cx.ports.store.promos_of_item(id).await?;
         if let Some(p) = promos
@@ -213,7 +213,7 @@ impl CatalogService {
                 p.id, p.price_cents
             )));
         }
-        self.store_update_item(id, patch).await
+        Ok((self.store_update_item(id, patch).await?, promos))
     }
 
     async fn store_update_item(&self, id: ItemId, patch: &ItemPatch) -> ServiceResult<Item> {
@@ -352,18 +352,15 @@ impl CatalogService {
     /// Under the item's lease: two creations at once (a double click) would
     /// both pass the overlap check.
     pub async fn create_promo(&self, p: NewPromo) -> ServiceResult<Promo> {
-        let item = self.load_item(p.item_id).await?;
-        p.validate(item.price_cents, Utc::now())?;
-        let holder = self.lease_item_to_write(p.item_id).await?;
-        let result = self.create_promo_leased(&p).await;
-        self.release_item(p.item_id, &holder).await;
-        let promo = result?;
+        let promo = self
+            .with_item_lease(p.item_id, self.create_promo_leased(&p))
+            .await?;
         self.item_changed(p.item_id).await;
         Ok(promo)
     }
 
     async fn create_promo_leased(&self, p: &NewPromo) -> ServiceResult<Promo> {
-        // Read again under the lease: the price may have changed meanwhile.
+        // Read under the lease: no price change runs meanwhile.
         let item = self.load_item(p.item_id).await?;
         p.validate(item.price_cents, Utc::now())?;
         let others = self.cx.ports.store.promos_of_item(p.item_id).await?;
@@ -469,12 +466,19 @@ impl CatalogService {
         Ok(Ok(holder))
     }
 
-    /// Takes the item's lease for a write that waits it out.
-    async fn lease_item_to_write(&self, item: ItemId) -> ServiceResult<String> {
+    /// Runs `write` under the item's lease (waiting it out), and gives the
+    /// lease back whatever `write` answered.
+    async fn with_item_lease<T>(
+        &self,
+        item: ItemId,
+        write: impl std::future::Future<Output = ServiceResult<T>>,
+    ) -> ServiceResult<T> {
         let Ok(holder) = self
             .lease_item(item, || std::future::ready(Ok(None::<Infallible>)))
             .await?;
-        Ok(holder)
+        let result = write.await;
+        self.release_item(item, &holder).await;
+        result
     }
 
     /// Gives the item's lease back (only while this holder holds it).

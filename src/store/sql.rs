@@ -208,10 +208,15 @@ fn order_of(r: &$row) -> StoreResult<Order> {
 }
 
 fn push_ids(qb: &mut QueryBuilder<'_, $db>, ids: &[StockLogId]) {
+    push_in(qb, ids.iter().map(|id| id.0));
+}
+
+/// `(?, ?, …)`: an `IN` list of the values.
+fn push_in(qb: &mut QueryBuilder<'_, $db>, values: impl IntoIterator<Item = i64>) {
     qb.push("(");
     let mut sep = qb.separated(", ");
-    for id in ids {
-        sep.push_bind(id.0);
+    for v in values {
+        sep.push_bind(v);
     }
     qb.push(")");
 }
@@ -410,12 +415,9 @@ impl CatalogStore for $store {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let mut qb = QueryBuilder::<$db>::new(format!("SELECT {PROMO_COLUMNS} WHERE item_id IN ("));
-        let mut sep = qb.separated(", ");
-        for item in items {
-            sep.push_bind(item.0);
-        }
-        qb.push(") ORDER BY item_id, start_at");
+        let mut qb = QueryBuilder::<$db>::new(format!("SELECT {PROMO_COLUMNS} WHERE item_id IN "));
+        push_in(&mut qb, items.iter().map(|i| i.0));
+        qb.push(" ORDER BY item_id, start_at");
         build_once(&mut qb)
             .fetch_all(&self.pool)
             .await?
