@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use rand::Rng;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::memory::{MemoryKvStore, MemoryRateLimiter, MemoryStockLedger};
@@ -21,6 +20,7 @@ use crate::mq::{Delivery, MessageBus, Topic};
 use crate::service::catalog::CatalogService;
 use crate::service::checkback::StockLogChecker;
 use crate::service::monitor::{self, SaleMonitor};
+use crate::service::node_lease::NodeLease;
 use crate::service::orders::OrderService;
 use crate::service::otp::{DevOtpSender, OtpSender, WebhookOtpSender};
 use crate::service::sold_out::SoldOutFlags;
@@ -50,6 +50,8 @@ pub struct App {
     /// The in-process key-value store, when that is the one in use (fault
     /// injection).
     pub memory_kv: Option<Arc<MemoryKvStore>>,
+    /// This instance's node id lease (none with `SECKILL_NODE_ID` set).
+    pub node_lease: Option<Arc<NodeLease>>,
 }
 
 /// The process's Prometheus recorder, installed once.
@@ -137,8 +139,6 @@ struct CacheAdapters {
     kv: Arc<dyn KvStore>,
     memory_kv: Option<Arc<MemoryKvStore>>,
     limiter: Arc<dyn RateLimiter>,
-    /// A node id leased from Redis, unique among the instances sharing it.
-    leased_node: Option<u16>,
 }
 
 async fn cache_adapters(config: &Config) -> anyhow::Result<CacheAdapters> {
@@ -151,24 +151,18 @@ async fn cache_adapters(config: &Config) -> anyhow::Result<CacheAdapters> {
             kv: kv.clone(),
             memory_kv: Some(kv),
             limiter: Arc::new(MemoryRateLimiter::new()),
-            leased_node: None,
         });
     };
     let timeout = Duration::from_millis(config.redis_timeout_ms);
     let conn = RedisConn::connect(url, &config.redis_prefix, timeout)
         .await
         .with_context(|| format!("cannot reach Redis at {url}"))?;
-    let leased_node = match config.node_id {
-        Some(_) => None,
-        None => Some(conn.lease_node_id().await?),
-    };
     Ok(CacheAdapters {
         ledger: Arc::new(RedisStockLedger::new(conn.clone())),
         memory_ledger: None,
         kv: Arc::new(RedisKvStore::new(conn.clone())),
         memory_kv: None,
         limiter: Arc::new(RedisRateLimiter::new(conn)),
-        leased_node,
     })
 }
 
@@ -199,10 +193,34 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     };
     let checker = Arc::new(StockLogChecker::new(store.clone()));
     let caches = cache_adapters(&config).await?;
-    let node = config
-        .node_id
-        .or(caches.leased_node)
-        .unwrap_or_else(|| rand::thread_rng().gen_range(0..=crate::domain::ids::MAX_NODE_ID));
+    let node_lease = match config.node_id {
+        Some(_) => None,
+        None => {
+            let ttl = Duration::from_millis(config.node_lease_ttl_ms);
+            let lease = NodeLease::acquire(caches.kv.clone(), ttl)
+                .await
+                .context("cannot lease a node id")?
+                .context(
+                    "every node id (0..=1023) is leased by a running instance: stop one, or \
+                     wait SECKILL_NODE_LEASE_TTL_MS for a crashed one's to lapse",
+                )?;
+            Some(Arc::new(lease))
+        }
+    };
+    // The generator at once, and the lease kept from here: building the
+    // rest (the RocketMQ client) may take longer than the lease's TTL.
+    let ids: Arc<IdGenerator> = match (&node_lease, config.node_id) {
+        (Some(lease), _) => {
+            let ids = Arc::new(lease.ids());
+            tokio::spawn(lease.clone().keep(
+                ids.clone(),
+                Duration::from_millis(config.heartbeat_interval_ms.max(100)),
+            ));
+            ids
+        }
+        (None, node) => Arc::new(IdGenerator::new(node.unwrap_or_default())),
+    };
+    let node = ids.node();
     let (bus, memory_bus): (Arc<dyn MessageBus>, Option<MemoryBus>) = match &config.rocketmq_namesrv
     {
         Some(namesrv) => {
@@ -244,7 +262,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let context = Context {
         config: config.clone(),
         ports: ports.clone(),
-        ids: Arc::new(IdGenerator::new(node)),
+        ids: ids.clone(),
         sold_out: Arc::new(SoldOutFlags::with_poll(
             Duration::from_millis(config.local_sold_out_ttl_ms),
             Duration::from_millis(config.sold_out_poll_ms),
@@ -332,5 +350,6 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         memory_bus,
         memory_ledger: caches.memory_ledger,
         memory_kv: caches.memory_kv,
+        node_lease,
     })
 }

@@ -190,6 +190,9 @@ pub fn main() -> anyhow::Result<()> {
                         .context("reconciliation failed")?;
                 }
                 println!("{report:?}");
+                if let Some(lease) = &app.node_lease {
+                    lease.release().await;
+                }
                 Ok(())
             }
         }

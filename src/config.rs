@@ -73,8 +73,13 @@ pub struct Config {
     /// Folder of the web pages; the copy built into the binary is used when
     /// this folder does not exist.
     pub web_dir: PathBuf,
-    /// This instance's node id in order numbers (0..=1023); unset: leased from the shared Redis (unique among the instances sharing it); random without Redis.
+    /// This instance's node id in order numbers (0..=1023); unset: leased from the shared Redis (unique among the instances sharing it; see `service::node_lease`), or from the in-process store without Redis.
     pub node_id: Option<u16>,
+    /// How long a leased node id stays leased without renewal (renewed every
+    /// heartbeat, at most every third of it; an instance that cannot renew
+    /// it for this long takes no orders). A crashed instance's id is free
+    /// again after it.
+    pub node_lease_ttl_ms: u64,
     /// Set the session cookie's `Secure` flag (behind HTTPS).
     pub cookie_secure: bool,
 
@@ -212,8 +217,16 @@ pub struct Config {
     /// transaction's deadline.
     pub ledger_rebuild_quiet_ms: u64,
     /// Every API request is answered within this deadline (503 UNAVAILABLE
-    /// past it: the outcome of an order is then found under My orders).
+    /// past it, nothing written), but for an order already in its local
+    /// transaction (`held_order_grace_ms`).
     pub request_timeout_ms: u64,
+    /// How long past `request_timeout_ms` an order already in its local
+    /// transaction is waited for, to answer its outcome rather than a 503
+    /// over an order that commits: the half message's send (RocketMQ's 3 s),
+    /// the transaction (`local_tx_timeout_ms`) and settling a failed one (a
+    /// pooled connection, `database_acquire_timeout_ms`). Past it: 503 with
+    /// the outcome unknown.
+    pub held_order_grace_ms: u64,
     /// How often each instance flushes its refusal counts and writes its
     /// heartbeat (the admin dashboard's instance list and refusal chart).
     pub heartbeat_interval_ms: u64,
@@ -248,8 +261,8 @@ impl Config {
     /// How long after a promo's end an order admitted before it may still
     /// write its first row (`stock_log`) to the DB: its request's deadline
     /// (a write-behind batch drops the orders whose caller was cut off
-    /// before it journals them; a pure-database order commits within its
-    /// request), then the journal insert's own deadline (the local
+    /// before it journals them; a pure-database order starts its
+    /// transaction within its request), then the journal insert's own deadline (the local
     /// transaction's). Past it, every order of the sale is in the DB.
     pub fn order_in_flight_bound(&self) -> Duration {
         Duration::from_millis(
@@ -305,6 +318,7 @@ impl Default for Config {
             order_strategy: OrderStrategy::WriteBehind,
             web_dir: PathBuf::from("web"),
             node_id: None,
+            node_lease_ttl_ms: 30_000,
             cookie_secure: false,
             session_ttl_secs: 24 * 3600,
             session_cache_ttl_ms: 2_000,
@@ -358,6 +372,7 @@ impl Default for Config {
             order_payment_timeout_secs: 15 * 60,
             ledger_rebuild_quiet_ms: 6_000,
             request_timeout_ms: 15_000,
+            held_order_grace_ms: 15_000,
             max_body_bytes: 2 * 1024 * 1024,
             bulk_users_max: 20_000,
             item_list_page_max: 500,
@@ -415,6 +430,12 @@ impl Config {
         }
         fig.extract()
             .map_err(|e| ConfigError(format!("bad setting: {e}")))
+    }
+
+    /// How long past the request deadline an order already in its local
+    /// transaction is waited for (`http::deadline`).
+    pub fn held_order_grace(&self) -> Duration {
+        Duration::from_millis(self.held_order_grace_ms)
     }
 
     /// Checks every setting and derives the typed ones.
@@ -483,6 +504,12 @@ impl Config {
             return Err(ConfigError(
                 "SECKILL_ROCKETMQ_LISTENER_DEADLINE_MS must be 1000..=25000 (the client gives up at 30 s)".into(),
             ));
+        }
+        if !(1_000..=3_600_000).contains(&self.node_lease_ttl_ms) {
+            return Err(ConfigError(format!(
+                "SECKILL_NODE_LEASE_TTL_MS must be 1000..=3600000 (got {})",
+                self.node_lease_ttl_ms
+            )));
         }
         if let Some(n) = self.node_id {
             if n > crate::domain::ids::MAX_NODE_ID {
@@ -573,6 +600,14 @@ impl Config {
                  (a rebuild must not start while an order in flight at the loss may still commit)"
                     .into(),
             ));
+        }
+        if self.held_order_grace_ms < self.local_tx_timeout_ms || self.held_order_grace_ms > 600_000
+        {
+            return Err(ConfigError(format!(
+                "SECKILL_HELD_ORDER_GRACE_MS ({}) must be at least SECKILL_LOCAL_TX_TIMEOUT_MS ({}) \
+                 (an order in its local transaction is waited for at least that long) and at most 600000",
+                self.held_order_grace_ms, self.local_tx_timeout_ms
+            )));
         }
         if self.request_timeout_ms <= self.local_tx_timeout_ms {
             return Err(ConfigError(
@@ -751,6 +786,18 @@ mod tests {
         let bad = [
             Config {
                 database_url: "postgres://x".into(),
+                ..Config::default()
+            },
+            Config {
+                held_order_grace_ms: 4_999,
+                ..Config::default()
+            },
+            Config {
+                held_order_grace_ms: 600_001,
+                ..Config::default()
+            },
+            Config {
+                node_lease_ttl_ms: 999,
                 ..Config::default()
             },
             Config {

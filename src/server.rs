@@ -83,6 +83,9 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let _ = app.state.monitor.flush().await;
     let _ = app.state.monitor.leave().await;
+    if let Some(lease) = &app.node_lease {
+        lease.release().await;
+    }
     tracing::info!("seckill stopped");
     Ok(())
 }

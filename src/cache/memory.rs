@@ -298,6 +298,7 @@ pub struct MemoryKvStore {
     map: Mutex<HashMap<String, (Value, Instant)>>,
     writes_since_sweep: Mutex<u32>,
     fail_deletes: AtomicBool,
+    fail_renewals: AtomicBool,
 }
 
 impl Default for MemoryKvStore {
@@ -314,7 +315,14 @@ impl MemoryKvStore {
             map: Mutex::new(HashMap::new()),
             writes_since_sweep: Mutex::new(0),
             fail_deletes: AtomicBool::new(false),
+            fail_renewals: AtomicBool::new(false),
         }
+    }
+
+    /// Fault injection: while true every [`KvStore::renew_lease`] fails as
+    /// if the store were unreachable, and renews nothing.
+    pub fn fail_renewals(&self, on: bool) {
+        self.fail_renewals.store(on, Ordering::SeqCst);
     }
 
     /// Fault injection: while true every [`KvStore::delete`] fails as if the
@@ -428,6 +436,29 @@ impl KvStore for MemoryKvStore {
             map.remove(key);
         }
         Ok(held)
+    }
+
+    async fn renew_lease(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> CacheResult<LeaseRenewal> {
+        if self.fail_renewals.load(Ordering::SeqCst) {
+            return Err(CacheError {
+                context: "lease renewal failed (fault injection)",
+                source: None,
+            });
+        }
+        let now = Instant::now();
+        let mut map = self.map.lock();
+        let renewal = match map.get(key) {
+            Some((Value::Text(v), exp)) if *exp > now && v == value => LeaseRenewal::Renewed,
+            Some((_, exp)) if *exp > now => return Ok(LeaseRenewal::Lost),
+            _ => LeaseRenewal::Retaken,
+        };
+        map.insert(key.to_owned(), (Value::Text(value.to_owned()), now + ttl));
+        Ok(renewal)
     }
 
     async fn set_counter(&self, key: &str, value: i64, ttl: Duration) -> CacheResult<()> {

@@ -175,6 +175,13 @@ pub trait KvStore: Send + Sync {
     /// holder alone, never one that expired and was taken by another. True
     /// when deleted now.
     async fn delete_if_equals(&self, key: &str, value: &str) -> CacheResult<bool>;
+    /// Keeps a lease taken with [`set_if_absent`](Self::set_if_absent): while
+    /// `key` holds `value` its TTL is set to `ttl` ([`LeaseRenewal::Renewed`]);
+    /// a missing key (expired, or the store restarted empty) is taken again
+    /// ([`LeaseRenewal::Retaken`]); a key holding another value is left alone
+    /// ([`LeaseRenewal::Lost`]). One step.
+    async fn renew_lease(&self, key: &str, value: &str, ttl: Duration)
+        -> CacheResult<LeaseRenewal>;
     /// Sets an integer counter (a promo's gate) with a TTL.
     async fn set_counter(&self, key: &str, value: i64, ttl: Duration) -> CacheResult<()>;
     /// Adds `delta` to a counter that exists, keeping its TTL; a missing
@@ -231,6 +238,17 @@ pub enum Permit {
     Held,
     /// No permit left (or no counter): nothing set.
     Refused,
+}
+
+/// What [`KvStore::renew_lease`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseRenewal {
+    /// Still ours; its TTL set again.
+    Renewed,
+    /// It was gone, and is ours again.
+    Retaken,
+    /// Another holder has it; nothing changed.
+    Lost,
 }
 
 /// A named limit: at most `limit` events per `period` for one key, refilled

@@ -60,18 +60,6 @@ impl RedisConn {
         }
     }
 
-    /// A node id for order numbers, unique among the instances sharing this
-    /// Redis (a counter modulo 1024: unique while fewer than 1024 run).
-    pub async fn lease_node_id(&self) -> CacheResult<u16> {
-        let mut c = self.conn.clone();
-        let n: i64 = ::redis::cmd("INCR")
-            .arg(self.key("node_seq"))
-            .query_async(&mut c)
-            .await
-            .map_err(err("Redis INCR failed"))?;
-        Ok((n.rem_euclid(1024)) as u16)
-    }
-
     async fn ping(&self) -> CacheResult<()> {
         let mut c = self.conn.clone();
         ::redis::cmd("PING")
@@ -602,6 +590,21 @@ end
 return 0
 "#;
 
+/// KEYS: lease. ARGV: holder, ttl ms. 1 renewed, 2 taken again, 0 another
+/// holder's.
+const RENEW_LEASE: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if v == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
+end
+return 0
+"#;
+
 /// KEYS: counter. ARGV: delta. INCRBY keeps the key's TTL.
 const ADD_TO_COUNTER: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -617,6 +620,7 @@ pub struct RedisKvStore {
     take_permit_and_set: Script,
     set_if_held: Script,
     delete_if_equals: Script,
+    renew_lease: Script,
     add_to_counter: Script,
 }
 
@@ -627,6 +631,7 @@ impl RedisKvStore {
             take_permit_and_set: Script::new(TAKE_PERMIT_AND_SET),
             set_if_held: Script::new(SET_IF_HELD),
             delete_if_equals: Script::new(DELETE_IF_EQUALS),
+            renew_lease: Script::new(RENEW_LEASE),
             add_to_counter: Script::new(ADD_TO_COUNTER),
         }
     }
@@ -710,6 +715,28 @@ impl KvStore for RedisKvStore {
             .await
             .map_err(err("Redis conditional DEL failed"))?;
         Ok(n == 1)
+    }
+
+    async fn renew_lease(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> CacheResult<LeaseRenewal> {
+        let mut c = self.redis.conn.clone();
+        let n: i64 = self
+            .renew_lease
+            .key(self.redis.key(key))
+            .arg(value)
+            .arg(millis(ttl))
+            .invoke_async(&mut c)
+            .await
+            .map_err(err("Redis lease renewal failed"))?;
+        Ok(match n {
+            1 => LeaseRenewal::Renewed,
+            2 => LeaseRenewal::Retaken,
+            _ => LeaseRenewal::Lost,
+        })
     }
 
     async fn set_counter(&self, key: &str, value: i64, ttl: Duration) -> CacheResult<()> {

@@ -71,6 +71,16 @@ impl std::fmt::Display for OrderNo {
 }
 
 const EPOCH_MS: i64 = 1_704_067_200_000; // 2024-01-01T00:00:00Z
+
+/// Milliseconds on a clock that never jumps (not the wall clock, which NTP
+/// or a resumed VM may step), counted from the first call in the process:
+/// leases' TTLs are durations, and are measured on it.
+pub fn monotonic_ms() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
 const NODE_BITS: u32 = 10;
 const SEQ_BITS: u32 = 12;
 /// The largest node id the generator accepts.
@@ -78,25 +88,65 @@ pub const MAX_NODE_ID: u16 = (1 << NODE_BITS) - 1;
 
 /// Lock-free Snowflake id generator. Ids are strictly increasing per
 /// generator; two generators with different node ids never collide.
+///
+/// The node id can change while ids are handed out ([`set_node`]: an
+/// instance whose node id lease was taken by another moves to a new one);
+/// it lives in the same atomic word as the last id, so every id is made
+/// from one node id and the sequence goes on increasing across the change.
+///
+/// [`set_node`]: IdGenerator::set_node
 pub struct IdGenerator {
-    node: u64,
-    /// `(ms since EPOCH) << SEQ_BITS | seq` of the last id handed out.
-    last: AtomicU64,
+    /// `node << STATE_NODE_SHIFT | (ms since EPOCH) << SEQ_BITS | seq`, the
+    /// last id handed out and the node id the next one takes.
+    state: AtomicU64,
+    /// [`monotonic_ms`] until which the node id is known to be this
+    /// process's alone (its lease's last confirmation + TTL); `u64::MAX` for
+    /// a configured one.
+    own_until_ms: AtomicU64,
 }
 
+/// Milliseconds (41 bits) and sequence (12 bits) take the state's low 53
+/// bits; the node id sits above them.
+const STATE_NODE_SHIFT: u32 = 53;
+const STATE_TIME_MASK: u64 = (1 << STATE_NODE_SHIFT) - 1;
+
 impl IdGenerator {
-    /// # Panics
-    /// Never on ids from `MAX_NODE_ID` down; larger ones are masked by config
-    /// validation before they get here.
+    /// Node ids above `MAX_NODE_ID` are masked (config validation refuses
+    /// them before they get here).
     pub fn new(node: u16) -> Self {
         IdGenerator {
-            node: u64::from(node & MAX_NODE_ID),
-            last: AtomicU64::new(0),
+            state: AtomicU64::new(u64::from(node & MAX_NODE_ID) << STATE_NODE_SHIFT),
+            own_until_ms: AtomicU64::new(u64::MAX),
         }
     }
 
+    /// Records until when ([`monotonic_ms`]) the node id is known to be
+    /// this process's alone: a lease not confirmed since may have lapsed and
+    /// been taken by another instance.
+    pub fn own_node_until(&self, at: u64) {
+        self.own_until_ms.store(at, Ordering::Relaxed);
+    }
+
+    /// Whether the node id is known to be this process's alone now. Orders
+    /// are refused (503) while it is not: their ids could collide.
+    pub fn owns_node(&self) -> bool {
+        monotonic_ms() < self.own_until_ms.load(Ordering::Relaxed)
+    }
+
     pub fn node(&self) -> u16 {
-        self.node as u16
+        (self.state.load(Ordering::Relaxed) >> STATE_NODE_SHIFT) as u16
+    }
+
+    /// Hands out the following ids with `node`. They start on the next
+    /// millisecond, so they stay above every id handed out before.
+    pub fn set_node(&self, node: u16) {
+        let node = u64::from(node & MAX_NODE_ID) << STATE_NODE_SHIFT;
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |s| {
+                let next_ms = ((s & STATE_TIME_MASK) >> SEQ_BITS) + 1;
+                Some(node | next_ms << SEQ_BITS)
+            });
     }
 
     /// The next id. When more than 4096 ids are asked within one millisecond
@@ -105,21 +155,25 @@ impl IdGenerator {
     pub fn next_id(&self) -> StockLogId {
         let now = (Utc::now().timestamp_millis() - EPOCH_MS).max(0) as u64;
         let candidate = now << SEQ_BITS;
-        let mut prev = self.last.load(Ordering::Relaxed);
+        let mut prev = self.state.load(Ordering::Relaxed);
         loop {
-            let next = if candidate > prev {
+            let node = prev >> STATE_NODE_SHIFT;
+            let last = prev & STATE_TIME_MASK;
+            let next = if candidate > last {
                 candidate
             } else {
-                prev + 1
+                last + 1
             };
-            match self
-                .last
-                .compare_exchange_weak(prev, next, Ordering::AcqRel, Ordering::Relaxed)
-            {
+            match self.state.compare_exchange_weak(
+                prev,
+                node << STATE_NODE_SHIFT | next,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => {
                     let ms = next >> SEQ_BITS;
                     let seq = next & ((1 << SEQ_BITS) - 1);
-                    let id = (ms << (NODE_BITS + SEQ_BITS)) | (self.node << SEQ_BITS) | seq;
+                    let id = (ms << (NODE_BITS + SEQ_BITS)) | (node << SEQ_BITS) | seq;
                     return StockLogId(id as i64);
                 }
                 Err(actual) => prev = actual,
@@ -158,6 +212,21 @@ mod tests {
         let b = IdGenerator::new(2);
         let xs: HashSet<i64> = (0..10_000).map(|_| a.next_id().0).collect();
         assert!((0..10_000).all(|_| !xs.contains(&b.next_id().0)));
+    }
+
+    #[test]
+    fn a_node_change_keeps_ids_increasing_and_takes_the_new_node() {
+        let g = IdGenerator::new(9);
+        let before: Vec<i64> = (0..5_000).map(|_| g.next_id().0).collect();
+        g.set_node(4);
+        assert_eq!(g.node(), 4);
+        let after = g.next_id().0;
+        assert!(
+            after > *before.last().unwrap(),
+            "increasing across the change"
+        );
+        assert_eq!((after >> SEQ_BITS) & i64::from(MAX_NODE_ID), 4);
+        assert_eq!((before[0] >> SEQ_BITS) & i64::from(MAX_NODE_ID), 9);
     }
 
     #[test]

@@ -1,7 +1,18 @@
 //! The API's request deadline as a tower layer: past it, 503 UNAVAILABLE
-//! with the JSON error body (never a hang). An order still in the pipeline
-//! then commits or is given back as usual; its buyer finds it under My
-//! orders.
+//! with the JSON error body (never a hang).
+//!
+//! Each order placement carries a [`DeadlineHold`] (a request extension).
+//! An order that reached its local transaction holds it: past the deadline such a
+//! request is waited for — its outcome comes within the transaction's own
+//! bound — rather than answered 503 while the order commits behind that
+//! answer (API.md: a 503 wrote nothing). A request cut off first has its
+//! order given back. A held request still unanswered `grace` past the
+//! deadline is answered 503 with its outcome unknown (its buyer finds it
+//! under My orders): the grace covers the send, the transaction and
+//! settling a failed one at their configured bounds, so only a sequence of
+//! slow steps beyond them (a batch committed order by order after a unique
+//! key broke) gets there; counted apart,
+//! `seckill_http_order_outcome_unknown_total`.
 //!
 //! A layer of its own rather than `middleware::from_fn`: that one boxes the
 //! request's future and wraps the inner service in another boxed service on
@@ -14,23 +25,28 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::extract::Request;
+use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use tokio::task::Unconstrained;
 use tokio::time::Sleep;
 use tower::{Layer, Service};
 
 use super::error::ApiError;
+use super::orders::ORDERS_PATH;
+use crate::service::deadline_hold::DeadlineHold;
 use crate::service::ServiceError;
 
-/// Answers 503 when the inner service has not answered within `limit`.
+/// Answers 503 when the inner service has not answered within `limit`
+/// (a held request: within `limit` + `grace`).
 #[derive(Debug, Clone, Copy)]
 pub struct DeadlineLayer {
     limit: Duration,
+    grace: Duration,
 }
 
 impl DeadlineLayer {
-    pub fn new(limit: Duration) -> Self {
-        DeadlineLayer { limit }
+    pub fn new(limit: Duration, grace: Duration) -> Self {
+        DeadlineLayer { limit, grace }
     }
 }
 
@@ -41,6 +57,7 @@ impl<S> Layer<S> for DeadlineLayer {
         Deadline {
             inner,
             limit: self.limit,
+            grace: self.grace,
         }
     }
 }
@@ -49,6 +66,7 @@ impl<S> Layer<S> for DeadlineLayer {
 pub struct Deadline<S> {
     inner: S,
     limit: Duration,
+    grace: Duration,
 }
 
 type Answer = Result<Response, Infallible>;
@@ -65,11 +83,21 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        // Only an order placement can reach a point of no return; other
+        // requests pay for no hold (its allocation and extension).
+        let hold = (req.method() == Method::POST && req.uri().path() == ORDERS_PATH).then(|| {
+            let hold = DeadlineHold::default();
+            req.extensions_mut().insert(hold.clone());
+            hold
+        });
         DeadlineFuture {
             inner: self.inner.call(req),
             timer: None,
             limit: self.limit,
+            grace: self.grace,
+            hold,
+            extended: false,
         }
     }
 }
@@ -89,6 +117,11 @@ pin_project_lite::pin_project! {
         #[pin]
         timer: Option<Unconstrained<Sleep>>,
         limit: Duration,
+        grace: Duration,
+        hold: Option<DeadlineHold>,
+        // The deadline passed with the request held: the timer is the
+        // grace, the last bound.
+        extended: bool,
     }
 }
 
@@ -109,10 +142,23 @@ where
                     *this.limit,
                 ))));
         }
-        if let Some(timer) = this.timer.as_pin_mut() {
-            ready!(timer.poll(cx));
+        loop {
+            if let Some(timer) = this.timer.as_mut().as_pin_mut() {
+                ready!(timer.poll(cx));
+            }
+            if *this.extended {
+                return Poll::Ready(outcome_unknown());
+            }
+            if this.hold.as_ref().is_none_or(DeadlineHold::cut_off) {
+                return Poll::Ready(past_deadline());
+            }
+            // Held: its order is committing; its answer is the outcome.
+            *this.extended = true;
+            this.timer
+                .set(Some(tokio::task::unconstrained(tokio::time::sleep(
+                    *this.grace,
+                ))));
         }
-        Poll::Ready(past_deadline())
     }
 }
 
@@ -120,7 +166,20 @@ where
 fn past_deadline() -> Answer {
     metrics::counter!("seckill_http_deadline_exceeded_total").increment(1);
     Ok(ApiError::from(ServiceError::unavailable(
-        "no answer within the request deadline; retry (an order's outcome shows under your orders)",
+        "no answer within the request deadline; retry",
+    ))
+    .into_response())
+}
+
+/// 503: a held request (its order committing) still unanswered `grace`
+/// past the deadline.
+fn outcome_unknown() -> Answer {
+    metrics::counter!("seckill_http_order_outcome_unknown_total").increment(1);
+    tracing::error!(
+        "an order past its point of no return is unanswered past the deadline and its grace"
+    );
+    Ok(ApiError::from(ServiceError::unavailable(
+        "the order's outcome is not known yet; check your orders shortly",
     ))
     .into_response())
 }
@@ -129,6 +188,7 @@ fn past_deadline() -> Answer {
 mod tests {
     use super::*;
     use axum::http::StatusCode;
+    use std::sync::Arc;
     use tower::ServiceExt;
 
     fn answering_after(
@@ -143,7 +203,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_answer_within_the_deadline_passes_and_a_late_one_is_503() {
         let limit = Duration::from_secs(2);
-        let svc = DeadlineLayer::new(limit).layer(answering_after(Duration::ZERO));
+        let svc = DeadlineLayer::new(limit, limit).layer(answering_after(Duration::ZERO));
         let r = svc
             .oneshot(Request::new(axum::body::Body::empty()))
             .await
@@ -154,7 +214,8 @@ mod tests {
             "ready on its first poll"
         );
 
-        let svc = DeadlineLayer::new(limit).layer(answering_after(Duration::from_millis(1_999)));
+        let svc =
+            DeadlineLayer::new(limit, limit).layer(answering_after(Duration::from_millis(1_999)));
         let r = svc
             .oneshot(Request::new(axum::body::Body::empty()))
             .await
@@ -162,7 +223,7 @@ mod tests {
         assert_eq!(r.status(), StatusCode::NO_CONTENT, "pending, then in time");
 
         let started = tokio::time::Instant::now();
-        let svc = DeadlineLayer::new(limit).layer(answering_after(Duration::from_secs(60)));
+        let svc = DeadlineLayer::new(limit, limit).layer(answering_after(Duration::from_secs(60)));
         let r = svc
             .oneshot(Request::new(axum::body::Body::empty()))
             .await
@@ -179,6 +240,110 @@ mod tests {
         assert_eq!(body["code"], "UNAVAILABLE");
     }
 
+    fn holding_after(
+        hold_at: Duration,
+        delay: Duration,
+    ) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send> + Clone {
+        tower::service_fn(move |req: Request| async move {
+            let hold = req.extensions().get::<DeadlineHold>().unwrap().clone();
+            tokio::time::sleep(hold_at).await;
+            if !hold.hold() {
+                return Ok::<_, Infallible>(StatusCode::CONFLICT.into_response());
+            }
+            tokio::time::sleep(delay).await;
+            Ok(StatusCode::CREATED.into_response())
+        })
+    }
+
+    fn order_request() -> Request {
+        Request::post(ORDERS_PATH)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_order_is_waited_for_past_the_deadline_within_its_grace() {
+        let limit = Duration::from_secs(2);
+        let grace = Duration::from_secs(5);
+        let call = |svc| async move {
+            let started = tokio::time::Instant::now();
+            let r: Response = DeadlineLayer::new(limit, grace)
+                .layer(svc)
+                .oneshot(order_request())
+                .await
+                .unwrap();
+            let status = r.status();
+            let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .map(|v| v["message"].as_str().unwrap_or_default().to_owned())
+                .unwrap_or_default();
+            (status, started.elapsed(), message.contains("not known"))
+        };
+        assert_eq!(
+            call(holding_after(
+                Duration::from_secs(1),
+                Duration::from_secs(3)
+            ))
+            .await,
+            (StatusCode::CREATED, Duration::from_secs(4), false),
+            "held before the deadline: its outcome, late"
+        );
+        assert_eq!(
+            call(holding_after(
+                Duration::from_secs(1),
+                Duration::from_secs(60)
+            ))
+            .await,
+            (StatusCode::SERVICE_UNAVAILABLE, limit + grace, true),
+            "the grace bounds a held request, whose outcome is then unknown"
+        );
+        assert_eq!(
+            call(holding_after(Duration::from_secs(3), Duration::ZERO)).await,
+            (StatusCode::SERVICE_UNAVAILABLE, limit, false),
+            "not held by the deadline: cut off at it"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_an_order_placement_carries_a_hold() {
+        let seen = tower::service_fn(|req: Request| async move {
+            let status = match req.extensions().get::<DeadlineHold>() {
+                Some(_) => StatusCode::CREATED,
+                None => StatusCode::NO_CONTENT,
+            };
+            Ok::<_, Infallible>(status.into_response())
+        });
+        let layer = DeadlineLayer::new(Duration::from_secs(1), Duration::from_secs(1));
+        let r = layer.layer(seen).oneshot(order_request()).await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let get = Request::get(ORDERS_PATH)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let r = layer.layer(seen).oneshot(get).await.unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_cut_off_cannot_be_held_afterwards() {
+        let hold_slot: Arc<parking_lot::Mutex<Option<DeadlineHold>>> = Arc::default();
+        let slot = hold_slot.clone();
+        let svc = tower::service_fn(move |req: Request| {
+            *slot.lock() = req.extensions().get::<DeadlineHold>().cloned();
+            async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok::<Response, Infallible>(StatusCode::CREATED.into_response())
+            }
+        });
+        let r = DeadlineLayer::new(Duration::from_secs(1), Duration::from_secs(5))
+            .layer(svc)
+            .oneshot(order_request())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let hold = hold_slot.lock().clone().unwrap();
+        assert!(!hold.hold(), "its order is given back, not committed");
+    }
+
     /// `tokio::time::timeout` polls its timer outside the co-operative
     /// budget once the inner future spent it; so does this one.
     #[tokio::test]
@@ -190,7 +355,8 @@ mod tests {
             #[allow(unreachable_code)]
             Ok::<Response, Infallible>(StatusCode::OK.into_response())
         });
-        let svc = DeadlineLayer::new(Duration::from_millis(50)).layer(busy);
+        let svc =
+            DeadlineLayer::new(Duration::from_millis(50), Duration::from_millis(50)).layer(busy);
         let r = tokio::time::timeout(
             Duration::from_secs(30),
             svc.oneshot(Request::new(axum::body::Body::empty())),

@@ -107,6 +107,7 @@ pub fn router(state: AppState) -> Router {
                 ))
                 .layer(deadline::DeadlineLayer::new(
                     std::time::Duration::from_millis(state.config.request_timeout_ms),
+                    state.config.held_order_grace(),
                 )),
         );
     let web_dir = web_dir(&state.config);

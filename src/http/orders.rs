@@ -6,7 +6,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedSemaphorePermit;
@@ -16,14 +16,19 @@ use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath, CurrentUser};
 use super::AppState;
 use crate::domain::{ItemId, Order, OrderStatus, PromoId};
+use crate::service::deadline_hold::DeadlineHold;
 use crate::service::orders::PlaceOrder;
 use crate::service::ServiceError;
+
+/// Where orders are placed (`POST`) and listed; a placement carries a
+/// [`DeadlineHold`] (`http::deadline`).
+pub const ORDERS_PATH: &str = v1!("/orders");
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route(v1!("/promos/{id}/captcha"), get(captcha))
         .route(v1!("/promos/{id}/tokens"), post(issue_token))
-        .route(v1!("/orders"), post(place).get(list))
+        .route(ORDERS_PATH, post(place).get(list))
         .route(v1!("/orders/{order_no}"), get(detail))
         .route(v1!("/orders/{order_no}/pay"), post(pay))
         .route(v1!("/orders/{order_no}/cancel"), post(cancel))
@@ -200,11 +205,17 @@ pub async fn place(
     State(state): State<AppState>,
     _: Admitted,
     user: CurrentUser,
+    hold: Option<Extension<DeadlineHold>>,
     ApiJson(r): ApiJson<OrderRequest>,
 ) -> ApiResult<(StatusCode, ApiJson<OrderDto>)> {
+    debug_assert!(
+        hold.is_some(),
+        "the deadline layer gives every placement a hold"
+    );
+    let hold = hold.map(|Extension(h)| h).unwrap_or_default();
     let order = state
         .orders
-        .place(
+        .place_held(
             user.id,
             PlaceOrder {
                 promo_id: PromoId(r.promo_id),
@@ -212,6 +223,7 @@ pub async fn place(
                 amount: r.amount,
                 token: r.token,
             },
+            &hold,
         )
         .await
         .inspect_err(|e| state.monitor.refused(PromoId(r.promo_id), e.reason()))?;

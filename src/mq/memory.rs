@@ -62,6 +62,9 @@ struct Inner {
     backlog: Mutex<Vec<Event>>,
     parked: AtomicU64,
     refuse_sends: AtomicBool,
+    /// Fault injection: how long a half message takes to reach the broker
+    /// (ms; 0: at once).
+    send_delay_ms: AtomicU64,
 }
 
 /// The in-process transactional bus. Cheap to clone.
@@ -83,6 +86,7 @@ impl MemoryBus {
             backlog: Mutex::new(Vec::new()),
             parked: AtomicU64::new(0),
             refuse_sends: AtomicBool::new(false),
+            send_delay_ms: AtomicU64::new(0),
         });
         tokio::spawn(check_back_loop(Arc::downgrade(&inner)));
         MemoryBus { inner }
@@ -102,6 +106,14 @@ impl MemoryBus {
     /// down.
     pub fn refuse_sends(&self, refuse: bool) {
         self.inner.refuse_sends.store(refuse, Ordering::Relaxed);
+    }
+
+    /// Fault injection: every half message takes `delay` to reach the
+    /// broker (a slow broker), before its local transaction runs.
+    pub fn delay_sends(&self, delay: Duration) {
+        self.inner
+            .send_delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 
     fn deliver(inner: &Inner, event: Event) {
@@ -169,6 +181,10 @@ impl MessageBus for MemoryBus {
             return Err(MqError(
                 "in-process bus refusing sends (fault injection)".into(),
             ));
+        }
+        let delay = self.inner.send_delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         self.inner.half.lock().insert(

@@ -12,8 +12,10 @@ use crate::store::{Store, StoreError};
 
 pub mod catalog;
 pub mod checkback;
+pub mod deadline_hold;
 pub mod item_cache;
 pub mod monitor;
+pub mod node_lease;
 pub mod orders;
 pub mod otp;
 pub mod payment;

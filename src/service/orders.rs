@@ -14,6 +14,7 @@ use chrono::Utc;
 use tokio::sync::{oneshot, Semaphore};
 
 use super::catalog::CatalogService;
+use super::deadline_hold::DeadlineHold;
 use super::payment;
 use super::tokens::TokenService;
 use super::write_behind::{Pending, WriteBehind};
@@ -107,8 +108,21 @@ impl OrderService {
 
     /// Places an order; answers only once it is committed in the DB.
     pub async fn place(&self, user: UserId, req: PlaceOrder) -> ServiceResult<Order> {
+        self.place_held(user, req, &DeadlineHold::default()).await
+    }
+
+    /// [`place`](Self::place) for a request with a deadline: `hold` is held
+    /// when the order reaches its local transaction, so a deadline passing
+    /// after that waits for the outcome; an order whose request was cut off
+    /// before is given back, never committed behind its 503.
+    pub async fn place_held(
+        &self,
+        user: UserId,
+        req: PlaceOrder,
+        hold: &DeadlineHold,
+    ) -> ServiceResult<Order> {
         let started = Instant::now();
-        let result = self.place_inner(user, req).await;
+        let result = self.place_inner(user, req, hold).await;
         match &result {
             Ok(_) => {
                 metrics::counter!("seckill_orders_accepted_total").increment(1);
@@ -120,10 +134,22 @@ impl OrderService {
         result
     }
 
-    async fn place_inner(&self, user: UserId, req: PlaceOrder) -> ServiceResult<Order> {
+    async fn place_inner(
+        &self,
+        user: UserId,
+        req: PlaceOrder,
+        hold: &DeadlineHold,
+    ) -> ServiceResult<Order> {
         if self.draining() {
             return Err(ServiceError::unavailable(
                 "this instance is shutting down; retry (another instance takes the order)",
+            ));
+        }
+        // Its order ids could collide with another instance's (see
+        // `service::node_lease`).
+        if !self.cx.ids.owns_node() {
+            return Err(ServiceError::unavailable(
+                "this instance cannot confirm its node id with the shared store; retry shortly",
             ));
         }
         let limit = self.cx.config.per_user_limit;
@@ -174,7 +200,7 @@ impl OrderService {
             promo: promo.id,
             item: promo.item_id,
         };
-        let result = match self.commit(user, &promo, &req).await {
+        let result = match self.commit(user, &promo, &req, hold).await {
             Err(ServiceError::AlreadyBought) => self.already_bought(user, promo.id).await,
             result => result,
         };
@@ -212,6 +238,7 @@ impl OrderService {
         user: UserId,
         promo: &crate::domain::Promo,
         req: &PlaceOrder,
+        hold: &DeadlineHold,
     ) -> ServiceResult<Order> {
         match self.cx.config.order_strategy {
             OrderStrategy::WriteBehind => {
@@ -224,6 +251,7 @@ impl OrderService {
                         amount: req.amount,
                         unit_price_cents: promo.price_cents,
                         reply,
+                        hold: hold.clone(),
                     })
                     .await?;
                 answer
@@ -255,6 +283,14 @@ impl OrderService {
                 // the answer normally comes before the request deadline.
                 let commit_by =
                     Instant::now() + Duration::from_millis(self.cx.config.local_tx_timeout_ms);
+                // From here the outcome comes within that bound: a deadline
+                // passing meanwhile waits for it rather than answering 503
+                // over a transaction that goes on.
+                if !hold.hold() {
+                    return Err(ServiceError::unavailable(
+                        "no answer within the request deadline; retry",
+                    ));
+                }
                 let placed = self
                     .cx
                     .ports
@@ -274,6 +310,11 @@ impl OrderService {
                         Err(ServiceError::SoldOut)
                     }
                     Err(StoreError::Conflict("user_promo")) => Err(ServiceError::AlreadyBought),
+                    // The id made twice (two instances on one node id for a
+                    // moment, see `service::node_lease`): nothing written.
+                    Err(StoreError::Conflict("stock_log")) => Err(ServiceError::unavailable(
+                        "the order could not be numbered; retry",
+                    )),
                     Err(StoreError::Conflict("version")) => Err(ServiceError::RateLimited(
                         "too much contention on this item; retry shortly",
                     )),

@@ -33,6 +33,7 @@ use futures::FutureExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
+use super::deadline_hold::DeadlineHold;
 use super::{payment, Context, ServiceError, ServiceResult};
 use crate::cache::{Reservation, ReserveOutcome};
 use crate::domain::{
@@ -49,6 +50,9 @@ pub struct Pending {
     pub amount: i64,
     pub unit_price_cents: i64,
     pub reply: oneshot::Sender<ServiceResult<Order>>,
+    /// Held when the order goes to its local transaction (see
+    /// [`DeadlineHold`]).
+    pub hold: DeadlineHold,
 }
 
 /// The queue's sending side; cloned into the order service.
@@ -61,6 +65,7 @@ pub struct WriteBehind {
 struct Reserved {
     draft: OrderDraft,
     reply: oneshot::Sender<ServiceResult<Order>>,
+    hold: DeadlineHold,
 }
 
 impl WriteBehind {
@@ -134,6 +139,16 @@ impl Worker {
         if batch.is_empty() {
             return;
         }
+        // The node id checked again where the ids are made: the lease may
+        // have gone unconfirmed while the batch waited (`service::node_lease`).
+        if !self.cx.ids.owns_node() {
+            for p in batch {
+                let _ = p.reply.send(Err(ServiceError::unavailable(
+                    "this instance cannot confirm its node id with the shared store; retry shortly",
+                )));
+            }
+            return;
+        }
         let ports = &self.cx.ports;
         let now = Utc::now();
         let drafts: Vec<OrderDraft> = batch
@@ -200,6 +215,7 @@ impl Worker {
                     .map(|(draft, p)| Reserved {
                         draft,
                         reply: p.reply,
+                        hold: p.hold,
                     })
                     .collect();
                 self.abandon(group, cause).await;
@@ -219,6 +235,7 @@ impl Worker {
                     reserved.push(Reserved {
                         draft,
                         reply: p.reply,
+                        hold: p.hold,
                     });
                     continue;
                 }
@@ -239,9 +256,11 @@ impl Worker {
         }
         // A caller cut off meanwhile (journal and reservation took the rest
         // of its deadline) was answered 503: its order is given back rather
-        // than committed behind that answer.
-        let (gone, reserved): (Vec<Reserved>, Vec<Reserved>) =
-            reserved.into_iter().partition(|r| r.reply.is_closed());
+        // than committed behind that answer. The others are held: their
+        // deadline waits for the commit's outcome from here.
+        let (reserved, gone): (Vec<Reserved>, Vec<Reserved>) = reserved
+            .into_iter()
+            .partition(|r| r.hold.hold() && !r.reply.is_closed());
         refused.extend(gone.into_iter().map(|r| r.draft));
         futures::join!(
             async {

@@ -1027,7 +1027,12 @@ async fn write_db_order(
 ) -> StoreResult<()> {
     sqlx::query("INSERT INTO stock_log (id, item_id, promo_id, user_id, amount, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'committed', ?, ?)")
         .bind(d.stock_log_id.0).bind(d.item_id.0).bind(d.promo_id.0).bind(d.user_id.0).bind(d.amount).bind(now).bind(now)
-        .execute(&mut *tx).await.map_err(map_unique)?;
+        .execute(&mut *tx).await
+        // Its only unique key is the id (MySQL names it PRIMARY).
+        .map_err(|e| match map_unique(e) {
+            StoreError::Conflict(_) => StoreError::Conflict("stock_log"),
+            other => other,
+        })?;
     sqlx::query("INSERT INTO order_info (order_no, stock_log_id, user_id, item_id, promo_id, amount, unit_price_cents, total_cents, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending_payment', ?, ?)")
         .bind(d.order_no.as_str()).bind(d.stock_log_id.0).bind(d.user_id.0).bind(d.item_id.0).bind(d.promo_id.0)
         .bind(d.amount).bind(d.unit_price_cents).bind(d.total_cents()).bind(d.created_at).bind(now)

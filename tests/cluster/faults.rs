@@ -34,10 +34,14 @@ const CONCURRENCY: usize = 40;
 /// land mid-sale and for reservations the fault strands to be given back
 /// (the reconciler settles them after 5 s) while buyers still arrive.
 const BUYERS_PER_SEC: u64 = 100;
-/// The instances' request deadline (`SECKILL_REQUEST_TIMEOUT_MS` in main.rs);
-/// no answer within it plus a margin is a hang.
+/// The instances' request deadline (`SECKILL_REQUEST_TIMEOUT_MS` in main.rs)
+/// and its grace for an order already in its local transaction
+/// (`SECKILL_HELD_ORDER_GRACE_MS`); no answer within both plus a margin is a
+/// hang.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(8);
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(REQUEST_DEADLINE.as_secs() + 4);
+const HELD_ORDER_GRACE: Duration = Duration::from_secs(9);
+const CLIENT_TIMEOUT: Duration =
+    Duration::from_secs(REQUEST_DEADLINE.as_secs() + HELD_ORDER_GRACE.as_secs() + 4);
 /// A buyer without a final answer by then gives up (a violation).
 const BUYER_DEADLINE: Duration = Duration::from_secs(120);
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);

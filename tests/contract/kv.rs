@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use seckill::cache::{KvStore, Permit, RateLimiter, RateRule};
+use seckill::cache::{KvStore, LeaseRenewal, Permit, RateLimiter, RateRule};
 
 fn key(name: &str) -> String {
     format!("contract:{}:{}:{}", std::process::id(), name, rand_suffix())
@@ -62,6 +62,48 @@ pub async fn suite(kv: Arc<dyn KvStore>) {
     );
     assert_eq!(kv.get(&k).await.unwrap(), None);
     assert!(!kv.delete_if_equals(&k, "c").await.unwrap(), "once");
+
+    let k = key("renew");
+    assert!(kv
+        .set_if_absent(&k, "a", Duration::from_millis(1100))
+        .await
+        .unwrap());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        kv.renew_lease(&k, "a", Duration::from_millis(1100))
+            .await
+            .unwrap(),
+        LeaseRenewal::Renewed
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        kv.get(&k).await.unwrap().as_deref(),
+        Some("a"),
+        "a renewed lease lives its TTL from the renewal"
+    );
+    assert_eq!(
+        kv.renew_lease(&k, "b", Duration::from_secs(10))
+            .await
+            .unwrap(),
+        LeaseRenewal::Lost,
+        "another holder's lease is left alone"
+    );
+    assert_eq!(kv.get(&k).await.unwrap().as_deref(), Some("a"));
+    kv.delete(&k).await.unwrap();
+    assert_eq!(
+        kv.renew_lease(&k, "a", Duration::from_secs(10))
+            .await
+            .unwrap(),
+        LeaseRenewal::Retaken,
+        "a lease that is gone (the store restarted empty) is taken again"
+    );
+    assert!(
+        !kv.set_if_absent(&k, "b", Duration::from_secs(10))
+            .await
+            .unwrap(),
+        "and held"
+    );
+    assert!(kv.delete_if_equals(&k, "a").await.unwrap());
 
     let k = key("del");
     kv.set(&k, "v", Duration::from_secs(10)).await.unwrap();

@@ -228,6 +228,54 @@ async fn an_order_cut_off_before_its_answer_gives_its_token_back() {
     );
 }
 
+/// The other way round: an order that reached its local transaction holds
+/// its request. A request deadline passing meanwhile (here a slow broker
+/// takes the half message) waits for the outcome — 201 and the order —
+/// rather than answering 503 over an order that then commits (API.md: a 503
+/// wrote nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_passing_while_its_order_commits_waits_for_the_outcome() {
+    let t = TestApp::spawn_with(|c| {
+        c.request_timeout_ms = 1_000;
+        c.local_tx_timeout_ms = 800;
+        c.ledger_rebuild_quiet_ms = 800;
+    })
+    .await;
+    let (item, promo) = t.sale(3).await;
+    let session = t.user("18890000001").await;
+    let token = t.token(&session, promo, item).await;
+    assert_eq!(token.status, axum::http::StatusCode::CREATED);
+    let token = token.json()["token"].as_str().unwrap().to_owned();
+    t.app
+        .memory_bus
+        .as_ref()
+        .unwrap()
+        .delay_sends(std::time::Duration::from_millis(1_400));
+    let started = std::time::Instant::now();
+    let r = t.order(&session, promo, item, &token).await;
+    let took = started.elapsed();
+    assert_eq!(r.status, axum::http::StatusCode::CREATED, "{:?}", r.json());
+    assert!(
+        took >= std::time::Duration::from_millis(1_400),
+        "answered past the deadline, with the outcome: {took:?}"
+    );
+    t.app
+        .memory_bus
+        .as_ref()
+        .unwrap()
+        .delay_sends(std::time::Duration::ZERO);
+    let stats = t.settled(promo).await;
+    assert_eq!(
+        (
+            stats["orders"].as_i64(),
+            stats["stock_db"].as_i64(),
+            stats["stock_cache"].as_i64()
+        ),
+        (Some(1), Some(2), Some(2)),
+        "{stats}"
+    );
+}
+
 #[tokio::test]
 async fn a_failed_local_transaction_gives_the_reservation_back_and_rolls_the_message_back() {
     let t = TestApp::spawn().await;

@@ -1,0 +1,298 @@
+//! The node id of order numbers and `stock_log` ids ([`IdGenerator`]) must
+//! differ between running instances, or two of them can make the same id in
+//! the same millisecond. Unless one is configured (`SECKILL_NODE_ID`), an
+//! instance leases its node id from the shared key/value store: `node:<id>`
+//! set if absent, with a TTL, holding a value only this process knows.
+//!
+//! The lease is renewed every heartbeat (at most every third of its TTL). A
+//! lease found gone (the store restarted empty, or lost the key) is taken
+//! again at once; one found held by another instance (which leased the id
+//! while it was gone) is given up, and this instance moves to a free id: a
+//! heartbeat after the store comes back, the node ids are unique again.
+//! While the lease cannot be confirmed for its TTL (the store unreachable:
+//! it may have lapsed, and another instance may hold the id), the instance
+//! takes no orders (503), so it makes no id that could collide. An id made
+//! twice in the remaining window (a newcomer leasing an id in the heartbeat
+//! after the store restarted empty) is refused by the journal's primary
+//! key: a 503 for the order (with write-behind, for its whole batch),
+//! nothing written, never an order stored twice.
+
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::cache::{CacheResult, KvStore, LeaseRenewal};
+use crate::domain::ids::{monotonic_ms, MAX_NODE_ID};
+use crate::domain::IdGenerator;
+
+fn node_key(node: u16) -> String {
+    format!("node:{node}")
+}
+
+/// This process's lease of its node id.
+pub struct NodeLease {
+    kv: Arc<dyn KvStore>,
+    /// The lease's value: this process, and a random number no other
+    /// process has.
+    holder: String,
+    ttl: Duration,
+    node: AtomicU16,
+    /// When ([`monotonic_ms`]) the lease was asked for: it is ours until
+    /// this + TTL.
+    taken_at_ms: u64,
+    /// Set by [`release`](Self::release): renewals stop.
+    released: AtomicBool,
+    /// Held by a renewal and by the release: a renewal under way when the
+    /// process gives the lease back cannot take it again after.
+    renewing: tokio::sync::Mutex<()>,
+}
+
+impl NodeLease {
+    /// Leases a free node id, trying them from a random one on; `None` when
+    /// every one of the 1,024 is leased.
+    pub async fn acquire(kv: Arc<dyn KvStore>, ttl: Duration) -> CacheResult<Option<Self>> {
+        let taken_at_ms = monotonic_ms();
+        let holder = format!("{}:{:016x}", std::process::id(), rand::random::<u64>());
+        let Some(node) = take_free(kv.as_ref(), &holder, ttl).await? else {
+            return Ok(None);
+        };
+        Ok(Some(NodeLease {
+            kv,
+            holder,
+            ttl,
+            node: AtomicU16::new(node),
+            taken_at_ms,
+            released: AtomicBool::new(false),
+            renewing: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The node id leased.
+    pub fn node(&self) -> u16 {
+        self.node.load(Ordering::Relaxed)
+    }
+
+    /// An id generator on the leased node id, which it owns for the lease's
+    /// TTL from when the lease was asked for; [`keep`](Self::keep) extends
+    /// that on every renewal.
+    pub fn ids(&self) -> IdGenerator {
+        let ids = IdGenerator::new(self.node());
+        ids.own_node_until(self.taken_at_ms + self.ttl_ms());
+        ids
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        self.ttl.as_millis() as u64
+    }
+
+    /// One renewal. A lease another instance holds now is given up for a
+    /// free node id, which `ids` takes from its next id on. Each lease
+    /// confirmed (renewed, taken again, or a new one) lets `ids` own its
+    /// node id for the TTL from when it was asked for.
+    pub async fn renew(&self, ids: &IdGenerator) -> CacheResult<LeaseRenewal> {
+        let _renewing = self.renewing.lock().await;
+        if self.released.load(Ordering::Acquire) {
+            return Ok(LeaseRenewal::Lost);
+        }
+        let node = self.node();
+        let asked_at = monotonic_ms();
+        let renewal = self
+            .kv
+            .renew_lease(&node_key(node), &self.holder, self.ttl)
+            .await?;
+        match renewal {
+            LeaseRenewal::Renewed => {}
+            LeaseRenewal::Retaken => tracing::warn!(
+                node,
+                "this instance's node id lease was gone (the shared store restarted or lost it); taken again"
+            ),
+            LeaseRenewal::Lost => {
+                // No order takes an id on the lost node id meanwhile.
+                ids.own_node_until(0);
+                let Some(moved) = take_free(self.kv.as_ref(), &self.holder, self.ttl).await? else {
+                    tracing::error!(
+                        node,
+                        "another instance leased this instance's node id, and no other is free \
+                         (1,024 leased): no orders here until one is"
+                    );
+                    return Ok(renewal);
+                };
+                ids.set_node(moved);
+                self.node.store(moved, Ordering::Relaxed);
+                tracing::error!(
+                    node,
+                    moved,
+                    "another instance leased this instance's node id while the lease was gone \
+                     from the shared store; moved to a free one"
+                );
+            }
+        }
+        ids.own_node_until(asked_at + self.ttl_ms());
+        Ok(renewal)
+    }
+
+    /// Renews the lease every `period` (at most a third of its TTL) until
+    /// it is released.
+    pub async fn keep(self: Arc<Self>, ids: Arc<IdGenerator>, period: Duration) {
+        let period = period.min(self.ttl / 3).max(Duration::from_millis(100));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if self.released.load(Ordering::Acquire) {
+                return;
+            }
+            if let Err(e) = self.renew(&ids).await {
+                if ids.owns_node() {
+                    tracing::warn!(node = self.node(), error = %e, "node id lease not renewed; trying again");
+                } else {
+                    tracing::error!(node = self.node(), error = %e,
+                        "node id lease not confirmed for its TTL: another instance may hold it; no orders here until it is");
+                }
+            }
+        }
+    }
+
+    /// Gives the lease back (a graceful shutdown), unless another holds it;
+    /// [`keep`](Self::keep) renews it no more.
+    pub async fn release(&self) {
+        let _renewing = self.renewing.lock().await;
+        self.released.store(true, Ordering::Release);
+        let _ = self
+            .kv
+            .delete_if_equals(&node_key(self.node()), &self.holder)
+            .await;
+    }
+}
+
+async fn take_free(kv: &dyn KvStore, holder: &str, ttl: Duration) -> CacheResult<Option<u16>> {
+    let ids = u32::from(MAX_NODE_ID) + 1;
+    let start = rand::thread_rng().gen_range(0..ids);
+    for i in 0..ids {
+        let node = ((start + i) % ids) as u16;
+        if kv.set_if_absent(&node_key(node), holder, ttl).await? {
+            return Ok(Some(node));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::memory::MemoryKvStore;
+
+    const TTL: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn instances_sharing_a_store_lease_different_node_ids() {
+        let kv: Arc<dyn KvStore> = Arc::new(MemoryKvStore::new());
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let lease = NodeLease::acquire(kv.clone(), TTL).await.unwrap().unwrap();
+            assert!(seen.insert(lease.node()), "node id {} twice", lease.node());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_released_node_id_is_free_again_and_none_is_left_when_all_are_leased() {
+        let kv: Arc<dyn KvStore> = Arc::new(MemoryKvStore::new());
+        let mut leases = Vec::new();
+        for _ in 0..=MAX_NODE_ID {
+            leases.push(NodeLease::acquire(kv.clone(), TTL).await.unwrap().unwrap());
+        }
+        assert!(NodeLease::acquire(kv.clone(), TTL).await.unwrap().is_none());
+        let freed = leases[17].node();
+        leases[17].release().await;
+        let next = NodeLease::acquire(kv.clone(), TTL).await.unwrap().unwrap();
+        assert_eq!(next.node(), freed);
+    }
+
+    #[tokio::test]
+    async fn a_lease_lost_with_the_store_is_taken_again_or_given_up_for_a_free_id() {
+        let kv: Arc<dyn KvStore> = Arc::new(MemoryKvStore::new());
+        let a = NodeLease::acquire(kv.clone(), TTL).await.unwrap().unwrap();
+        let ids = a.ids();
+        assert!(ids.owns_node());
+        assert_eq!(a.renew(&ids).await.unwrap(), LeaseRenewal::Renewed);
+
+        // The store restarts empty; nobody took the id meanwhile.
+        kv.delete(&node_key(a.node())).await.unwrap();
+        assert_eq!(a.renew(&ids).await.unwrap(), LeaseRenewal::Retaken);
+        assert!(!kv
+            .set_if_absent(&node_key(a.node()), "other", TTL)
+            .await
+            .unwrap());
+
+        // The store restarts empty, and a new instance leases a's id first.
+        let old = a.node();
+        kv.delete(&node_key(old)).await.unwrap();
+        kv.set_if_absent(&node_key(old), "newcomer", TTL)
+            .await
+            .unwrap();
+        let before = ids.next_id();
+        assert_eq!(a.renew(&ids).await.unwrap(), LeaseRenewal::Lost);
+        assert_ne!(a.node(), old, "a moved");
+        assert_eq!(ids.node(), a.node(), "its ids take the new node id");
+        assert!(ids.next_id() > before);
+        assert_eq!(
+            kv.get(&node_key(old)).await.unwrap().as_deref(),
+            Some("newcomer"),
+            "the newcomer keeps the id"
+        );
+        assert_eq!(a.renew(&ids).await.unwrap(), LeaseRenewal::Renewed);
+        assert!(ids.owns_node());
+    }
+
+    #[tokio::test]
+    async fn a_lost_lease_with_no_free_id_left_owns_no_node_id_until_one_is() {
+        let kv: Arc<dyn KvStore> = Arc::new(MemoryKvStore::new());
+        let a = NodeLease::acquire(kv.clone(), TTL).await.unwrap().unwrap();
+        let ids = a.ids();
+        let mut others = Vec::new();
+        for _ in 0..MAX_NODE_ID {
+            others.push(NodeLease::acquire(kv.clone(), TTL).await.unwrap().unwrap());
+        }
+        kv.delete(&node_key(a.node())).await.unwrap();
+        kv.set_if_absent(&node_key(a.node()), "newcomer", TTL)
+            .await
+            .unwrap();
+        assert_eq!(a.renew(&ids).await.unwrap(), LeaseRenewal::Lost);
+        assert!(!ids.owns_node(), "no orders on an id another holds");
+        let freed = others[3].node();
+        others[3].release().await;
+        assert_eq!(a.renew(&ids).await.unwrap(), LeaseRenewal::Lost);
+        assert_eq!((a.node(), ids.node()), (freed, freed));
+        assert!(ids.owns_node(), "moved: orders again");
+    }
+
+    #[tokio::test]
+    async fn an_instance_whose_lease_is_not_confirmed_for_its_ttl_owns_no_node_id() {
+        let kv = Arc::new(MemoryKvStore::new());
+        let lease = NodeLease::acquire(kv.clone(), Duration::from_millis(1_000))
+            .await
+            .unwrap()
+            .unwrap();
+        let ids = Arc::new(lease.ids());
+        assert!(ids.owns_node());
+        // Renewals fail from now on (the store unreachable): past the TTL the
+        // lease may have lapsed, and the ids are not this process's alone.
+        kv.fail_renewals(true);
+        let lease = Arc::new(lease);
+        let kept = tokio::spawn(lease.clone().keep(ids.clone(), Duration::from_millis(100)));
+        tokio::time::sleep(Duration::from_millis(1_300)).await;
+        assert!(!ids.owns_node());
+        kv.fail_renewals(false);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(ids.owns_node(), "confirmed again");
+        lease.release().await;
+        tokio::time::timeout(Duration::from_secs(2), kept)
+            .await
+            .expect("renewals stop once released")
+            .unwrap();
+        assert_eq!(kv.get(&node_key(lease.node())).await.unwrap(), None);
+    }
+}
