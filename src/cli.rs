@@ -170,30 +170,35 @@ pub fn main() -> anyhow::Result<()> {
             Command::Reconcile { db, dry_run } => {
                 db.apply(&mut config);
                 let app = crate::app::build(config).await?;
-                let mut reconciler = crate::worker::reconciler::Reconciler::new();
-                let mut report = reconciler
-                    .pass(&app.context, dry_run)
-                    .await
-                    .context("reconciliation failed")?;
-                if !dry_run && report.drifts_pending() > 0 {
-                    // Drift is repaired only when it holds still: look again.
-                    let quiet = app.context.config.ledger_rebuild_quiet_ms;
-                    tracing::info!(
-                        drifts = report.drifts_pending(),
-                        quiet_ms = quiet,
-                        "ledger drift seen; looking again after the quiet time before repairing"
-                    );
-                    tokio::time::sleep(std::time::Duration::from_millis(quiet + 100)).await;
-                    report = reconciler
-                        .pass(&app.context, false)
+                let reconciled = async {
+                    let mut reconciler = crate::worker::reconciler::Reconciler::new();
+                    let mut report = reconciler
+                        .pass(&app.context, dry_run)
                         .await
                         .context("reconciliation failed")?;
+                    if !dry_run && report.drifts_pending() > 0 {
+                        // Drift is repaired only when it holds still: look again.
+                        let quiet = app.context.config.ledger_rebuild_quiet_ms;
+                        tracing::info!(
+                            drifts = report.drifts_pending(),
+                            quiet_ms = quiet,
+                            "ledger drift seen; looking again after the quiet time before repairing"
+                        );
+                        tokio::time::sleep(std::time::Duration::from_millis(quiet + 100)).await;
+                        report = reconciler
+                            .pass(&app.context, false)
+                            .await
+                            .context("reconciliation failed")?;
+                    }
+                    println!("{report:?}");
+                    anyhow::Ok(())
                 }
-                println!("{report:?}");
+                .await;
+                // Given back whatever the outcome: the node id is free at once.
                 if let Some(lease) = &app.node_lease {
-                    lease.release().await;
+                    lease.release(&app.context.ids).await;
                 }
-                Ok(())
+                reconciled
             }
         }
     })

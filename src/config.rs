@@ -505,10 +505,13 @@ impl Config {
                 "SECKILL_ROCKETMQ_LISTENER_DEADLINE_MS must be 1000..=25000 (the client gives up at 30 s)".into(),
             ));
         }
-        if !(1_000..=3_600_000).contains(&self.node_lease_ttl_ms) {
+        if !(1_000..=3_600_000).contains(&self.node_lease_ttl_ms)
+            || self.node_lease_ttl_ms < self.redis_timeout_ms.saturating_mul(3)
+        {
             return Err(ConfigError(format!(
-                "SECKILL_NODE_LEASE_TTL_MS must be 1000..=3600000 (got {})",
-                self.node_lease_ttl_ms
+                "SECKILL_NODE_LEASE_TTL_MS must be 1000..=3600000 and at least three times \
+                 SECKILL_REDIS_TIMEOUT_MS ({}), so one slow renewal does not stop orders (got {})",
+                self.redis_timeout_ms, self.node_lease_ttl_ms
             )));
         }
         if let Some(n) = self.node_id {
@@ -798,6 +801,11 @@ mod tests {
             },
             Config {
                 node_lease_ttl_ms: 999,
+                ..Config::default()
+            },
+            Config {
+                node_lease_ttl_ms: 5_000,
+                redis_timeout_ms: 2_000,
                 ..Config::default()
             },
             Config {

@@ -84,7 +84,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     let _ = app.state.monitor.flush().await;
     let _ = app.state.monitor.leave().await;
     if let Some(lease) = &app.node_lease {
-        lease.release().await;
+        lease.release(&app.context.ids).await;
     }
     tracing::info!("seckill stopped");
     Ok(())

@@ -73,8 +73,9 @@ impl std::fmt::Display for OrderNo {
 const EPOCH_MS: i64 = 1_704_067_200_000; // 2024-01-01T00:00:00Z
 
 /// Milliseconds on a clock that never jumps (not the wall clock, which NTP
-/// or a resumed VM may step), counted from the first call in the process:
-/// leases' TTLs are durations, and are measured on it.
+/// may step), counted from the first call in the process: leases' TTLs are
+/// durations, and are measured on it. It stands still while the host is
+/// suspended; a lease that lapsed meanwhile is found at the next renewal.
 pub fn monotonic_ms() -> u64 {
     static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     BASE.get_or_init(std::time::Instant::now)

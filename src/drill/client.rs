@@ -56,7 +56,9 @@ impl Api {
             .pool_max_idle_per_host(connections)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
-            .timeout(Duration::from_secs(30))
+            // Above an instance's longest answer: its request deadline and, for an
+            // order already committing, the grace (15 + 15 s by default).
+            .timeout(Duration::from_secs(35))
             .build()?;
         Ok(Api {
             http,

@@ -156,11 +156,18 @@ impl NodeLease {
         }
     }
 
-    /// Gives the lease back (a graceful shutdown), unless another holds it;
-    /// [`keep`](Self::keep) renews it no more.
-    pub async fn release(&self) {
-        let _renewing = self.renewing.lock().await;
+    /// Gives the lease back (a graceful shutdown), unless another holds it:
+    /// `ids` makes no order id on it from here, and [`keep`](Self::keep)
+    /// renews it no more. A renewal under way is waited for at most 2 s
+    /// (then the lease lapses after its TTL instead).
+    pub async fn release(&self, ids: &IdGenerator) {
+        ids.own_node_until(0);
         self.released.store(true, Ordering::Release);
+        let Ok(_renewing) =
+            tokio::time::timeout(Duration::from_secs(2), self.renewing.lock()).await
+        else {
+            return;
+        };
         let _ = self
             .kv
             .delete_if_equals(&node_key(self.node()), &self.holder)
@@ -206,7 +213,7 @@ mod tests {
         }
         assert!(NodeLease::acquire(kv.clone(), TTL).await.unwrap().is_none());
         let freed = leases[17].node();
-        leases[17].release().await;
+        leases[17].release(&IdGenerator::new(freed)).await;
         let next = NodeLease::acquire(kv.clone(), TTL).await.unwrap().unwrap();
         assert_eq!(next.node(), freed);
     }
@@ -263,7 +270,7 @@ mod tests {
         assert_eq!(a.renew(&ids).await.unwrap(), LeaseRenewal::Lost);
         assert!(!ids.owns_node(), "no orders on an id another holds");
         let freed = others[3].node();
-        others[3].release().await;
+        others[3].release(&IdGenerator::new(freed)).await;
         assert_eq!(a.renew(&ids).await.unwrap(), LeaseRenewal::Lost);
         assert_eq!((a.node(), ids.node()), (freed, freed));
         assert!(ids.owns_node(), "moved: orders again");
@@ -288,7 +295,8 @@ mod tests {
         kv.fail_renewals(false);
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert!(ids.owns_node(), "confirmed again");
-        lease.release().await;
+        lease.release(&ids).await;
+        assert!(!ids.owns_node(), "no order id on a lease given back");
         tokio::time::timeout(Duration::from_secs(2), kept)
             .await
             .expect("renewals stop once released")

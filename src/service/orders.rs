@@ -259,6 +259,13 @@ impl OrderService {
                     .map_err(|_| ServiceError::unavailable("the order pipeline stopped"))?
             }
             strategy => {
+                // Checked again where the id is made (the token's round
+                // trips took time since admission).
+                if !self.cx.ids.owns_node() {
+                    return Err(ServiceError::unavailable(
+                        "this instance cannot confirm its node id with the shared store; retry shortly",
+                    ));
+                }
                 let id = self.cx.ids.next_id();
                 let now = Utc::now();
                 let draft = OrderDraft {
