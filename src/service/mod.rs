@@ -67,6 +67,14 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
+    /// This instance's node id may be another's now (its lease not
+    /// confirmed, see [`node_lease`]): no order id is made.
+    pub fn node_unowned() -> Self {
+        ServiceError::unavailable(
+            "this instance cannot confirm its node id with the shared store; retry shortly",
+        )
+    }
+
     pub fn unavailable(context: &'static str) -> Self {
         ServiceError::Unavailable {
             context,

@@ -148,9 +148,7 @@ impl OrderService {
         // Its order ids could collide with another instance's (see
         // `service::node_lease`).
         if !self.cx.ids.owns_node() {
-            return Err(ServiceError::unavailable(
-                "this instance cannot confirm its node id with the shared store; retry shortly",
-            ));
+            return Err(ServiceError::node_unowned());
         }
         let limit = self.cx.config.per_user_limit;
         if req.amount < 1 || req.amount > limit {
@@ -262,9 +260,7 @@ impl OrderService {
                 // Checked again where the id is made (the token's round
                 // trips took time since admission).
                 if !self.cx.ids.owns_node() {
-                    return Err(ServiceError::unavailable(
-                        "this instance cannot confirm its node id with the shared store; retry shortly",
-                    ));
+                    return Err(ServiceError::node_unowned());
                 }
                 let id = self.cx.ids.next_id();
                 let now = Utc::now();

@@ -143,9 +143,7 @@ impl Worker {
         // have gone unconfirmed while the batch waited (`service::node_lease`).
         if !self.cx.ids.owns_node() {
             for p in batch {
-                let _ = p.reply.send(Err(ServiceError::unavailable(
-                    "this instance cannot confirm its node id with the shared store; retry shortly",
-                )));
+                let _ = p.reply.send(Err(ServiceError::node_unowned()));
             }
             return;
         }
