@@ -19,6 +19,7 @@ use crate::mq::rocketmq::{RocketMqBus, RocketMqSettings};
 use crate::mq::{Delivery, MessageBus, Topic};
 use crate::service::catalog::CatalogService;
 use crate::service::checkback::StockLogChecker;
+use crate::service::deadline_hold;
 use crate::service::monitor::{self, SaleMonitor};
 use crate::service::node_lease::NodeLease;
 use crate::service::orders::OrderService;
@@ -114,7 +115,7 @@ pub async fn open_store(config: &Config, tasks: &TaskTracker) -> anyhow::Result<
                 .migrate()
                 .await
                 .context("cannot migrate the SQLite database")?;
-            Ok(Detached::tracked(Arc::new(store), tasks.clone()))
+            Ok(detached(Arc::new(store), tasks))
         }
         DatabaseBackend::Mysql(url) => {
             let store = MysqlStore::connect(
@@ -127,9 +128,16 @@ pub async fn open_store(config: &Config, tasks: &TaskTracker) -> anyhow::Result<
                 .migrate()
                 .await
                 .context("cannot migrate the MySQL database")?;
-            Ok(Detached::tracked(Arc::new(store), tasks.clone()))
+            Ok(detached(Arc::new(store), tasks))
         }
     }
+}
+
+/// The store as services use it: each call runs to its end in a task of
+/// its own, and a write starting for a request its deadline cut off is
+/// refused (`service::deadline_hold`).
+fn detached(store: Arc<dyn Store>, tasks: &TaskTracker) -> Arc<dyn Store> {
+    Detached::gated(store, tasks.clone(), deadline_hold::hold_current)
 }
 
 /// The fast-state adapters: Redis when configured, else in-memory.

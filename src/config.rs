@@ -218,14 +218,17 @@ pub struct Config {
     pub ledger_rebuild_quiet_ms: u64,
     /// Every API request is answered within this deadline (503 UNAVAILABLE
     /// past it, nothing written), but for an order already in its local
-    /// transaction (`held_order_grace_ms`).
+    /// transaction or another request whose write started
+    /// (`held_order_grace_ms`).
     pub request_timeout_ms: u64,
     /// How long past `request_timeout_ms` an order already in its local
     /// transaction is waited for, to answer its outcome rather than a 503
     /// over an order that commits: the half message's send (RocketMQ's 3 s),
     /// the transaction (`local_tx_timeout_ms`) and settling a failed one (a
     /// pooled connection, `database_acquire_timeout_ms`). Past it: 503 with
-    /// the outcome unknown.
+    /// the outcome unknown. Another request whose database write started
+    /// before the deadline (a user, an item, a payment) is waited for as
+    /// long.
     pub held_order_grace_ms: u64,
     /// How often each instance flushes its refusal counts and writes its
     /// heartbeat (the admin dashboard's instance list and refusal chart).

@@ -1,18 +1,23 @@
 //! The API's request deadline as a tower layer: past it, 503 UNAVAILABLE
 //! with the JSON error body (never a hang).
 //!
-//! Each order placement carries a [`DeadlineHold`] (a request extension).
-//! An order that reached its local transaction holds it: past the deadline such a
-//! request is waited for — its outcome comes within the transaction's own
-//! bound — rather than answered 503 while the order commits behind that
-//! answer (API.md: a 503 wrote nothing). A request cut off first has its
-//! order given back. A held request still unanswered `grace` past the
-//! deadline is answered 503 with its outcome unknown (its buyer finds it
-//! under My orders): the grace covers the send, the transaction and
+//! Each request that may write (any method but GET, HEAD and OPTIONS)
+//! carries a [`DeadlineHold`]: an order placement as a request extension,
+//! every such request in its task (`deadline_hold::scope`), where the
+//! store's writes hold it as they start. A request that reached its point
+//! of no return — an order its local transaction, any other its first
+//! write — is held: past the deadline it is waited for (its outcome comes
+//! within that step's own bound) rather than answered 503 while its write
+//! commits behind that answer (API.md: a 503 wrote nothing). A request cut
+//! off first writes nothing more: its order is given back, a write not
+//! started never starts. A held request still unanswered `grace` past the
+//! deadline is answered 503 with its outcome unknown (a buyer finds the
+//! order under My orders): the grace covers the send, the transaction and
 //! settling a failed one at their configured bounds, so only a sequence of
 //! slow steps beyond them (a batch committed order by order after a unique
 //! key broke) gets there; counted apart,
-//! `seckill_http_order_outcome_unknown_total`.
+//! `seckill_http_order_outcome_unknown_total` (orders) and
+//! `seckill_http_write_outcome_unknown_total` (other writes).
 //!
 //! A layer of its own rather than `middleware::from_fn`: that one boxes the
 //! request's future and wraps the inner service in another boxed service on
@@ -27,13 +32,14 @@ use std::time::Duration;
 use axum::extract::Request;
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
+use tokio::task::futures::TaskLocalFuture;
 use tokio::task::Unconstrained;
 use tokio::time::Sleep;
 use tower::{Layer, Service};
 
 use super::error::ApiError;
 use super::orders::ORDERS_PATH;
-use crate::service::deadline_hold::DeadlineHold;
+use crate::service::deadline_hold::{self, DeadlineHold};
 use crate::service::ServiceError;
 
 /// Answers 503 when the inner service has not answered within `limit`
@@ -84,20 +90,58 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        // Only an order placement can reach a point of no return; other
-        // requests pay for no hold (its allocation and extension).
-        let hold = (req.method() == Method::POST && req.uri().path() == ORDERS_PATH).then(|| {
-            let hold = DeadlineHold::default();
+        // Only a request that may write can reach a point of no return;
+        // reads pay for no hold (its allocation and task-local).
+        let method = req.method();
+        if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+            return DeadlineFuture {
+                inner: Inner::Plain {
+                    answer: self.inner.call(req),
+                },
+                timer: None,
+                limit: self.limit,
+                grace: self.grace,
+                hold: None,
+                order: false,
+                extended: false,
+            };
+        }
+        let hold = DeadlineHold::default();
+        let order = *method == Method::POST && req.uri().path() == ORDERS_PATH;
+        if order {
             req.extensions_mut().insert(hold.clone());
-            hold
-        });
+        }
         DeadlineFuture {
-            inner: self.inner.call(req),
+            inner: Inner::Scoped {
+                answer: deadline_hold::scope(hold.clone(), self.inner.call(req)),
+            },
             timer: None,
             limit: self.limit,
             grace: self.grace,
-            hold,
+            hold: Some(hold),
+            order,
             extended: false,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner service's answer: a read's as it is, a possible write's
+    /// with its hold in the task.
+    #[project = InnerProj]
+    pub enum Inner<F> {
+        Plain { #[pin] answer: F },
+        Scoped { #[pin] answer: TaskLocalFuture<DeadlineHold, F> },
+    }
+}
+
+impl<F: Future<Output = Answer>> Future for Inner<F> {
+    type Output = Answer;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        match self.project() {
+            InnerProj::Plain { answer } => answer.poll(cx),
+            InnerProj::Scoped { answer } => answer.poll(cx),
         }
     }
 }
@@ -113,12 +157,14 @@ pin_project_lite::pin_project! {
     /// still cut off.
     pub struct DeadlineFuture<F> {
         #[pin]
-        inner: F,
+        inner: Inner<F>,
         #[pin]
         timer: Option<Unconstrained<Sleep>>,
         limit: Duration,
         grace: Duration,
         hold: Option<DeadlineHold>,
+        // An order placement (its outcome unknown is told as an order's).
+        order: bool,
         // The deadline passed with the request held: the timer is the
         // grace, the last bound.
         extended: bool,
@@ -147,12 +193,13 @@ where
                 ready!(timer.poll(cx));
             }
             if *this.extended {
-                return Poll::Ready(outcome_unknown());
+                return Poll::Ready(outcome_unknown(*this.order));
             }
             if this.hold.as_ref().is_none_or(DeadlineHold::cut_off) {
                 return Poll::Ready(past_deadline());
             }
-            // Held: its order is committing; its answer is the outcome.
+            // Held: its order or write is committing; its answer is the
+            // outcome.
             *this.extended = true;
             this.timer
                 .set(Some(tokio::task::unconstrained(tokio::time::sleep(
@@ -171,17 +218,23 @@ fn past_deadline() -> Answer {
     .into_response())
 }
 
-/// 503: a held request (its order committing) still unanswered `grace`
-/// past the deadline.
-fn outcome_unknown() -> Answer {
-    metrics::counter!("seckill_http_order_outcome_unknown_total").increment(1);
-    tracing::error!(
-        "an order past its point of no return is unanswered past the deadline and its grace"
-    );
-    Ok(ApiError::from(ServiceError::unavailable(
-        "the order's outcome is not known yet; check your orders shortly",
-    ))
-    .into_response())
+/// 503: a held request (its order or write committing) still unanswered
+/// `grace` past the deadline.
+fn outcome_unknown(order: bool) -> Answer {
+    let message = if order {
+        metrics::counter!("seckill_http_order_outcome_unknown_total").increment(1);
+        tracing::error!(
+            "an order past its point of no return is unanswered past the deadline and its grace"
+        );
+        "the order's outcome is not known yet; check your orders shortly"
+    } else {
+        metrics::counter!("seckill_http_write_outcome_unknown_total").increment(1);
+        tracing::error!(
+            "a write past its point of no return is unanswered past the deadline and its grace"
+        );
+        "the request's outcome is not known yet (its write had started); check before retrying"
+    };
+    Ok(ApiError::from(ServiceError::unavailable(message)).into_response())
 }
 
 #[cfg(test)]
@@ -305,7 +358,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn only_an_order_placement_carries_a_hold() {
+    async fn an_order_carries_its_hold_and_every_request_that_may_write_one_in_its_task() {
         let seen = tower::service_fn(|req: Request| async move {
             let status = match req.extensions().get::<DeadlineHold>() {
                 Some(_) => StatusCode::CREATED,
@@ -313,14 +366,97 @@ mod tests {
             };
             Ok::<_, Infallible>(status.into_response())
         });
-        let layer = DeadlineLayer::new(Duration::from_secs(1), Duration::from_secs(1));
-        let r = layer.layer(seen).oneshot(order_request()).await.unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED);
-        let get = Request::get(ORDERS_PATH)
-            .body(axum::body::Body::empty())
-            .unwrap();
-        let r = layer.layer(seen).oneshot(get).await.unwrap();
-        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        let limit = Duration::from_secs(2);
+        let layer = DeadlineLayer::new(limit, Duration::from_secs(5));
+        let request = |method: Method, path: &str| {
+            Request::builder()
+                .method(method)
+                .uri(path)
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        let status = |r: Result<Response, Infallible>| r.unwrap().status();
+        let order = layer
+            .layer(seen)
+            .oneshot(request(Method::POST, ORDERS_PATH));
+        assert_eq!(status(order.await), StatusCode::CREATED);
+        let list = layer.layer(seen).oneshot(request(Method::GET, ORDERS_PATH));
+        assert_eq!(status(list.await), StatusCode::NO_CONTENT);
+        // A write started before the deadline and ending after it: waited
+        // for where the request may write, cut off where it only reads.
+        let writes = writing_after(Duration::from_secs(1), Duration::from_secs(2));
+        for method in [Method::POST, Method::PATCH, Method::PUT, Method::DELETE] {
+            let r = layer
+                .layer(writes.clone())
+                .oneshot(request(method.clone(), "/api/v1/admin/items"));
+            assert_eq!(status(r.await), StatusCode::CREATED, "{method}");
+        }
+        for method in [Method::GET, Method::HEAD, Method::OPTIONS] {
+            let r = layer
+                .layer(writes.clone())
+                .oneshot(request(method.clone(), "/api/v1/items"));
+            assert_eq!(status(r.await), StatusCode::SERVICE_UNAVAILABLE, "{method}");
+        }
+    }
+
+    fn writing_after(
+        write_at: Duration,
+        delay: Duration,
+    ) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send> + Clone {
+        tower::service_fn(move |_req: Request| async move {
+            tokio::time::sleep(write_at).await;
+            if !deadline_hold::hold_current() {
+                return Ok::<_, Infallible>(StatusCode::CONFLICT.into_response());
+            }
+            tokio::time::sleep(delay).await;
+            Ok(StatusCode::CREATED.into_response())
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_started_before_the_deadline_is_waited_for_within_the_grace() {
+        let limit = Duration::from_secs(2);
+        let grace = Duration::from_secs(5);
+        let call = |svc| async move {
+            let started = tokio::time::Instant::now();
+            let req = Request::post("/api/v1/admin/items")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let r: Response = DeadlineLayer::new(limit, grace)
+                .layer(svc)
+                .oneshot(req)
+                .await
+                .unwrap();
+            let status = r.status();
+            let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .map(|v| v["message"].as_str().unwrap_or_default().to_owned())
+                .unwrap_or_default();
+            (status, started.elapsed(), message.contains("not known"))
+        };
+        assert_eq!(
+            call(writing_after(
+                Duration::from_secs(1),
+                Duration::from_secs(3)
+            ))
+            .await,
+            (StatusCode::CREATED, Duration::from_secs(4), false),
+            "written before the deadline: its outcome, late"
+        );
+        assert_eq!(
+            call(writing_after(
+                Duration::from_secs(1),
+                Duration::from_secs(60)
+            ))
+            .await,
+            (StatusCode::SERVICE_UNAVAILABLE, limit + grace, true),
+            "the grace bounds it; its outcome is then unknown"
+        );
+        assert_eq!(
+            call(writing_after(Duration::from_secs(3), Duration::ZERO)).await,
+            (StatusCode::SERVICE_UNAVAILABLE, limit, false),
+            "no write by the deadline: cut off at it"
+        );
     }
 
     #[tokio::test(start_paused = true)]

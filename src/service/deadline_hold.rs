@@ -7,6 +7,12 @@
 //! the local transaction's own bound — rather than answered 503 while its
 //! order commits behind the answer. A request the deadline cut off first
 //! cannot be held any more: its order is given back, never committed.
+//!
+//! Every other request that writes carries a hold too, in a task-local
+//! ([`scope`]): the store's writes made in the request's task hold it as
+//! they start ([`hold_current`], `store::detached`), so a user, an item, a
+//! promo or a payment written while its deadline passes is answered with
+//! what was written, and a write not started by then never starts.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -46,6 +52,25 @@ impl DeadlineHold {
     }
 }
 
+tokio::task_local! {
+    static CURRENT: DeadlineHold;
+}
+
+/// Runs `work` with `hold` as the hold of the request it answers.
+pub fn scope<F: std::future::Future>(
+    hold: DeadlineHold,
+    work: F,
+) -> tokio::task::futures::TaskLocalFuture<DeadlineHold, F> {
+    CURRENT.scope(hold, work)
+}
+
+/// Holds the request this task answers, if any (see [`scope`]): true when
+/// a write may start (no request, or one held now or already), false when
+/// its deadline cut it off first.
+pub fn hold_current() -> bool {
+    CURRENT.try_with(DeadlineHold::hold).unwrap_or(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,5 +86,23 @@ mod tests {
         assert!(c.cut_off());
         assert!(c.cut_off(), "cut off stays cut off");
         assert!(!c.hold(), "a cut-off request cannot be held");
+    }
+
+    #[tokio::test]
+    async fn a_write_holds_the_request_of_its_task() {
+        assert!(hold_current(), "outside a request a write always starts");
+        let held = DeadlineHold::default();
+        assert!(scope(held.clone(), async { hold_current() }).await);
+        assert!(!held.cut_off(), "the write held it");
+        let cut = DeadlineHold::default();
+        assert!(cut.cut_off());
+        assert!(!scope(cut, async { hold_current() }).await);
+        let other = DeadlineHold::default();
+        let spawned = scope(other.clone(), async {
+            tokio::spawn(async { hold_current() }).await.unwrap()
+        })
+        .await;
+        assert!(spawned, "a task of its own answers no request");
+        assert!(other.cut_off(), "and holds none");
     }
 }

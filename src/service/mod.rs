@@ -144,6 +144,9 @@ impl From<StoreError> for ServiceError {
             StoreError::TooLate => {
                 ServiceError::unavailable("the database did not commit the order in time; retry")
             }
+            StoreError::CutOff => {
+                ServiceError::unavailable("no answer within the request deadline; retry")
+            }
             StoreError::Db(_) | StoreError::Migrate(_) => ServiceError::Unavailable {
                 context: "the database is unavailable",
                 source: Some(Box::new(e)),

@@ -15,6 +15,11 @@
 //! still waits for it. (The drill found it: a 5,000-client `db-optimistic`
 //! crowd with thousands of time-outs left buyers unable to find 6 of their
 //! accepted orders.)
+//!
+//! A write's start is also where a request passes its point of no return:
+//! each write asks the `may_write` check given here first (the app's asks
+//! the request's deadline, `service::deadline_hold`), and one refused does
+//! not start (`StoreError::CutOff`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,6 +34,7 @@ use super::*;
 pub struct Detached {
     store: Arc<dyn Store>,
     tasks: TaskTracker,
+    may_write: fn() -> bool,
 }
 
 impl Detached {
@@ -41,7 +47,21 @@ impl Detached {
     /// a shutdown waits on it for the calls nobody waits for any more (a
     /// cut-off request's write) before the process ends.
     pub fn tracked(store: Arc<dyn Store>, tasks: TaskTracker) -> Arc<dyn Store> {
-        Arc::new(Detached { store, tasks })
+        Self::gated(store, tasks, || true)
+    }
+
+    /// [`tracked`](Self::tracked), each write asking `may_write` before it
+    /// starts (in the caller's task): false refuses it, nothing written.
+    pub fn gated(
+        store: Arc<dyn Store>,
+        tasks: TaskTracker,
+        may_write: fn() -> bool,
+    ) -> Arc<dyn Store> {
+        Arc::new(Detached {
+            store,
+            tasks,
+            may_write,
+        })
     }
 }
 
@@ -61,18 +81,24 @@ async fn detached<T: Send + 'static>(
 
 /// `fn name(&self, arg: Type, ...)` forwarded through [`detached`]; each
 /// argument is given as `name: &Borrowed => Owned` (cloned into the task)
-/// or `name: Copy`.
+/// or `name: Copy`. A call marked `#[write]` asks `may_write` first.
 macro_rules! forward {
-    (impl $trait:ident { $(fn $name:ident($($arg:ident: $ty:ty $(=> $owned:ty)?),*) -> $out:ty;)* }) => {
+    (impl $trait:ident { $($(#[$write:ident])? fn $name:ident($($arg:ident: $ty:ty $(=> $owned:ty)?),*) -> $out:ty;)* }) => {
         #[async_trait]
         impl $trait for Detached {
             $(
                 async fn $name(&self, $($arg: $ty),*) -> StoreResult<$out> {
+                    $(forward!(@$write self);)?
                     let store = self.store.clone();
                     $(let $arg = forward!(@own $arg $(=> $owned)?);)*
                     detached(&self.tasks, async move { store.$name($(forward!(@pass $arg $(=> $owned)?)),*).await }).await
                 }
             )*
+        }
+    };
+    (@write $self:ident) => {
+        if !($self.may_write)() {
+            return Err(StoreError::CutOff);
         }
     };
     (@own $arg:ident => $owned:ty) => { $arg.to_owned() };
@@ -83,8 +109,8 @@ macro_rules! forward {
 
 forward! {
     impl UserStore {
-        fn create_user(user: &NewUser => NewUser) -> User;
-        fn create_users(users: &[NewUser] => Vec<NewUser>) -> u64;
+        #[write] fn create_user(user: &NewUser => NewUser) -> User;
+        #[write] fn create_users(users: &[NewUser] => Vec<NewUser>) -> u64;
         fn user_by_phone(phone: &str => String) -> Option<User>;
         fn user_by_id(id: UserId) -> Option<User>;
     }
@@ -92,23 +118,23 @@ forward! {
 
 forward! {
     impl CatalogStore {
-        fn create_item(item: &NewItem => NewItem) -> Item;
-        fn update_item(id: ItemId, patch: &ItemPatch => ItemPatch) -> Item;
+        #[write] fn create_item(item: &NewItem => NewItem) -> Item;
+        #[write] fn update_item(id: ItemId, patch: &ItemPatch => ItemPatch) -> Item;
         fn item(id: ItemId) -> Option<Item>;
         fn items(offset: u32, limit: u32) -> Vec<Item>;
-        fn create_promo(promo: &NewPromo => NewPromo) -> Promo;
+        #[write] fn create_promo(promo: &NewPromo => NewPromo) -> Promo;
         fn promo(id: PromoId) -> Option<Promo>;
         fn promos(limit: u32) -> Vec<Promo>;
         fn promos_of_item(item: ItemId) -> Vec<Promo>;
         fn promos_of_items(items: &[ItemId] => Vec<ItemId>) -> Vec<Promo>;
-        fn publish_promo(id: PromoId, baseline: PromoBaseline) -> bool;
+        #[write] fn publish_promo(id: PromoId, baseline: PromoBaseline) -> bool;
     }
 }
 
 forward! {
     impl OrderStore {
-        fn insert_stock_logs(drafts: &[OrderDraft] => Vec<OrderDraft>) -> ();
-        fn commit_orders(drafts: &[OrderDraft] => Vec<OrderDraft>) -> ();
+        #[write] fn insert_stock_logs(drafts: &[OrderDraft] => Vec<OrderDraft>) -> ();
+        #[write] fn commit_orders(drafts: &[OrderDraft] => Vec<OrderDraft>) -> ();
         fn roll_back_stock_logs(ids: &[StockLogId] => Vec<StockLogId>) -> Vec<(StockLogId, StockLogStatus)>;
         fn stock_log_statuses(ids: &[StockLogId] => Vec<StockLogId>) -> Vec<(StockLogId, StockLogStatus)>;
         fn stale_stock_logs(before: DateTime<Utc>, limit: u32) -> Vec<(StockLogId, PromoId)>;
@@ -123,10 +149,10 @@ forward! {
         fn order(no: &OrderNo => OrderNo) -> Option<Order>;
         fn orders_of_user(user: UserId, limit: u32) -> Vec<Order>;
         fn has_order(user: UserId, promo: PromoId) -> bool;
-        fn pay_order(no: &OrderNo => OrderNo) -> Order;
-        fn cancel_order(no: &OrderNo => OrderNo) -> (Order, bool);
+        #[write] fn pay_order(no: &OrderNo => OrderNo) -> Order;
+        #[write] fn cancel_order(no: &OrderNo => OrderNo) -> (Order, bool);
         fn promo_totals(promo: PromoId) -> PromoTotals;
-        fn place_order_in_db(draft: &OrderDraft => OrderDraft, optimistic: bool, cas_retries: u32, commit_by: std::time::Instant) -> Option<Order>;
+        #[write] fn place_order_in_db(draft: &OrderDraft => OrderDraft, optimistic: bool, cas_retries: u32, commit_by: std::time::Instant) -> Option<Order>;
     }
 }
 

@@ -35,6 +35,10 @@ pub enum StoreError {
     /// A transaction not ready to commit by its deadline, rolled back.
     #[error("the transaction was not ready to commit before its deadline; rolled back")]
     TooLate,
+    /// A write refused before it started: the request it was for was cut
+    /// off by its deadline (nothing written).
+    #[error("the request's deadline passed before the write started; nothing written")]
+    CutOff,
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -429,6 +429,38 @@ async fn a_mysql_cancel_that_loses_to_a_payment_sees_the_order_paid() {
     drop_mysql(&url).await;
 }
 
+/// A write asks the deadline of the request it is for as it starts: one
+/// cut off never starts, one in time holds its request (the deadline then
+/// waits for it); reads ask nothing.
+#[tokio::test]
+async fn a_write_for_a_request_cut_off_by_its_deadline_never_starts() {
+    use seckill::service::deadline_hold::{self, DeadlineHold};
+    let (_dir, _, raw) = sqlite_store(limits(4, 10)).await;
+    let s = Detached::gated(
+        Arc::new(raw),
+        tokio_util::task::TaskTracker::new(),
+        deadline_hold::hold_current,
+    );
+    let cut = DeadlineHold::default();
+    assert!(cut.cut_off());
+    let refused = deadline_hold::scope(cut.clone(), s.create_item(&store::new_item(7))).await;
+    assert!(
+        matches!(refused, Err(seckill::store::StoreError::CutOff)),
+        "{refused:?}"
+    );
+    let read = deadline_hold::scope(cut, s.items(0, 10)).await.unwrap();
+    assert!(read.is_empty(), "nothing written; a read still answers");
+    let in_time = DeadlineHold::default();
+    deadline_hold::scope(in_time.clone(), s.create_item(&store::new_item(7)))
+        .await
+        .unwrap();
+    assert!(!in_time.cut_off(), "the write held its request");
+    s.create_item(&store::new_item(7))
+        .await
+        .expect("outside a request a write starts");
+    assert_eq!(s.items(0, 10).await.unwrap().len(), 2);
+}
+
 /// A store call whose caller stopped waiting is still tracked: a shutdown
 /// that waits on the tracker sees it through to its end (here a write held
 /// up by another connection's lock on the SQLite file).
