@@ -611,7 +611,7 @@ impl Config {
         {
             return Err(ConfigError(format!(
                 "SECKILL_HELD_ORDER_GRACE_MS ({}) must be at least SECKILL_LOCAL_TX_TIMEOUT_MS ({}) \
-                 (an order in its local transaction is waited for at least that long) and at most 600000",
+                 (an order in its local transaction, or another request's started write, is waited for at least that long) and at most 600000",
                 self.held_order_grace_ms, self.local_tx_timeout_ms
             )));
         }

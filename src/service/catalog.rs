@@ -444,10 +444,15 @@ impl CatalogService {
     {
         let kv = &self.cx.ports.kv;
         let lease = item_lease_key(item);
-        // Past the admin request's deadline the write is cut off; the lease
-        // outlives it so no other write of the item starts while a store
-        // call of this one may still be running.
-        let lease_ttl = Duration::from_millis(self.cx.config.request_timeout_ms.saturating_mul(2));
+        // A write started before the admin request's deadline is waited for
+        // up to the grace past it (`http::deadline`); the lease outlives
+        // that, so no other write of the item starts while a store call of
+        // this one may still be running.
+        let c = &self.cx.config;
+        let lease_ttl = Duration::from_millis(
+            c.request_timeout_ms
+                .saturating_add(c.request_timeout_ms.max(c.held_order_grace_ms)),
+        );
         let give_up = std::time::Instant::now()
             + Duration::from_millis(self.cx.config.request_timeout_ms / 4);
         let holder = self.cx.lease_holder();

@@ -12,7 +12,9 @@
 //! ([`scope`]): the store's writes made in the request's task hold it as
 //! they start ([`hold_current`], `store::detached`), so a user, an item, a
 //! promo or a payment written while its deadline passes is answered with
-//! what was written, and a write not started by then never starts.
+//! what was written. A write not started by then never starts: the
+//! deadline drops the request's work, and a write asking a cut-off hold
+//! is refused.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;

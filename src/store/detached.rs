@@ -17,9 +17,12 @@
 //! accepted orders.)
 //!
 //! A write's start is also where a request passes its point of no return:
-//! each write asks the `may_write` check given here first (the app's asks
-//! the request's deadline, `service::deadline_hold`), and one refused does
-//! not start (`StoreError::CutOff`).
+//! each write asks the `may_write` check given here first (the app's holds
+//! the request against its deadline, `service::deadline_hold`, so the
+//! deadline then waits for the write's outcome). A refusal
+//! (`StoreError::CutOff`) is the safeguard for a request already cut off;
+//! the deadline layer drops such a request's work, so it does not normally
+//! get this far.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -81,14 +84,17 @@ async fn detached<T: Send + 'static>(
 
 /// `fn name(&self, arg: Type, ...)` forwarded through [`detached`]; each
 /// argument is given as `name: &Borrowed => Owned` (cloned into the task)
-/// or `name: Copy`. A call marked `#[write]` asks `may_write` first.
+/// or `name: Copy`. Every call asks `may_write` first, but one marked
+/// `#[ungated]`: a read, or a write that settles (a give-back, a deduction)
+/// and must never be refused. A call added later is gated unless said
+/// otherwise.
 macro_rules! forward {
-    (impl $trait:ident { $($(#[$write:ident])? fn $name:ident($($arg:ident: $ty:ty $(=> $owned:ty)?),*) -> $out:ty;)* }) => {
+    (impl $trait:ident { $($(#[$ungated:ident])? fn $name:ident($($arg:ident: $ty:ty $(=> $owned:ty)?),*) -> $out:ty;)* }) => {
         #[async_trait]
         impl $trait for Detached {
             $(
                 async fn $name(&self, $($arg: $ty),*) -> StoreResult<$out> {
-                    $(forward!(@$write self);)?
+                    forward!(@gate self $($ungated)?);
                     let store = self.store.clone();
                     $(let $arg = forward!(@own $arg $(=> $owned)?);)*
                     detached(&self.tasks, async move { store.$name($(forward!(@pass $arg $(=> $owned)?)),*).await }).await
@@ -96,11 +102,12 @@ macro_rules! forward {
             )*
         }
     };
-    (@write $self:ident) => {
+    (@gate $self:ident) => {
         if !($self.may_write)() {
             return Err(StoreError::CutOff);
         }
     };
+    (@gate $self:ident ungated) => {};
     (@own $arg:ident => $owned:ty) => { $arg.to_owned() };
     (@own $arg:ident) => { $arg };
     (@pass $arg:ident => $owned:ty) => { &$arg };
@@ -109,55 +116,55 @@ macro_rules! forward {
 
 forward! {
     impl UserStore {
-        #[write] fn create_user(user: &NewUser => NewUser) -> User;
-        #[write] fn create_users(users: &[NewUser] => Vec<NewUser>) -> u64;
-        fn user_by_phone(phone: &str => String) -> Option<User>;
-        fn user_by_id(id: UserId) -> Option<User>;
+        fn create_user(user: &NewUser => NewUser) -> User;
+        fn create_users(users: &[NewUser] => Vec<NewUser>) -> u64;
+        #[ungated] fn user_by_phone(phone: &str => String) -> Option<User>;
+        #[ungated] fn user_by_id(id: UserId) -> Option<User>;
     }
 }
 
 forward! {
     impl CatalogStore {
-        #[write] fn create_item(item: &NewItem => NewItem) -> Item;
-        #[write] fn update_item(id: ItemId, patch: &ItemPatch => ItemPatch) -> Item;
-        fn item(id: ItemId) -> Option<Item>;
-        fn items(offset: u32, limit: u32) -> Vec<Item>;
-        #[write] fn create_promo(promo: &NewPromo => NewPromo) -> Promo;
-        fn promo(id: PromoId) -> Option<Promo>;
-        fn promos(limit: u32) -> Vec<Promo>;
-        fn promos_of_item(item: ItemId) -> Vec<Promo>;
-        fn promos_of_items(items: &[ItemId] => Vec<ItemId>) -> Vec<Promo>;
-        #[write] fn publish_promo(id: PromoId, baseline: PromoBaseline) -> bool;
+        fn create_item(item: &NewItem => NewItem) -> Item;
+        fn update_item(id: ItemId, patch: &ItemPatch => ItemPatch) -> Item;
+        #[ungated] fn item(id: ItemId) -> Option<Item>;
+        #[ungated] fn items(offset: u32, limit: u32) -> Vec<Item>;
+        fn create_promo(promo: &NewPromo => NewPromo) -> Promo;
+        #[ungated] fn promo(id: PromoId) -> Option<Promo>;
+        #[ungated] fn promos(limit: u32) -> Vec<Promo>;
+        #[ungated] fn promos_of_item(item: ItemId) -> Vec<Promo>;
+        #[ungated] fn promos_of_items(items: &[ItemId] => Vec<ItemId>) -> Vec<Promo>;
+        fn publish_promo(id: PromoId, baseline: PromoBaseline) -> bool;
     }
 }
 
 forward! {
     impl OrderStore {
-        #[write] fn insert_stock_logs(drafts: &[OrderDraft] => Vec<OrderDraft>) -> ();
-        #[write] fn commit_orders(drafts: &[OrderDraft] => Vec<OrderDraft>) -> ();
-        fn roll_back_stock_logs(ids: &[StockLogId] => Vec<StockLogId>) -> Vec<(StockLogId, StockLogStatus)>;
-        fn stock_log_statuses(ids: &[StockLogId] => Vec<StockLogId>) -> Vec<(StockLogId, StockLogStatus)>;
-        fn stale_stock_logs(before: DateTime<Utc>, limit: u32) -> Vec<(StockLogId, PromoId)>;
-        fn undeducted_stock_logs(before: DateTime<Utc>, limit: u32) -> Vec<Deduction>;
-        fn unsettled_units_of_item(item: ItemId) -> i64;
-        fn unpaid_orders_of_item(item: ItemId) -> (i64, Option<DateTime<Utc>>);
-        fn cancelled_order_count(promo: PromoId) -> u64;
-        fn cancelled_orders(promo: PromoId, after: &str => String, limit: u32) -> Vec<(OrderNo, StockLogId, i64)>;
-        fn sale_journal(promo: PromoId, item: ItemId) -> SaleJournal;
-        fn unpaid_orders(before: DateTime<Utc>, limit: u32) -> Vec<OrderNo>;
-        fn apply_deductions(entries: &[Deduction] => Vec<Deduction>) -> DeductionReport;
-        fn order(no: &OrderNo => OrderNo) -> Option<Order>;
-        fn orders_of_user(user: UserId, limit: u32) -> Vec<Order>;
-        fn has_order(user: UserId, promo: PromoId) -> bool;
-        #[write] fn pay_order(no: &OrderNo => OrderNo) -> Order;
-        #[write] fn cancel_order(no: &OrderNo => OrderNo) -> (Order, bool);
-        fn promo_totals(promo: PromoId) -> PromoTotals;
-        #[write] fn place_order_in_db(draft: &OrderDraft => OrderDraft, optimistic: bool, cas_retries: u32, commit_by: std::time::Instant) -> Option<Order>;
+        fn insert_stock_logs(drafts: &[OrderDraft] => Vec<OrderDraft>) -> ();
+        fn commit_orders(drafts: &[OrderDraft] => Vec<OrderDraft>) -> ();
+        #[ungated] fn roll_back_stock_logs(ids: &[StockLogId] => Vec<StockLogId>) -> Vec<(StockLogId, StockLogStatus)>;
+        #[ungated] fn stock_log_statuses(ids: &[StockLogId] => Vec<StockLogId>) -> Vec<(StockLogId, StockLogStatus)>;
+        #[ungated] fn stale_stock_logs(before: DateTime<Utc>, limit: u32) -> Vec<(StockLogId, PromoId)>;
+        #[ungated] fn undeducted_stock_logs(before: DateTime<Utc>, limit: u32) -> Vec<Deduction>;
+        #[ungated] fn unsettled_units_of_item(item: ItemId) -> i64;
+        #[ungated] fn unpaid_orders_of_item(item: ItemId) -> (i64, Option<DateTime<Utc>>);
+        #[ungated] fn cancelled_order_count(promo: PromoId) -> u64;
+        #[ungated] fn cancelled_orders(promo: PromoId, after: &str => String, limit: u32) -> Vec<(OrderNo, StockLogId, i64)>;
+        #[ungated] fn sale_journal(promo: PromoId, item: ItemId) -> SaleJournal;
+        #[ungated] fn unpaid_orders(before: DateTime<Utc>, limit: u32) -> Vec<OrderNo>;
+        #[ungated] fn apply_deductions(entries: &[Deduction] => Vec<Deduction>) -> DeductionReport;
+        #[ungated] fn order(no: &OrderNo => OrderNo) -> Option<Order>;
+        #[ungated] fn orders_of_user(user: UserId, limit: u32) -> Vec<Order>;
+        #[ungated] fn has_order(user: UserId, promo: PromoId) -> bool;
+        fn pay_order(no: &OrderNo => OrderNo) -> Order;
+        fn cancel_order(no: &OrderNo => OrderNo) -> (Order, bool);
+        #[ungated] fn promo_totals(promo: PromoId) -> PromoTotals;
+        fn place_order_in_db(draft: &OrderDraft => OrderDraft, optimistic: bool, cas_retries: u32, commit_by: std::time::Instant) -> Option<Order>;
     }
 }
 
 forward! {
     impl Store {
-        fn ping() -> ();
+        #[ungated] fn ping() -> ();
     }
 }

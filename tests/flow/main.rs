@@ -276,6 +276,45 @@ async fn a_deadline_passing_while_its_order_commits_waits_for_the_outcome() {
     );
 }
 
+/// Not only an order: any request whose database write started before its
+/// deadline is answered with what was written (the deadline waits for it,
+/// within the grace), never 503 over a write that commits behind it.
+#[tokio::test]
+async fn a_write_started_before_the_deadline_is_answered_with_what_was_written() {
+    let t = TestApp::spawn_with(|c| {
+        c.request_timeout_ms = 1_000;
+        c.local_tx_timeout_ms = 800;
+        c.ledger_rebuild_quiet_ms = 800;
+        c.sqlite_busy_timeout_ms = 10_000;
+    })
+    .await;
+    let item = t.item(5).await;
+    let mut held = hold_write_lock(&t).await;
+    let releaser = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+        sqlx::query("ROLLBACK").execute(&mut *held).await.unwrap();
+    });
+    let started = std::time::Instant::now();
+    let r = t
+        .call(
+            "PATCH",
+            &format!("/api/v1/admin/items/{item}"),
+            Some(ADMIN),
+            Some(serde_json::json!({"title": "Renamed past the deadline"})),
+        )
+        .await;
+    let took = started.elapsed();
+    releaser.await.unwrap();
+    assert_eq!(r.status, axum::http::StatusCode::OK, "{:?}", r.json());
+    assert!(
+        took >= std::time::Duration::from_millis(1_500),
+        "answered past the deadline, with what was written: {took:?}"
+    );
+    assert_eq!(r.json()["title"], "Renamed past the deadline");
+    let read = t.get(&format!("/api/v1/items/{item}"), None).await;
+    assert_eq!(read.json()["title"], "Renamed past the deadline");
+}
+
 #[tokio::test]
 async fn a_failed_local_transaction_gives_the_reservation_back_and_rolls_the_message_back() {
     let t = TestApp::spawn().await;
