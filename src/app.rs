@@ -12,7 +12,6 @@ use crate::cache::memory::{MemoryKvStore, MemoryRateLimiter, MemoryStockLedger};
 use crate::cache::redis::{RedisConn, RedisKvStore, RedisRateLimiter, RedisStockLedger};
 use crate::cache::{KvStore, RateLimiter, StockLedger};
 use crate::config::{Config, DatabaseBackend};
-use crate::domain::IdGenerator;
 use crate::http::{AppState, Services};
 use crate::mq::memory::{MemoryBus, MemoryBusSettings};
 use crate::mq::rocketmq::{RocketMqBus, RocketMqSettings};
@@ -51,8 +50,8 @@ pub struct App {
     /// The in-process key-value store, when that is the one in use (fault
     /// injection).
     pub memory_kv: Option<Arc<MemoryKvStore>>,
-    /// This instance's node id lease (none with `SECKILL_NODE_ID` set).
-    pub node_lease: Option<Arc<NodeLease>>,
+    /// This instance's node id lease (of `SECKILL_NODE_ID` when set).
+    pub node_lease: Arc<NodeLease>,
 }
 
 /// The process's Prometheus recorder, installed once.
@@ -201,10 +200,14 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     };
     let checker = Arc::new(StockLogChecker::new(store.clone()));
     let caches = cache_adapters(&config).await?;
+    let ttl = Duration::from_millis(config.node_lease_ttl_ms);
     let node_lease = match config.node_id {
-        Some(_) => None,
+        Some(node) => Arc::new(
+            NodeLease::claim(caches.kv.clone(), node, ttl)
+                .await
+                .context("cannot claim the configured node id")?,
+        ),
         None => {
-            let ttl = Duration::from_millis(config.node_lease_ttl_ms);
             let lease = NodeLease::acquire(caches.kv.clone(), ttl)
                 .await
                 .context("cannot lease a node id")?
@@ -212,22 +215,16 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
                     "every node id (0..=1023) is leased by a running instance: stop one, or \
                      wait SECKILL_NODE_LEASE_TTL_MS for a crashed one's to lapse",
                 )?;
-            Some(Arc::new(lease))
+            Arc::new(lease)
         }
     };
     // The generator at once, and the lease kept from here: building the
     // rest (the RocketMQ client) may take longer than the lease's TTL.
-    let ids: Arc<IdGenerator> = match (&node_lease, config.node_id) {
-        (Some(lease), _) => {
-            let ids = Arc::new(lease.ids());
-            tokio::spawn(lease.clone().keep(
-                ids.clone(),
-                Duration::from_millis(config.heartbeat_interval_ms.max(100)),
-            ));
-            ids
-        }
-        (None, node) => Arc::new(IdGenerator::new(node.unwrap_or_default())),
-    };
+    let ids = Arc::new(node_lease.ids());
+    tokio::spawn(node_lease.clone().keep(
+        ids.clone(),
+        Duration::from_millis(config.heartbeat_interval_ms.max(100)),
+    ));
     let node = ids.node();
     let (bus, memory_bus): (Arc<dyn MessageBus>, Option<MemoryBus>) = match &config.rocketmq_namesrv
     {

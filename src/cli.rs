@@ -195,9 +195,7 @@ pub fn main() -> anyhow::Result<()> {
                 }
                 .await;
                 // Given back whatever the outcome: the node id is free at once.
-                if let Some(lease) = &app.node_lease {
-                    lease.release(&app.context.ids).await;
-                }
+                app.node_lease.release(&app.context.ids).await;
                 reconciled
             }
         }

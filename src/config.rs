@@ -73,7 +73,7 @@ pub struct Config {
     /// Folder of the web pages; the copy built into the binary is used when
     /// this folder does not exist.
     pub web_dir: PathBuf,
-    /// This instance's node id in order numbers (0..=1023); unset: leased from the shared Redis (unique among the instances sharing it; see `service::node_lease`), or from the in-process store without Redis.
+    /// This instance's node id in order numbers (0..=1023), claimed in the shared Redis (no orders while another process holds it); unset: any free one leased from the shared Redis (unique among the instances sharing it; see `service::node_lease`), or from the in-process store without Redis.
     pub node_id: Option<u16>,
     /// How long a leased node id stays leased without renewal (renewed every
     /// heartbeat, at most every third of it; an instance that cannot renew

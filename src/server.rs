@@ -83,9 +83,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let _ = app.state.monitor.flush().await;
     let _ = app.state.monitor.leave().await;
-    if let Some(lease) = &app.node_lease {
-        lease.release(&app.context.ids).await;
-    }
+    app.node_lease.release(&app.context.ids).await;
     tracing::info!("seckill stopped");
     Ok(())
 }

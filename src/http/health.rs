@@ -60,6 +60,14 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         // Shutting down: balancers take this instance out first.
         checks.insert("instance".into(), "shutting down".into());
     }
+    if !state.orders.owns_node_id() {
+        // Its orders are refused (503) until it does: balancers send the
+        // crowd elsewhere.
+        checks.insert(
+            "node_id".into(),
+            "not owned: another process holds it, or its lease is not confirmed".into(),
+        );
+    }
     let ready = checks.values().all(|v| v == "ok");
     let status = if ready {
         StatusCode::OK

@@ -1,8 +1,13 @@
 //! The node id of order numbers and `stock_log` ids ([`IdGenerator`]) must
 //! differ between running instances, or two of them can make the same id in
-//! the same millisecond. Unless one is configured (`SECKILL_NODE_ID`), an
-//! instance leases its node id from the shared key/value store: `node:<id>`
-//! set if absent, with a TTL, holding a value only this process knows.
+//! the same millisecond. An instance leases its node id from the shared
+//! key/value store: `node:<id>` set if absent, with a TTL, holding a value
+//! only this process knows. Unless one is configured (`SECKILL_NODE_ID`),
+//! any free id is leased; a configured id is claimed ([`NodeLease::claim`]),
+//! and while another process holds it (a crashed predecessor's lease not
+//! lapsed yet, or another instance given or leasing the same id) this one
+//! takes no orders (503) until it lapses: set and leased ids can share one
+//! store and never collide.
 //!
 //! The lease is renewed every heartbeat (at most every third of its TTL). A
 //! lease found gone (the store restarted empty, or lost the key) is taken
@@ -44,6 +49,11 @@ pub struct NodeLease {
     taken_at_ms: u64,
     /// Set by [`release`](Self::release): renewals stop.
     released: AtomicBool,
+    /// A configured id ([`claim`](Self::claim)): never moved to another.
+    fixed: bool,
+    /// Whether the lease was held at its last renewal (a claimed id not
+    /// free yet is not).
+    held: AtomicBool,
     /// Held by a renewal and by the release: a renewal under way when the
     /// process gives the lease back cannot take it again after.
     renewing: tokio::sync::Mutex<()>,
@@ -54,7 +64,7 @@ impl NodeLease {
     /// every one of the 1,024 is leased.
     pub async fn acquire(kv: Arc<dyn KvStore>, ttl: Duration) -> CacheResult<Option<Self>> {
         let taken_at_ms = monotonic_ms();
-        let holder = format!("{}:{:016x}", std::process::id(), rand::random::<u64>());
+        let holder = holder();
         let Some(node) = take_free(kv.as_ref(), &holder, ttl).await? else {
             return Ok(None);
         };
@@ -65,8 +75,38 @@ impl NodeLease {
             node: AtomicU16::new(node),
             taken_at_ms,
             released: AtomicBool::new(false),
+            fixed: false,
+            held: AtomicBool::new(true),
             renewing: tokio::sync::Mutex::new(()),
         }))
+    }
+
+    /// Claims the configured node id `node`. Held by another process, the
+    /// lease is not ours yet: its [`ids`](Self::ids) own no node id (no
+    /// orders) until a renewal finds it free and takes it.
+    pub async fn claim(kv: Arc<dyn KvStore>, node: u16, ttl: Duration) -> CacheResult<Self> {
+        let taken_at_ms = monotonic_ms();
+        let holder = holder();
+        let held = kv.set_if_absent(&node_key(node), &holder, ttl).await?;
+        if !held {
+            tracing::error!(
+                node,
+                "the configured node id is leased by another process (a crashed predecessor's \
+                 lease lapses within SECKILL_NODE_LEASE_TTL_MS; a running instance given or \
+                 leasing the same id keeps it): no orders here until it is free"
+            );
+        }
+        Ok(NodeLease {
+            kv,
+            holder,
+            ttl,
+            node: AtomicU16::new(node),
+            taken_at_ms,
+            released: AtomicBool::new(false),
+            fixed: true,
+            held: AtomicBool::new(held),
+            renewing: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// The node id leased.
@@ -79,7 +119,11 @@ impl NodeLease {
     /// that on every renewal.
     pub fn ids(&self) -> IdGenerator {
         let ids = IdGenerator::new(self.node());
-        ids.own_node_until(self.taken_at_ms + self.ttl_ms());
+        if self.held.load(Ordering::Relaxed) {
+            ids.own_node_until(self.taken_at_ms + self.ttl_ms());
+        } else {
+            ids.own_node_until(0);
+        }
         ids
     }
 
@@ -102,12 +146,29 @@ impl NodeLease {
             .kv
             .renew_lease(&node_key(node), &self.holder, self.ttl)
             .await?;
+        let was_held = self
+            .held
+            .swap(renewal != LeaseRenewal::Lost, Ordering::Relaxed);
         match renewal {
             LeaseRenewal::Renewed => {}
+            LeaseRenewal::Retaken if !was_held => {
+                tracing::info!(node, "the configured node id is free: taken; orders here again")
+            }
             LeaseRenewal::Retaken => tracing::warn!(
                 node,
                 "this instance's node id lease was gone (the shared store restarted or lost it); taken again"
             ),
+            LeaseRenewal::Lost if self.fixed => {
+                ids.own_node_until(0);
+                if was_held {
+                    tracing::error!(
+                        node,
+                        "another process leased this instance's configured node id while the \
+                         lease was gone from the shared store: no orders here until it is free"
+                    );
+                }
+                return Ok(renewal);
+            }
             LeaseRenewal::Lost => {
                 // No order takes an id on the lost node id meanwhile.
                 ids.own_node_until(0);
@@ -121,6 +182,7 @@ impl NodeLease {
                 };
                 ids.set_node(moved);
                 self.node.store(moved, Ordering::Relaxed);
+                self.held.store(true, Ordering::Relaxed);
                 tracing::error!(
                     node,
                     moved,
@@ -173,6 +235,12 @@ impl NodeLease {
             .delete_if_equals(&node_key(self.node()), &self.holder)
             .await;
     }
+}
+
+/// A lease's value: this process, and a random number no other process
+/// has.
+fn holder() -> String {
+    format!("{}:{:016x}", std::process::id(), rand::random::<u64>())
 }
 
 async fn take_free(kv: &dyn KvStore, holder: &str, ttl: Duration) -> CacheResult<Option<u16>> {
@@ -274,6 +342,41 @@ mod tests {
         assert_eq!(a.renew(&ids).await.unwrap(), LeaseRenewal::Lost);
         assert_eq!((a.node(), ids.node()), (freed, freed));
         assert!(ids.owns_node(), "moved: orders again");
+    }
+
+    #[tokio::test]
+    async fn a_configured_node_id_is_claimed_and_waited_for_never_moved() {
+        let kv: Arc<dyn KvStore> = Arc::new(MemoryKvStore::new());
+        let a = NodeLease::claim(kv.clone(), 7, TTL).await.unwrap();
+        let ids = a.ids();
+        assert!((ids.owns_node(), ids.node()) == (true, 7));
+        for _ in 0..MAX_NODE_ID {
+            let leased = NodeLease::acquire(kv.clone(), TTL).await.unwrap().unwrap();
+            assert_ne!(leased.node(), 7, "a leased id is never a claimed one");
+        }
+        // Another process given the same id (or a restart while the crashed
+        // predecessor's lease lives): no orders until the id is free.
+        let b = NodeLease::claim(kv.clone(), 7, TTL).await.unwrap();
+        let b_ids = b.ids();
+        assert!(!b_ids.owns_node());
+        assert_eq!(b.renew(&b_ids).await.unwrap(), LeaseRenewal::Lost);
+        assert!(
+            (b_ids.owns_node(), b.node()) == (false, 7),
+            "waits, never moves"
+        );
+        a.release(&ids).await;
+        assert_eq!(b.renew(&b_ids).await.unwrap(), LeaseRenewal::Retaken);
+        assert!(b_ids.owns_node(), "free: taken, orders again");
+        assert_eq!(b.renew(&b_ids).await.unwrap(), LeaseRenewal::Renewed);
+
+        // Lost to another holder while the store forgot it: no more orders,
+        // and the id is kept, not traded for a free one.
+        kv.delete(&node_key(7)).await.unwrap();
+        kv.set_if_absent(&node_key(7), "newcomer", TTL)
+            .await
+            .unwrap();
+        assert_eq!(b.renew(&b_ids).await.unwrap(), LeaseRenewal::Lost);
+        assert!((b_ids.owns_node(), b.node(), b_ids.node()) == (false, 7, 7));
     }
 
     #[tokio::test]

@@ -101,6 +101,13 @@ impl OrderService {
         self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Whether this instance owns its node id now, so can make order ids
+    /// (`service::node_lease`): not while another process holds it or the
+    /// lease is unconfirmed.
+    pub fn owns_node_id(&self) -> bool {
+        self.cx.ids.owns_node()
+    }
+
     /// Whether no admitted order is waiting for its answer.
     pub fn idle(&self) -> bool {
         self.queued() == 0

@@ -347,6 +347,51 @@ async fn readiness_names_a_dependency_that_is_down() {
         .starts_with("down"));
 }
 
+/// An instance whose configured node id another process holds takes no
+/// orders: it says so at /readyz (balancers send the crowd elsewhere) and
+/// answers orders 503 until the id is free.
+#[tokio::test]
+async fn an_instance_without_its_node_id_is_not_ready_and_takes_no_orders() {
+    use seckill::cache::KvStore;
+    let t = TestApp::spawn_with(|c| c.heartbeat_interval_ms = 100).await;
+    let (item, promo) = t.sale(5).await;
+    let b = t.user("13600000951").await;
+    let kv = t.app.memory_kv.clone().unwrap();
+    // The store forgot the lease and another process took the id.
+    kv.delete("node:1").await.unwrap();
+    kv.set_if_absent("node:1", "another", std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut r = t.get("/readyz", None).await;
+    for _ in 0..50 {
+        if r.status != StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        r = t.get("/readyz", None).await;
+    }
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.json());
+    assert!(r.json()["checks"]["node_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("not owned"));
+    let o = t.buy(&b, promo, item).await;
+    assert_eq!(o.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", o.json());
+
+    kv.delete("node:1").await.unwrap();
+    let mut r = t.get("/readyz", None).await;
+    for _ in 0..50 {
+        if r.status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        r = t.get("/readyz", None).await;
+    }
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    let o = t.buy(&b, promo, item).await;
+    assert_eq!(o.status, StatusCode::CREATED, "{:?}", o.json());
+}
+
 #[tokio::test]
 async fn metrics_are_exposed_in_prometheus_text() {
     let t = TestApp::spawn().await;
