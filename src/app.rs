@@ -225,136 +225,147 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         ids.clone(),
         Duration::from_millis(config.heartbeat_interval_ms.max(100)),
     ));
-    let node = ids.node();
-    let (bus, memory_bus): (Arc<dyn MessageBus>, Option<MemoryBus>) = match &config.rocketmq_namesrv
-    {
-        Some(namesrv) => {
-            let settings = RocketMqSettings {
-                namesrv: namesrv.clone(),
-                prefix: config.rocketmq_prefix.clone(),
-                instance: format!("seckill-{}-{node}", std::process::id()),
-                listener_deadline: Duration::from_millis(config.rocketmq_listener_deadline_ms),
-            };
-            let bus = RocketMqBus::start(settings, checker)
-                .await
-                .with_context(|| {
-                    format!("cannot start the RocketMQ client for name server {namesrv}")
-                })?;
-            (Arc::new(bus), None)
-        }
-        None => {
-            let bus = MemoryBus::start(
-                checker,
-                MemoryBusSettings {
-                    check_after: Duration::from_millis(config.tx_check_after_ms),
-                    check_interval: Duration::from_millis(config.tx_check_interval_ms.max(10)),
-                    check_max: config.tx_check_max,
-                    ..MemoryBusSettings::default()
-                },
-            );
-            (Arc::new(bus.clone()), Some(bus))
-        }
-    };
-    let ports = Ports {
-        store: store.clone(),
-        ledger: caches.ledger,
-        kv: caches.kv,
-        limiter: caches.limiter,
-        bus,
-        otp: otp_sender,
-    };
+    // Whatever fails from here gives the node id back at once: a
+    // configured one would otherwise keep its restart waiting (no orders)
+    // until the lease's TTL ran out.
+    let built: anyhow::Result<App> = async {
+        let node = ids.node();
+        let (bus, memory_bus): (Arc<dyn MessageBus>, Option<MemoryBus>) = match &config
+            .rocketmq_namesrv
+        {
+            Some(namesrv) => {
+                let settings = RocketMqSettings {
+                    namesrv: namesrv.clone(),
+                    prefix: config.rocketmq_prefix.clone(),
+                    instance: format!("seckill-{}-{node}", std::process::id()),
+                    listener_deadline: Duration::from_millis(config.rocketmq_listener_deadline_ms),
+                };
+                let bus = RocketMqBus::start(settings, checker)
+                    .await
+                    .with_context(|| {
+                        format!("cannot start the RocketMQ client for name server {namesrv}")
+                    })?;
+                (Arc::new(bus), None)
+            }
+            None => {
+                let bus = MemoryBus::start(
+                    checker,
+                    MemoryBusSettings {
+                        check_after: Duration::from_millis(config.tx_check_after_ms),
+                        check_interval: Duration::from_millis(config.tx_check_interval_ms.max(10)),
+                        check_max: config.tx_check_max,
+                        ..MemoryBusSettings::default()
+                    },
+                );
+                (Arc::new(bus.clone()), Some(bus))
+            }
+        };
+        let ports = Ports {
+            store: store.clone(),
+            ledger: caches.ledger,
+            kv: caches.kv,
+            limiter: caches.limiter,
+            bus,
+            otp: otp_sender,
+        };
 
-    let context = Context {
-        config: config.clone(),
-        ports: ports.clone(),
-        ids: ids.clone(),
-        sold_out: Arc::new(SoldOutFlags::with_poll(
-            Duration::from_millis(config.local_sold_out_ttl_ms),
-            Duration::from_millis(config.sold_out_poll_ms),
-        )),
-        recovery: Arc::new(crate::service::recovery::LedgerRecovery::new()),
-        background,
-    };
-    let catalog = Arc::new(CatalogService::new(context.clone()));
-    let tokens = Arc::new(TokenService::new(context.clone(), catalog.clone()));
-    let orders = Arc::new(OrderService::new(
-        context.clone(),
-        catalog.clone(),
-        tokens.clone(),
-    ));
-    let users = Arc::new(UserService::new(context.clone()));
-
-    ports
-        .bus
-        .subscribe(
-            Topic::Stock,
-            stock_consumer::GROUP,
-            Delivery::Clustering,
-            Arc::new(stock_consumer::StockConsumer::new(
-                store.clone(),
-                ports.kv.clone(),
-                ports.bus.clone(),
+        let context = Context {
+            config: config.clone(),
+            ports: ports.clone(),
+            ids: ids.clone(),
+            sold_out: Arc::new(SoldOutFlags::with_poll(
+                Duration::from_millis(config.local_sold_out_ttl_ms),
+                Duration::from_millis(config.sold_out_poll_ms),
             )),
-        )
-        .await?;
-    ports
-        .bus
-        .subscribe(
-            Topic::CacheRepair,
-            cache_invalidation::REPAIR_GROUP,
-            Delivery::Clustering,
-            Arc::new(cache_invalidation::CacheRepair::new(
-                ports.kv.clone(),
-                ports.bus.clone(),
-            )),
-        )
-        .await?;
-    ports
-        .bus
-        .subscribe(
-            Topic::Cache,
-            "seckill_cache",
-            Delivery::Broadcast,
-            Arc::new(CacheInvalidation::new(catalog.clone(), users.clone())),
-        )
-        .await?;
-    ports
-        .bus
-        .subscribe(
-            Topic::PaymentDue,
-            payment_due::GROUP,
-            Delivery::Clustering,
-            Arc::new(payment_due::PaymentDueConsumer::new(context.clone())),
-        )
-        .await?;
-    tokio::spawn(reconciler::run(context.clone()));
-    tokio::spawn(metrics_upkeep(metrics.clone()));
-    let monitor = Arc::new(SaleMonitor::new(context.clone()));
-    tokio::spawn(monitor::run_heartbeat(
-        monitor.clone(),
-        Duration::from_millis(config.heartbeat_interval_ms.max(100)),
-    ));
+            recovery: Arc::new(crate::service::recovery::LedgerRecovery::new()),
+            background,
+        };
+        let catalog = Arc::new(CatalogService::new(context.clone()));
+        let tokens = Arc::new(TokenService::new(context.clone(), catalog.clone()));
+        let orders = Arc::new(OrderService::new(
+            context.clone(),
+            catalog.clone(),
+            tokens.clone(),
+        ));
+        let users = Arc::new(UserService::new(context.clone()));
 
-    let buying_gate = (config.order_path_max_in_flight > 0)
-        .then(|| Arc::new(tokio::sync::Semaphore::new(config.order_path_max_in_flight)));
-    let state = AppState::new(Services {
-        config,
-        ports,
-        users,
-        catalog,
-        tokens,
-        orders,
-        monitor,
-        metrics,
-        buying_gate,
-    });
-    Ok(App {
-        state,
-        context,
-        otp,
-        memory_bus,
-        memory_ledger: caches.memory_ledger,
-        memory_kv: caches.memory_kv,
-        node_lease,
-    })
+        ports
+            .bus
+            .subscribe(
+                Topic::Stock,
+                stock_consumer::GROUP,
+                Delivery::Clustering,
+                Arc::new(stock_consumer::StockConsumer::new(
+                    store.clone(),
+                    ports.kv.clone(),
+                    ports.bus.clone(),
+                )),
+            )
+            .await?;
+        ports
+            .bus
+            .subscribe(
+                Topic::CacheRepair,
+                cache_invalidation::REPAIR_GROUP,
+                Delivery::Clustering,
+                Arc::new(cache_invalidation::CacheRepair::new(
+                    ports.kv.clone(),
+                    ports.bus.clone(),
+                )),
+            )
+            .await?;
+        ports
+            .bus
+            .subscribe(
+                Topic::Cache,
+                "seckill_cache",
+                Delivery::Broadcast,
+                Arc::new(CacheInvalidation::new(catalog.clone(), users.clone())),
+            )
+            .await?;
+        ports
+            .bus
+            .subscribe(
+                Topic::PaymentDue,
+                payment_due::GROUP,
+                Delivery::Clustering,
+                Arc::new(payment_due::PaymentDueConsumer::new(context.clone())),
+            )
+            .await?;
+        tokio::spawn(reconciler::run(context.clone()));
+        tokio::spawn(metrics_upkeep(metrics.clone()));
+        let monitor = Arc::new(SaleMonitor::new(context.clone()));
+        tokio::spawn(monitor::run_heartbeat(
+            monitor.clone(),
+            Duration::from_millis(config.heartbeat_interval_ms.max(100)),
+        ));
+
+        let buying_gate = (config.order_path_max_in_flight > 0)
+            .then(|| Arc::new(tokio::sync::Semaphore::new(config.order_path_max_in_flight)));
+        let state = AppState::new(Services {
+            config,
+            ports,
+            users,
+            catalog,
+            tokens,
+            orders,
+            monitor,
+            metrics,
+            buying_gate,
+        });
+        Ok(App {
+            state,
+            context,
+            otp,
+            memory_bus,
+            memory_ledger: caches.memory_ledger,
+            memory_kv: caches.memory_kv,
+            node_lease: node_lease.clone(),
+        })
+    }
+    .await;
+    if built.is_err() {
+        node_lease.release(&ids).await;
+    }
+    built
 }

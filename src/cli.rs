@@ -169,6 +169,9 @@ pub fn main() -> anyhow::Result<()> {
             }
             Command::Reconcile { db, dry_run } => {
                 db.apply(&mut config);
+                // It makes no order ids: any free node id, never a
+                // configured one a live instance holds (or would take back).
+                config.node_id = None;
                 let app = crate::app::build(config).await?;
                 let reconciled = async {
                     let mut reconciler = crate::worker::reconciler::Reconciler::new();

@@ -101,8 +101,8 @@ pub struct IdGenerator {
     /// last id handed out and the node id the next one takes.
     state: AtomicU64,
     /// [`monotonic_ms`] until which the node id is known to be this
-    /// process's alone (its lease's last confirmation + TTL); `u64::MAX` for
-    /// a configured one.
+    /// process's alone (its lease's last confirmation + TTL); `u64::MAX`
+    /// for a generator made without a lease (tests, benchmarks).
     own_until_ms: AtomicU64,
 }
 

@@ -47,7 +47,9 @@ pub async fn healthz() -> ApiJson<Health> {
     })
 }
 
-/// 200 when every dependency answers, else 503 naming the ones down.
+/// 200 when every dependency answers and the instance takes orders, else
+/// 503 naming what is not ready (a dependency down, shutting down, its node
+/// id not owned).
 #[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let mut checks: serde_json::Map<String, serde_json::Value> =

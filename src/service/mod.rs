@@ -68,10 +68,11 @@ pub enum ServiceError {
 
 impl ServiceError {
     /// This instance's node id may be another's now (its lease not
-    /// confirmed, see [`node_lease`]): no order id is made.
+    /// confirmed, or a configured id another process holds, see
+    /// [`node_lease`]): no order id is made.
     pub fn node_unowned() -> Self {
         ServiceError::unavailable(
-            "this instance cannot confirm its node id with the shared store; retry shortly",
+            "this instance does not own its node id now (another process holds it, or the shared store cannot confirm it); retry shortly",
         )
     }
 

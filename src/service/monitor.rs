@@ -111,8 +111,13 @@ impl SaleMonitor {
             .collect())
     }
 
-    /// Writes this instance's heartbeat.
+    /// Writes this instance's heartbeat; none while it does not own its
+    /// node id, which keys the entry (another process holds it, and its
+    /// entry is that one's).
     pub async fn beat(&self, checks: BTreeMap<String, String>) -> ServiceResult<()> {
+        if !self.cx.ids.owns_node() {
+            return Ok(());
+        }
         let beat = InstanceBeat {
             node_id: self.cx.ids.node(),
             http_addr: self.cx.config.http_addr.clone(),
@@ -131,8 +136,12 @@ impl SaleMonitor {
         Ok(())
     }
 
-    /// Takes this instance off the registry (graceful shutdown).
+    /// Takes this instance off the registry (graceful shutdown), unless it
+    /// does not own its node id (the entry would be another's).
     pub async fn leave(&self) -> ServiceResult<()> {
+        if !self.cx.ids.owns_node() {
+            return Ok(());
+        }
         let node = self.cx.ids.node().to_string();
         self.cx.ports.kv.hash_delete(INSTANCES_KEY, &node).await?;
         Ok(())

@@ -6,14 +6,17 @@
 //! any free id is leased; a configured id is claimed ([`NodeLease::claim`]),
 //! and while another process holds it (a crashed predecessor's lease not
 //! lapsed yet, or another instance given or leasing the same id) this one
-//! takes no orders (503) until it lapses: set and leased ids can share one
-//! store and never collide.
+//! takes no orders (503) until it is free: set and leased ids can share
+//! one store and never collide. A waiting instance marks its id wanted
+//! (`node:<id>:wanted`), and a leased instance holding it moves to a free
+//! id at its next renewal.
 //!
 //! The lease is renewed every heartbeat (at most every third of its TTL). A
 //! lease found gone (the store restarted empty, or lost the key) is taken
 //! again at once; one found held by another instance (which leased the id
-//! while it was gone) is given up, and this instance moves to a free id: a
-//! heartbeat after the store comes back, the node ids are unique again.
+//! while it was gone) is given up, and this instance moves to a free id (a
+//! configured id is not given up: the instance waits for it): a heartbeat
+//! after the store comes back, the node ids are unique again.
 //! While the lease cannot be confirmed for its TTL (the store unreachable:
 //! it may have lapsed, and another instance may hold the id), the instance
 //! takes no orders (503), so it makes no id that could collide. An id made
@@ -34,6 +37,12 @@ use crate::domain::IdGenerator;
 
 fn node_key(node: u16) -> String {
     format!("node:{node}")
+}
+
+/// Set (with the lease's TTL) by an instance waiting for its configured
+/// node id: a leased instance holding that id moves to a free one.
+fn wanted_key(node: u16) -> String {
+    format!("node:{node}:wanted")
 }
 
 /// This process's lease of its node id.
@@ -89,6 +98,7 @@ impl NodeLease {
         let holder = holder();
         let held = kv.set_if_absent(&node_key(node), &holder, ttl).await?;
         if !held {
+            kv.set(&wanted_key(node), &holder, ttl).await?;
             tracing::error!(
                 node,
                 "the configured node id is leased by another process (a crashed predecessor's \
@@ -115,8 +125,9 @@ impl NodeLease {
     }
 
     /// An id generator on the leased node id, which it owns for the lease's
-    /// TTL from when the lease was asked for; [`keep`](Self::keep) extends
-    /// that on every renewal.
+    /// TTL from when the lease was asked for (a claimed id another process
+    /// holds: not at all); [`keep`](Self::keep) extends that on every
+    /// renewal.
     pub fn ids(&self) -> IdGenerator {
         let ids = IdGenerator::new(self.node());
         if self.held.load(Ordering::Relaxed) {
@@ -131,8 +142,9 @@ impl NodeLease {
         self.ttl.as_millis() as u64
     }
 
-    /// One renewal. A lease another instance holds now is given up for a
-    /// free node id, which `ids` takes from its next id on. Each lease
+    /// One renewal. A leased id another instance holds now, or waits for as
+    /// its configured one, is given up for a free node id, which `ids` takes
+    /// from its next id on (a configured id is waited for instead). Each lease
     /// confirmed (renewed, taken again, or a new one) lets `ids` own its
     /// node id for the TTL from when it was asked for.
     pub async fn renew(&self, ids: &IdGenerator) -> CacheResult<LeaseRenewal> {
@@ -150,8 +162,13 @@ impl NodeLease {
             .held
             .swap(renewal != LeaseRenewal::Lost, Ordering::Relaxed);
         match renewal {
+            LeaseRenewal::Renewed if !self.fixed => self.yield_if_wanted(node, ids).await?,
             LeaseRenewal::Renewed => {}
-            LeaseRenewal::Retaken if !was_held => {
+            LeaseRenewal::Retaken if self.fixed && !was_held => {
+                let _ = self
+                    .kv
+                    .delete_if_equals(&wanted_key(node), &self.holder)
+                    .await;
                 tracing::info!(node, "the configured node id is free: taken; orders here again")
             }
             LeaseRenewal::Retaken => tracing::warn!(
@@ -160,6 +177,8 @@ impl NodeLease {
             ),
             LeaseRenewal::Lost if self.fixed => {
                 ids.own_node_until(0);
+                // A leased instance holding it moves away at its next renewal.
+                self.kv.set(&wanted_key(node), &self.holder, self.ttl).await?;
                 if was_held {
                     tracing::error!(
                         node,
@@ -193,6 +212,33 @@ impl NodeLease {
         }
         ids.own_node_until(asked_at + self.ttl_ms());
         Ok(renewal)
+    }
+
+    /// A leased id an instance waits for as its configured one is handed
+    /// over: this instance moves to a free id (its next ids take it), then
+    /// gives the old one back. With none free it keeps the old one.
+    async fn yield_if_wanted(&self, node: u16, ids: &IdGenerator) -> CacheResult<()> {
+        if self.kv.get(&wanted_key(node)).await?.is_none() {
+            return Ok(());
+        }
+        let Some(moved) = take_free(self.kv.as_ref(), &self.holder, self.ttl).await? else {
+            tracing::warn!(
+                node,
+                "an instance waits for this node id as its configured one, and no other is free: kept"
+            );
+            return Ok(());
+        };
+        ids.set_node(moved);
+        self.node.store(moved, Ordering::Relaxed);
+        self.kv
+            .delete_if_equals(&node_key(node), &self.holder)
+            .await?;
+        tracing::warn!(
+            node,
+            moved,
+            "an instance waits for this node id as its configured one: moved to a free one"
+        );
+        Ok(())
     }
 
     /// Renews the lease every `period` (at most a third of its TTL) until
@@ -234,6 +280,12 @@ impl NodeLease {
             .kv
             .delete_if_equals(&node_key(self.node()), &self.holder)
             .await;
+        if self.fixed {
+            let _ = self
+                .kv
+                .delete_if_equals(&wanted_key(self.node()), &self.holder)
+                .await;
+        }
     }
 }
 
@@ -350,9 +402,11 @@ mod tests {
         let a = NodeLease::claim(kv.clone(), 7, TTL).await.unwrap();
         let ids = a.ids();
         assert!((ids.owns_node(), ids.node()) == (true, 7));
+        let mut others = Vec::new();
         for _ in 0..MAX_NODE_ID {
             let leased = NodeLease::acquire(kv.clone(), TTL).await.unwrap().unwrap();
             assert_ne!(leased.node(), 7, "a leased id is never a claimed one");
+            others.push(leased);
         }
         // Another process given the same id (or a restart while the crashed
         // predecessor's lease lives): no orders until the id is free.
@@ -368,6 +422,43 @@ mod tests {
         assert_eq!(b.renew(&b_ids).await.unwrap(), LeaseRenewal::Retaken);
         assert!(b_ids.owns_node(), "free: taken, orders again");
         assert_eq!(b.renew(&b_ids).await.unwrap(), LeaseRenewal::Renewed);
+
+        // A leased instance drew the id while b was away: b marks it
+        // wanted, the leased one moves to a free id, b takes it back.
+        b.release(&b_ids).await;
+        let leased = NodeLease::claim(kv.clone(), 7, TTL).await.unwrap();
+        let leased = NodeLease {
+            fixed: false,
+            ..leased
+        };
+        let leased_ids = leased.ids();
+        let b = NodeLease::claim(kv.clone(), 7, TTL).await.unwrap();
+        let b_ids = b.ids();
+        assert!(!b_ids.owns_node());
+        let freed = others[5].node();
+        others[5].release(&IdGenerator::new(freed)).await;
+        assert_eq!(
+            leased.renew(&leased_ids).await.unwrap(),
+            LeaseRenewal::Renewed
+        );
+        assert_eq!(
+            (leased.node(), leased_ids.node()),
+            (freed, freed),
+            "moved away"
+        );
+        assert!(leased_ids.owns_node());
+        assert_eq!(b.renew(&b_ids).await.unwrap(), LeaseRenewal::Retaken);
+        assert!(b_ids.owns_node());
+        assert_eq!(
+            kv.get(&wanted_key(7)).await.unwrap(),
+            None,
+            "no longer wanted"
+        );
+        assert_eq!(
+            leased.renew(&leased_ids).await.unwrap(),
+            LeaseRenewal::Renewed
+        );
+        assert_eq!(leased.node(), freed, "and stays put");
 
         // Lost to another holder while the store forgot it: no more orders,
         // and the id is kept, not traded for a free one.
