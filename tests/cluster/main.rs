@@ -133,6 +133,7 @@ async fn a_thousand_buyers_through_nginx_buy_exactly_the_hundred_units() {
     let _serial = SERIAL.lock().await;
     let Some(c) = cluster() else { return };
     in_rotation(&c).await;
+    let orders_before = order_requests_by_instance(&c).await;
     let report = seckill::drill::run(seckill::drill::DrillArgs {
         url: c.front.clone(),
         admin_token: ADMIN.into(),
@@ -222,14 +223,74 @@ async fn a_thousand_buyers_through_nginx_buy_exactly_the_hundred_units() {
         0
     );
     assert_eq!(report.stats["stock_cache"], 0, "Redis stock");
-    // Both instances took orders: the two node ids appear in the order numbers.
-    let nodes: i64 = scalar(
-        &pool,
-        "SELECT COUNT(DISTINCT (stock_log_id >> 12) & 1023) FROM order_info WHERE promo_id = ?",
-        p,
+    // nginx balanced the crowd: both instances answered order requests
+    // (which of them won the 100 units is a race, a restarted one's first
+    // orders may all lose it).
+    let orders_after = order_requests_by_instance(&c).await;
+    for ((instance, before), after) in c.instances.iter().zip(&orders_before).zip(&orders_after) {
+        assert!(
+            after > before,
+            "{instance} answered no order request ({before} → {after})"
+        );
+    }
+    // The instances' node ids differ, and every order number carries one.
+    let (status, listed) = http_json(
+        &reqwest::Client::new(),
+        reqwest::Method::GET,
+        &format!("{}/api/v1/admin/instances", c.front),
+        ADMIN,
+        None,
     )
     .await;
-    assert_eq!(nodes, 2, "orders came through both instances");
+    assert_eq!(status, 200, "{listed}");
+    let nodes: std::collections::BTreeSet<i64> = listed["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["stale"] == false)
+        .map(|i| i["node_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(nodes.len(), c.instances.len(), "node ids differ: {listed}");
+    let rows: Vec<(i64,)> = sqlx::query_as(
+        "SELECT DISTINCT CAST((stock_log_id >> 12) & 1023 AS SIGNED) FROM order_info WHERE promo_id = ?",
+    )
+    .bind(p)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for (node,) in rows {
+        assert!(
+            nodes.contains(&node),
+            "order on node {node}, not an instance's {nodes:?}"
+        );
+    }
+}
+
+/// Each instance's order requests answered so far (its `/metrics`).
+async fn order_requests_by_instance(c: &Cluster) -> Vec<u64> {
+    let client = reqwest::Client::new();
+    let mut counts = Vec::new();
+    for instance in &c.instances {
+        let text = client
+            .get(format!("{instance}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        counts.push(
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("seckill_http_requests_total{")
+                        && l.contains(r#"method="POST""#)
+                        && l.contains(r#"route="/api/v1/orders""#)
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64,
+        );
+    }
+    counts
 }
 
 pub(crate) async fn http_json(
