@@ -22,6 +22,23 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         format!("cannot listen on {addr} (set SECKILL_HTTP_ADDR or --addr to another port)")
     })?;
     let app = crate::app::build(config).await?;
+    let served = serve_app(&app, listener, demo, addr).await;
+    // On every way out: a configured id's restart takes it at once.
+    app.node_lease.release(&app.context.ids).await;
+    if served.is_ok() {
+        tracing::info!("seckill stopped");
+    }
+    served
+}
+
+/// Serves `app` until the shutdown signal, then lets requests in flight
+/// and the batches they wait for finish (bounded).
+async fn serve_app(
+    app: &crate::app::App,
+    listener: tokio::net::TcpListener,
+    demo: bool,
+    addr: SocketAddr,
+) -> anyhow::Result<()> {
     if demo {
         crate::demo::seed(&app.state)
             .await
@@ -83,8 +100,6 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let _ = app.state.monitor.flush().await;
     let _ = app.state.monitor.leave().await;
-    app.node_lease.release(&app.context.ids).await;
-    tracing::info!("seckill stopped");
     Ok(())
 }
 

@@ -2,9 +2,10 @@
 //! with the JSON error body (never a hang).
 //!
 //! Each request that may write (any method but GET, HEAD and OPTIONS)
-//! carries a [`DeadlineHold`]: an order placement as a request extension,
-//! every such request in its task (`deadline_hold::scope`), where the
-//! store's writes hold it as they start. A request that reached its point
+//! carries a [`DeadlineHold`]: an order placement as a request extension
+//! (its service holds it), every other such request in its task
+//! (`deadline_hold::scope`), where the store's writes hold it as they
+//! start. A request that reached its point
 //! of no return — an order its local transaction, any other its first
 //! write — is held: past the deadline it is waited for (its outcome comes
 //! within that step's own bound) rather than answered 503 while its write
@@ -108,13 +109,21 @@ where
         }
         let hold = DeadlineHold::default();
         let order = *method == Method::POST && req.uri().path() == ORDERS_PATH;
-        if order {
+        // An order holds its own hold, the extension (its write-behind
+        // writes run in the batch workers, the pure-database path holds
+        // before its transaction): it pays for no task-local.
+        let inner = if order {
             req.extensions_mut().insert(hold.clone());
-        }
-        DeadlineFuture {
-            inner: Inner::Scoped {
+            Inner::Plain {
+                answer: self.inner.call(req),
+            }
+        } else {
+            Inner::Scoped {
                 answer: deadline_hold::scope(hold.clone(), self.inner.call(req)),
-            },
+            }
+        };
+        DeadlineFuture {
+            inner,
             timer: None,
             limit: self.limit,
             grace: self.grace,
@@ -221,19 +230,23 @@ fn past_deadline() -> Answer {
 /// 503: a held request (its order or write committing) still unanswered
 /// `grace` past the deadline.
 fn outcome_unknown(order: bool) -> Answer {
-    let message = if order {
-        metrics::counter!("seckill_http_order_outcome_unknown_total").increment(1);
-        tracing::error!(
-            "an order past its point of no return is unanswered past the deadline and its grace"
-        );
-        "the order's outcome is not known yet; check your orders shortly"
+    let (counter, what, message) = if order {
+        (
+            "seckill_http_order_outcome_unknown_total",
+            "an order",
+            "the order's outcome is not known yet; check your orders shortly",
+        )
     } else {
-        metrics::counter!("seckill_http_write_outcome_unknown_total").increment(1);
-        tracing::error!(
-            "a write past its point of no return is unanswered past the deadline and its grace"
-        );
-        "the request's outcome is not known yet (its write had started); check before retrying"
+        (
+            "seckill_http_write_outcome_unknown_total",
+            "a write",
+            "the request's outcome is not known yet (its write had started); check before retrying",
+        )
     };
+    metrics::counter!(counter).increment(1);
+    tracing::error!(
+        "{what} past its point of no return is unanswered past the deadline and its grace"
+    );
     Ok(ApiError::from(ServiceError::unavailable(message)).into_response())
 }
 
@@ -314,15 +327,22 @@ mod tests {
             .unwrap()
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_held_order_is_waited_for_past_the_deadline_within_its_grace() {
+    /// The same three requests to `path` (deadline 2 s, grace 5 s), each
+    /// from `service(point of no return at, answer that much later)`:
+    /// held in time and answered late, held and never answered within the
+    /// grace, not held by the deadline.
+    async fn held_requests_to<S>(path: &str, service: impl Fn(Duration, Duration) -> S)
+    where
+        S: Service<Request, Response = Response, Error = Infallible>,
+    {
         let limit = Duration::from_secs(2);
         let grace = Duration::from_secs(5);
-        let call = |svc| async move {
+        let call = |svc: S| async move {
             let started = tokio::time::Instant::now();
+            let req = Request::post(path).body(axum::body::Body::empty()).unwrap();
             let r: Response = DeadlineLayer::new(limit, grace)
                 .layer(svc)
-                .oneshot(order_request())
+                .oneshot(req)
                 .await
                 .unwrap();
             let status = r.status();
@@ -332,29 +352,27 @@ mod tests {
                 .unwrap_or_default();
             (status, started.elapsed(), message.contains("not known"))
         };
+        let s = Duration::from_secs;
         assert_eq!(
-            call(holding_after(
-                Duration::from_secs(1),
-                Duration::from_secs(3)
-            ))
-            .await,
-            (StatusCode::CREATED, Duration::from_secs(4), false),
-            "held before the deadline: its outcome, late"
+            call(service(s(1), s(3))).await,
+            (StatusCode::CREATED, s(4), false),
+            "{path}: held before the deadline: its outcome, late"
         );
         assert_eq!(
-            call(holding_after(
-                Duration::from_secs(1),
-                Duration::from_secs(60)
-            ))
-            .await,
+            call(service(s(1), s(60))).await,
             (StatusCode::SERVICE_UNAVAILABLE, limit + grace, true),
-            "the grace bounds a held request, whose outcome is then unknown"
+            "{path}: the grace bounds a held request, whose outcome is then unknown"
         );
         assert_eq!(
-            call(holding_after(Duration::from_secs(3), Duration::ZERO)).await,
+            call(service(s(3), Duration::ZERO)).await,
             (StatusCode::SERVICE_UNAVAILABLE, limit, false),
-            "not held by the deadline: cut off at it"
+            "{path}: not held by the deadline: cut off at it"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_order_is_waited_for_past_the_deadline_within_its_grace() {
+        held_requests_to(ORDERS_PATH, holding_after).await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -415,48 +433,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_write_started_before_the_deadline_is_waited_for_within_the_grace() {
-        let limit = Duration::from_secs(2);
-        let grace = Duration::from_secs(5);
-        let call = |svc| async move {
-            let started = tokio::time::Instant::now();
-            let req = Request::post("/api/v1/admin/items")
-                .body(axum::body::Body::empty())
-                .unwrap();
-            let r: Response = DeadlineLayer::new(limit, grace)
-                .layer(svc)
-                .oneshot(req)
-                .await
-                .unwrap();
-            let status = r.status();
-            let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
-            let message = serde_json::from_slice::<serde_json::Value>(&body)
-                .map(|v| v["message"].as_str().unwrap_or_default().to_owned())
-                .unwrap_or_default();
-            (status, started.elapsed(), message.contains("not known"))
-        };
-        assert_eq!(
-            call(writing_after(
-                Duration::from_secs(1),
-                Duration::from_secs(3)
-            ))
-            .await,
-            (StatusCode::CREATED, Duration::from_secs(4), false),
-            "written before the deadline: its outcome, late"
-        );
-        assert_eq!(
-            call(writing_after(
-                Duration::from_secs(1),
-                Duration::from_secs(60)
-            ))
-            .await,
-            (StatusCode::SERVICE_UNAVAILABLE, limit + grace, true),
-            "the grace bounds it; its outcome is then unknown"
-        );
-        assert_eq!(
-            call(writing_after(Duration::from_secs(3), Duration::ZERO)).await,
-            (StatusCode::SERVICE_UNAVAILABLE, limit, false),
-            "no write by the deadline: cut off at it"
-        );
+        held_requests_to("/api/v1/admin/items", writing_after).await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -162,7 +162,13 @@ impl NodeLease {
             .held
             .swap(renewal != LeaseRenewal::Lost, Ordering::Relaxed);
         match renewal {
-            LeaseRenewal::Renewed if !self.fixed => self.yield_if_wanted(node, ids).await?,
+            LeaseRenewal::Renewed if !self.fixed => {
+                // Renewed: owned, whatever the hand-over below meets.
+                ids.own_node_until(asked_at + self.ttl_ms());
+                if let Err(e) = self.yield_if_wanted(node, ids).await {
+                    tracing::warn!(node, error = %e, "cannot hand this node id over to the instance waiting for it now; trying again");
+                }
+            }
             LeaseRenewal::Renewed => {}
             LeaseRenewal::Retaken if self.fixed && !was_held => {
                 let _ = self

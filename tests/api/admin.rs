@@ -362,15 +362,7 @@ async fn an_instance_without_its_node_id_is_not_ready_and_takes_no_orders() {
     kv.set_if_absent("node:1", "another", std::time::Duration::from_secs(60))
         .await
         .unwrap();
-    let mut r = t.get("/readyz", None).await;
-    for _ in 0..50 {
-        if r.status != StatusCode::OK {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        r = t.get("/readyz", None).await;
-    }
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.json());
+    let r = readiness_becomes(&t, StatusCode::SERVICE_UNAVAILABLE).await;
     assert!(r.json()["checks"]["node_id"]
         .as_str()
         .unwrap()
@@ -379,17 +371,24 @@ async fn an_instance_without_its_node_id_is_not_ready_and_takes_no_orders() {
     assert_eq!(o.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", o.json());
 
     kv.delete("node:1").await.unwrap();
+    readiness_becomes(&t, StatusCode::OK).await;
+    let o = t.buy(&b, promo, item).await;
+    assert_eq!(o.status, StatusCode::CREATED, "{:?}", o.json());
+}
+
+/// `/readyz` once it answers `status` (asked every 50 ms, for 2.5 s at
+/// most: a heartbeat renews the lease every 100 ms here).
+async fn readiness_becomes(t: &TestApp, status: StatusCode) -> Resp {
     let mut r = t.get("/readyz", None).await;
     for _ in 0..50 {
-        if r.status == StatusCode::OK {
+        if r.status == status {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         r = t.get("/readyz", None).await;
     }
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
-    let o = t.buy(&b, promo, item).await;
-    assert_eq!(o.status, StatusCode::CREATED, "{:?}", o.json());
+    assert_eq!(r.status, status, "{:?}", r.json());
+    r
 }
 
 #[tokio::test]
