@@ -102,8 +102,9 @@ impl NodeLease {
             tracing::error!(
                 node,
                 "the configured node id is leased by another process (a crashed predecessor's \
-                 lease lapses within SECKILL_NODE_LEASE_TTL_MS; a running instance given or \
-                 leasing the same id keeps it): no orders here until it is free"
+                 lease lapses within SECKILL_NODE_LEASE_TTL_MS, an instance that leased it moves \
+                 to a free id at its next renewal, one given the same id keeps it): no orders \
+                 here until it is free"
             );
         }
         Ok(NodeLease {
