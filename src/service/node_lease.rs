@@ -77,17 +77,15 @@ impl NodeLease {
         let Some(node) = take_free(kv.as_ref(), &holder, ttl).await? else {
             return Ok(None);
         };
-        Ok(Some(NodeLease {
+        Ok(Some(Self::new(
             kv,
             holder,
             ttl,
-            node: AtomicU16::new(node),
+            node,
             taken_at_ms,
-            released: AtomicBool::new(false),
-            fixed: false,
-            held: AtomicBool::new(true),
-            renewing: tokio::sync::Mutex::new(()),
-        }))
+            false,
+            true,
+        )))
     }
 
     /// Claims the configured node id `node`. Held by another process, the
@@ -107,17 +105,29 @@ impl NodeLease {
                  here until it is free"
             );
         }
-        Ok(NodeLease {
+        Ok(Self::new(kv, holder, ttl, node, taken_at_ms, true, held))
+    }
+
+    fn new(
+        kv: Arc<dyn KvStore>,
+        holder: String,
+        ttl: Duration,
+        node: u16,
+        taken_at_ms: u64,
+        fixed: bool,
+        held: bool,
+    ) -> Self {
+        NodeLease {
             kv,
             holder,
             ttl,
             node: AtomicU16::new(node),
             taken_at_ms,
             released: AtomicBool::new(false),
-            fixed: true,
+            fixed,
             held: AtomicBool::new(held),
             renewing: tokio::sync::Mutex::new(()),
-        })
+        }
     }
 
     /// The node id leased.
@@ -198,7 +208,7 @@ impl NodeLease {
             LeaseRenewal::Lost => {
                 // No order takes an id on the lost node id meanwhile.
                 ids.own_node_until(0);
-                let Some(moved) = take_free(self.kv.as_ref(), &self.holder, self.ttl).await? else {
+                let Some(moved) = self.move_to_free(ids).await? else {
                     tracing::error!(
                         node,
                         "another instance leased this instance's node id, and no other is free \
@@ -206,9 +216,6 @@ impl NodeLease {
                     );
                     return Ok(renewal);
                 };
-                ids.set_node(moved);
-                self.node.store(moved, Ordering::Relaxed);
-                self.held.store(true, Ordering::Relaxed);
                 tracing::error!(
                     node,
                     moved,
@@ -228,15 +235,13 @@ impl NodeLease {
         if self.kv.get(&wanted_key(node)).await?.is_none() {
             return Ok(());
         }
-        let Some(moved) = take_free(self.kv.as_ref(), &self.holder, self.ttl).await? else {
+        let Some(moved) = self.move_to_free(ids).await? else {
             tracing::warn!(
                 node,
                 "an instance waits for this node id as its configured one, and no other is free: kept"
             );
             return Ok(());
         };
-        ids.set_node(moved);
-        self.node.store(moved, Ordering::Relaxed);
         self.kv
             .delete_if_equals(&node_key(node), &self.holder)
             .await?;
@@ -246,6 +251,18 @@ impl NodeLease {
             "an instance waits for this node id as its configured one: moved to a free one"
         );
         Ok(())
+    }
+
+    /// Leases a free node id and moves this lease and `ids` to it (their
+    /// next ids take it); `None` when every one is leased.
+    async fn move_to_free(&self, ids: &IdGenerator) -> CacheResult<Option<u16>> {
+        let Some(moved) = take_free(self.kv.as_ref(), &self.holder, self.ttl).await? else {
+            return Ok(None);
+        };
+        ids.set_node(moved);
+        self.node.store(moved, Ordering::Relaxed);
+        self.held.store(true, Ordering::Relaxed);
+        Ok(Some(moved))
     }
 
     /// Renews the lease every `period` (at most a third of its TTL) until
