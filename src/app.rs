@@ -122,7 +122,7 @@ pub async fn open_store(config: &Config, tasks: &TaskTracker) -> anyhow::Result<
                 limits(config.database_max_connections, config.local_tx_timeout_ms),
             )
             .await
-            .with_context(|| format!("cannot reach MySQL at {}", crate::cli::redact(&url)))?;
+            .with_context(|| format!("cannot reach MySQL at {}", crate::config::redact(&url)))?;
             store
                 .migrate()
                 .await
@@ -163,7 +163,7 @@ async fn cache_adapters(config: &Config) -> anyhow::Result<CacheAdapters> {
     let timeout = Duration::from_millis(config.redis_timeout_ms);
     let conn = RedisConn::connect(url, &config.redis_prefix, timeout)
         .await
-        .with_context(|| format!("cannot reach Redis at {url}"))?;
+        .with_context(|| format!("cannot reach Redis at {}", crate::config::redact(url)))?;
     Ok(CacheAdapters {
         ledger: Arc::new(RedisStockLedger::new(conn.clone())),
         memory_ledger: None,
@@ -239,6 +239,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
                     prefix: config.rocketmq_prefix.clone(),
                     instance: format!("seckill-{}-{node}", std::process::id()),
                     listener_deadline: Duration::from_millis(config.rocketmq_listener_deadline_ms),
+                    send_timeout_ms: config.rocketmq_send_timeout_ms,
                 };
                 let bus = RocketMqBus::start(settings, checker)
                     .await
@@ -254,6 +255,9 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
                         check_after: Duration::from_millis(config.tx_check_after_ms),
                         check_interval: Duration::from_millis(config.tx_check_interval_ms.max(10)),
                         check_max: config.tx_check_max,
+                        listener_deadline: Duration::from_millis(
+                            config.rocketmq_listener_deadline_ms,
+                        ),
                         ..MemoryBusSettings::default()
                     },
                 );

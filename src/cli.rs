@@ -59,7 +59,9 @@ pub struct ServeArgs {
     pub addr: Option<String>,
     #[command(flatten)]
     pub db: DbArgs,
-    /// Admin bearer token (overrides SECKILL_ADMIN_TOKEN).
+    /// Admin bearer token (overrides SECKILL_ADMIN_TOKEN). A flag is seen by
+    /// every local user in the process list: prefer the variable outside a
+    /// single-user machine.
     #[arg(long)]
     pub admin_token: Option<String>,
     /// Turn the captcha off (drills).
@@ -164,7 +166,7 @@ pub fn main() -> anyhow::Result<()> {
                 // (a MySQL deployment's Redis, say) are not asked for.
                 config.database()?;
                 crate::app::open_store(&config, &Default::default()).await?;
-                tracing::info!(database = %redact(&config.database_url), "migrations applied");
+                tracing::info!(database = %crate::config::redact(&config.database_url), "migrations applied");
                 Ok(())
             }
             Command::Reconcile { db, dry_run } => {
@@ -203,18 +205,4 @@ pub fn main() -> anyhow::Result<()> {
             }
         }
     })
-}
-
-/// A database URL without its password, for logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }

@@ -59,8 +59,19 @@ pub struct Config {
     /// a broker).
     pub rocketmq_prefix: String,
     /// Deadline of a local transaction, check-back or consumer call run from
-    /// the RocketMQ client's threads (below its 30 s task limit).
+    /// the RocketMQ client's threads (below its 30 s task limit); the
+    /// in-process bus cuts its check-backs and consumer calls off at it too.
     pub rocketmq_listener_deadline_ms: u64,
+    /// How long a send to the broker waits for it to store the message (a
+    /// half message, a broadcast, a delayed message); past it the send
+    /// failed: an order's batch gives its reservations back.
+    pub rocketmq_send_timeout_ms: u64,
+    /// How long `/readyz` and the heartbeat wait for each dependency (the
+    /// database, Redis, the broker) to answer before calling it down. A
+    /// pooled database's answer waits for a free connection: under a crowd
+    /// of pure-DB orders the pool can be busy for longer than an idle
+    /// answer takes.
+    pub health_check_timeout_ms: u64,
     pub admin_token: Option<Secret>,
     pub captcha_enabled: bool,
     /// Log each captcha's answer at `info` (for automated browser tests
@@ -70,8 +81,9 @@ pub struct Config {
     /// Comma-separated origins allowed credentialed CORS.
     pub cors_origins: String,
     pub order_strategy: OrderStrategy,
-    /// Folder of the web pages; the copy built into the binary is used when
-    /// this folder does not exist.
+    /// Folder of the web pages; when it does not exist, the `web` folder of
+    /// the source tree the binary was built from is tried (a start-up
+    /// warning names both when neither exists).
     pub web_dir: PathBuf,
     /// This instance's node id in order numbers (0..=1023), claimed in the shared Redis (no orders while another process holds it); unset: any free one leased from the shared Redis (unique among the instances sharing it; see `service::node_lease`), or from the in-process store without Redis.
     pub node_id: Option<u16>,
@@ -109,8 +121,12 @@ pub struct Config {
     /// proxy sets it (nginx: `x-real-ip`); unset, the peer address is used.
     /// Set it only behind a proxy that overwrites the header.
     pub client_ip_header: Option<String>,
-    /// On SIGTERM, how long in-flight requests (and their batches) may take
-    /// before the process exits anyway.
+    /// On SIGTERM, how long in-flight requests, their batches and the
+    /// store calls of requests cut off may take, all told, before the
+    /// process exits anyway (then it leaves the instance list and gives
+    /// its node id back: a few Redis calls, each bounded by
+    /// `redis_timeout_ms`). At least `request_timeout_ms`: a request in
+    /// flight at the signal gets its whole deadline.
     pub shutdown_timeout_secs: u64,
     pub captcha_ttl_secs: u64,
     /// Captchas one user may draw per minute (each is an image drawn on a
@@ -122,9 +138,11 @@ pub struct Config {
     pub gate_factor: u32,
     /// Units one user may buy in one promo (one order).
     pub per_user_limit: i64,
-    /// Order requests per second one instance admits (token bucket).
+    /// Order requests admitted per second (token bucket): by all the
+    /// instances sharing a Redis together (a global limit), or by this
+    /// process without one.
     pub order_rate_per_sec: u32,
-    /// Token requests per second one instance admits (token bucket).
+    /// Token requests admitted per second, the same way.
     pub token_rate_per_sec: u32,
     /// Orders admitted in flight at once; beyond, `429` at once.
     pub order_queue_capacity: usize,
@@ -223,7 +241,7 @@ pub struct Config {
     pub request_timeout_ms: u64,
     /// How long past `request_timeout_ms` an order already in its local
     /// transaction is waited for, to answer its outcome rather than a 503
-    /// over an order that commits: the half message's send (RocketMQ's 3 s),
+    /// over an order that commits: the half message's send (`rocketmq_send_timeout_ms`),
     /// the transaction (`local_tx_timeout_ms`) and settling a failed one (a
     /// pooled connection, `database_acquire_timeout_ms`). Past it: 503 with
     /// the outcome unknown. Another request whose database write started
@@ -314,6 +332,8 @@ impl Default for Config {
             rocketmq_namesrv: None,
             rocketmq_prefix: "seckill-".into(),
             rocketmq_listener_deadline_ms: 10_000,
+            rocketmq_send_timeout_ms: 3_000,
+            health_check_timeout_ms: 2_000,
             admin_token: None,
             captcha_enabled: true,
             captcha_log_answers: false,
@@ -448,7 +468,8 @@ impl Config {
         if let Some(r) = &self.redis_url {
             if !(r.starts_with("redis://") || r.starts_with("rediss://")) {
                 return Err(ConfigError(format!(
-                    "SECKILL_REDIS_URL must start with redis:// or rediss:// (got {r:?})"
+                    "SECKILL_REDIS_URL must start with redis:// or rediss:// (got {:?})",
+                    redact(r)
                 )));
             }
         }
@@ -457,7 +478,8 @@ impl Config {
                 || reqwest::Url::parse(u).is_err()
             {
                 return Err(ConfigError(format!(
-                    "SECKILL_OTP_WEBHOOK_URL must be an http:// or https:// URL (got {u:?})"
+                    "SECKILL_OTP_WEBHOOK_URL must be an http:// or https:// URL (got {:?})",
+                    redact(u)
                 )));
             }
         }
@@ -524,7 +546,8 @@ impl Config {
                 )));
             }
         }
-        let positive: [(&str, u64); 25] = [
+        let positive: [(&str, u64); 26] = [
+            ("SECKILL_SHUTDOWN_TIMEOUT_SECS", self.shutdown_timeout_secs),
             (
                 "SECKILL_ORDER_PAYMENT_TIMEOUT_SECS",
                 self.order_payment_timeout_secs,
@@ -595,6 +618,7 @@ impl Config {
                 return Err(ConfigError(format!("{name} must be greater than 0")));
             }
         }
+        self.check_bounds()?;
         if !(1..=1000).contains(&self.per_user_limit) {
             return Err(ConfigError(
                 "SECKILL_PER_USER_LIMIT must be 1..=1000".into(),
@@ -613,6 +637,20 @@ impl Config {
                 "SECKILL_HELD_ORDER_GRACE_MS ({}) must be at least SECKILL_LOCAL_TX_TIMEOUT_MS ({}) \
                  (an order in its local transaction, or another request's started write, is waited for at least that long) and at most 600000",
                 self.held_order_grace_ms, self.local_tx_timeout_ms
+            )));
+        }
+        if self.shutdown_timeout_secs.saturating_mul(1000) < self.request_timeout_ms {
+            return Err(ConfigError(format!(
+                "SECKILL_SHUTDOWN_TIMEOUT_SECS ({} s) must be at least SECKILL_REQUEST_TIMEOUT_MS ({} ms): \
+                 a request in flight at SIGTERM gets its whole deadline",
+                self.shutdown_timeout_secs, self.request_timeout_ms
+            )));
+        }
+        if self.local_tx_timeout_ms >= self.rocketmq_listener_deadline_ms {
+            return Err(ConfigError(format!(
+                "SECKILL_LOCAL_TX_TIMEOUT_MS ({}) must be below SECKILL_ROCKETMQ_LISTENER_DEADLINE_MS ({}): \
+                 the local transaction runs inside the broker client's listener call, which answers \"unknown\" past its deadline",
+                self.local_tx_timeout_ms, self.rocketmq_listener_deadline_ms
             )));
         }
         if self.request_timeout_ms <= self.local_tx_timeout_ms {
@@ -701,6 +739,129 @@ impl Config {
         Ok(())
     }
 
+    /// Settings accepted but unwise, each as a sentence for the start-up
+    /// log (tests and drills use some of them on purpose).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let batch_lifetime_ms =
+            self.local_tx_timeout_ms
+                .saturating_add(if self.rocketmq_namesrv.is_some() {
+                    self.rocketmq_send_timeout_ms
+                } else {
+                    0
+                });
+        if self.reconcile_after_secs.saturating_mul(1000) < batch_lifetime_ms {
+            out.push(format!(
+                "SECKILL_RECONCILE_AFTER_SECS ({} s) is below a batch's own life ({batch_lifetime_ms} ms: \
+                 SECKILL_LOCAL_TX_TIMEOUT_MS, plus SECKILL_ROCKETMQ_SEND_TIMEOUT_MS with a broker): the \
+                 reconciler may settle the journal rows of batches still under way, whose orders then fail \
+                 (503, nothing sold twice)",
+                self.reconcile_after_secs
+            ));
+        }
+        if self.captcha_enabled && self.captcha_log_answers {
+            out.push(
+                "SECKILL_CAPTCHA_LOG_ANSWERS is on: every captcha's answer is logged \
+                 (automated tests only: anyone who reads the log passes the captcha)"
+                    .into(),
+            );
+        }
+        out
+    }
+
+    /// The bounds every setting of a kind has: a duration of at most a
+    /// year (a longer one is no bound, and some caches refuse it), the
+    /// sizes of in-process queues and caches at most 16 M, and no 0 where 0
+    /// would mean something else than the setting says.
+    fn check_bounds(&self) -> Result<(), ConfigError> {
+        const YEAR_SECS: u64 = 365 * 24 * 3600;
+        let fields = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_object().cloned())
+            .unwrap_or_default();
+        for (key, value) in &fields {
+            let Some(v) = value.as_u64() else { continue };
+            let max = if key.ends_with("_ms") {
+                YEAR_SECS * 1000
+            } else if key.ends_with("_secs") {
+                YEAR_SECS
+            } else {
+                continue;
+            };
+            if v > max {
+                return Err(ConfigError(format!(
+                    "SECKILL_{} must be at most {max} (a year)",
+                    key.to_ascii_uppercase()
+                )));
+            }
+        }
+        const SIZE_MAX: u64 = 1 << 24;
+        for (name, v) in [
+            (
+                "SECKILL_ORDER_QUEUE_CAPACITY",
+                self.order_queue_capacity as u64,
+            ),
+            (
+                "SECKILL_ORDER_PATH_MAX_IN_FLIGHT",
+                self.order_path_max_in_flight as u64,
+            ),
+            ("SECKILL_BATCH_WORKERS", self.batch_workers as u64),
+            ("SECKILL_ITEM_CACHE_CAPACITY", self.item_cache_capacity),
+            (
+                "SECKILL_SESSION_CACHE_CAPACITY",
+                self.session_cache_capacity,
+            ),
+            ("SECKILL_BULK_USERS_MAX", self.bulk_users_max as u64),
+            (
+                "SECKILL_LEDGER_SWEEP_MAX_RECORDS",
+                self.ledger_sweep_max_records as u64,
+            ),
+        ] {
+            if v > SIZE_MAX {
+                return Err(ConfigError(format!("{name} must be at most {SIZE_MAX}")));
+            }
+        }
+        for (name, v, min) in [
+            (
+                "SECKILL_DATABASE_MAX_CONNECTIONS",
+                u64::from(self.database_max_connections),
+                1,
+            ),
+            (
+                "SECKILL_HEARTBEAT_INTERVAL_MS",
+                self.heartbeat_interval_ms,
+                100,
+            ),
+            (
+                "SECKILL_TX_CHECK_INTERVAL_MS",
+                self.tx_check_interval_ms,
+                10,
+            ),
+            ("SECKILL_CAS_RETRIES", u64::from(self.cas_retries), 1),
+            ("SECKILL_HTTP_BACKLOG", u64::from(self.http_backlog), 1),
+            (
+                "SECKILL_HEALTH_CHECK_TIMEOUT_MS",
+                self.health_check_timeout_ms,
+                1,
+            ),
+        ] {
+            if v < min {
+                return Err(ConfigError(format!("{name} must be at least {min}")));
+            }
+        }
+        if self.max_body_bytes > 1 << 30 {
+            return Err(ConfigError(
+                "SECKILL_MAX_BODY_BYTES must be at most 1073741824 (1 GiB)".into(),
+            ));
+        }
+        if !(100..=30_000).contains(&self.rocketmq_send_timeout_ms) {
+            return Err(ConfigError(
+                "SECKILL_ROCKETMQ_SEND_TIMEOUT_MS must be 100..=30000".into(),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.http_addr.parse().map_err(|_| {
             ConfigError(format!(
@@ -722,7 +883,8 @@ impl Config {
             )))
         } else {
             Err(ConfigError(format!(
-                "SECKILL_DATABASE_URL must start with sqlite:// or mysql:// (got {url:?})"
+                "SECKILL_DATABASE_URL must start with sqlite:// or mysql:// (got {:?})",
+                redact(url)
             )))
         }
     }
@@ -742,6 +904,20 @@ impl Config {
 
     pub fn millis(v: u64) -> Duration {
         Duration::from_millis(v)
+    }
+}
+
+/// A URL without its password, for logs and error messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -859,6 +1035,146 @@ mod tests {
         for c in bad {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains("SECKILL_") || e.contains("bad"), "{e}");
+        }
+    }
+
+    #[test]
+    fn each_bound_names_its_setting() {
+        let cases: [(&str, Config); 10] = [
+            (
+                "SECKILL_SHUTDOWN_TIMEOUT_SECS",
+                Config {
+                    shutdown_timeout_secs: 14,
+                    ..Config::default()
+                },
+            ),
+            (
+                "SECKILL_SHUTDOWN_TIMEOUT_SECS",
+                Config {
+                    shutdown_timeout_secs: 0,
+                    ..Config::default()
+                },
+            ),
+            (
+                "SECKILL_LOCAL_TX_TIMEOUT_MS",
+                Config {
+                    local_tx_timeout_ms: 10_000,
+                    ledger_rebuild_quiet_ms: 10_000,
+                    request_timeout_ms: 20_000,
+                    shutdown_timeout_secs: 20,
+                    ..Config::default()
+                },
+            ),
+            (
+                "SECKILL_PROMO_CACHE_TTL_MS",
+                Config {
+                    promo_cache_ttl_ms: u64::MAX,
+                    ..Config::default()
+                },
+            ),
+            (
+                "SECKILL_ITEM_CACHE_SHARED_TTL_SECS",
+                Config {
+                    item_cache_shared_ttl_secs: 400 * 24 * 3600,
+                    ..Config::default()
+                },
+            ),
+            (
+                "SECKILL_ORDER_QUEUE_CAPACITY",
+                Config {
+                    order_queue_capacity: usize::MAX,
+                    ..Config::default()
+                },
+            ),
+            (
+                "SECKILL_DATABASE_MAX_CONNECTIONS",
+                Config {
+                    database_max_connections: 0,
+                    ..Config::default()
+                },
+            ),
+            (
+                "SECKILL_HEARTBEAT_INTERVAL_MS",
+                Config {
+                    heartbeat_interval_ms: 10,
+                    ..Config::default()
+                },
+            ),
+            (
+                "SECKILL_ROCKETMQ_SEND_TIMEOUT_MS",
+                Config {
+                    rocketmq_send_timeout_ms: 0,
+                    ..Config::default()
+                },
+            ),
+            (
+                "SECKILL_HEALTH_CHECK_TIMEOUT_MS",
+                Config {
+                    health_check_timeout_ms: 0,
+                    ..Config::default()
+                },
+            ),
+        ];
+        for (name, c) in cases {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.starts_with(name), "{name}: {e}");
+        }
+        // Exactly at the bounds: accepted.
+        Config {
+            shutdown_timeout_secs: 15,
+            heartbeat_interval_ms: 100,
+            ..Config::default()
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_reconciler_quicker_than_a_batch_is_warned_of() {
+        assert!(Config::default().warnings().is_empty());
+        let quick = Config {
+            reconcile_after_secs: 5,
+            ..Config::default()
+        };
+        assert!(
+            quick.warnings().is_empty(),
+            "5 s ≥ the 5 s local transaction"
+        );
+        let with_broker = Config {
+            rocketmq_namesrv: Some("127.0.0.1:9876".into()),
+            ..quick
+        };
+        let w = with_broker.warnings();
+        assert!(
+            w.len() == 1 && w[0].starts_with("SECKILL_RECONCILE_AFTER_SECS"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn passwords_in_urls_stay_out_of_messages() {
+        assert_eq!(
+            redact("redis://:s3cret@cache:6379/0"),
+            "redis://:***@cache:6379/0"
+        );
+        assert_eq!(redact("mysql://app:pw@db/shop"), "mysql://app:***@db/shop");
+        assert_eq!(redact("mysql://root@db/shop"), "mysql://root@db/shop");
+        for c in [
+            Config {
+                database_url: "postgres://app:pw@db/x".into(),
+                ..Config::default()
+            },
+            Config {
+                redis_url: Some("http://:pw@cache".into()),
+                ..Config::default()
+            },
+            Config {
+                otp_webhook_url: Some("ftp://u:pw@sms".into()),
+                ..Config::default()
+            },
+        ] {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("***") && !e.contains("pw"), "{e}");
         }
     }
 

@@ -44,11 +44,17 @@ async fn serve_app(
             .await
             .context("cannot seed the demo")?;
     }
-    tracing::info!(%addr, database = %crate::cli::redact(&app.state.config.database_url),
+    tracing::info!(%addr, database = %crate::config::redact(&app.state.config.database_url),
         strategy = app.state.config.order_strategy.as_str(), "seckill serving; open http://{addr}/");
+    for warning in app.state.config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let router = crate::http::router(app.state.clone());
     let bound = Duration::from_secs(app.state.config.shutdown_timeout_secs);
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    // Once the signal came: the one instant by which everything below is
+    // done, whatever is still running (`shutdown_timeout_secs` from the
+    // signal; the hand-over to Redis after it is bounded by its time-out).
+    let (stop_by_tx, mut stop_by) = tokio::sync::watch::channel(None::<tokio::time::Instant>);
     let orders = app.state.orders.clone();
     let c = &app.state.config;
     let options = ConnectionOptions {
@@ -59,28 +65,35 @@ async fn serve_app(
     };
     let server = serve_http1(listener, router, options, async move {
         shutdown_signal().await;
+        let _ = stop_by_tx.send(Some(tokio::time::Instant::now() + bound));
         // No new orders; those admitted finish (their batches commit or
         // give their reservations back) before the process ends.
         orders.drain();
-        let _ = stopping_tx.send(());
     });
     tokio::pin!(server);
-    // Serve; once the signal came, give requests in flight (and the batches
-    // they wait for) at most `shutdown_timeout_secs` to finish. Anything not
-    // committed by then is settled by the reconciler from `stock_log`.
+    // Serve; once the signal came, requests in flight (and the batches
+    // they wait for) finish by the stop instant. Anything not committed by
+    // then is settled by the reconciler from `stock_log`.
     tokio::select! {
         r = &mut server => r?,
         _ = async {
-            let _ = stopping_rx.await;
-            tokio::time::sleep(bound).await;
+            let by = match stop_by.wait_for(Option::is_some).await {
+                Ok(by) => *by,
+                Err(_) => None,
+            };
+            match by {
+                Some(by) => tokio::time::sleep_until(by).await,
+                None => std::future::pending().await,
+            }
         } => {
             tracing::warn!(bound_secs = bound.as_secs(), "requests still in flight at the shutdown bound; exiting anyway");
         }
     }
+    let stopped_by = *stop_by.borrow();
+    let drained_by = stopped_by.unwrap_or_else(|| tokio::time::Instant::now() + bound);
     // Orders admitted on connections that are gone still finish their
-    // batches (bounded too), then the last refusal counts are handed over
-    // and the instance leaves the list.
-    let drained_by = tokio::time::Instant::now() + bound;
+    // batches (by the same instant), then the last refusal counts are
+    // handed over and the instance leaves the list.
     while !app.state.orders.idle() && tokio::time::Instant::now() < drained_by {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -53,11 +53,14 @@ pub async fn healthz() -> ApiJson<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let mut checks: serde_json::Map<String, serde_json::Value> =
-        crate::service::monitor::check_dependencies(&state.ports)
-            .await
-            .into_iter()
-            .map(|(k, v)| (k, v.into()))
-            .collect();
+        crate::service::monitor::check_dependencies(
+            &state.ports,
+            std::time::Duration::from_millis(state.config.health_check_timeout_ms),
+        )
+        .await
+        .into_iter()
+        .map(|(k, v)| (k, v.into()))
+        .collect();
     if state.orders.draining() {
         // Shutting down: balancers take this instance out first.
         checks.insert("instance".into(), "shutting down".into());

@@ -134,13 +134,22 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The configured web folder, else the pages shipped with the source.
+/// The configured web folder, else the pages of the source tree the
+/// binary was built from; a warning when the folder was set and is not
+/// there, or when there are no pages at all (the API is served either way).
 fn web_dir(config: &Config) -> std::path::PathBuf {
     if config.web_dir.is_dir() {
-        config.web_dir.clone()
-    } else {
-        std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/web"))
+        return config.web_dir.clone();
     }
+    let shipped = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/web"));
+    if !shipped.is_dir() {
+        tracing::warn!(web_dir = %config.web_dir.display(), source_tree = %shipped.display(),
+            "no web pages: SECKILL_WEB_DIR is not a folder, nor is the source tree's; pages answer 404");
+    } else if config.web_dir != Config::default().web_dir {
+        tracing::warn!(web_dir = %config.web_dir.display(), serving = %shipped.display(),
+            "SECKILL_WEB_DIR is not a folder; serving the source tree's pages");
+    }
+    shipped
 }
 
 fn cors(config: &Config) -> CorsLayer {

@@ -24,6 +24,11 @@ pub struct MemoryBusSettings {
     pub check_max: u32,
     pub redelivery_delay: Duration,
     pub max_redeliveries: u32,
+    /// A check-back's and a consumer call's deadline, as the RocketMQ
+    /// client's listener has (`rocketmq_listener_deadline_ms`): past it a
+    /// check-back is "unknown" and a consumer call is delivered again, so
+    /// one hung call does not stop the topic behind it.
+    pub listener_deadline: Duration,
 }
 
 impl Default for MemoryBusSettings {
@@ -34,6 +39,7 @@ impl Default for MemoryBusSettings {
             check_max: 15,
             redelivery_delay: Duration::from_millis(500),
             max_redeliveries: 16,
+            listener_deadline: Duration::from_secs(10),
         }
     }
 }
@@ -146,7 +152,12 @@ async fn check_back_loop(inner: Weak<Inner>) {
                 .collect()
         };
         for (id, event) in due {
-            let state = inner.checker.check(&event).await;
+            let state = tokio::time::timeout(
+                inner.settings.listener_deadline,
+                inner.checker.check(&event),
+            )
+            .await
+            .unwrap_or(TxState::Unknown);
             metrics::counter!("seckill_checkbacks_total", "outcome" => state.as_str()).increment(1);
             let mut half = inner.half.lock();
             match state {
@@ -267,7 +278,16 @@ impl MessageBus for MemoryBus {
             while let Some(event) = rx.recv().await {
                 let mut attempt = 0;
                 loop {
-                    match handler.handle(&event).await {
+                    let handled =
+                        tokio::time::timeout(settings.listener_deadline, handler.handle(&event))
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(anyhow::anyhow!(
+                                    "no answer within {:?}",
+                                    settings.listener_deadline
+                                ))
+                            });
+                    match handled {
                         Ok(()) => break,
                         Err(e) if attempt < settings.max_redeliveries => {
                             attempt += 1;

@@ -47,6 +47,8 @@ pub struct RocketMqSettings {
     pub instance: String,
     /// The local transaction's and check-back's deadline.
     pub listener_deadline: Duration,
+    /// How long a send waits for the broker to store the message.
+    pub send_timeout_ms: u64,
 }
 
 /// The local transaction handed to the listener through the send's `arg`.
@@ -100,8 +102,11 @@ impl TransactionListener for Listener {
 
     fn check_local_transaction(&self, msg: &MessageExt) -> LocalTransactionState {
         let Some(event) = decode(msg.body().as_deref()) else {
-            tracing::error!(msg_id = %msg.msg_id(), "check-back for a message we cannot read; rolling back");
-            return LocalTransactionState::RollbackMessage;
+            // Another version's event (a rolling upgrade): not ours to
+            // decide. Unknown lets a producer that reads it answer, and the
+            // reconciler settles the journal either way.
+            tracing::error!(msg_id = %msg.msg_id(), "check-back for a message we cannot read; answered unknown");
+            return LocalTransactionState::Unknown;
         };
         let checker = self.checker.clone();
         let deadline = self.deadline;
@@ -203,7 +208,7 @@ impl RocketMqBus {
         let mut tx_producer = TransactionMQProducer::builder(client.clone())
             .producer_group(format!("{}tx_producer", settings.prefix))
             .name_server_addr(settings.namesrv.clone())
-            .send_msg_timeout(3_000)
+            .send_msg_timeout(settings.send_timeout_ms as _)
             .check_thread_pool_min_size(4)
             .check_thread_pool_max_size(16)
             .transaction_listener(listener)
@@ -215,7 +220,7 @@ impl RocketMqBus {
         let mut producer = DefaultMQProducer::builder(client.clone())
             .producer_group(format!("{}producer", settings.prefix))
             .name_server_addr(settings.namesrv.clone())
-            .send_msg_timeout(3_000)
+            .send_msg_timeout(settings.send_timeout_ms as _)
             .build();
         producer
             .start()
@@ -304,7 +309,11 @@ impl MessageBus for RocketMqBus {
 
     async fn publish(&self, event: Event) -> Result<(), MqError> {
         let msg = self.message(&event)?;
-        match self.producer.send_with_timeout(msg, 3_000).await {
+        match self
+            .producer
+            .send_with_timeout(msg, self.settings.send_timeout_ms)
+            .await
+        {
             Ok(Some(r)) if r.send_status == SendStatus::SendOk => Ok(()),
             Ok(other) => Err(mq_err("send not stored", other)),
             Err(e) => Err(mq_err("send", e)),
@@ -313,7 +322,11 @@ impl MessageBus for RocketMqBus {
 
     async fn publish_delayed(&self, event: Event, delay: Duration) -> Result<(), MqError> {
         let msg = self.message_after(&event, Some(delay))?;
-        match self.producer.send_with_timeout(msg, 3_000).await {
+        match self
+            .producer
+            .send_with_timeout(msg, self.settings.send_timeout_ms)
+            .await
+        {
             Ok(Some(r)) if r.send_status == SendStatus::SendOk => Ok(()),
             Ok(other) => Err(mq_err("delayed send not stored", other)),
             Err(e) => Err(mq_err("delayed send", e)),
@@ -386,7 +399,11 @@ impl MessageBus for RocketMqBus {
             .body(b"ping".to_vec())
             .build()
             .map_err(|e| mq_err("message", e))?;
-        match self.producer.send_with_timeout(msg, 1_000).await {
+        match self
+            .producer
+            .send_with_timeout(msg, self.settings.send_timeout_ms.min(1_000))
+            .await
+        {
             Ok(Some(r)) if r.send_status == SendStatus::SendOk => Ok(()),
             Ok(other) => Err(mq_err("broker did not store the ping", other)),
             Err(e) => Err(mq_err("broker unreachable", e)),

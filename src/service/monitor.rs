@@ -181,17 +181,17 @@ pub async fn run_heartbeat(monitor: Arc<SaleMonitor>, period: Duration) {
         if let Err(e) = monitor.flush().await {
             tracing::debug!(error = %e, "refusal counts not flushed; kept for the next beat");
         }
-        let checks = check_dependencies(&monitor.cx.ports).await;
+        let limit = Duration::from_millis(monitor.cx.config.health_check_timeout_ms);
+        let checks = check_dependencies(&monitor.cx.ports, limit).await;
         if let Err(e) = monitor.beat(checks).await {
             tracing::debug!(error = %e, "heartbeat not written");
         }
     }
 }
 
-/// Asks each dependency (DB, cache, message bus) to answer within 2 s:
-/// "ok" or "down: why".
-pub async fn check_dependencies(p: &Ports) -> BTreeMap<String, String> {
-    let limit = Duration::from_secs(2);
+/// Asks each dependency (DB, cache, message bus) to answer within `limit`
+/// (`health_check_timeout_ms`): "ok" or "down: why".
+pub async fn check_dependencies(p: &Ports, limit: Duration) -> BTreeMap<String, String> {
     let (db, cache, bus) = tokio::join!(
         tokio::time::timeout(limit, p.store.ping()),
         tokio::time::timeout(limit, async {
@@ -200,18 +200,23 @@ pub async fn check_dependencies(p: &Ports) -> BTreeMap<String, String> {
         }),
         tokio::time::timeout(limit, p.bus.ping()),
     );
-    fn verdict<E: std::fmt::Display>(
-        r: Result<Result<(), E>, tokio::time::error::Elapsed>,
-    ) -> String {
-        match r {
-            Ok(Ok(())) => "ok".into(),
-            Ok(Err(e)) => format!("down: {e}"),
-            Err(_) => "down: no answer within 2 s".into(),
-        }
-    }
+    let verdict = |r: Result<Result<(), String>, tokio::time::error::Elapsed>| match r {
+        Ok(Ok(())) => "ok".to_owned(),
+        Ok(Err(e)) => format!("down: {e}"),
+        Err(_) => format!("down: no answer within {} ms", limit.as_millis()),
+    };
     BTreeMap::from([
-        ("database".to_owned(), verdict(db)),
-        ("cache".to_owned(), verdict(cache)),
-        ("message_bus".to_owned(), verdict(bus)),
+        (
+            "database".to_owned(),
+            verdict(db.map(|r| r.map_err(|e| e.to_string()))),
+        ),
+        (
+            "cache".to_owned(),
+            verdict(cache.map(|r| r.map_err(|e| e.to_string()))),
+        ),
+        (
+            "message_bus".to_owned(),
+            verdict(bus.map(|r| r.map_err(|e| e.to_string()))),
+        ),
     ])
 }

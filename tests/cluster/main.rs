@@ -38,7 +38,10 @@ const INSTANCE_ENV: &[(&str, &str)] = &[
     ("SECKILL_CAPTCHA_ENABLED", "false"),
     ("SECKILL_ARGON2_MEMORY_KIB", "64"),
     ("SECKILL_ARGON2_ITERATIONS", "1"),
+    // A journal row left `init` is settled 5 s on: the half message's send
+    // (2 s at most) and the local transaction (3 s, below) are over by then.
     ("SECKILL_RECONCILE_AFTER_SECS", "5"),
+    ("SECKILL_ROCKETMQ_SEND_TIMEOUT_MS", "2000"),
     ("SECKILL_RECONCILE_INTERVAL_SECS", "1"),
     ("SECKILL_CORS_ORIGINS", SHOP_ORIGIN),
     // The crowd logs in from this one address (through nginx).

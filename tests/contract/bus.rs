@@ -51,6 +51,7 @@ pub async fn memory_bus(checker: Arc<dyn TxChecker>) -> Arc<dyn MessageBus> {
             check_max: 3,
             redelivery_delay: Duration::from_millis(50),
             max_redeliveries: 5,
+            listener_deadline: Duration::from_secs(2),
         },
     ))
 }
@@ -326,4 +327,75 @@ async fn the_in_process_bus_parks_a_message_after_the_last_check_back() {
     }
     assert_eq!((bus.parked(), bus.pending_half_messages()), (1, 0));
     assert_eq!(*checker.checks.lock(), 3);
+}
+
+/// Hangs on its first call (a store call that never answers), handles the
+/// rest.
+struct HangsOnce(mpsc::UnboundedSender<Event>, Mutex<bool>);
+
+#[async_trait]
+impl MessageHandler for HangsOnce {
+    async fn handle(&self, event: &Event) -> anyhow::Result<()> {
+        let first = std::mem::replace(&mut *self.1.lock(), false);
+        if first {
+            std::future::pending::<()>().await;
+        }
+        let _ = self.0.send(event.clone());
+        Ok(())
+    }
+}
+
+/// Never answers a check-back.
+struct HungChecker(Mutex<u32>);
+
+#[async_trait]
+impl TxChecker for HungChecker {
+    async fn check(&self, _event: &Event) -> TxState {
+        *self.0.lock() += 1;
+        std::future::pending().await
+    }
+}
+
+/// As the broker's client does: a consumer call or a check-back with no
+/// answer by the listener's deadline is cut off — the message delivered
+/// again, the check-back "unknown" — so one hung call does not stop every
+/// message of its topic behind it.
+#[tokio::test]
+async fn the_in_process_bus_cuts_off_a_hung_consumer_call_and_check_back() {
+    let checker = Arc::new(HungChecker(Mutex::new(0)));
+    let bus = MemoryBus::start(
+        checker.clone(),
+        MemoryBusSettings {
+            check_after: Duration::from_millis(10),
+            check_interval: Duration::from_millis(10),
+            check_max: 2,
+            redelivery_delay: Duration::from_millis(10),
+            listener_deadline: Duration::from_millis(200),
+            ..Default::default()
+        },
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    bus.subscribe(
+        Topic::Stock,
+        "contract",
+        Delivery::Clustering,
+        Arc::new(HangsOnce(tx, Mutex::new(true))),
+    )
+    .await
+    .unwrap();
+    bus.publish(event(1)).await.unwrap();
+    bus.publish(event(2)).await.unwrap();
+    assert_eq!(next(&mut rx, Duration::from_secs(5)).await, Some(event(1)));
+    assert_eq!(next(&mut rx, Duration::from_secs(5)).await, Some(event(2)));
+
+    bus.send_in_transaction(event(3), Box::new(|| async { TxState::Unknown }.boxed()))
+        .await
+        .unwrap();
+    for _ in 0..300 {
+        if bus.parked() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((bus.parked(), *checker.0.lock()), (1, 2));
 }

@@ -599,6 +599,7 @@ async fn the_rocketmq_bus_honours_the_transactional_message_contract() {
             prefix: format!("contract-{nanos}-"),
             instance: format!("contract-{}", std::process::id()),
             listener_deadline: std::time::Duration::from_secs(10),
+            send_timeout_ms: 3_000,
         };
         async move {
             Arc::new(
