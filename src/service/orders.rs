@@ -328,6 +328,23 @@ impl OrderService {
                     Err(StoreError::Conflict("version")) => Err(ServiceError::RateLimited(
                         "too much contention on this item; retry shortly",
                     )),
+                    // A database error may be the COMMIT's answer lost (the
+                    // connection reset as it committed): the order says
+                    // whether it was written.
+                    Err(e @ StoreError::Db(_)) => {
+                        match self.cx.ports.store.order(&draft.order_no).await {
+                            Ok(Some(order)) => {
+                                tracing::warn!(order_no = %order.order_no, error = %e,
+                                "a pure-DB order's commit answered an error, yet it committed");
+                                payment::schedule_soon(&self.cx, vec![order.order_no.clone()]);
+                                Ok(order)
+                            }
+                            Ok(None) => Err(e.into()),
+                            Err(_) => Err(ServiceError::unavailable(
+                                "the order's outcome is not known yet; check your orders shortly",
+                            )),
+                        }
+                    }
                     Err(e) => Err(e.into()),
                 }
             }

@@ -161,8 +161,13 @@ impl TokenService {
         }
         // Another instance may have sold the last unit: the ledger's flag is
         // asked at most once per `sold_out_poll_ms` per promo (a token handed
-        // out meanwhile only meets "sold out" at the order).
-        if self.cx.sold_out_elsewhere(promo_id).await? {
+        // out meanwhile only meets "sold out" at the order). Only a sale sold
+        // from the ledger: a pure-DB sale's ledger (warmed at publish, or
+        // rebuilt after Redis was lost) is never told of its cancellations,
+        // so its flag would refuse units given back for good.
+        if self.cx.config.order_strategy.keeps_ledger()
+            && self.cx.sold_out_elsewhere(promo_id).await?
+        {
             return Err(ServiceError::SoldOut);
         }
         // The permit and the token's record are one step: a permit is never

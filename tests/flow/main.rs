@@ -810,6 +810,60 @@ async fn a_cancelled_orders_unit_can_be_bought_after_the_crowd_spent_the_gate() 
     );
 }
 
+/// A pure-DB sale whose ledger was lost and rebuilt sold out (an embedded
+/// restart here, Redis restarted empty in a cluster) sells the units a
+/// cancellation gives back: its ledger's sold-out flag, never told of the
+/// DB's cancellations, does not answer its tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pure_db_sale_sells_a_cancelled_unit_after_its_ledger_was_rebuilt_sold_out() {
+    use seckill::config::OrderStrategy::DbLock;
+    let db_lock = |c: &mut seckill::config::Config| {
+        own_passes_only(c);
+        c.order_strategy = DbLock;
+    };
+    let t = TestApp::spawn_with(db_lock).await;
+    let (item, promo) = t.sale(2).await;
+    let users = buyers(&t, "1892", 4).await;
+    let first = buy(&t, users[0], promo, item).await.unwrap();
+    buy(&t, users[1], promo, item).await.unwrap();
+    // Restarted: the gate and the ledger are gone; the first token asks for
+    // the rebuild (503 until it is done), which finds the DB sold out.
+    let t = t.restarted(db_lock).await;
+    let s = &t.app.state;
+    let mut tries = 0;
+    loop {
+        match token(s, users[2], promo, item).await {
+            Err(ServiceError::Unavailable { .. }) if tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(ServiceError::SoldOut) => break,
+            other => panic!("a sold-out db-lock sale after its rebuild: {other:?}"),
+        }
+    }
+    assert!(s.ports.ledger.sold_out(PromoId(promo)).await.unwrap());
+    s.orders
+        .cancel(users[0], first.order_no.as_str())
+        .await
+        .unwrap();
+    // Past the local flag's life: the next token is the ledger's to refuse
+    // no more.
+    tokio::time::sleep(std::time::Duration::from_millis(
+        t.app.state.config.local_sold_out_ttl_ms + 50,
+    ))
+    .await;
+    let again = buy(&t, users[2], promo, item).await;
+    assert!(again.is_ok(), "{again:?}");
+    let late = buy(&t, users[3], promo, item).await;
+    assert!(matches!(late, Err(ServiceError::SoldOut)), "{late:?}");
+    let stats = t.stats(promo).await;
+    assert_eq!(
+        (&stats["sold"], &stats["stock_db"]),
+        (&2.into(), &0.into()),
+        "{stats}"
+    );
+}
+
 #[tokio::test]
 async fn the_reconciler_replays_a_deduction_that_never_ran() {
     let t = TestApp::spawn_with(|c| c.reconcile_after_secs = 0).await;
