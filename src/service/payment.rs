@@ -36,7 +36,17 @@ pub fn due_at(cx: &Context, order: &Order) -> DateTime<Utc> {
 /// Sends the delayed `PaymentDue` messages for orders just committed. A
 /// failed send is logged: the reconciler's sweep cancels them all the same.
 pub async fn schedule(cx: &Context, orders: &[OrderNo]) {
-    let delay = Duration::from_secs(cx.config.order_payment_timeout_secs);
+    schedule_after(
+        cx,
+        orders,
+        Duration::from_secs(cx.config.order_payment_timeout_secs),
+    )
+    .await
+}
+
+/// [`schedule`], the messages delivered `delay` from now (orders whose
+/// message came before their time: what is left of it).
+pub async fn schedule_after(cx: &Context, orders: &[OrderNo], delay: Duration) {
     for chunk in orders.chunks(PER_MESSAGE) {
         let event = Event::PaymentDue {
             v: 1,
@@ -163,8 +173,15 @@ pub async fn expire(cx: &Context, no: &OrderNo, sales: &mut SaleKinds) -> StoreR
     let Some(order) = cx.ports.store.order(no).await? else {
         return Ok(Expiry::Settled);
     };
-    if order.status != OrderStatus::PendingPayment {
-        return Ok(Expiry::Settled);
+    match order.status {
+        OrderStatus::PendingPayment => {}
+        OrderStatus::Paid => return Ok(Expiry::Settled),
+        OrderStatus::Cancelled => {
+            // Its units go back once (idempotent per order): also when the
+            // call that cancelled it was cut off before the ledger's step.
+            give_back(cx, &order, false, sales).await;
+            return Ok(Expiry::Settled);
+        }
     }
     let left = due_at(cx, &order) - Utc::now();
     if left > chrono::Duration::zero() {

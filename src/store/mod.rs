@@ -89,6 +89,15 @@ pub trait CatalogStore: Send + Sync {
     async fn create_promo(&self, promo: &NewPromo) -> StoreResult<Promo>;
     async fn promo(&self, id: PromoId) -> StoreResult<Option<Promo>>;
     async fn promos(&self, limit: u32) -> StoreResult<Vec<Promo>>;
+    /// Published promos that end after `ended_after`, by id from past
+    /// `after` on, at most `limit` (the reconciler's pages: every sale it
+    /// still keeps, however many promos came after).
+    async fn published_promos_ending_after(
+        &self,
+        ended_after: DateTime<Utc>,
+        after: PromoId,
+        limit: u32,
+    ) -> StoreResult<Vec<Promo>>;
     async fn promos_of_item(&self, item: ItemId) -> StoreResult<Vec<Promo>>;
     /// The promos of each of `items` (a page of the item list), by start.
     async fn promos_of_items(&self, items: &[ItemId]) -> StoreResult<Vec<Promo>>;

@@ -399,6 +399,25 @@ impl CatalogStore for $store {
             .collect()
     }
 
+    async fn published_promos_ending_after(
+        &self,
+        ended_after: DateTime<Utc>,
+        after: PromoId,
+        limit: u32,
+    ) -> StoreResult<Vec<Promo>> {
+        sqlx::query(&format!(
+            "SELECT {PROMO_COLUMNS} WHERE published = 1 AND end_at > ? AND id > ? ORDER BY id LIMIT ?"
+        ))
+        .bind(ended_after)
+        .bind(after.0)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(promo_of)
+        .collect()
+    }
+
     async fn promos_of_item(&self, item: ItemId) -> StoreResult<Vec<Promo>> {
         sqlx::query(&format!(
             "SELECT {PROMO_COLUMNS} WHERE item_id = ? ORDER BY start_at"

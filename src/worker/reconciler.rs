@@ -136,11 +136,27 @@ impl Reconciler {
         let now = Utc::now();
         let swept_until = chrono::Duration::from_std(cx.config.ledger_sweep_after_end())
             .unwrap_or(chrono::Duration::MAX);
-        let published: Vec<Promo> = cx
-            .ports
-            .store
-            .promos(1000)
-            .await?
+        // Every sale still kept: published, ended less than the sweep's
+        // time ago (page by page, however many promos came after it).
+        let ended_after = now
+            .checked_sub_signed(swept_until)
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+        let mut kept: Vec<Promo> = Vec::new();
+        loop {
+            const PAGE: u32 = 1000;
+            let after = kept.last().map_or(PromoId(0), |p| p.id);
+            let page = cx
+                .ports
+                .store
+                .published_promos_ending_after(ended_after, after, PAGE)
+                .await?;
+            let last = page.len() < PAGE as usize;
+            kept.extend(page);
+            if last {
+                break;
+            }
+        }
+        let published: Vec<Promo> = kept
             .into_iter()
             .filter(|p| {
                 // The promo's strategy decides, not this instance's: a
@@ -457,12 +473,19 @@ async fn settle_journal(cx: &Context, dry_run: bool) -> anyhow::Result<Reconcile
         return Ok(report);
     }
     if !undeducted.is_empty() {
-        let r = cx.ports.store.apply_deductions(&undeducted).await?;
-        tracing::warn!(
-            rows = undeducted.len(),
-            applied = r.applied,
-            "reconciler: replayed stock deductions that never ran"
-        );
+        // The stock consumer may deduct the same rows at the same time (a
+        // backlog after a broker restart): one of the two then fails on the
+        // deduction's key and is rolled back. A failed replay waits for the
+        // next pass; the rest of this one goes on.
+        match cx.ports.store.apply_deductions(&undeducted).await {
+            Ok(r) => tracing::warn!(
+                rows = undeducted.len(),
+                applied = r.applied,
+                "reconciler: replayed stock deductions that never ran"
+            ),
+            Err(e) => tracing::warn!(rows = undeducted.len(), error = %e,
+                "reconciler: replay of stock deductions failed (the consumer's at the same time?); next pass"),
+        }
     }
     if stale.is_empty() {
         return Ok(report);

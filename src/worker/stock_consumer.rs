@@ -42,7 +42,9 @@ impl MessageHandler for StockConsumer {
             return Ok(());
         };
         let report = self.store.apply_deductions(entries).await?;
-        if report.applied > 0 {
+        // Deducted now, or before (a redelivery: the call that deducted may
+        // have been cut off before this delete, at the listener's deadline).
+        if report.applied > 0 || report.duplicates > 0 {
             let mut items: Vec<_> = entries.iter().map(|e| e.item_id).collect();
             items.dedup();
             for item in items {
