@@ -759,6 +759,14 @@ impl Config {
                 self.reconcile_after_secs
             ));
         }
+        if self.held_order_grace_ms < batch_lifetime_ms {
+            out.push(format!(
+                "SECKILL_HELD_ORDER_GRACE_MS ({}) is below a batch's own life ({batch_lifetime_ms} ms): \
+                 an order held past the request deadline may be answered 503 \"outcome not known\" \
+                 while its batch still commits",
+                self.held_order_grace_ms
+            ));
+        }
         if self.captcha_enabled && self.captcha_log_answers {
             out.push(
                 "SECKILL_CAPTCHA_LOG_ANSWERS is on: every captcha's answer is logged \
@@ -909,6 +917,9 @@ impl Config {
 
 /// A URL without its password, for logs and error messages.
 pub fn redact(url: &str) -> String {
+    // The last `@` anywhere, not only in the authority: a password with an
+    // unescaped `/` or `?` stays hidden (a `@` in a path or query makes the
+    // shown URL odd, never a leak).
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
@@ -1159,6 +1170,10 @@ mod tests {
         );
         assert_eq!(redact("mysql://app:pw@db/shop"), "mysql://app:***@db/shop");
         assert_eq!(redact("mysql://root@db/shop"), "mysql://root@db/shop");
+        assert_eq!(
+            redact("mysql://app:p/ss@db/shop"),
+            "mysql://app:***@db/shop"
+        );
         for c in [
             Config {
                 database_url: "postgres://app:pw@db/x".into(),

@@ -148,6 +148,10 @@ impl From<StoreError> for ServiceError {
             StoreError::CutOff => {
                 ServiceError::unavailable("no answer within the request deadline; retry")
             }
+            StoreError::CommitUnanswered(_) => ServiceError::Unavailable {
+                context: "the order's outcome is not known yet; check your orders shortly",
+                source: Some(Box::new(e)),
+            },
             StoreError::Db(_) | StoreError::Migrate(_) => ServiceError::Unavailable {
                 context: "the database is unavailable",
                 source: Some(Box::new(e)),

@@ -328,21 +328,19 @@ impl OrderService {
                     Err(StoreError::Conflict("version")) => Err(ServiceError::RateLimited(
                         "too much contention on this item; retry shortly",
                     )),
-                    // A database error may be the COMMIT's answer lost (the
-                    // connection reset as it committed): the order says
-                    // whether it was written.
-                    Err(e @ StoreError::Db(_)) => {
+                    // The connection lost as it committed: the order, if
+                    // it can be read already, is the answer; else its
+                    // outcome is not known (503 saying so, not "nothing
+                    // written": the commit may still land).
+                    Err(e @ StoreError::CommitUnanswered(_)) => {
                         match self.cx.ports.store.order(&draft.order_no).await {
                             Ok(Some(order)) => {
                                 tracing::warn!(order_no = %order.order_no, error = %e,
-                                "a pure-DB order's commit answered an error, yet it committed");
+                                    "a pure-DB order's commit went unanswered, yet it committed");
                                 payment::schedule_soon(&self.cx, vec![order.order_no.clone()]);
                                 Ok(order)
                             }
-                            Ok(None) => Err(e.into()),
-                            Err(_) => Err(ServiceError::unavailable(
-                                "the order's outcome is not known yet; check your orders shortly",
-                            )),
+                            _ => Err(e.into()),
                         }
                     }
                     Err(e) => Err(e.into()),

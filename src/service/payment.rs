@@ -161,7 +161,8 @@ pub async fn back_on_sale(cx: &Context, promo: PromoId, given_back: Option<i64>)
 pub enum Expiry {
     /// Cancelled now, units given back.
     Cancelled,
-    /// Paid, cancelled already, or gone: nothing to do.
+    /// Paid, cancelled already (its ledger's give-back redone, idempotent),
+    /// or gone.
     Settled,
     /// Not due yet (a clock ahead of ours): due this much later.
     NotYet(Duration),
@@ -177,8 +178,11 @@ pub async fn expire(cx: &Context, no: &OrderNo, sales: &mut SaleKinds) -> StoreR
         OrderStatus::PendingPayment => {}
         OrderStatus::Paid => return Ok(Expiry::Settled),
         OrderStatus::Cancelled => {
-            // Its units go back once (idempotent per order): also when the
-            // call that cancelled it was cut off before the ledger's step.
+            // A ledger's units go back once (idempotent per order): also
+            // when the call that cancelled it was cut off before the
+            // ledger's step. (A pure-DB sale's units went back in the
+            // cancel's own transaction; a gate reopening cut off with it is
+            // not redone here.)
             give_back(cx, &order, false, sales).await;
             return Ok(Expiry::Settled);
         }

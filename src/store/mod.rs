@@ -39,6 +39,10 @@ pub enum StoreError {
     /// off by its deadline (nothing written).
     #[error("the request's deadline passed before the write started; nothing written")]
     CutOff,
+    /// The connection was lost as a transaction committed: it may have
+    /// committed or not (the answer, not the commit, may be what was lost).
+    #[error("the database's answer to the commit was lost; its outcome is not known")]
+    CommitUnanswered(#[source] sqlx::Error),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -8,8 +8,8 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlQueryResult, MySql
 use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row};
 
 use super::sql::{
-    build_once, map_lock_wait, map_unique, sql_store, DEDUCT_STOCK, ITEM_COLUMNS, ORDER_COLUMNS,
-    PROMO_COLUMNS, UNSETTLED_UNITS_OF_ITEM,
+    build_once, commit_error, map_lock_wait, map_unique, sql_store, DEDUCT_STOCK, ITEM_COLUMNS,
+    ORDER_COLUMNS, PROMO_COLUMNS, UNSETTLED_UNITS_OF_ITEM,
 };
 use super::*;
 

@@ -53,6 +53,16 @@ pub(crate) fn map_unique(e: sqlx::Error) -> StoreError {
 /// `innodb_lock_wait_timeout`, error 1205; SQLite's busy time-out) is a
 /// transaction that could not be ready in time: `TooLate`, like one past
 /// its deadline. Other errors pass.
+/// A COMMIT's error: the connection lost (an I/O error, a broken packet)
+/// leaves its outcome unknown — the server may have committed before the
+/// answer was lost; any other error is the database refusing it.
+pub(crate) fn commit_error(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => StoreError::CommitUnanswered(e),
+        e => StoreError::Db(e),
+    }
+}
+
 pub(crate) fn map_lock_wait(e: sqlx::Error) -> StoreError {
     let mysql_lock_wait = match &e {
         sqlx::Error::Database(db) => db
@@ -1029,7 +1039,7 @@ impl OrderStore for $store {
                 tx.rollback().await?;
                 return Err(StoreError::TooLate);
             }
-            tx.commit().await?;
+            tx.commit().await.map_err(commit_error)?;
             return Ok(Some(d.to_order()));
         }
         Err(StoreError::Conflict("version"))
@@ -1080,3 +1090,29 @@ impl Store for $store {
 }
 
 pub(crate) use sql_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_lost_connection_leaves_a_commit_unanswered() {
+        let reset = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(matches!(
+            commit_error(reset),
+            StoreError::CommitUnanswered(_)
+        ));
+        assert!(matches!(
+            commit_error(sqlx::Error::Protocol("unexpected packet".into())),
+            StoreError::CommitUnanswered(_)
+        ));
+        assert!(matches!(
+            commit_error(sqlx::Error::PoolTimedOut),
+            StoreError::Db(_)
+        ));
+        assert!(matches!(
+            commit_error(sqlx::Error::RowNotFound),
+            StoreError::Db(_)
+        ));
+    }
+}

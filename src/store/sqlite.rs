@@ -12,8 +12,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
 use super::sql::{
-    build_once, map_lock_wait, map_unique, sql_store, DEDUCT_STOCK, ITEM_COLUMNS, ORDER_COLUMNS,
-    PROMO_COLUMNS, UNSETTLED_UNITS_OF_ITEM,
+    build_once, commit_error, map_lock_wait, map_unique, sql_store, DEDUCT_STOCK, ITEM_COLUMNS,
+    ORDER_COLUMNS, PROMO_COLUMNS, UNSETTLED_UNITS_OF_ITEM,
 };
 use super::*;
 

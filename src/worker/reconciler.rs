@@ -483,8 +483,11 @@ async fn settle_journal(cx: &Context, dry_run: bool) -> anyhow::Result<Reconcile
                 applied = r.applied,
                 "reconciler: replayed stock deductions that never ran"
             ),
-            Err(e) => tracing::warn!(rows = undeducted.len(), error = %e,
-                "reconciler: replay of stock deductions failed (the consumer's at the same time?); next pass"),
+            Err(e) => {
+                report.replayed = 0;
+                tracing::warn!(rows = undeducted.len(), error = %e,
+                    "reconciler: replay of stock deductions failed (the consumer's at the same time?); next pass")
+            }
         }
     }
     if stale.is_empty() {
