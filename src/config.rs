@@ -256,7 +256,7 @@ pub struct Config {
     /// Accounts per bulk-creation request.
     pub bulk_users_max: usize,
     /// Items per page of `GET /api/v1/items` (its `limit`'s default and
-    /// bound).
+    /// bound), and promos per page of the admin promo list.
     pub item_list_page_max: u32,
     /// Argon2 memory cost (KiB) and passes; lower only for drills.
     pub argon2_memory_kib: u32,

@@ -1,13 +1,14 @@
 //! The admin API (bearer = `SECKILL_ADMIN_TOKEN`): bulk accounts, items,
 //! promos, publishing and a promo's live stats.
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, patch, post};
 use axum::Router;
 use chrono::{DateTime, FixedOffset, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{Admin, ApiJson, ApiPath};
@@ -15,6 +16,7 @@ use super::items::{ItemDto, PromoDto};
 use super::AppState;
 use crate::domain::{ItemId, ItemPatch, NewItem, NewPromo, PromoId};
 use crate::service::users::BulkUser;
+use crate::service::ServiceError;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -100,6 +102,23 @@ pub struct NewPromoRequest {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PromoList {
     pub promos: Vec<PromoDto>,
+    /// The `before` of the next page (older promos); absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<i64>,
+}
+
+/// Which page of the promo list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PromoPage {
+    /// Only promos with a smaller id (older); none: from the newest.
+    #[param(minimum = 1)]
+    pub before: Option<i64>,
+    /// Promos on the page, at least 1; at most `SECKILL_ITEM_LIST_PAGE_MAX`
+    /// (500 by default), which is also the default: a larger limit is
+    /// taken as that.
+    #[param(minimum = 1)]
+    pub limit: Option<i64>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -250,13 +269,34 @@ pub async fn create_promo(
     Ok((StatusCode::CREATED, ApiJson(PromoDto::from(&p))))
 }
 
-/// Every promo, newest first.
-#[utoipa::path(get, path = "/api/v1/admin/promos", tag = "admin", security(("admin" = [])),
-    responses((status = 200, body = PromoList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn list_promos(State(state): State<AppState>, _: Admin) -> ApiResult<ApiJson<PromoList>> {
-    let promos = state.catalog.promos().await?;
+/// The promos, newest first, a page at a time (`next_before` names the
+/// next page while there is one).
+#[utoipa::path(get, path = "/api/v1/admin/promos", tag = "admin", security(("admin" = [])), params(PromoPage),
+    responses((status = 200, body = PromoList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn list_promos(
+    State(state): State<AppState>,
+    _: Admin,
+    page: Result<Query<PromoPage>, QueryRejection>,
+) -> ApiResult<ApiJson<PromoList>> {
+    let Query(page) = page?;
+    let max = state.config.item_list_page_max;
+    let (Some(limit), true) = (
+        page.limit
+            .map_or(Some(max), |l| u32::try_from(l).ok())
+            .filter(|l| *l >= 1),
+        page.before.is_none_or(|b| b >= 1),
+    ) else {
+        return Err(ServiceError::Invalid("before and limit must be at least 1".into()).into());
+    };
+    let (promos, more) = state
+        .catalog
+        .promos(page.before.map(PromoId), limit.min(max))
+        .await?;
+    let next_before = more.then(|| promos.last().map(|p| p.id.0)).flatten();
     Ok(ApiJson(PromoList {
         promos: promos.iter().map(PromoDto::from).collect(),
+        next_before,
     }))
 }
 

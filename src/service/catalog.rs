@@ -389,8 +389,22 @@ impl CatalogService {
             .map_err(shared_error)
     }
 
-    pub async fn promos(&self) -> ServiceResult<Vec<Promo>> {
-        Ok(self.cx.ports.store.promos(1000).await?)
+    /// A page of the promos, newest first: up to `limit` older than
+    /// `before`, and whether older ones remain.
+    pub async fn promos(
+        &self,
+        before: Option<PromoId>,
+        limit: u32,
+    ) -> ServiceResult<(Vec<Promo>, bool)> {
+        let mut promos = self
+            .cx
+            .ports
+            .store
+            .promos(before, limit.saturating_add(1))
+            .await?;
+        let more = promos.len() > limit as usize;
+        promos.truncate(limit as usize);
+        Ok((promos, more))
     }
 
     /// Publishes a promo: loads its stock into the ledger, sets its gate

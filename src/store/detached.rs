@@ -131,7 +131,7 @@ forward! {
         #[ungated] fn items(offset: u32, limit: u32) -> Vec<Item>;
         fn create_promo(promo: &NewPromo => NewPromo) -> Promo;
         #[ungated] fn promo(id: PromoId) -> Option<Promo>;
-        #[ungated] fn promos(limit: u32) -> Vec<Promo>;
+        #[ungated] fn promos(before: Option<PromoId>, limit: u32) -> Vec<Promo>;
         #[ungated] fn published_promos_ending_after(ended_after: DateTime<Utc>, after: PromoId, limit: u32) -> Vec<Promo>;
         #[ungated] fn promos_of_item(item: ItemId) -> Vec<Promo>;
         #[ungated] fn promos_of_items(items: &[ItemId] => Vec<ItemId>) -> Vec<Promo>;

@@ -92,7 +92,9 @@ pub trait CatalogStore: Send + Sync {
     async fn items(&self, offset: u32, limit: u32) -> StoreResult<Vec<Item>>;
     async fn create_promo(&self, promo: &NewPromo) -> StoreResult<Promo>;
     async fn promo(&self, id: PromoId) -> StoreResult<Option<Promo>>;
-    async fn promos(&self, limit: u32) -> StoreResult<Vec<Promo>>;
+    /// Promos newest first: at most `limit` of those older than `before`
+    /// (all of them without it).
+    async fn promos(&self, before: Option<PromoId>, limit: u32) -> StoreResult<Vec<Promo>>;
     /// Published promos that end after `ended_after`, by id from past
     /// `after` on, at most `limit` (the reconciler's pages: every sale it
     /// still keeps, however many promos came after).

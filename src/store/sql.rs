@@ -399,8 +399,9 @@ impl CatalogStore for $store {
         promo_on(&self.pool, id).await
     }
 
-    async fn promos(&self, limit: u32) -> StoreResult<Vec<Promo>> {
-        sqlx::query(&format!("SELECT {PROMO_COLUMNS} ORDER BY id DESC LIMIT ?"))
+    async fn promos(&self, before: Option<PromoId>, limit: u32) -> StoreResult<Vec<Promo>> {
+        sqlx::query(&format!("SELECT {PROMO_COLUMNS} WHERE id < ? ORDER BY id DESC LIMIT ?"))
+            .bind(before.map_or(i64::MAX, |p| p.0))
             .bind(limit)
             .fetch_all(&self.pool)
             .await?

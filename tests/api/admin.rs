@@ -92,6 +92,56 @@ async fn the_item_list_comes_a_page_at_a_time() {
 }
 
 #[tokio::test]
+async fn the_promo_list_comes_newest_first_a_page_at_a_time() {
+    let t = TestApp::spawn_with(|c| c.item_list_page_max = 2).await;
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        let item = t.item(1).await;
+        made.push(t.promo(item, 60, 3600).await);
+    }
+    made.sort();
+    made.reverse();
+    let ids = |v: &serde_json::Value| -> Vec<i64> {
+        v["promos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_i64().unwrap())
+            .collect()
+    };
+    let first = t.get("/api/v1/admin/promos", Some(ADMIN)).await.json();
+    assert_eq!(ids(&first), made[..2].to_vec());
+    assert_eq!(first["next_before"], made[1]);
+    let uri = format!("/api/v1/admin/promos?before={}", made[1]);
+    let last = t.get(&uri, Some(ADMIN)).await.json();
+    assert_eq!(ids(&last), made[2..].to_vec());
+    assert!(last.get("next_before").is_none(), "the last page: {last}");
+    let one = t
+        .get("/api/v1/admin/promos?limit=1", Some(ADMIN))
+        .await
+        .json();
+    assert_eq!(
+        (ids(&one), &one["next_before"]),
+        (vec![made[0]], &made[0].into())
+    );
+    let capped = t
+        .get("/api/v1/admin/promos?limit=9", Some(ADMIN))
+        .await
+        .json();
+    assert_eq!(ids(&capped), made[..2].to_vec());
+    for (query, status) in [
+        ("limit=0", StatusCode::UNPROCESSABLE_ENTITY),
+        ("before=0", StatusCode::UNPROCESSABLE_ENTITY),
+        ("limit=many", StatusCode::BAD_REQUEST),
+    ] {
+        let r = t
+            .get(&format!("/api/v1/admin/promos?{query}"), Some(ADMIN))
+            .await;
+        assert_eq!(r.status, status, "{query}: {:?}", r.json());
+    }
+}
+
+#[tokio::test]
 async fn an_admin_write_naming_a_field_it_does_not_have_is_refused() {
     let t = TestApp::spawn().await;
     let item = t.item(5).await;

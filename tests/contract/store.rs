@@ -257,7 +257,11 @@ async fn catalog(s: &dyn Store) {
     }
     assert!(s.promo(p.id).await.unwrap().unwrap().published);
     assert_eq!(s.promos_of_item(a.id).await.unwrap().len(), 5);
-    assert!(s.promos(10).await.unwrap().iter().any(|x| x.id == p.id));
+    let newest = s.promos(None, 10).await.unwrap();
+    assert!(newest.iter().any(|x| x.id == p.id));
+    assert!(newest.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    let older = s.promos(Some(p.id), 10).await.unwrap();
+    assert!(older.iter().all(|x| x.id < p.id));
 
     // A page's promos in one read: each listed item's, none of another's.
     let b = s.create_item(&new_item(1)).await.unwrap();

@@ -88,7 +88,14 @@ function refreshSelects(editId, promoItemId) {
 
 async function loadItems() {
   try {
-    const { items: list } = await api('items');
+    // Every item, page by page (the dropdowns name them all).
+    const list = [];
+    let offset = 0;
+    do {
+      const page = await api(`items?offset=${offset}`);
+      list.push(...(page?.items ?? []));
+      offset = page?.next_offset ?? null;
+    } while (offset !== null && list.length < 100000);
     items = new Map(list.map((i) => [i.id, i]));
     refreshSelects();
     renderPromos();
@@ -195,7 +202,15 @@ async function loadPromos() {
     return;
   }
   try {
-    promos = (await api('admin/promos', { admin: true }))?.promos ?? [];
+    // Newest first, page by page (the last few thousand at most).
+    const all = [];
+    let before = null;
+    do {
+      const page = await api(`admin/promos${before ? `?before=${before}` : ''}`, { admin: true });
+      all.push(...(page?.promos ?? []));
+      before = page?.next_before ?? null;
+    } while (before && all.length < 5000);
+    promos = all;
     clearResult(promosResult);
   } catch (e) {
     adminError(promosResult, e);
