@@ -5,7 +5,7 @@ import {
   promoPhase, renderNav, serverNow, showResult, sleep, startClock, STATUS_LABEL, syncClock,
 } from './app.js';
 
-const MAX_TRIES = 8; // attempts per call when the server answers 429
+const MAX_TRIES = 8; // attempts per call when the server answers 429 or 503
 const itemId = Number(new URLSearchParams(location.search).get('id'));
 const S = { item: null, promoId: null, blocked: null, busy: false, imageKey: null };
 const result = $('#result');
@@ -28,7 +28,8 @@ const FAILURE = {
   INVALID_TOKEN: 'Your purchase token expired or was already used. Please try again.',
   UNAUTHENTICATED: 'Please log in first. Redirecting…',
   RATE_LIMITED: 'Still too busy after several retries. Please try again in a moment.',
-  UNAVAILABLE: 'The service is temporarily unavailable; nothing was ordered. Please try again.',
+  // The server's own words for a 503 are shown: "nothing was written", or "the
+  // order's outcome is not known yet" (see My orders before trying again).
   NETWORK_ERROR: 'Network error; please check your connection and try again.',
 };
 
@@ -52,6 +53,8 @@ function render() {
     S.promoId = p?.id ?? null;
     S.blocked = null;
     if (p) checkOwned(p.id);
+  } else if (S.blocked === 'SOLD_OUT' && it.stock > 0) {
+    S.blocked = null; // units given back (a cancelled or unpaid order): for sale again
   }
   $('#item').hidden = false;
   $('#item-missing').hidden = true;
@@ -167,24 +170,38 @@ $('#captcha-form').addEventListener('submit', (e) => {
 buy.addEventListener('click', async () => {
   if (buy.disabled) return;
   if (!(await userReady)) {
-    showResult(result, 'UNAUTHENTICATED', 'info', FAILURE.UNAUTHENTICATED);
-    goLogin();
-    return;
+    // Only a 401 means logged out: the page's first /me may have met a busy
+    // server (503, 429, the network); ask again now.
+    try {
+      await api('me');
+    } catch (e) {
+      if (e.status === 401) {
+        showResult(result, 'UNAUTHENTICATED', 'info', FAILURE.UNAUTHENTICATED);
+        goLogin();
+        return;
+      }
+    }
   }
   clearResult(result);
   if (await captchaReady) openCaptcha();
   else purchase(undefined);
 });
 
-/** Calls fn again on 429 with capped exponential back-off (200 ms doubling to 3 s) and jitter. */
+/**
+ * Calls fn again on 429 or 503 with capped exponential back-off (200 ms doubling
+ * to 3 s) and jitter: the server keeps the captcha answer and the seckill token
+ * good for a retry after either (a retry of an order that did commit is told
+ * ALREADY_BOUGHT).
+ */
 async function withRetry(fn) {
   for (let attempt = 1; ; attempt++) {
     try {
       return await fn();
     } catch (e) {
-      if (e.code !== 'RATE_LIMITED' || attempt >= MAX_TRIES) throw e;
+      if (!['RATE_LIMITED', 'UNAVAILABLE'].includes(e.code) || attempt >= MAX_TRIES) throw e;
       const cap = Math.min(3000, 200 * 2 ** (attempt - 1));
-      showResult(result, 'RATE_LIMITED', 'info', `Queue full, retrying… (attempt ${attempt + 1} of ${MAX_TRIES})`);
+      const why = e.code === 'RATE_LIMITED' ? 'Queue full' : 'Service busy';
+      showResult(result, e.code, 'info', `${why}, retrying… (attempt ${attempt + 1} of ${MAX_TRIES})`);
       await sleep(cap / 2 + Math.random() * (cap / 2));
     }
   }
@@ -252,6 +269,11 @@ function failed(e, withCaptcha) {
     case 'UNAUTHENTICATED':
       showResult(result, code, 'info', msg);
       goLogin();
+      return;
+    case 'UNAVAILABLE':
+    case 'NETWORK_ERROR':
+      // The order may have gone through: say where to look before a retry.
+      showResult(result, code, 'info', `${msg} `, ordersLink());
       return;
     case 'PROMO_NOT_STARTED':
       syncClock().then(tick);
