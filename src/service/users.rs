@@ -1,7 +1,6 @@
 //! Accounts and sessions: one-time-code registration, argon2 passwords,
 //! random session tokens kept in the shared key/value store with a TTL.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -305,49 +304,46 @@ impl UserService {
                 )));
             }
         }
-        // Hash on every core; argon2 is the cost of this call. A request cut
-        // off (its deadline, the client gone) stops the hashing: nobody
-        // would store what it makes, and a retry must not queue behind it.
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let _stop = StopOnDrop(cancelled.clone());
+        // One hash at a time in the instance's places for password hashes
+        // (`password_hashes_max_in_flight`, first come first served): the
+        // bulk request uses every free place while it runs, and a login or
+        // sign-up meanwhile waits for one hash, not for the whole batch.
+        // A request cut off (its deadline, the client gone) takes no more
+        // places: the hashes running finish (each holds its place until
+        // then), those not started never start.
         let argon = self.argon2()?;
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
-        let chunk = users.len().div_ceil(workers).max(1);
-        let mut tasks = Vec::new();
-        for part in users.chunks(chunk) {
-            let part = part.to_vec();
-            let argon = argon.clone();
-            let cancelled = cancelled.clone();
-            tasks.push(tokio::task::spawn_blocking(move || {
-                part.into_iter()
-                    .take_while(|_| !cancelled.load(Ordering::Relaxed))
-                    .map(|u| {
-                        let salt = SaltString::generate(&mut OsRng);
-                        let hash = argon
-                            .hash_password(u.password.as_bytes(), &salt)?
-                            .to_string();
-                        Ok(NewUser {
-                            phone: Phone::parse(&u.phone)
-                                .map_err(|_| argon2::password_hash::Error::Password)?,
-                            name: u.name.trim().to_owned(),
-                            gender: None,
-                            age: None,
-                            password_hash: hash,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, argon2::password_hash::Error>>()
-            }));
+        let mut hashing = tokio::task::JoinSet::new();
+        for (i, u) in users.iter().enumerate() {
+            let place = self.hashing_place().await?;
+            let (argon, password) = (argon.clone(), u.password.clone());
+            hashing.spawn_blocking(move || {
+                let _place = place;
+                let salt = SaltString::generate(&mut OsRng);
+                argon
+                    .hash_password(password.as_bytes(), &salt)
+                    .map(|h| (i, h.to_string()))
+            });
         }
-        let mut all = Vec::with_capacity(users.len());
-        for t in tasks {
-            let part = t
-                .await
+        let mut hashes = vec![String::new(); users.len()];
+        while let Some(done) = hashing.join_next().await {
+            let (i, hash) = done
                 .map_err(|e| ServiceError::Internal(Box::new(e)))?
                 .map_err(|e| ServiceError::Internal(e.to_string().into()))?;
-            all.extend(part);
+            hashes[i] = hash;
         }
+        let all = users
+            .iter()
+            .zip(hashes)
+            .map(|(u, password_hash)| {
+                Ok(NewUser {
+                    phone: Phone::parse(&u.phone)?,
+                    name: u.name.trim().to_owned(),
+                    gender: None,
+                    age: None,
+                    password_hash,
+                })
+            })
+            .collect::<ServiceResult<Vec<_>>>()?;
         Ok(self.cx.ports.store.create_users(&all).await?)
     }
 
@@ -479,14 +475,6 @@ impl UserService {
 }
 
 /// Sets its flag when dropped: the bulk creation's future was dropped.
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 #[cfg(test)]
 mod digest_tests {
     #[test]
