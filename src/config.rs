@@ -261,7 +261,7 @@ pub struct Config {
     /// Argon2 memory cost (KiB) and passes; lower only for drills.
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
-    /// Password hashes (sign-up, login) computed at once on this instance;
+    /// Password hashes (sign-up, login, bulk creation) computed at once on this instance;
     /// more wait their turn (within the request's time-out). Each holds
     /// `argon2_memory_kib` and a blocking thread.
     pub password_hashes_max_in_flight: u32,
