@@ -223,7 +223,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let ids = Arc::new(node_lease.ids());
     tokio::spawn(node_lease.clone().keep(
         ids.clone(),
-        Duration::from_millis(config.heartbeat_interval_ms.max(100)),
+        Duration::from_millis(config.heartbeat_interval_ms),
     ));
     // Whatever fails from here gives the node id back at once: a
     // configured one would otherwise keep its restart waiting (no orders)
@@ -253,7 +253,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
                     checker,
                     MemoryBusSettings {
                         check_after: Duration::from_millis(config.tx_check_after_ms),
-                        check_interval: Duration::from_millis(config.tx_check_interval_ms.max(10)),
+                        check_interval: Duration::from_millis(config.tx_check_interval_ms),
                         check_max: config.tx_check_max,
                         listener_deadline: Duration::from_millis(
                             config.rocketmq_listener_deadline_ms,
@@ -341,7 +341,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         let monitor = Arc::new(SaleMonitor::new(context.clone()));
         tokio::spawn(monitor::run_heartbeat(
             monitor.clone(),
-            Duration::from_millis(config.heartbeat_interval_ms.max(100)),
+            Duration::from_millis(config.heartbeat_interval_ms),
         ));
 
         let buying_gate = (config.order_path_max_in_flight > 0)

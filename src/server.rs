@@ -77,11 +77,7 @@ async fn serve_app(
     tokio::select! {
         r = &mut server => r?,
         _ = async {
-            let by = match stop_by.wait_for(Option::is_some).await {
-                Ok(by) => *by,
-                Err(_) => None,
-            };
-            match by {
+            match stop_by.wait_for(Option::is_some).await.ok().and_then(|by| *by) {
                 Some(by) => tokio::time::sleep_until(by).await,
                 None => std::future::pending().await,
             }

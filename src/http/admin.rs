@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{Admin, ApiJson, ApiPath};
-use super::items::{ItemDto, PromoDto};
+use super::items::{page_size, ItemDto, PromoDto};
 use super::AppState;
 use crate::domain::{ItemId, ItemPatch, NewItem, NewPromo, PromoId};
 use crate::service::users::BulkUser;
@@ -280,18 +280,15 @@ pub async fn list_promos(
     page: Result<Query<PromoPage>, QueryRejection>,
 ) -> ApiResult<ApiJson<PromoList>> {
     let Query(page) = page?;
-    let max = state.config.item_list_page_max;
     let (Some(limit), true) = (
-        page.limit
-            .map_or(Some(max), |l| u32::try_from(l).ok())
-            .filter(|l| *l >= 1),
+        page_size(page.limit, state.config.item_list_page_max),
         page.before.is_none_or(|b| b >= 1),
     ) else {
         return Err(ServiceError::Invalid("before and limit must be at least 1".into()).into());
     };
     let (promos, more) = state
         .catalog
-        .promos(page.before.map(PromoId), limit.min(max))
+        .promos(page.before.map(PromoId), limit)
         .await?;
     let next_before = more.then(|| promos.last().map(|p| p.id.0)).flatten();
     Ok(ApiJson(PromoList {

@@ -114,6 +114,15 @@ pub struct ItemPage {
     pub limit: Option<i32>,
 }
 
+/// A page's size from its `limit`: the largest page (`max`) without one, a
+/// larger one taken as `max`; `None` below 1.
+pub(super) fn page_size(limit: Option<i64>, max: u32) -> Option<u32> {
+    limit
+        .map_or(Some(max), |l| u32::try_from(l).ok())
+        .filter(|l| *l >= 1)
+        .map(|l| l.min(max))
+}
+
 /// The items, most sales first, a page at a time (`next_offset` names the
 /// next page while there is one).
 #[utoipa::path(get, path = "/api/v1/items", tag = "items", params(ItemPage),
@@ -123,18 +132,14 @@ pub async fn list(
     page: Result<Query<ItemPage>, QueryRejection>,
 ) -> ApiResult<ApiJson<ItemList>> {
     let Query(page) = page?;
-    let max = state.config.item_list_page_max;
     let (Ok(offset), Some(limit)) = (
         u32::try_from(page.offset),
-        page.limit
-            .map_or(Some(max), |l| u32::try_from(l).ok())
-            .filter(|l| *l >= 1),
+        page_size(page.limit.map(i64::from), state.config.item_list_page_max),
     ) else {
         return Err(
             ServiceError::Invalid("offset must be at least 0 and limit at least 1".into()).into(),
         );
     };
-    let limit = limit.min(max);
     let (items, more) = state.catalog.items(offset, limit).await?;
     let next_offset = more.then(|| offset.saturating_add(limit));
     Ok(ApiJson(ItemList {

@@ -326,9 +326,7 @@ impl CatalogService {
     /// the page's size (the rows, then all their promos).
     pub async fn items(&self, offset: u32, limit: u32) -> ServiceResult<(Vec<ItemView>, bool)> {
         let store = &self.cx.ports.store;
-        let mut items = store.items(offset, limit.saturating_add(1)).await?;
-        let more = items.len() > limit as usize;
-        items.truncate(limit as usize);
+        let (items, more) = one_page(store.items(offset, limit.saturating_add(1)).await?, limit);
         let ids: Vec<ItemId> = items.iter().map(|i| i.id).collect();
         let mut promos = store.promos_of_items(&ids).await?;
         let mut out = Vec::with_capacity(items.len());
@@ -396,15 +394,13 @@ impl CatalogService {
         before: Option<PromoId>,
         limit: u32,
     ) -> ServiceResult<(Vec<Promo>, bool)> {
-        let mut promos = self
+        let rows = self
             .cx
             .ports
             .store
             .promos(before, limit.saturating_add(1))
             .await?;
-        let more = promos.len() > limit as usize;
-        promos.truncate(limit as usize);
-        Ok((promos, more))
+        Ok(one_page(rows, limit))
     }
 
     /// Publishes a promo: loads its stock into the ledger, sets its gate
@@ -737,4 +733,11 @@ fn shared_error(e: Arc<ServiceError>) -> ServiceError {
         },
         _ => ServiceError::Internal(Box::new(SharedError(e))),
     }
+}
+
+/// Rows read one past a page's `limit`: the page, and whether more follow.
+fn one_page<T>(mut rows: Vec<T>, limit: u32) -> (Vec<T>, bool) {
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    (rows, more)
 }

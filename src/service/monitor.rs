@@ -200,23 +200,19 @@ pub async fn check_dependencies(p: &Ports, limit: Duration) -> BTreeMap<String, 
         }),
         tokio::time::timeout(limit, p.bus.ping()),
     );
-    let verdict = |r: Result<Result<(), String>, tokio::time::error::Elapsed>| match r {
-        Ok(Ok(())) => "ok".to_owned(),
-        Ok(Err(e)) => format!("down: {e}"),
-        Err(_) => format!("down: no answer within {} ms", limit.as_millis()),
-    };
+    fn verdict<E: std::fmt::Display>(
+        r: Result<Result<(), E>, tokio::time::error::Elapsed>,
+        limit: Duration,
+    ) -> String {
+        match r {
+            Ok(Ok(())) => "ok".into(),
+            Ok(Err(e)) => format!("down: {e}"),
+            Err(_) => format!("down: no answer within {} ms", limit.as_millis()),
+        }
+    }
     BTreeMap::from([
-        (
-            "database".to_owned(),
-            verdict(db.map(|r| r.map_err(|e| e.to_string()))),
-        ),
-        (
-            "cache".to_owned(),
-            verdict(cache.map(|r| r.map_err(|e| e.to_string()))),
-        ),
-        (
-            "message_bus".to_owned(),
-            verdict(bus.map(|r| r.map_err(|e| e.to_string()))),
-        ),
+        ("database".to_owned(), verdict(db, limit)),
+        ("cache".to_owned(), verdict(cache, limit)),
+        ("message_bus".to_owned(), verdict(bus, limit)),
     ])
 }

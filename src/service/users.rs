@@ -291,9 +291,12 @@ impl UserService {
             )));
         }
         let mut phones = std::collections::HashSet::new();
+        let mut parsed = Vec::with_capacity(users.len());
         for (i, u) in users.iter().enumerate() {
-            Phone::parse(&u.phone)
-                .map_err(|e| ServiceError::Invalid(format!("users[{i}]: {}", e.0)))?;
+            parsed.push(
+                Phone::parse(&u.phone)
+                    .map_err(|e| ServiceError::Invalid(format!("users[{i}]: {}", e.0)))?,
+            );
             check_name(&u.name)
                 .map_err(|e| ServiceError::Invalid(format!("users[{i}]: {}", e.0)))?;
             check_password(&u.password)
@@ -331,19 +334,18 @@ impl UserService {
                 .map_err(|e| ServiceError::Internal(e.to_string().into()))?;
             hashes[i] = hash;
         }
-        let all = users
+        let all: Vec<NewUser> = users
             .iter()
+            .zip(parsed)
             .zip(hashes)
-            .map(|(u, password_hash)| {
-                Ok(NewUser {
-                    phone: Phone::parse(&u.phone)?,
-                    name: u.name.trim().to_owned(),
-                    gender: None,
-                    age: None,
-                    password_hash,
-                })
+            .map(|((u, phone), password_hash)| NewUser {
+                phone,
+                name: u.name.trim().to_owned(),
+                gender: None,
+                age: None,
+                password_hash,
             })
-            .collect::<ServiceResult<Vec<_>>>()?;
+            .collect();
         Ok(self.cx.ports.store.create_users(&all).await?)
     }
 
@@ -474,7 +476,6 @@ impl UserService {
     }
 }
 
-/// Sets its flag when dropped: the bulk creation's future was dropped.
 #[cfg(test)]
 mod digest_tests {
     #[test]

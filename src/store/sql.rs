@@ -53,16 +53,6 @@ pub(crate) fn map_unique(e: sqlx::Error) -> StoreError {
 /// `innodb_lock_wait_timeout`, error 1205; SQLite's busy time-out) is a
 /// transaction that could not be ready in time: `TooLate`, like one past
 /// its deadline. Other errors pass.
-/// A COMMIT's error: the connection lost (an I/O error, a broken packet)
-/// leaves its outcome unknown — the server may have committed before the
-/// answer was lost; any other error is the database refusing it.
-pub(crate) fn commit_error(e: sqlx::Error) -> StoreError {
-    match e {
-        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => StoreError::CommitUnanswered(e),
-        e => StoreError::Db(e),
-    }
-}
-
 pub(crate) fn map_lock_wait(e: sqlx::Error) -> StoreError {
     let mysql_lock_wait = match &e {
         sqlx::Error::Database(db) => db
@@ -78,6 +68,16 @@ pub(crate) fn map_lock_wait(e: sqlx::Error) -> StoreError {
         return StoreError::TooLate;
     }
     StoreError::Db(e)
+}
+
+/// A COMMIT's error: the connection lost (an I/O error, a broken packet)
+/// leaves its outcome unknown — the server may have committed before the
+/// answer was lost; any other error is the database refusing it.
+pub(crate) fn commit_error(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => StoreError::CommitUnanswered(e),
+        e => StoreError::Db(e),
+    }
 }
 
 /// SQLite's (extended) result code of a failed statement.

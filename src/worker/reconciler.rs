@@ -168,11 +168,7 @@ impl Reconciler {
                 // published under a pure-DB strategy has a ledger nobody
                 // keeps (warmed at publish, never told of its sales):
                 // nothing to sweep, nothing to repair.
-                p.published
-                    && p.sold_with_ledger(here)
-                    && p.end_at
-                        .checked_add_signed(swept_until)
-                        .is_none_or(|t| now < t)
+                p.sold_with_ledger(here)
             })
             .collect();
         let unsettled = sweep_reservations(cx, &published, dry_run, &mut report).await;

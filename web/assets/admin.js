@@ -86,16 +86,26 @@ function refreshSelects(editId, promoItemId) {
   fillEdit();
 }
 
+/**
+ * Every page of a list: `key` names its rows, `next` the answer's field naming
+ * the next page, `param` the query parameter that asks for it; at most about
+ * `cap` rows.
+ */
+async function allPages(path, { key, next, param, cap, admin = false }) {
+  const rows = [];
+  let at = null;
+  do {
+    const page = await api(at === null ? path : `${path}?${param}=${at}`, { admin });
+    rows.push(...(page?.[key] ?? []));
+    at = page?.[next] ?? null;
+  } while (at !== null && rows.length < cap);
+  return rows;
+}
+
 async function loadItems() {
   try {
-    // Every item, page by page (the dropdowns name them all).
-    const list = [];
-    let offset = 0;
-    do {
-      const page = await api(`items?offset=${offset}`);
-      list.push(...(page?.items ?? []));
-      offset = page?.next_offset ?? null;
-    } while (offset !== null && list.length < 100000);
+    // Every item (the dropdowns name them all).
+    const list = await allPages('items', { key: 'items', next: 'next_offset', param: 'offset', cap: 100000 });
     items = new Map(list.map((i) => [i.id, i]));
     refreshSelects();
     renderPromos();
@@ -202,15 +212,10 @@ async function loadPromos() {
     return;
   }
   try {
-    // Newest first, page by page (the last few thousand at most).
-    const all = [];
-    let before = null;
-    do {
-      const page = await api(`admin/promos${before ? `?before=${before}` : ''}`, { admin: true });
-      all.push(...(page?.promos ?? []));
-      before = page?.next_before ?? null;
-    } while (before && all.length < 5000);
-    promos = all;
+    // Newest first (the last few thousand at most).
+    promos = await allPages('admin/promos', {
+      key: 'promos', next: 'next_before', param: 'before', cap: 5000, admin: true,
+    });
     clearResult(promosResult);
   } catch (e) {
     adminError(promosResult, e);
