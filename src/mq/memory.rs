@@ -68,6 +68,9 @@ struct Inner {
     backlog: Mutex<Vec<Event>>,
     parked: AtomicU64,
     refuse_sends: AtomicBool,
+    /// Shut down: sends refused, nothing delivered to this process's
+    /// consumers any more.
+    closed: AtomicBool,
     /// Fault injection: how long a half message takes to reach the broker
     /// (ms; 0: at once).
     send_delay_ms: AtomicU64,
@@ -92,6 +95,7 @@ impl MemoryBus {
             backlog: Mutex::new(Vec::new()),
             parked: AtomicU64::new(0),
             refuse_sends: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             send_delay_ms: AtomicU64::new(0),
         });
         tokio::spawn(check_back_loop(Arc::downgrade(&inner)));
@@ -120,6 +124,19 @@ impl MemoryBus {
         self.inner
             .send_delay_ms
             .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Why a send is refused now, if it is.
+    fn refusal(&self) -> Result<(), MqError> {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return Err(MqError("in-process bus shut down".into()));
+        }
+        if self.inner.refuse_sends.load(Ordering::Relaxed) {
+            return Err(MqError(
+                "in-process bus refusing sends (fault injection)".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn deliver(inner: &Inner, event: Event) {
@@ -188,11 +205,7 @@ async fn check_back_loop(inner: Weak<Inner>) {
 #[async_trait]
 impl MessageBus for MemoryBus {
     async fn send_in_transaction(&self, event: Event, local: LocalTx) -> Result<TxState, MqError> {
-        if self.inner.refuse_sends.load(Ordering::Relaxed) {
-            return Err(MqError(
-                "in-process bus refusing sends (fault injection)".into(),
-            ));
-        }
+        self.refusal()?;
         let delay = self.inner.send_delay_ms.load(Ordering::Relaxed);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -227,21 +240,13 @@ impl MessageBus for MemoryBus {
     }
 
     async fn publish(&self, event: Event) -> Result<(), MqError> {
-        if self.inner.refuse_sends.load(Ordering::Relaxed) {
-            return Err(MqError(
-                "in-process bus refusing sends (fault injection)".into(),
-            ));
-        }
+        self.refusal()?;
         MemoryBus::deliver(&self.inner, event);
         Ok(())
     }
 
     async fn publish_delayed(&self, event: Event, delay: Duration) -> Result<(), MqError> {
-        if self.inner.refuse_sends.load(Ordering::Relaxed) {
-            return Err(MqError(
-                "in-process bus refusing sends (fault injection)".into(),
-            ));
-        }
+        self.refusal()?;
         let inner = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -259,6 +264,9 @@ impl MessageBus for MemoryBus {
         _delivery: Delivery,
         handler: Arc<dyn MessageHandler>,
     ) -> Result<(), MqError> {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return Err(MqError("in-process bus shut down".into()));
+        }
         // One process: each subscription is its group's only consumer, so
         // clustering and broadcast deliver alike.
         let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
@@ -306,11 +314,13 @@ impl MessageBus for MemoryBus {
     }
 
     async fn ping(&self) -> Result<(), MqError> {
-        if self.inner.refuse_sends.load(Ordering::Relaxed) {
-            return Err(MqError(
-                "in-process bus refusing sends (fault injection)".into(),
-            ));
-        }
-        Ok(())
+        self.refusal()
+    }
+
+    async fn shutdown(&self) {
+        // Consumers finish what they were handed and end; what comes later
+        // waits in the backlog (one process: no other member to take it).
+        self.inner.closed.store(true, Ordering::Relaxed);
+        self.inner.subscribers.lock().clear();
     }
 }

@@ -176,4 +176,11 @@ pub trait MessageBus: Send + Sync {
         handler: Arc<dyn MessageHandler>,
     ) -> Result<(), MqError>;
     async fn ping(&self) -> Result<(), MqError>;
+    /// Leaves the bus, at the end of a graceful shutdown: this process's
+    /// consumers stop and their share of each clustering group goes to
+    /// the group's other members at once (not after the broker's
+    /// heartbeat time-out), its producers unregister (check-backs go to
+    /// another instance). Sends fail afterwards. Call it once nothing
+    /// sends any more; a bounded caller may cut it off.
+    async fn shutdown(&self);
 }

@@ -163,7 +163,10 @@ pub struct RocketMqBus {
     settings: RocketMqSettings,
     app: tokio::runtime::Handle,
     client: Arc<ClientRuntime>,
-    tx_producer: TransactionMQProducer,
+    /// Read-locked by each transactional send (its local transaction
+    /// included), write-locked by the shutdown: the producer leaves the
+    /// group only once no local transaction of ours runs.
+    tx_producer: tokio::sync::RwLock<TransactionMQProducer>,
     producer: DefaultMQProducer,
     consumers: tokio::sync::Mutex<Vec<DefaultMQPushConsumer>>,
     /// Owns the client's runtime; dropped last.
@@ -246,7 +249,7 @@ impl RocketMqBus {
             settings,
             app,
             client,
-            tx_producer,
+            tx_producer: tokio::sync::RwLock::new(tx_producer),
             producer,
             consumers: tokio::sync::Mutex::new(Vec::new()),
             _owner: owner,
@@ -273,16 +276,6 @@ impl RocketMqBus {
         }
         b.build().map_err(|e| mq_err("message", e))
     }
-
-    /// Stops consumers and producers (best effort).
-    pub async fn shutdown(&mut self) {
-        for mut c in self.consumers.lock().await.drain(..) {
-            c.shutdown().await;
-        }
-        self.tx_producer.shutdown().await;
-        self.producer.shutdown().await;
-        let _ = self.client.shutdown().await;
-    }
 }
 
 fn offsets_root() -> PathBuf {
@@ -298,6 +291,8 @@ impl MessageBus for RocketMqBus {
         let slot = LocalSlot(Mutex::new(Some(local)));
         let result = self
             .tx_producer
+            .read()
+            .await
             .send_message_in_transaction(msg, Some(slot))
             .await
             .map_err(|e| mq_err("transactional send", e))?;
@@ -408,5 +403,18 @@ impl MessageBus for RocketMqBus {
             Ok(other) => Err(mq_err("broker did not store the ping", other)),
             Err(e) => Err(mq_err("broker unreachable", e)),
         }
+    }
+
+    async fn shutdown(&self) {
+        // Consumers first: each finishes the messages in hand, stores its
+        // offsets and unregisters, so the broker rebalances its queues
+        // onto the group's other members now.
+        for mut c in self.consumers.lock().await.drain(..) {
+            c.shutdown().await;
+        }
+        self.tx_producer.write().await.shutdown().await;
+        // A handle on the same producer (clones share it).
+        self.producer.clone().shutdown().await;
+        let _ = self.client.shutdown().await;
     }
 }
