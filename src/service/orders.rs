@@ -190,7 +190,7 @@ impl OrderService {
                 "too many orders right now; retry shortly",
             ));
         }
-        let _admitted = self.in_flight.clone().try_acquire_owned().map_err(|_| {
+        let admitted = self.in_flight.clone().try_acquire_owned().map_err(|_| {
             metrics::counter!("seckill_order_queue_full_total").increment(1);
             ServiceError::RateLimited("the order queue is full; retry shortly")
         })?;
@@ -205,7 +205,7 @@ impl OrderService {
             promo: promo.id,
             item: promo.item_id,
         };
-        let result = match self.commit(user, &promo, &req, hold).await {
+        let result = match self.commit(user, &promo, &req, hold, admitted).await {
             Err(ServiceError::AlreadyBought) => self.already_bought(user, promo.id).await,
             result => result,
         };
@@ -244,26 +244,28 @@ impl OrderService {
         promo: &crate::domain::Promo,
         req: &PlaceOrder,
         hold: &DeadlineHold,
+        admitted: tokio::sync::OwnedSemaphorePermit,
     ) -> ServiceResult<Order> {
         match self.cx.config.order_strategy {
             OrderStrategy::WriteBehind => {
                 let (reply, answer) = oneshot::channel();
-                self.write_behind
-                    .submit(Pending {
-                        user,
-                        promo: promo.id,
-                        item: promo.item_id,
-                        amount: req.amount,
-                        unit_price_cents: promo.price_cents,
-                        reply,
-                        hold: hold.clone(),
-                    })
-                    .await?;
+                self.write_behind.submit(Pending {
+                    user,
+                    promo: promo.id,
+                    item: promo.item_id,
+                    amount: req.amount,
+                    unit_price_cents: promo.price_cents,
+                    reply,
+                    hold: hold.clone(),
+                    admitted,
+                })?;
                 answer
                     .await
                     .map_err(|_| ServiceError::unavailable("the order pipeline stopped"))?
             }
             strategy => {
+                // Held for this call: a pure-DB order runs in its request.
+                let _admitted = admitted;
                 // Checked again where the id is made (the token's round
                 // trips took time since admission).
                 if !self.cx.ids.owns_node() {

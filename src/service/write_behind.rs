@@ -53,6 +53,10 @@ pub struct Pending {
     /// Held when the order goes to its local transaction (see
     /// [`DeadlineHold`]).
     pub hold: DeadlineHold,
+    /// The order's place among those admitted: given back once it is
+    /// answered, not when its caller goes (an order of a caller cut off
+    /// still takes room in the queue until a worker drops it).
+    pub admitted: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// The queue's sending side; cloned into the order service.
@@ -66,6 +70,7 @@ struct Reserved {
     draft: OrderDraft,
     reply: oneshot::Sender<ServiceResult<Order>>,
     hold: DeadlineHold,
+    _admitted: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl WriteBehind {
@@ -82,14 +87,18 @@ impl WriteBehind {
         WriteBehind { tx }
     }
 
-    /// Queues an admitted order. Callers bound what is in flight (the order
-    /// service's admission semaphore has the queue's capacity), so this
-    /// never waits for room.
-    pub async fn submit(&self, pending: Pending) -> ServiceResult<()> {
-        self.tx
-            .send(pending)
-            .await
-            .map_err(|_| ServiceError::unavailable("the order pipeline stopped"))
+    /// Queues an admitted order, never waiting for room: the order
+    /// service's admission semaphore has the queue's capacity and each
+    /// queued order holds its permit, so a full queue was refused there.
+    pub fn submit(&self, pending: Pending) -> ServiceResult<()> {
+        self.tx.try_send(pending).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                ServiceError::RateLimited("the order queue is full; retry shortly")
+            }
+            mpsc::error::TrySendError::Closed(_) => {
+                ServiceError::unavailable("the order pipeline stopped")
+            }
+        })
     }
 }
 
@@ -214,6 +223,7 @@ impl Worker {
                         draft,
                         reply: p.reply,
                         hold: p.hold,
+                        _admitted: p.admitted,
                     })
                     .collect();
                 self.abandon(group, cause).await;
@@ -234,6 +244,7 @@ impl Worker {
                         draft,
                         reply: p.reply,
                         hold: p.hold,
+                        _admitted: p.admitted,
                     });
                     continue;
                 }
