@@ -281,6 +281,9 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
                 Duration::from_millis(config.local_sold_out_ttl_ms),
                 Duration::from_millis(config.sold_out_poll_ms),
             )),
+            buyer_pace: Arc::new(crate::service::buyer_pace::BuyerPace::new(
+                config.buyer_rate_per_sec,
+            )),
             recovery: Arc::new(crate::service::recovery::LedgerRecovery::new()),
             background,
         };

@@ -132,6 +132,10 @@ pub struct Config {
     /// Captchas one user may draw per minute (each is an image drawn on a
     /// blocking thread).
     pub captcha_per_user_per_minute: u32,
+    /// Captchas drawn at once on this instance (each is a few milliseconds
+    /// of a core); past it, 429 at once rather than a queue of drawings
+    /// that outlive their requests and starve the order path.
+    pub captcha_max_in_flight: u32,
     pub seckill_token_ttl_secs: u64,
     /// Buyers a promo hands tokens to = stock × this factor (a buyer's
     /// later tokens of the same promo take no permit).
@@ -144,6 +148,9 @@ pub struct Config {
     pub order_rate_per_sec: u32,
     /// Token requests admitted per second, the same way.
     pub token_rate_per_sec: u32,
+    /// Token and order requests of one buyer per second on one instance
+    /// (and as many at once), before the shared limits above.
+    pub buyer_rate_per_sec: u32,
     /// Orders admitted in flight at once; beyond, `429` at once.
     pub order_queue_capacity: usize,
     /// Buying requests (token and order) one instance works on at once;
@@ -251,8 +258,13 @@ pub struct Config {
     /// How often each instance flushes its refusal counts and writes its
     /// heartbeat (the admin dashboard's instance list and refusal chart).
     pub heartbeat_interval_ms: u64,
-    /// Largest request body accepted.
+    /// Largest request body accepted, but by the admin API: a buyer's
+    /// request is a few hundred bytes, and a token or order request holds
+    /// one of the instance's buying places while its body arrives.
     pub max_body_bytes: usize,
+    /// Largest request body of the admin API (bulk user creation, item
+    /// descriptions).
+    pub admin_max_body_bytes: usize,
     /// Accounts per bulk-creation request.
     pub bulk_users_max: usize,
     /// Items per page of `GET /api/v1/items` (its `limit`'s default and
@@ -358,11 +370,13 @@ impl Default for Config {
             otp_webhook_token: None,
             otp_webhook_timeout_ms: 3_000,
             captcha_per_user_per_minute: 30,
+            captcha_max_in_flight: 8,
             seckill_token_ttl_secs: 300,
             gate_factor: 5,
             per_user_limit: 1,
             order_rate_per_sec: 50_000,
             token_rate_per_sec: 50_000,
+            buyer_rate_per_sec: 10,
             order_queue_capacity: 4096,
             order_path_max_in_flight: 8192,
             http_backlog: 8192,
@@ -396,7 +410,8 @@ impl Default for Config {
             ledger_rebuild_quiet_ms: 6_000,
             request_timeout_ms: 15_000,
             held_order_grace_ms: 15_000,
-            max_body_bytes: 2 * 1024 * 1024,
+            max_body_bytes: 16 * 1024,
+            admin_max_body_bytes: 2 * 1024 * 1024,
             bulk_users_max: 20_000,
             item_list_page_max: 500,
             argon2_memory_kib: 19_456,
@@ -546,7 +561,7 @@ impl Config {
                 )));
             }
         }
-        let positive: [(&str, u64); 30] = [
+        let positive: [(&str, u64); 33] = [
             ("SECKILL_SHUTDOWN_TIMEOUT_SECS", self.shutdown_timeout_secs),
             (
                 "SECKILL_DATABASE_MAX_CONNECTIONS",
@@ -579,6 +594,10 @@ impl Config {
                 self.captcha_per_user_per_minute.into(),
             ),
             (
+                "SECKILL_CAPTCHA_MAX_IN_FLIGHT",
+                self.captcha_max_in_flight.into(),
+            ),
+            (
                 "SECKILL_PASSWORD_HASHES_MAX_IN_FLIGHT",
                 self.password_hashes_max_in_flight.into(),
             ),
@@ -589,6 +608,7 @@ impl Config {
             ("SECKILL_GATE_FACTOR", self.gate_factor.into()),
             ("SECKILL_ORDER_RATE_PER_SEC", self.order_rate_per_sec.into()),
             ("SECKILL_TOKEN_RATE_PER_SEC", self.token_rate_per_sec.into()),
+            ("SECKILL_BUYER_RATE_PER_SEC", self.buyer_rate_per_sec.into()),
             (
                 "SECKILL_ORDER_QUEUE_CAPACITY",
                 self.order_queue_capacity as u64,
@@ -614,6 +634,10 @@ impl Config {
                 self.item_cache_double_delete_ms,
             ),
             ("SECKILL_MAX_BODY_BYTES", self.max_body_bytes as u64),
+            (
+                "SECKILL_ADMIN_MAX_BODY_BYTES",
+                self.admin_max_body_bytes as u64,
+            ),
             (
                 "SECKILL_ITEM_LIST_PAGE_MAX",
                 u64::from(self.item_list_page_max),
@@ -855,10 +879,15 @@ impl Config {
                 return Err(ConfigError(format!("{name} must be at least {min}")));
             }
         }
-        if self.max_body_bytes > 1 << 30 {
-            return Err(ConfigError(
-                "SECKILL_MAX_BODY_BYTES must be at most 1073741824 (1 GiB)".into(),
-            ));
+        for (name, v) in [
+            ("SECKILL_MAX_BODY_BYTES", self.max_body_bytes),
+            ("SECKILL_ADMIN_MAX_BODY_BYTES", self.admin_max_body_bytes),
+        ] {
+            if v > 1 << 30 {
+                return Err(ConfigError(format!(
+                    "{name} must be at most 1073741824 (1 GiB)"
+                )));
+            }
         }
         if !(100..=30_000).contains(&self.rocketmq_send_timeout_ms) {
             return Err(ConfigError(

@@ -90,7 +90,9 @@ pub fn router(state: AppState) -> Router {
         .merge(users::router())
         .merge(items::router())
         .merge(orders::router())
-        .merge(admin::router())
+        // The admin API's larger bodies (bulk sign-up): its own limit,
+        // inside the one below.
+        .merge(admin::router().layer(DefaultBodyLimit::max(state.config.admin_max_body_bytes)))
         .merge(health::api_router())
         .route("/api/openapi.json", get(openapi_json))
         .route("/api", any(api_not_found))

@@ -151,7 +151,7 @@ pub struct OrderList {
 #[utoipa::path(get, path = "/api/v1/promos/{id}/captcha", tag = "orders", security(("session" = [])),
     params(("id" = i64, Path, description = "promo id")),
     responses((status = 200, content_type = "image/png", body = Vec<u8>), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn captcha(
     State(state): State<AppState>,
     user: CurrentUser,
@@ -186,7 +186,7 @@ pub async fn issue_token(
             req.captcha.as_deref(),
         )
         .await
-        .inspect_err(|e| state.monitor.refused(PromoId(id), e.reason()))?;
+        .inspect_err(|e| count_refusal(&state, PromoId(id), e))?;
     Ok((
         StatusCode::CREATED,
         ApiJson(TokenView {
@@ -194,6 +194,15 @@ pub async fn issue_token(
             expires_at: t.expires_at,
         }),
     ))
+}
+
+/// Counts a refused token or order request for the dashboard, under a
+/// promo this instance has loaded: an error before the lookup (shutdown,
+/// a DB outage) would otherwise make counters for any id a caller sends.
+fn count_refusal(state: &AppState, promo: PromoId, e: &ServiceError) {
+    if state.catalog.knows_promo(promo) {
+        state.monitor.refused(promo, e.reason());
+    }
 }
 
 /// Places an order; answers only after the order is committed.
@@ -226,7 +235,7 @@ pub async fn place(
             &hold,
         )
         .await
-        .inspect_err(|e| state.monitor.refused(PromoId(r.promo_id), e.reason()))?;
+        .inspect_err(|e| count_refusal(&state, PromoId(r.promo_id), e))?;
     Ok((StatusCode::CREATED, ApiJson(OrderDto::from(&order))))
 }
 

@@ -39,6 +39,10 @@ pub struct PromoStats {
 pub struct CatalogService {
     cx: Context,
     promos: Cache<PromoId, Arc<Promo>>,
+    /// Ids that name no promo, as long as promos are kept: a script asking
+    /// made-up ids costs one DB read per id and TTL, not one per request.
+    /// A new promo drops them all (`item_changed`, on every instance).
+    missing_promos: Cache<PromoId, ()>,
     items: Arc<ItemCache>,
     /// A promo's ledger stock, reused for `item_live_stock_ttl_ms`.
     live_stock: Cache<PromoId, i64>,
@@ -124,6 +128,10 @@ impl CatalogService {
             .max_capacity(10_000)
             .time_to_live(Duration::from_millis(cx.config.promo_cache_ttl_ms.max(1)))
             .build();
+        let missing_promos = Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(Duration::from_millis(cx.config.promo_cache_ttl_ms.max(1)))
+            .build();
         let live_stock = Cache::builder()
             .max_capacity(10_000)
             .time_to_live(Duration::from_millis(
@@ -134,6 +142,7 @@ impl CatalogService {
         CatalogService {
             cx,
             promos,
+            missing_promos,
             items,
             live_stock,
             refused_for_strategy: Default::default(),
@@ -235,6 +244,7 @@ impl CatalogService {
         self.items.delete_shared(item_id).await;
         self.items.forget_local(item_id).await;
         self.promos.invalidate_all();
+        self.missing_promos.invalidate_all();
         announce(&*self.cx.ports.bus, item_id).await;
         let items = self.items.clone();
         let cx = self.cx.clone();
@@ -381,10 +391,24 @@ impl CatalogService {
         if let Some(promo) = self.promos.get(&id).await {
             return Ok(promo);
         }
-        self.promos
+        if self.missing_promos.contains_key(&id) {
+            return Err(ServiceError::NotFound("no such promo"));
+        }
+        let loaded = self
+            .promos
             .try_get_with(id, async { self.load_promo(id).await.map(Arc::new) })
             .await
-            .map_err(shared_error)
+            .map_err(shared_error);
+        if let Err(ServiceError::NotFound(_)) = &loaded {
+            self.missing_promos.insert(id, ()).await;
+        }
+        loaded
+    }
+
+    /// Whether this instance has `id` loaded as a promo now (a sync look,
+    /// no round trip).
+    pub fn knows_promo(&self, id: PromoId) -> bool {
+        self.promos.contains_key(&id)
     }
 
     /// A page of the promos, newest first: up to `limit` older than
@@ -672,6 +696,7 @@ impl CatalogService {
         // Promos are few and cached briefly: dropping them all is cheaper
         // than indexing them by item.
         self.promos.invalidate_all();
+        self.missing_promos.invalidate_all();
     }
 }
 

@@ -10,6 +10,7 @@ use crate::domain::{IdGenerator, Invalid};
 use crate::mq::{MessageBus, MqError};
 use crate::store::{Store, StoreError};
 
+pub mod buyer_pace;
 pub mod catalog;
 pub mod checkback;
 pub mod deadline_hold;
@@ -216,6 +217,8 @@ pub struct Context {
     pub ports: Ports,
     pub ids: Arc<IdGenerator>,
     pub sold_out: Arc<sold_out::SoldOutFlags>,
+    /// Each buyer's pace on this instance (see [`buyer_pace`]).
+    pub buyer_pace: Arc<buyer_pace::BuyerPace>,
     /// Ledger rebuilds this process runs (see [`recovery`]).
     pub recovery: Arc<recovery::LedgerRecovery>,
     /// Work no request waits for any more — the store calls of requests cut

@@ -185,6 +185,9 @@ impl OrderService {
         {
             return Err(ServiceError::SoldOut);
         }
+        // The buyer's own pace before the shared limit: one account's
+        // requests (made-up tokens, say) cannot spend the crowd's share.
+        self.cx.buyer_pace.check(user)?;
         if !self.cx.ports.limiter.check(&self.order_rule, "all").await? {
             return Err(ServiceError::RateLimited(
                 "too many orders right now; retry shortly",

@@ -11,13 +11,16 @@ use super::catalog::{gate_key, CatalogService};
 use super::users::random_token;
 use super::{Context, ServiceError, ServiceResult};
 use crate::cache::{Permit, RateRule};
-use crate::domain::{ItemId, PromoId, UserId};
+use crate::domain::{ItemId, Promo, PromoId, UserId};
 
 pub struct TokenService {
     cx: Context,
     catalog: Arc<CatalogService>,
     token_rule: RateRule,
     captcha_rule: RateRule,
+    /// This instance's places for captchas being drawn
+    /// (`captcha_max_in_flight`).
+    drawing: Arc<tokio::sync::Semaphore>,
 }
 
 /// A seckill token handed to a buyer.
@@ -57,18 +60,23 @@ impl TokenService {
             limit: cx.config.captcha_per_user_per_minute,
             period: Duration::from_secs(60),
         };
+        let drawing = Arc::new(tokio::sync::Semaphore::new(
+            cx.config.captcha_max_in_flight as usize,
+        ));
         TokenService {
             cx,
             catalog,
             token_rule,
             captcha_rule,
+            drawing,
         }
     }
 
     /// Draws a new captcha for (user, promo) and returns it as PNG; the
     /// previous one for that pair is replaced.
     pub async fn captcha(&self, user: UserId, promo: PromoId) -> ServiceResult<Vec<u8>> {
-        self.catalog.promo(promo).await?;
+        // The buyer's limit before the lookup: made-up promo ids cost
+        // that buyer's share too.
         if !self
             .cx
             .ports
@@ -80,7 +88,15 @@ impl TokenService {
                 "too many captchas drawn; wait a minute",
             ));
         }
-        let (answer, png) = tokio::task::spawn_blocking(|| {
+        self.catalog.promo(promo).await?;
+        // Held by the drawing itself: a request cut off meanwhile does not
+        // free its place before the core does.
+        let place = self.drawing.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!("seckill_captchas_shed_total").increment(1);
+            ServiceError::RateLimited("too many captchas being drawn; retry shortly")
+        })?;
+        let (answer, png) = tokio::task::spawn_blocking(move || {
+            let _place = place;
             let mut c = captcha::Captcha::new();
             c.add_chars(5)
                 .apply_filter(captcha::filters::Noise::new(0.2))
@@ -119,6 +135,8 @@ impl TokenService {
         item_id: ItemId,
         captcha: Option<&str>,
     ) -> ServiceResult<IssuedToken> {
+        // First, and in process: a 429 here costs the buyer no captcha.
+        self.cx.buyer_pace.check(user)?;
         let promo = self.catalog.promo(promo_id).await?;
         if promo.item_id != item_id {
             return Err(ServiceError::Invalid(format!(
@@ -146,15 +164,32 @@ impl TokenService {
         } else {
             None
         };
-        if !self.cx.ports.limiter.check(&self.token_rule, "all").await? {
-            // A buyer told to retry keeps the answer they solved (unless
-            // they drew another meanwhile).
-            if let Some((key, answer)) = solved {
-                let ttl = Duration::from_secs(self.cx.config.captcha_ttl_secs);
-                if let Err(e) = self.cx.ports.kv.set_if_absent(&key, &answer, ttl).await {
-                    tracing::debug!(error = %e, "captcha not given back; the buyer draws a new one");
-                }
+        let issued = self.issue_solved(user, &promo, item_id).await;
+        // A buyer told to retry (429, or 503: nothing was written) keeps the
+        // answer they solved, unless they drew another meanwhile.
+        if let (
+            Err(ServiceError::RateLimited(_) | ServiceError::Unavailable { .. }),
+            Some((key, answer)),
+        ) = (&issued, solved)
+        {
+            let ttl = Duration::from_secs(self.cx.config.captcha_ttl_secs);
+            if let Err(e) = self.cx.ports.kv.set_if_absent(&key, &answer, ttl).await {
+                tracing::debug!(error = %e, "captcha not given back; the buyer draws a new one");
             }
+        }
+        issued
+    }
+
+    /// [`issue`](Self::issue) once the captcha is solved: the shared rate
+    /// limit, the sold-out flag and the gate.
+    async fn issue_solved(
+        &self,
+        user: UserId,
+        promo: &Promo,
+        item_id: ItemId,
+    ) -> ServiceResult<IssuedToken> {
+        let promo_id = promo.id;
+        if !self.cx.ports.limiter.check(&self.token_rule, "all").await? {
             return Err(ServiceError::RateLimited(
                 "too many requests; retry shortly",
             ));

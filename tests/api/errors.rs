@@ -227,6 +227,46 @@ async fn oversized_bodies_are_refused_with_413() {
 }
 
 #[tokio::test]
+async fn the_admin_api_takes_larger_bodies_than_the_buying_requests() {
+    let t = TestApp::spawn_with(|c| {
+        c.max_body_bytes = 1024;
+        c.admin_max_body_bytes = 64 * 1024;
+    })
+    .await;
+    let (item, promo) = t.sale(1).await;
+    let s = t.user("13500000090").await;
+    let r = t
+        .post(
+            "/api/v1/orders",
+            Some(&s),
+            json!({"promo_id": promo, "item_id": item, "amount": 1, "token": "x".repeat(4096)}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Over the buying requests' limit, within the admin API's.
+    let r = t
+        .call(
+            "PATCH",
+            &format!("/api/v1/admin/items/{item}"),
+            Some(ADMIN),
+            Some(json!({"description": "d".repeat(3_000)})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    let users: Vec<_> = (0..2_000)
+        .map(|i| json!({"phone": format!("1390{i:07}"), "name": "n", "password": "secret-pass"}))
+        .collect();
+    let r = t
+        .post(
+            "/api/v1/admin/users",
+            Some(ADMIN),
+            json!({ "users": users }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
 async fn an_order_while_the_broker_is_down_is_503_and_gives_the_stock_back() {
     let t = TestApp::spawn().await;
     let (item, promo) = t.sale(1).await;

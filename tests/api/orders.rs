@@ -175,7 +175,12 @@ async fn a_lapsed_sold_out_flag_still_answers_the_crowd_while_it_is_looked_at_ag
 
 #[tokio::test]
 async fn the_gate_counter_caps_buyers_at_stock_times_the_factor() {
-    let t = TestApp::spawn_with(|c| c.gate_factor = 2).await;
+    let t = TestApp::spawn_with(|c| {
+        c.gate_factor = 2;
+        // Eleven requests of one account in a row, past its own pace.
+        c.buyer_rate_per_sec = 100;
+    })
+    .await;
     let (item, promo) = t.sale(2).await;
     let buyers = t.users("1360001", 5).await;
     // One account asking again and again spends one permit, not the gate,
@@ -494,4 +499,72 @@ async fn the_pure_database_strategies_sell_exactly_the_stock() {
         );
         assert_eq!(t.buy(&buyers[0], promo, item).await.code(), "SOLD_OUT");
     }
+}
+
+#[tokio::test]
+async fn the_shared_order_rate_limit_answers_429_and_the_token_still_buys_after() {
+    let t = TestApp::spawn_with(|c| c.order_rate_per_sec = 1).await;
+    let (item, promo) = t.sale(5).await;
+    let a = t.user("13500000101").await;
+    let b = t.user("13500000102").await;
+    let ta = t.token(&a, promo, item).await.json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tb = t.token(&b, promo, item).await.json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        t.order(&a, promo, item, &ta).await.status,
+        StatusCode::CREATED
+    );
+    let limited = t.order(&b, promo, item, &tb).await;
+    assert_eq!(
+        (limited.status, limited.code().as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED")
+    );
+    assert!(limited.headers.contains_key("retry-after"));
+    // The next second's share: the same token buys.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let r = t.order(&b, promo, item, &tb).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
+}
+
+#[tokio::test]
+async fn a_token_taken_during_the_sale_and_used_after_its_end_is_refused_promo_ended() {
+    let t = TestApp::spawn().await;
+    let item = t.item(5).await;
+    let promo = t.promo(item, -1, 2).await;
+    t.publish(promo).await;
+    let s = t.user("13500000103").await;
+    let r = t.token(&s, promo, item).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(2_300)).await;
+    let r = t.order(&s, promo, item, &token).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::CONFLICT, "PROMO_ENDED")
+    );
+    assert_eq!(t.settled(promo).await["sold"], 0);
+}
+
+#[tokio::test]
+async fn one_account_past_its_pace_is_429_and_spends_nothing_of_the_others() {
+    let t = TestApp::spawn_with(|c| c.buyer_rate_per_sec = 2).await;
+    let (item, promo) = t.sale(5).await;
+    let a = t.user("13500000105").await;
+    let b = t.user("13500000106").await;
+    for _ in 0..2 {
+        assert_eq!(t.token(&a, promo, item).await.status, StatusCode::CREATED);
+    }
+    let r = t.order(&a, promo, item, "made-up").await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED")
+    );
+    assert_eq!(t.token(&a, promo, item).await.code(), "RATE_LIMITED");
+    // Another buyer is not held back by that account.
+    assert_eq!(t.buy(&b, promo, item).await.status, StatusCode::CREATED);
 }

@@ -132,7 +132,13 @@ function tick() {
 
 // ---- captcha dialog -------------------------------------------------------------
 
-function reloadCaptcha() {
+// A crowd drawing captchas at the start may be told to retry (429): the
+// image is asked again a few times, backing off, before the buyer is.
+let captchaRetries = 0;
+const CAPTCHA_BUSY = 'Busy, loading the captcha again…';
+
+function reloadCaptcha(retry = false) {
+  if (!retry) captchaRetries = 0;
   cImg.src = `${API}/promos/${encodeURIComponent(S.item.promo.id)}/captcha?t=${Date.now()}`;
 }
 
@@ -150,7 +156,18 @@ $('#captcha-refresh').addEventListener('click', (e) => {
   cInput.focus();
 });
 $('#captcha-cancel').addEventListener('click', () => dialog.close());
+cImg.addEventListener('load', () => {
+  captchaRetries = 0;
+  if (cErr.textContent === CAPTCHA_BUSY) cErr.textContent = '';
+});
 cImg.addEventListener('error', async () => {
+  if (captchaRetries < 4) {
+    captchaRetries += 1;
+    cErr.textContent = CAPTCHA_BUSY;
+    const wait = 400 * 2 ** captchaRetries * (0.5 + Math.random());
+    setTimeout(() => { if (dialog.open) reloadCaptcha(true); }, wait);
+    return;
+  }
   cErr.textContent = 'The captcha image could not be loaded. Try "Refresh".';
   try { await api('me'); } catch (e) { if (e.status === 401) goLogin(); }
 });
