@@ -146,7 +146,7 @@ forward! {
         #[ungated] fn roll_back_stock_logs(ids: &[StockLogId] => Vec<StockLogId>) -> Vec<(StockLogId, StockLogStatus)>;
         #[ungated] fn stock_log_statuses(ids: &[StockLogId] => Vec<StockLogId>) -> Vec<(StockLogId, StockLogStatus)>;
         #[ungated] fn stale_stock_logs(before: DateTime<Utc>, limit: u32) -> Vec<(StockLogId, PromoId)>;
-        #[ungated] fn undeducted_stock_logs(before: DateTime<Utc>, limit: u32) -> Vec<Deduction>;
+        #[ungated] fn undeducted_stock_logs(since: DateTime<Utc>, before: DateTime<Utc>, limit: u32) -> Vec<Deduction>;
         #[ungated] fn unsettled_units_of_item(item: ItemId) -> i64;
         #[ungated] fn unpaid_orders_of_item(item: ItemId) -> (i64, Option<DateTime<Utc>>);
         #[ungated] fn cancelled_order_count(promo: PromoId) -> u64;

@@ -178,11 +178,15 @@ pub trait OrderStore: Send + Sync {
         before: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<Vec<(StockLogId, PromoId)>>;
-    /// Committed rows older than `before` whose stock was never deducted (a
-    /// deduction message lost with a crashed in-process bus, or parked by a
-    /// broker): `stock_log` is the outbox the reconciler replays.
+    /// Committed rows last written in `since..before` whose stock was never
+    /// deducted (a deduction message lost with a crashed in-process bus, or
+    /// parked by a broker), oldest first: `stock_log` is the outbox the
+    /// reconciler replays. Read by an index on (status, updated_at): a
+    /// pass reads the rows since its last look, not every row of every
+    /// sale so far.
     async fn undeducted_stock_logs(
         &self,
+        since: DateTime<Utc>,
         before: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<Vec<Deduction>>;

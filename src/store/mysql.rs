@@ -41,8 +41,14 @@ impl MysqlStore {
                     sqlx::query(&format!(
                         "SET SESSION innodb_lock_wait_timeout = {lock_wait_secs}"
                     ))
-                    .execute(conn)
+                    .execute(&mut *conn)
                     .await?;
+                    // A sale's journal is read in one snapshot (the ledger
+                    // rebuilt from it must not count a deduction twice):
+                    // REPEATABLE READ, whatever the server's default is.
+                    sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                        .execute(&mut *conn)
+                        .await?;
                     Ok(())
                 })
             })

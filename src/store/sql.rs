@@ -537,17 +537,17 @@ impl OrderStore for $store {
             });
             build_once(&mut qb).execute(&mut *tx).await.map_err(map_unique)?;
         }
-        let mut sales: Vec<(ItemId, i64)> = Vec::new();
+        // In item order, as every transaction locking several item rows
+        // does: two batches of the same items (two sales at once, several
+        // workers) then wait for each other instead of deadlocking.
+        let mut sales = std::collections::BTreeMap::<i64, i64>::new();
         for d in drafts {
-            match sales.iter_mut().find(|(i, _)| *i == d.item_id) {
-                Some((_, n)) => *n += d.amount,
-                None => sales.push((d.item_id, d.amount)),
-            }
+            *sales.entry(d.item_id.0).or_default() += d.amount;
         }
         for (item, n) in sales {
             sqlx::query("UPDATE item SET sales = sales + ? WHERE id = ?")
                 .bind(n)
-                .bind(item.0)
+                .bind(item)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -609,13 +609,15 @@ impl OrderStore for $store {
             .collect()
     }
 
-    async fn undeducted_stock_logs(&self, before: DateTime<Utc>, limit: u32) -> StoreResult<Vec<Deduction>> {
+    async fn undeducted_stock_logs(&self, since: DateTime<Utc>, before: DateTime<Utc>, limit: u32) -> StoreResult<Vec<Deduction>> {
         sqlx::query(
             "SELECT s.id, s.item_id, s.amount FROM stock_log s \
              LEFT JOIN stock_deduction d ON d.stock_log_id = s.id \
-             WHERE s.status = 'committed' AND d.stock_log_id IS NULL AND s.updated_at < ? \
+             WHERE s.status = 'committed' AND s.updated_at >= ? AND s.updated_at < ? \
+               AND d.stock_log_id IS NULL \
              ORDER BY s.updated_at LIMIT ?",
         )
+        .bind(since)
         .bind(before)
         .bind(limit)
         .fetch_all(&self.pool)

@@ -46,7 +46,11 @@ impl SqliteStore {
         let opts = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            // Every commit on disk before it is answered: a buyer told
+            // "bought" keeps the order through a power cut (NORMAL, in WAL
+            // mode, may lose the last commits then). One flush per
+            // transaction, and the write-behind batches its orders.
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(limits.lock_wait)
             .foreign_keys(true)
             .pragma("cache_size", format!("-{cache_kib}"));

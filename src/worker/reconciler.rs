@@ -41,7 +41,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use crate::cache::LedgerLevel;
 use crate::domain::{Promo, PromoId, PromoState, StockLogId, StockLogStatus};
@@ -117,7 +117,16 @@ struct Observation {
 #[derive(Default)]
 pub struct Reconciler {
     seen: HashMap<PromoId, (Observation, Instant)>,
+    /// Committed `stock_log` rows written before this were all deducted at
+    /// an earlier look: later passes look from here, with a margin.
+    deducted_before: Option<DateTime<Utc>>,
+    /// When the last look over every committed row was.
+    last_full_look: Option<Instant>,
 }
+
+/// How often a pass looks over every committed row again, whatever its
+/// mark says (a row written by an instance whose clock was far behind).
+const FULL_LOOK_EVERY: Duration = Duration::from_secs(3600);
 
 impl Reconciler {
     pub fn new() -> Self {
@@ -127,7 +136,27 @@ impl Reconciler {
     /// One pass (see the module docs). With `dry_run`, only counts and
     /// reports; nothing changes.
     pub async fn pass(&mut self, cx: &Context, dry_run: bool) -> anyhow::Result<ReconcileReport> {
-        let mut report = settle_journal(cx, dry_run).await?;
+        let full = self
+            .last_full_look
+            .is_none_or(|at| at.elapsed() >= FULL_LOOK_EVERY);
+        let since = match self.deducted_before {
+            Some(mark) if !full => mark,
+            _ => DateTime::<Utc>::UNIX_EPOCH,
+        };
+        let (mut report, looked_until) = settle_journal(cx, since, dry_run).await?;
+        if let Some(until) = looked_until {
+            // A row is written with its writer's clock, and seen once its
+            // transaction commits: up to the order's bound later, on a
+            // clock a little off. The mark stays that far behind.
+            let margin = chrono::Duration::from_std(
+                cx.config.order_in_flight_bound() + Duration::from_secs(60),
+            )
+            .unwrap_or(chrono::Duration::MAX);
+            self.deducted_before = until.checked_sub_signed(margin);
+            if full {
+                self.last_full_look = Some(Instant::now());
+            }
+        }
         if !dry_run {
             let grace = Duration::from_secs(cx.config.reconcile_after_secs);
             report.unpaid_cancelled = payment::sweep(cx, grace, 1000).await?;
@@ -455,18 +484,31 @@ async fn sweep_restocks(
     Ok(settled)
 }
 
-/// Steps 1 and 2: replays lost deductions and settles stale `init` rows.
-async fn settle_journal(cx: &Context, dry_run: bool) -> anyhow::Result<ReconcileReport> {
+/// Steps 1 and 2: replays lost deductions (of committed rows written since
+/// `since`) and settles stale `init` rows. With the report, the instant
+/// before which every committed row written since `since` is now deducted,
+/// when this pass made sure of it.
+async fn settle_journal(
+    cx: &Context,
+    since: DateTime<Utc>,
+    dry_run: bool,
+) -> anyhow::Result<(ReconcileReport, Option<DateTime<Utc>>)> {
+    const PAGE: u32 = 1000;
     let before = Utc::now() - chrono::Duration::seconds(cx.config.reconcile_after_secs as i64);
-    let stale = cx.ports.store.stale_stock_logs(before, 1000).await?;
-    let undeducted = cx.ports.store.undeducted_stock_logs(before, 1000).await?;
+    let stale = cx.ports.store.stale_stock_logs(before, PAGE).await?;
+    let undeducted = cx
+        .ports
+        .store
+        .undeducted_stock_logs(since, before, PAGE)
+        .await?;
+    let mut looked_until = (!dry_run && undeducted.len() < PAGE as usize).then_some(before);
     let mut report = ReconcileReport {
         stale: stale.len(),
         replayed: undeducted.len(),
         ..Default::default()
     };
     if dry_run {
-        return Ok(report);
+        return Ok((report, None));
     }
     if !undeducted.is_empty() {
         // The stock consumer may deduct the same rows at the same time (a
@@ -481,13 +523,14 @@ async fn settle_journal(cx: &Context, dry_run: bool) -> anyhow::Result<Reconcile
             ),
             Err(e) => {
                 report.replayed = 0;
+                looked_until = None;
                 tracing::warn!(rows = undeducted.len(), error = %e,
                     "reconciler: replay of stock deductions failed (the consumer's at the same time?); next pass")
             }
         }
     }
     if stale.is_empty() {
-        return Ok(report);
+        return Ok((report, looked_until));
     }
     let ids: Vec<_> = stale.iter().map(|(id, _)| *id).collect();
     let statuses = cx.ports.store.roll_back_stock_logs(&ids).await?;
@@ -509,7 +552,7 @@ async fn settle_journal(cx: &Context, dry_run: bool) -> anyhow::Result<Reconcile
     }
     metrics::counter!("seckill_reconciled_total", "outcome" => "rolled_back")
         .increment(report.rolled_back as u64);
-    Ok(report)
+    Ok((report, looked_until))
 }
 
 /// One pass with no memory of earlier ones (drift is reported, and
