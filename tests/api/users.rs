@@ -657,3 +657,24 @@ async fn passwords_never_appear_in_logs_or_responses() {
         }
     }
 }
+
+#[tokio::test]
+async fn passwords_are_kept_as_argon2id_hashes_never_as_given() {
+    let t = TestApp::spawn().await;
+    t.user("13500000104").await;
+    let user = t
+        .app
+        .state
+        .ports
+        .store
+        .user_by_phone("13500000104")
+        .await
+        .unwrap()
+        .expect("the account");
+    assert!(
+        user.password_hash.starts_with("$argon2id$"),
+        "{}",
+        user.password_hash
+    );
+    assert!(!user.password_hash.contains("secret-pass"));
+}

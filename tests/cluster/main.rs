@@ -67,16 +67,28 @@ pub(crate) fn cluster_script(args: &[&str]) -> Command {
 
 pub(crate) fn cluster() -> Option<Cluster> {
     if std::env::var("SECKILL_TEST_CLUSTER").ok().as_deref() != Some("1") {
+        // `scripts/test` requires them: a run without them is not a pass.
+        assert_ne!(
+            std::env::var("SECKILL_TEST_REQUIRE_REAL").as_deref(),
+            Ok("1"),
+            "SECKILL_TEST_CLUSTER is not 1, and SECKILL_TEST_REQUIRE_REAL=1 requires the cluster tests"
+        );
         eprintln!("SECKILL_TEST_CLUSTER not set: cluster tests not run (scripts/test runs them)");
         return None;
     }
+    // The tests write, kill and restart what is in their database: never
+    // the deployment's own (`scripts/cluster`'s default, `seckill`).
+    assert!(
+        std::env::var("CLUSTER_DB").is_ok_and(|db| !db.is_empty() && db != "seckill"),
+        "set CLUSTER_DB to a database of the tests' own (scripts/test does)"
+    );
     let status = cluster_script(&["up"])
         .status()
         .expect("scripts/cluster runs");
     assert!(status.success(), "scripts/cluster up failed");
     let port = std::env::var("CLUSTER_PORT").unwrap_or_else(|_| "8088".into());
     let instances = std::env::var("CLUSTER_INSTANCES").unwrap_or_else(|_| "8081 8082".into());
-    let db = std::env::var("CLUSTER_DB").unwrap_or_else(|_| "seckill".into());
+    let db = std::env::var("CLUSTER_DB").expect("checked above");
     Some(Cluster {
         front: format!("http://127.0.0.1:{port}"),
         instances: instances

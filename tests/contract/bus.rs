@@ -199,6 +199,13 @@ where
         }
     }
     assert!(redelivered, "the failed delivery came again");
+    // Each group gets each message: the first group had it too.
+    assert_eq!(
+        next_new(&mut rx, &seen, Duration::from_secs(30)).await,
+        Some(event(5)),
+        "a second group took the first group's message"
+    );
+    seen.push(event(5));
 
     // A delayed message: not delivered before its time, delivered after.
     let (tx4, mut rx4) = mpsc::unbounded_channel();
@@ -298,7 +305,101 @@ where
         item_id: ItemId(9),
     };
     bus.publish(changed.clone()).await.unwrap();
-    assert_eq!(next(&mut rx3, Duration::from_secs(10)).await, Some(changed));
+    assert_eq!(
+        next(&mut rx3, Duration::from_secs(10)).await,
+        Some(changed.clone())
+    );
+
+    // Shut down: the bus takes no more sends, and no local transaction runs.
+    bus.shutdown().await;
+    assert!(
+        bus.publish(changed).await.is_err(),
+        "a send after the shutdown"
+    );
+    let ran = Arc::new(Mutex::new(false));
+    let flag = ran.clone();
+    let sent = bus
+        .send_in_transaction(
+            event(6),
+            Box::new(move || {
+                async move {
+                    *flag.lock() = true;
+                    TxState::Commit
+                }
+                .boxed()
+            }),
+        )
+        .await;
+    assert!(sent.is_err(), "a transactional send after the shutdown");
+    assert!(!*ran.lock(), "a local transaction ran after the shutdown");
+}
+
+/// Two members of one clustering group, as two instances are: once one
+/// shuts down, the other receives everything sent afterwards, promptly —
+/// not only its own share while the broker waits for the leaver's
+/// heartbeat to time out.
+pub async fn handover_suite<F, Fut>(make: F)
+where
+    F: Fn(Arc<dyn TxChecker>) -> Fut,
+    Fut: Future<Output = Arc<dyn MessageBus>>,
+{
+    let checker: Arc<dyn TxChecker> = Arc::new(FixedChecker {
+        state: Mutex::new(TxState::Commit),
+        checks: Mutex::new(0),
+    });
+    let leaving = make(checker.clone()).await;
+    let staying = make(checker).await;
+    let (tx_l, mut rx_l) = mpsc::unbounded_channel();
+    let (tx_s, mut rx_s) = mpsc::unbounded_channel();
+    for (bus, tx) in [(&leaving, tx_l), (&staying, tx_s)] {
+        bus.subscribe(
+            Topic::Stock,
+            "handover",
+            Delivery::Clustering,
+            Arc::new(Collect(tx, Mutex::new(0))),
+        )
+        .await
+        .unwrap();
+    }
+    let commit = || -> LocalTx { Box::new(|| async { TxState::Commit }.boxed()) };
+    // Until the leaver has queues of its own: it received a message.
+    let mut id = 0;
+    let mut shared = false;
+    while id < 240 && !shared {
+        id += 1;
+        staying
+            .send_in_transaction(event(id), commit())
+            .await
+            .unwrap();
+        shared = next(&mut rx_l, Duration::from_millis(250)).await.is_some();
+    }
+    assert!(shared, "the leaving member never got a share of the group");
+    leaving.shutdown().await;
+    let after: Vec<Event> = (10_001..10_017).map(event).collect();
+    for e in &after {
+        staying
+            .send_in_transaction(e.clone(), commit())
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(40);
+    while got.len() < after.len() {
+        let Ok(Some(e)) = tokio::time::timeout_at(until, rx_s.recv()).await else {
+            break;
+        };
+        if after.contains(&e) && !got.contains(&e) {
+            got.push(e);
+        }
+    }
+    assert_eq!(
+        got.len(),
+        after.len(),
+        "the staying member got {} of the {} messages sent after the other left",
+        got.len(),
+        after.len()
+    );
+    staying.shutdown().await;
 }
 
 #[tokio::test]

@@ -315,12 +315,37 @@ async fn a_write_started_before_the_deadline_is_answered_with_what_was_written()
     assert_eq!(read.json()["title"], "Renamed past the deadline");
 }
 
+/// Passes on what the bus delivers.
+struct Watch(tokio::sync::mpsc::UnboundedSender<seckill::mq::Event>);
+
+#[async_trait::async_trait]
+impl seckill::mq::MessageHandler for Watch {
+    async fn handle(&self, event: &seckill::mq::Event) -> anyhow::Result<()> {
+        let _ = self.0.send(event.clone());
+        Ok(())
+    }
+}
+
 #[tokio::test]
 async fn a_failed_local_transaction_gives_the_reservation_back_and_rolls_the_message_back() {
     let t = TestApp::spawn().await;
     let (item, promo) = t.sale(3).await;
     let users = buyers(&t, "1881", 2).await;
     let pool = db(&t).await;
+    // What the bus delivers to the stock topic, beside the app's consumer.
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    t.app
+        .state
+        .ports
+        .bus
+        .subscribe(
+            seckill::mq::Topic::Stock,
+            "test-watch",
+            seckill::mq::Delivery::Clustering,
+            Arc::new(Watch(seen_tx)),
+        )
+        .await
+        .unwrap();
     sqlx::query("CREATE TRIGGER injected_failure BEFORE INSERT ON order_info BEGIN SELECT RAISE(ABORT, 'injected failure'); END")
         .execute(&pool)
         .await
@@ -331,12 +356,14 @@ async fn a_failed_local_transaction_gives_the_reservation_back_and_rolls_the_mes
     assert_eq!(stats["stock_cache"], 3, "reservation given back");
     assert_eq!(stats["stock_log"]["rolled_back"], 1);
     assert_eq!(stats["orders"], 0);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(
-        t.stats(promo).await["stock_db"],
-        3,
-        "the rolled-back message deducted nothing"
+    // Check-backs come after 100 ms here: a half message left behind would
+    // be delivered within this wait.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        seen.try_recv().is_err(),
+        "the rolled-back message was delivered"
     );
+    assert_eq!(t.stats(promo).await["stock_db"], 3);
 
     sqlx::query("DROP TRIGGER injected_failure")
         .execute(&pool)
@@ -345,6 +372,11 @@ async fn a_failed_local_transaction_gives_the_reservation_back_and_rolls_the_mes
     buy(&t, users[0], promo, item)
         .await
         .expect("the same buyer can buy once the DB is healthy");
+    let delivered = tokio::time::timeout(std::time::Duration::from_secs(5), seen.recv()).await;
+    assert!(
+        matches!(delivered, Ok(Some(seckill::mq::Event::StockDeduct { .. }))),
+        "the watch sees a committed order's message: {delivered:?}"
+    );
     let stats = t.settled(promo).await;
     assert_eq!(
         (stats["stock_db"].as_i64(), stats["sold"].as_i64()),
@@ -892,6 +924,44 @@ async fn the_reconciler_replays_a_deduction_that_never_ran() {
         .await
         .unwrap();
     assert_eq!(again.replayed, 0);
+
+    // A running reconciler looks from its mark on: a deduction lost after
+    // its first pass is replayed by its next; one whose row was written
+    // long before the mark waits for the next look over every row (a
+    // fresh reconciler's first pass here).
+    let mut running = seckill::worker::reconciler::Reconciler::new();
+    let first = running.pass(&t.app.context, false).await.unwrap();
+    assert_eq!(first.replayed, 0);
+    buy(&t, users_of(&t, "1884").await, promo, item)
+        .await
+        .unwrap();
+    t.settled(promo).await;
+    // Both orders' deductions forgotten.
+    sqlx::query("DELETE FROM stock_deduction")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE item_stock SET stock = stock + 2")
+        .execute(&pool)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // The first order's row, written "a day ago", is not looked at again.
+    sqlx::query("UPDATE stock_log SET updated_at = '2000-01-01T00:00:00+00:00' WHERE id = (SELECT MIN(id) FROM stock_log)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let next = running.pass(&t.app.context, false).await.unwrap();
+    assert_eq!(next.replayed, 1, "the deduction lost after the mark");
+    let full = seckill::worker::reconciler::reconcile_once(&t.app.context, false)
+        .await
+        .unwrap();
+    assert_eq!(full.replayed, 1, "the old row, on a look over every row");
+    assert_eq!(t.settled(promo).await["stock_db"], 0);
+}
+
+async fn users_of(t: &TestApp, prefix: &str) -> UserId {
+    buyers(t, prefix, 1).await[0]
 }
 
 /// Quick settings for the recovery tests: a short local transaction
@@ -1071,11 +1141,6 @@ async fn after_a_restart_the_ledger_is_rebuilt_from_the_db_and_the_sale_goes_on_
     }
     // 5 units: 2 sold before, 1 held by the stranded reservation.
     assert_eq!(sold, 2, "the rebuilt ledger sold exactly what was left");
-    // A buyer of the first process is still known to the per-user limit.
-    assert!(matches!(
-        buy(&t, users[0], promo, item).await,
-        Err(ServiceError::AlreadyBought | ServiceError::SoldOut)
-    ));
     // The reconciler rolls the stranded reservation back and gives its
     // unit back to the rebuilt ledger; the last buyer gets it.
     tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
@@ -1083,6 +1148,13 @@ async fn after_a_restart_the_ledger_is_rebuilt_from_the_db_and_the_sale_goes_on_
         .await
         .unwrap();
     assert_eq!((report.rolled_back, report.released), (1, 1), "{report:?}");
+    // A unit is for sale again, and a buyer of the first process is still
+    // known to the per-user limit of the rebuilt ledger.
+    let again = buy(&t, users[0], promo, item).await;
+    assert!(
+        matches!(again, Err(ServiceError::AlreadyBought)),
+        "{again:?}"
+    );
     buy(&t, users[6], promo, item).await.unwrap();
     let stats = t.settled(promo).await;
     assert_eq!(stats["sold"], 5);
