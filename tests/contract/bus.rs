@@ -383,7 +383,8 @@ where
             .unwrap();
     }
     let mut got = Vec::new();
-    let until = tokio::time::Instant::now() + Duration::from_secs(40);
+    // The staying member's next rebalance (every 20 s) takes the queues.
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
     while got.len() < after.len() {
         let Ok(Some(e)) = tokio::time::timeout_at(until, rx_s.recv()).await else {
             break;
