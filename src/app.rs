@@ -54,6 +54,24 @@ pub struct App {
     pub node_lease: Arc<NodeLease>,
 }
 
+impl App {
+    /// Gives back what other processes wait for, on every way out: the
+    /// node id (a configured one's restart takes it at once), then the
+    /// bus (its consumers leave their groups, whose other members take
+    /// their queues at their next rebalance; check-backs go elsewhere) —
+    /// within `rocketmq_send_timeout_ms`, a few calls to the broker.
+    pub async fn leave(&self) {
+        self.node_lease.release(&self.context.ids).await;
+        let within = Duration::from_millis(self.context.config.rocketmq_send_timeout_ms);
+        if tokio::time::timeout(within, self.state.ports.bus.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the message bus did not stop in time; exiting anyway");
+        }
+    }
+}
+
 /// The process's Prometheus recorder, installed once.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

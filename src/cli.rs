@@ -199,8 +199,9 @@ pub fn main() -> anyhow::Result<()> {
                     anyhow::Ok(())
                 }
                 .await;
-                // Given back whatever the outcome: the node id is free at once.
-                app.node_lease.release(&app.context.ids).await;
+                // Whatever the outcome: the node id is free at once, and the
+                // consumers this process subscribed leave their groups.
+                app.leave().await;
                 reconciled
             }
         }

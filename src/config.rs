@@ -658,6 +658,13 @@ impl Config {
                 "SECKILL_PER_USER_LIMIT must be 1..=1000".into(),
             ));
         }
+        // Drawings run on the runtime's blocking threads (512): more places
+        // than a fraction of them would queue there again.
+        if self.captcha_max_in_flight > 256 {
+            return Err(ConfigError(
+                "SECKILL_CAPTCHA_MAX_IN_FLIGHT must be 1..=256".into(),
+            ));
+        }
         if self.ledger_rebuild_quiet_ms < self.local_tx_timeout_ms {
             return Err(ConfigError(
                 "SECKILL_LEDGER_REBUILD_QUIET_MS must be at least SECKILL_LOCAL_TX_TIMEOUT_MS \

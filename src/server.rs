@@ -23,8 +23,9 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     })?;
     let app = crate::app::build(config).await?;
     let served = serve_app(&app, listener, demo, addr).await;
-    // On every way out: a configured id's restart takes it at once.
-    app.node_lease.release(&app.context.ids).await;
+    // On every way out: the node id (a configured id's restart takes it at
+    // once), then the broker's groups.
+    app.leave().await;
     if served.is_ok() {
         tracing::info!("seckill stopped");
     }
@@ -105,18 +106,6 @@ async fn serve_app(
             tasks = app.context.background.len(),
             "store calls or token give-backs still running at the shutdown bound; exiting anyway"
         );
-    }
-    // Leave the broker: this instance's share of each consumer group goes
-    // to the other instances now, not after the broker's heartbeat
-    // time-out, and check-backs stop coming here. Whatever is left of the
-    // bound, and at least one health-check time-out.
-    let floor = Duration::from_millis(app.state.config.health_check_timeout_ms);
-    let leave_by = drained_by.max(tokio::time::Instant::now() + floor);
-    if tokio::time::timeout_at(leave_by, app.state.ports.bus.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("the message bus did not stop within the bound; exiting anyway");
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let _ = app.state.monitor.flush().await;

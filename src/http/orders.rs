@@ -196,11 +196,13 @@ pub async fn issue_token(
     ))
 }
 
-/// Counts a refused token or order request for the dashboard, under a
-/// promo this instance has loaded: an error before the lookup (shutdown,
-/// a DB outage) would otherwise make counters for any id a caller sends.
+/// Counts a refused token or order request for the dashboard. Every
+/// refusal but "unavailable" comes after the promo's lookup (an unknown
+/// promo and bad input are not counted); "unavailable" may come before it
+/// (shutdown, a DB outage), so it is counted only for a promo this instance
+/// has loaded: counters for any id a caller sends would be made otherwise.
 fn count_refusal(state: &AppState, promo: PromoId, e: &ServiceError) {
-    if state.catalog.knows_promo(promo) {
+    if !matches!(e, ServiceError::Unavailable { .. }) || state.catalog.knows_promo(promo) {
         state.monitor.refused(promo, e.reason());
     }
 }

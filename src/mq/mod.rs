@@ -177,10 +177,10 @@ pub trait MessageBus: Send + Sync {
     ) -> Result<(), MqError>;
     async fn ping(&self) -> Result<(), MqError>;
     /// Leaves the bus, at the end of a graceful shutdown: this process's
-    /// consumers stop and their share of each clustering group goes to
-    /// the group's other members at once (not after the broker's
-    /// heartbeat time-out), its producers unregister (check-backs go to
-    /// another instance). Sends fail afterwards. Call it once nothing
+    /// consumers stop and unregister, so the group's other members take
+    /// their share at their next rebalance (not after the broker's
+    /// heartbeat time-out), and its producers unregister (check-backs go
+    /// to another instance). Sends fail afterwards. Call it once nothing
     /// sends any more; a bounded caller may cut it off.
     async fn shutdown(&self);
 }

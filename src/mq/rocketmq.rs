@@ -406,12 +406,11 @@ impl MessageBus for RocketMqBus {
     }
 
     async fn shutdown(&self) {
-        // Consumers first: each finishes the messages in hand, stores its
-        // offsets and unregisters, so the broker rebalances its queues
-        // onto the group's other members now.
-        for mut c in self.consumers.lock().await.drain(..) {
-            c.shutdown().await;
-        }
+        // Consumers first, all at once: each finishes the messages in hand,
+        // stores its offsets and unregisters; the group's other members
+        // take its queues at their next rebalance.
+        let mut consumers: Vec<_> = self.consumers.lock().await.drain(..).collect();
+        futures::future::join_all(consumers.iter_mut().map(|c| c.shutdown())).await;
         self.tx_producer.write().await.shutdown().await;
         // A handle on the same producer (clones share it).
         self.producer.clone().shutdown().await;

@@ -7,6 +7,7 @@
 //! bound (a client's back-off keeps well under it).
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use governor::{DefaultKeyedRateLimiter, Quota};
 
@@ -14,11 +15,14 @@ use super::{ServiceError, ServiceResult};
 use crate::domain::UserId;
 
 /// Buyers whose pace this instance keeps; past it, the idle ones are
-/// forgotten.
+/// forgotten (looked at once every `PRUNE_EVERY` requests: forgetting
+/// walks them all).
 const REMEMBERED: usize = 100_000;
+const PRUNE_EVERY: u64 = 4096;
 
 pub struct BuyerPace {
     limiter: DefaultKeyedRateLimiter<UserId>,
+    checks: AtomicU64,
 }
 
 impl BuyerPace {
@@ -27,13 +31,19 @@ impl BuyerPace {
         let per_sec = NonZeroU32::new(per_sec).unwrap_or(NonZeroU32::MIN);
         BuyerPace {
             limiter: DefaultKeyedRateLimiter::keyed(Quota::per_second(per_sec)),
+            checks: AtomicU64::new(0),
         }
     }
 
     /// `Ok` when `user` is within their pace (and counts this request).
     pub fn check(&self, user: UserId) -> ServiceResult<()> {
         let allowed = self.limiter.check_key(&user).is_ok();
-        if self.limiter.len() > REMEMBERED {
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(PRUNE_EVERY)
+            && self.limiter.len() > REMEMBERED
+        {
             self.limiter.retain_recent();
         }
         if allowed {

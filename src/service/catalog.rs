@@ -2,6 +2,7 @@
 //! stock warm-up) and a promo's live stats.
 
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +44,9 @@ pub struct CatalogService {
     /// made-up ids costs one DB read per id and TTL, not one per request.
     /// A new promo drops them all (`item_changed`, on every instance).
     missing_promos: Cache<PromoId, ()>,
+    /// Moved by each drop of the promo caches: a look-up that began before
+    /// a promo was created does not record its id as missing after.
+    promo_generation: std::sync::atomic::AtomicU64,
     items: Arc<ItemCache>,
     /// A promo's ledger stock, reused for `item_live_stock_ttl_ms`.
     live_stock: Cache<PromoId, i64>,
@@ -143,6 +147,7 @@ impl CatalogService {
             cx,
             promos,
             missing_promos,
+            promo_generation: Default::default(),
             items,
             live_stock,
             refused_for_strategy: Default::default(),
@@ -244,6 +249,7 @@ impl CatalogService {
         self.items.delete_shared(item_id).await;
         self.items.forget_local(item_id).await;
         self.promos.invalidate_all();
+        self.promo_generation.fetch_add(1, Ordering::AcqRel);
         self.missing_promos.invalidate_all();
         announce(&*self.cx.ports.bus, item_id).await;
         let items = self.items.clone();
@@ -394,13 +400,16 @@ impl CatalogService {
         if self.missing_promos.contains_key(&id) {
             return Err(ServiceError::NotFound("no such promo"));
         }
+        let generation = self.promo_generation.load(Ordering::Acquire);
         let loaded = self
             .promos
             .try_get_with(id, async { self.load_promo(id).await.map(Arc::new) })
             .await
             .map_err(shared_error);
         if let Err(ServiceError::NotFound(_)) = &loaded {
-            self.missing_promos.insert(id, ()).await;
+            if self.promo_generation.load(Ordering::Acquire) == generation {
+                self.missing_promos.insert(id, ()).await;
+            }
         }
         loaded
     }
@@ -696,6 +705,7 @@ impl CatalogService {
         // Promos are few and cached briefly: dropping them all is cheaper
         // than indexing them by item.
         self.promos.invalidate_all();
+        self.promo_generation.fetch_add(1, Ordering::AcqRel);
         self.missing_promos.invalidate_all();
     }
 }

@@ -62,13 +62,16 @@ pub async fn schedule_after(cx: &Context, orders: &[OrderNo], delay: Duration) {
 }
 
 /// [`schedule`] off the caller's path (an order's answer never waits for
-/// the broker): spawned, and nothing to do for no orders.
+/// the broker): a task of the context's background work (a shutdown lets
+/// it send before the bus is left), and nothing to do for no orders.
 pub fn schedule_soon(cx: &Context, orders: Vec<OrderNo>) {
     if orders.is_empty() {
         return;
     }
     let cx = cx.clone();
-    tokio::spawn(async move { schedule(&cx, &orders).await });
+    cx.background
+        .clone()
+        .spawn(async move { schedule(&cx, &orders).await });
 }
 
 /// Cancels an unpaid order and gives its units back. Returns the order as

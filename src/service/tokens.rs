@@ -75,6 +75,14 @@ impl TokenService {
     /// Draws a new captcha for (user, promo) and returns it as PNG; the
     /// previous one for that pair is replaced.
     pub async fn captcha(&self, user: UserId, promo: PromoId) -> ServiceResult<Vec<u8>> {
+        // A place first: a buyer turned away for a busy instance has spent
+        // none of their own allowance. Held by the drawing itself: a
+        // request cut off meanwhile does not free its place before the
+        // core does.
+        let place = self.drawing.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!("seckill_captchas_shed_total").increment(1);
+            ServiceError::RateLimited("too many captchas being drawn; retry shortly")
+        })?;
         // The buyer's limit before the lookup: made-up promo ids cost
         // that buyer's share too.
         if !self
@@ -89,12 +97,6 @@ impl TokenService {
             ));
         }
         self.catalog.promo(promo).await?;
-        // Held by the drawing itself: a request cut off meanwhile does not
-        // free its place before the core does.
-        let place = self.drawing.clone().try_acquire_owned().map_err(|_| {
-            metrics::counter!("seckill_captchas_shed_total").increment(1);
-            ServiceError::RateLimited("too many captchas being drawn; retry shortly")
-        })?;
         let (answer, png) = tokio::task::spawn_blocking(move || {
             let _place = place;
             let mut c = captcha::Captcha::new();
@@ -135,9 +137,9 @@ impl TokenService {
         item_id: ItemId,
         captcha: Option<&str>,
     ) -> ServiceResult<IssuedToken> {
-        // First, and in process: a 429 here costs the buyer no captcha.
-        self.cx.buyer_pace.check(user)?;
         let promo = self.catalog.promo(promo_id).await?;
+        // In process, before the captcha: a 429 here costs the buyer none.
+        self.cx.buyer_pace.check(user)?;
         if promo.item_id != item_id {
             return Err(ServiceError::Invalid(format!(
                 "item {item_id} is not in promo {promo_id}"

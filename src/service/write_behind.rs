@@ -70,7 +70,7 @@ struct Reserved {
     draft: OrderDraft,
     reply: oneshot::Sender<ServiceResult<Order>>,
     hold: DeadlineHold,
-    _admitted: tokio::sync::OwnedSemaphorePermit,
+    admitted: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl WriteBehind {
@@ -223,7 +223,7 @@ impl Worker {
                         draft,
                         reply: p.reply,
                         hold: p.hold,
-                        _admitted: p.admitted,
+                        admitted: p.admitted,
                     })
                     .collect();
                 self.abandon(group, cause).await;
@@ -234,6 +234,10 @@ impl Worker {
 
         let mut reserved = Vec::with_capacity(batch.len());
         let mut refused = Vec::new();
+        // The places of orders not committed, kept until their rows are
+        // rolled back and their reservations given back: a shutdown waiting
+        // for no order left must not end before that.
+        let mut places = Vec::new();
         for ((p, draft), outcome) in batch.into_iter().zip(drafts).zip(outcomes) {
             let answer = match outcome {
                 ReserveOutcome::Reserved { remaining } => {
@@ -244,7 +248,7 @@ impl Worker {
                         draft,
                         reply: p.reply,
                         hold: p.hold,
-                        _admitted: p.admitted,
+                        admitted: p.admitted,
                     });
                     continue;
                 }
@@ -262,6 +266,7 @@ impl Worker {
             };
             let _ = p.reply.send(Err(answer));
             refused.push(draft);
+            places.push(p.admitted);
         }
         // A caller cut off meanwhile (journal and reservation took the rest
         // of its deadline) was answered 503: its order is given back rather
@@ -270,7 +275,10 @@ impl Worker {
         let (reserved, gone): (Vec<Reserved>, Vec<Reserved>) = reserved
             .into_iter()
             .partition(|r| r.hold.hold() && !r.reply.is_closed());
-        refused.extend(gone.into_iter().map(|r| r.draft));
+        for r in gone {
+            refused.push(r.draft);
+            places.push(r.admitted);
+        }
         futures::join!(
             async {
                 if !reserved.is_empty() {
@@ -279,6 +287,7 @@ impl Worker {
             },
             discard(&self.cx, &refused)
         );
+        drop(places);
     }
 
     /// Writes the batch's `init` rows within the local transaction's

@@ -128,6 +128,9 @@ pub struct Reconciler {
 /// mark says (a row written by an instance whose clock was far behind).
 const FULL_LOOK_EVERY: Duration = Duration::from_secs(3600);
 
+/// How far behind a pass's look its mark stays, at least.
+const MARK_MARGIN: Duration = Duration::from_secs(600);
+
 impl Reconciler {
     pub fn new() -> Self {
         Self::default()
@@ -145,11 +148,13 @@ impl Reconciler {
         };
         let (mut report, looked_until) = settle_journal(cx, since, dry_run).await?;
         if let Some(until) = looked_until {
-            // A row is written with its writer's clock, and seen once its
-            // transaction commits: up to the order's bound later, on a
-            // clock a little off. The mark stays that far behind.
+            // A row is stamped with its writer's clock, before its
+            // transaction's waits, and seen once it commits: the mark stays
+            // well behind (ten minutes, or the order's bound and a minute
+            // when longer) for a late commit and a clock a little off; a
+            // clock further off is met by the hourly look over every row.
             let margin = chrono::Duration::from_std(
-                cx.config.order_in_flight_bound() + Duration::from_secs(60),
+                MARK_MARGIN.max(cx.config.order_in_flight_bound() + Duration::from_secs(60)),
             )
             .unwrap_or(chrono::Duration::MAX);
             self.deducted_before = until.checked_sub_signed(margin);

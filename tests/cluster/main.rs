@@ -414,7 +414,23 @@ async fn a_crash_between_half_message_and_local_commit_is_settled_and_the_stock_
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // In its local transaction now: waiting for the held row's lock.
+    loop {
+        let (waiting,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the local transaction never waited for the held row"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let stats_url = format!("{}/api/v1/admin/promos/{promo}/stats", c.front);
     let (_, before) = http_json(&http, reqwest::Method::GET, &stats_url, ADMIN, None).await;
     assert_eq!(

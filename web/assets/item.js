@@ -132,14 +132,41 @@ function tick() {
 
 // ---- captcha dialog -------------------------------------------------------------
 
-// A crowd drawing captchas at the start may be told to retry (429): the
-// image is asked again a few times, backing off, before the buyer is.
-let captchaRetries = 0;
+// A crowd drawing captchas at the start may be told to retry (429, 503):
+// the image is asked again a few times, backing off, before the buyer is.
+// Fetched (not an <img src>) so the page sees why an image did not come.
 const CAPTCHA_BUSY = 'Busy, loading the captcha again…';
+let captchaLoad = 0;
 
-function reloadCaptcha(retry = false) {
-  if (!retry) captchaRetries = 0;
-  cImg.src = `${API}/promos/${encodeURIComponent(S.item.promo.id)}/captcha?t=${Date.now()}`;
+async function reloadCaptcha() {
+  const mine = ++captchaLoad;
+  if (cImg.src.startsWith('blob:')) URL.revokeObjectURL(cImg.src);
+  cImg.removeAttribute('src');
+  const url = `${API}/promos/${encodeURIComponent(S.item.promo.id)}/captcha`;
+  for (let attempt = 0; ; attempt += 1) {
+    let res;
+    try {
+      res = await fetch(url, { credentials: 'same-origin', cache: 'no-store' });
+    } catch {
+      res = null;
+    }
+    if (mine !== captchaLoad) return; // a newer load took over
+    if (res?.ok) {
+      cImg.src = URL.createObjectURL(await res.blob());
+      if (cErr.textContent === CAPTCHA_BUSY) cErr.textContent = '';
+      return;
+    }
+    if (res?.status === 401) return goLogin();
+    const busy = !res || res.status === 429 || res.status === 503;
+    if (!busy || attempt >= 4 || !dialog.open) {
+      const body = res ? await res.json().catch(() => null) : null;
+      cErr.textContent = body?.message || 'The captcha image could not be loaded. Try "Refresh".';
+      return;
+    }
+    cErr.textContent = CAPTCHA_BUSY;
+    await new Promise((r) => setTimeout(r, 400 * 2 ** attempt * (0.5 + Math.random())));
+    if (mine !== captchaLoad) return;
+  }
 }
 
 function openCaptcha(message = '') {
@@ -156,21 +183,6 @@ $('#captcha-refresh').addEventListener('click', (e) => {
   cInput.focus();
 });
 $('#captcha-cancel').addEventListener('click', () => dialog.close());
-cImg.addEventListener('load', () => {
-  captchaRetries = 0;
-  if (cErr.textContent === CAPTCHA_BUSY) cErr.textContent = '';
-});
-cImg.addEventListener('error', async () => {
-  if (captchaRetries < 4) {
-    captchaRetries += 1;
-    cErr.textContent = CAPTCHA_BUSY;
-    const wait = 400 * 2 ** captchaRetries * (0.5 + Math.random());
-    setTimeout(() => { if (dialog.open) reloadCaptcha(true); }, wait);
-    return;
-  }
-  cErr.textContent = 'The captcha image could not be loaded. Try "Refresh".';
-  try { await api('me'); } catch (e) { if (e.status === 401) goLogin(); }
-});
 $('#captcha-form').addEventListener('submit', (e) => {
   e.preventDefault();
   const answer = cInput.value.trim();
