@@ -119,14 +119,8 @@ async fn the_last_unit_sells_once_then_sold_out() {
     let (item, promo) = t.sale(1).await;
     let a = t.user("13600000006").await;
     let b = t.user("13600000007").await;
-    let ta = t.token(&a, promo, item).await.json()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let tb = t.token(&b, promo, item).await.json()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ta = t.token_of(&a, promo, item).await;
+    let tb = t.token_of(&b, promo, item).await;
     assert_eq!(
         t.order(&a, promo, item, &ta).await.status,
         StatusCode::CREATED
@@ -402,14 +396,8 @@ async fn a_full_order_queue_answers_429_without_burning_the_token() {
     let (item, promo) = t.sale(5).await;
     let a = t.user("13600000016").await;
     let b = t.user("13600000017").await;
-    let ta = t.token(&a, promo, item).await.json()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let tb = t.token(&b, promo, item).await.json()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ta = t.token_of(&a, promo, item).await;
+    let tb = t.token_of(&b, promo, item).await;
     // a's order fills the one queue place while the worker lingers for a batch.
     let router = t.router.clone();
     let req = axum::http::Request::post("/api/v1/orders")
@@ -507,14 +495,8 @@ async fn the_shared_order_rate_limit_answers_429_and_the_token_still_buys_after(
     let (item, promo) = t.sale(5).await;
     let a = t.user("13500000101").await;
     let b = t.user("13500000102").await;
-    let ta = t.token(&a, promo, item).await.json()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let tb = t.token(&b, promo, item).await.json()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ta = t.token_of(&a, promo, item).await;
+    let tb = t.token_of(&b, promo, item).await;
     assert_eq!(
         t.order(&a, promo, item, &ta).await.status,
         StatusCode::CREATED

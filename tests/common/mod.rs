@@ -243,6 +243,13 @@ impl TestApp {
         .await
     }
 
+    /// A seckill token of `session`'s (its request must succeed).
+    pub async fn token_of(&self, session: &str, promo: i64, item: i64) -> String {
+        let r = self.token(session, promo, item).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
+        r.json()["token"].as_str().unwrap().to_owned()
+    }
+
     /// Asks a captcha image and reads its answer from the store, playing
     /// the human who reads the picture.
     pub async fn captcha_answer(&self, session: &str, promo: i64) -> String {

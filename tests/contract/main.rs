@@ -613,20 +613,12 @@ async fn the_rocketmq_bus_honours_the_transactional_message_contract() {
         .unwrap()
         .as_millis();
     bus::suite(|checker| {
-        let settings = seckill::mq::rocketmq::RocketMqSettings {
-            namesrv: namesrv.clone(),
-            prefix: format!("contract-{nanos}-"),
-            instance: format!("contract-{}", std::process::id()),
-            listener_deadline: std::time::Duration::from_secs(10),
-            send_timeout_ms: 3_000,
-        };
-        async move {
-            Arc::new(
-                seckill::mq::rocketmq::RocketMqBus::start(settings, checker)
-                    .await
-                    .expect("RocketMQ reachable"),
-            ) as Arc<dyn seckill::mq::MessageBus>
-        }
+        rocketmq_bus(
+            namesrv.clone(),
+            format!("contract-{nanos}-"),
+            format!("contract-{}", std::process::id()),
+            checker,
+        )
     })
     .await;
 }
@@ -643,20 +635,33 @@ async fn a_rocketmq_bus_that_shuts_down_hands_its_queues_to_the_group() {
     let members = std::sync::atomic::AtomicU32::new(0);
     bus::handover_suite(|checker| {
         let member = members.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let settings = seckill::mq::rocketmq::RocketMqSettings {
-            namesrv: namesrv.clone(),
-            prefix: format!("handover-{nanos}-"),
-            instance: format!("handover-{}-{member}", std::process::id()),
-            listener_deadline: std::time::Duration::from_secs(10),
-            send_timeout_ms: 3_000,
-        };
-        async move {
-            Arc::new(
-                seckill::mq::rocketmq::RocketMqBus::start(settings, checker)
-                    .await
-                    .expect("RocketMQ reachable"),
-            ) as Arc<dyn seckill::mq::MessageBus>
-        }
+        rocketmq_bus(
+            namesrv.clone(),
+            format!("handover-{nanos}-"),
+            format!("handover-{}-{member}", std::process::id()),
+            checker,
+        )
     })
     .await;
+}
+
+/// A RocketMQ bus on `namesrv` under `prefix`, as instance `instance`.
+async fn rocketmq_bus(
+    namesrv: String,
+    prefix: String,
+    instance: String,
+    checker: Arc<dyn seckill::mq::TxChecker>,
+) -> Arc<dyn seckill::mq::MessageBus> {
+    let settings = seckill::mq::rocketmq::RocketMqSettings {
+        namesrv,
+        prefix,
+        instance,
+        listener_deadline: std::time::Duration::from_secs(10),
+        send_timeout_ms: 3_000,
+    };
+    Arc::new(
+        seckill::mq::rocketmq::RocketMqBus::start(settings, checker)
+            .await
+            .expect("RocketMQ reachable"),
+    )
 }
