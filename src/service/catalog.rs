@@ -400,18 +400,21 @@ impl CatalogService {
         if self.missing_promos.contains_key(&id) {
             return Err(ServiceError::NotFound("no such promo"));
         }
-        let generation = self.promo_generation.load(Ordering::Acquire);
-        let loaded = self
-            .promos
-            .try_get_with(id, async { self.load_promo(id).await.map(Arc::new) })
+        self.promos
+            .try_get_with(id, async {
+                // Recorded by the one load (callers joining it share its
+                // answer), when no promo was created since it began.
+                let generation = self.promo_generation.load(Ordering::Acquire);
+                let loaded = self.load_promo(id).await;
+                if let Err(ServiceError::NotFound(_)) = &loaded {
+                    if self.promo_generation.load(Ordering::Acquire) == generation {
+                        self.missing_promos.insert(id, ()).await;
+                    }
+                }
+                loaded.map(Arc::new)
+            })
             .await
-            .map_err(shared_error);
-        if let Err(ServiceError::NotFound(_)) = &loaded {
-            if self.promo_generation.load(Ordering::Acquire) == generation {
-                self.missing_promos.insert(id, ()).await;
-            }
-        }
-        loaded
+            .map_err(shared_error)
     }
 
     /// Whether this instance has `id` loaded as a promo now (a sync look,

@@ -75,14 +75,16 @@ impl TokenService {
     /// Draws a new captcha for (user, promo) and returns it as PNG; the
     /// previous one for that pair is replaced.
     pub async fn captcha(&self, user: UserId, promo: PromoId) -> ServiceResult<Vec<u8>> {
-        // A place first: a buyer turned away for a busy instance has spent
-        // none of their own allowance. Held by the drawing itself: a
-        // request cut off meanwhile does not free its place before the
-        // core does.
-        let place = self.drawing.clone().try_acquire_owned().map_err(|_| {
+        let busy = || {
             metrics::counter!("seckill_captchas_shed_total").increment(1);
             ServiceError::RateLimited("too many captchas being drawn; retry shortly")
-        })?;
+        };
+        // A busy instance turns the buyer away first, having spent none of
+        // their own allowance; the place itself is taken only for the
+        // drawing, so a flood one account's limit refuses never holds one.
+        if self.drawing.available_permits() == 0 {
+            return Err(busy());
+        }
         // The buyer's limit before the lookup: made-up promo ids cost
         // that buyer's share too.
         if !self
@@ -97,6 +99,13 @@ impl TokenService {
             ));
         }
         self.catalog.promo(promo).await?;
+        // Held by the drawing itself: a request cut off meanwhile does not
+        // free its place before the core does.
+        let place = self
+            .drawing
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy())?;
         let (answer, png) = tokio::task::spawn_blocking(move || {
             let _place = place;
             let mut c = captcha::Captcha::new();

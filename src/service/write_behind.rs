@@ -392,11 +392,13 @@ impl Worker {
             let failure = failure.lock().take();
             match sent {
                 Ok(TxState::Commit) => {
+                    // Scheduled while the orders still hold their places: a
+                    // shutdown that finds none left finds the task too.
                     let nos: Vec<OrderNo> = group.iter().map(|r| r.draft.order_no.clone()).collect();
+                    payment::schedule_soon(&self.cx, nos);
                     for r in group {
                         let _ = r.reply.send(Ok(r.draft.to_order()));
                     }
-                    payment::schedule_soon(&self.cx, nos);
                 }
                 Ok(TxState::Rollback) if group.len() > 1 && matches!(failure, Some(StoreError::Conflict(_))) => {
                     // One order broke a unique key (e.g. a user's second order
@@ -444,6 +446,9 @@ impl Worker {
         };
         let mut committed = Vec::new();
         let mut rolled_back = Vec::new();
+        // The places of orders answered here, kept until their payment
+        // time-outs are scheduled (below).
+        let mut places = Vec::new();
         for r in group {
             let status = statuses
                 .iter()
@@ -453,6 +458,7 @@ impl Worker {
                 Some(StockLogStatus::Committed) => {
                     committed.push(r.draft.order_no.clone());
                     let _ = r.reply.send(Ok(r.draft.to_order()));
+                    places.push(r.admitted);
                 }
                 Some(StockLogStatus::Init) => {
                     let _ = r.reply.send(Err(ServiceError::unavailable(
@@ -475,6 +481,7 @@ impl Worker {
             let _ = r.reply.send(Err(clone_cause(&cause)));
         }
         payment::schedule_soon(&self.cx, committed);
+        drop(places);
     }
 }
 

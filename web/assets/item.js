@@ -140,32 +140,39 @@ let captchaLoad = 0;
 
 async function reloadCaptcha() {
   const mine = ++captchaLoad;
+  const current = () => mine === captchaLoad && dialog.open;
+  // The old image is no longer the one to solve.
   if (cImg.src.startsWith('blob:')) URL.revokeObjectURL(cImg.src);
   cImg.removeAttribute('src');
   const url = `${API}/promos/${encodeURIComponent(S.item.promo.id)}/captcha`;
   for (let attempt = 0; ; attempt += 1) {
-    let res;
+    let res = null;
+    let blob = null;
     try {
       res = await fetch(url, { credentials: 'same-origin', cache: 'no-store' });
+      if (res.ok) blob = await res.blob();
     } catch {
       res = null;
     }
-    if (mine !== captchaLoad) return; // a newer load took over
-    if (res?.ok) {
-      cImg.src = URL.createObjectURL(await res.blob());
+    // A newer load, or the dialog closed: this one's answer is nobody's.
+    if (!current()) return;
+    if (blob) {
+      cImg.src = URL.createObjectURL(blob);
       if (cErr.textContent === CAPTCHA_BUSY) cErr.textContent = '';
       return;
     }
     if (res?.status === 401) return goLogin();
     const busy = !res || res.status === 429 || res.status === 503;
-    if (!busy || attempt >= 4 || !dialog.open) {
+    if (!busy || attempt >= 4) {
       const body = res ? await res.json().catch(() => null) : null;
+      if (!current()) return;
       cErr.textContent = body?.message || 'The captcha image could not be loaded. Try "Refresh".';
       return;
     }
-    cErr.textContent = CAPTCHA_BUSY;
+    // The reason the buyer is back in the dialog, if any, stays shown.
+    if (!cErr.textContent) cErr.textContent = CAPTCHA_BUSY;
     await new Promise((r) => setTimeout(r, 400 * 2 ** attempt * (0.5 + Math.random())));
-    if (mine !== captchaLoad) return;
+    if (!current()) return;
   }
 }
 
