@@ -369,6 +369,56 @@ async fn a_crash_between_half_message_and_local_commit_is_settled_and_the_stock_
     )
     .await;
     let session = session["token"].as_str().unwrap().to_owned();
+
+    // The victim's first order, of another sale, bought the way a client
+    // does (retrying 503): its transactional producer has then sent a
+    // message, so the crash below meets its local transaction, not a
+    // first send still finding its way to the broker.
+    let (_, warm_item) = post(
+        format!("{}/api/v1/admin/items", c.front),
+        json!({"title": "warm-up", "price_cents": 100, "stock": 1}),
+    )
+    .await;
+    let warm_item = warm_item["id"].as_i64().unwrap();
+    let (_, warm) = post(
+        format!("{}/api/v1/admin/promos", c.front),
+        json!({"item_id": warm_item, "name": "warm-up", "price_cents": 50, "start_at": (now - chrono::Duration::seconds(1)).to_rfc3339(), "end_at": (now + chrono::Duration::hours(1)).to_rfc3339()}),
+    )
+    .await;
+    let warm = warm["id"].as_i64().unwrap();
+    post(
+        format!("{}/api/v1/admin/promos/{warm}/publish", c.front),
+        json!({}),
+    )
+    .await;
+    let mut bought = false;
+    for _ in 0..40 {
+        let (_, t) = http_json(
+            &http,
+            reqwest::Method::POST,
+            &format!("{victim}/api/v1/promos/{warm}/tokens"),
+            &session,
+            Some(json!({"item_id": warm_item})),
+        )
+        .await;
+        if let Some(t) = t["token"].as_str() {
+            let (status, _) = http_json(
+                &http,
+                reqwest::Method::POST,
+                &format!("{victim}/api/v1/orders"),
+                &session,
+                Some(json!({"promo_id": warm, "item_id": warm_item, "amount": 1, "token": t})),
+            )
+            .await;
+            if status == 201 {
+                bought = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(bought, "the victim's warm-up order never went through");
+
     let (_, token) = http_json(
         &http,
         reqwest::Method::POST,
@@ -425,6 +475,11 @@ async fn a_crash_between_half_message_and_local_commit_is_settled_and_the_stock_
         if waiting > 0 {
             break;
         }
+        assert!(
+            !order.is_finished(),
+            "the order was answered before its local transaction waited for the held row: {:?}",
+            order.await.unwrap().map(|r| r.status())
+        );
         assert!(
             Instant::now() < deadline,
             "the local transaction never waited for the held row"
