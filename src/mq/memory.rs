@@ -126,11 +126,17 @@ impl MemoryBus {
             .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// Why a send is refused now, if it is.
-    fn refusal(&self) -> Result<(), MqError> {
+    /// Refused once the bus is shut down.
+    fn open(&self) -> Result<(), MqError> {
         if self.inner.closed.load(Ordering::Relaxed) {
             return Err(MqError("in-process bus shut down".into()));
         }
+        Ok(())
+    }
+
+    /// Why a send is refused now, if it is.
+    fn refusal(&self) -> Result<(), MqError> {
+        self.open()?;
         if self.inner.refuse_sends.load(Ordering::Relaxed) {
             return Err(MqError(
                 "in-process bus refusing sends (fault injection)".into(),
@@ -264,9 +270,7 @@ impl MessageBus for MemoryBus {
         _delivery: Delivery,
         handler: Arc<dyn MessageHandler>,
     ) -> Result<(), MqError> {
-        if self.inner.closed.load(Ordering::Relaxed) {
-            return Err(MqError("in-process bus shut down".into()));
-        }
+        self.open()?;
         // One process: each subscription is its group's only consumer, so
         // clustering and broadcast deliver alike.
         let (tx, mut rx) = mpsc::unbounded_channel::<Event>();

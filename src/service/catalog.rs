@@ -128,20 +128,9 @@ impl CatalogService {
     }
 
     pub fn new(cx: Context) -> Self {
-        let promos = Cache::builder()
-            .max_capacity(10_000)
-            .time_to_live(Duration::from_millis(cx.config.promo_cache_ttl_ms.max(1)))
-            .build();
-        let missing_promos = Cache::builder()
-            .max_capacity(10_000)
-            .time_to_live(Duration::from_millis(cx.config.promo_cache_ttl_ms.max(1)))
-            .build();
-        let live_stock = Cache::builder()
-            .max_capacity(10_000)
-            .time_to_live(Duration::from_millis(
-                cx.config.item_live_stock_ttl_ms.max(1),
-            ))
-            .build();
+        let promos = per_promo(cx.config.promo_cache_ttl_ms);
+        let missing_promos = per_promo(cx.config.promo_cache_ttl_ms);
+        let live_stock = per_promo(cx.config.item_live_stock_ttl_ms);
         let items = Arc::new(ItemCache::new(cx.clone()));
         CatalogService {
             cx,
@@ -248,9 +237,7 @@ impl CatalogService {
     async fn item_changed(&self, item_id: ItemId) {
         self.items.delete_shared(item_id).await;
         self.items.forget_local(item_id).await;
-        self.promos.invalidate_all();
-        self.promo_generation.fetch_add(1, Ordering::AcqRel);
-        self.missing_promos.invalidate_all();
+        self.forget_promos();
         announce(&*self.cx.ports.bus, item_id).await;
         let items = self.items.clone();
         let cx = self.cx.clone();
@@ -415,6 +402,13 @@ impl CatalogService {
             })
             .await
             .map_err(shared_error)
+    }
+
+    /// Drops every cached promo, and every id recorded as no promo.
+    fn forget_promos(&self) {
+        self.promos.invalidate_all();
+        self.promo_generation.fetch_add(1, Ordering::AcqRel);
+        self.missing_promos.invalidate_all();
     }
 
     /// Whether this instance has `id` loaded as a promo now (a sync look,
@@ -707,10 +701,16 @@ impl CatalogService {
         self.items.forget_local(item).await;
         // Promos are few and cached briefly: dropping them all is cheaper
         // than indexing them by item.
-        self.promos.invalidate_all();
-        self.promo_generation.fetch_add(1, Ordering::AcqRel);
-        self.missing_promos.invalidate_all();
+        self.forget_promos();
     }
+}
+
+/// A cache keyed by promo, entries kept `ttl_ms`.
+fn per_promo<V: Clone + Send + Sync + 'static>(ttl_ms: u64) -> Cache<PromoId, V> {
+    Cache::builder()
+        .max_capacity(10_000)
+        .time_to_live(Duration::from_millis(ttl_ms.max(1)))
+        .build()
 }
 
 /// Broadcasts an item change (every instance drops its cached copies).

@@ -333,24 +333,33 @@ async fn a_crash_between_half_message_and_local_commit_is_settled_and_the_stock_
         let http = http.clone();
         async move { http_json(&http, reqwest::Method::POST, &url, ADMIN, Some(body)).await }
     };
-    let (_, item) = post(
-        format!("{}/api/v1/admin/items", c.front),
-        json!({"title": "crash", "price_cents": 100, "stock": 5}),
-    )
-    .await;
-    let item = item["id"].as_i64().unwrap();
     let now = chrono::Utc::now();
-    let (_, promo) = post(
-        format!("{}/api/v1/admin/promos", c.front),
-        json!({"item_id": item, "name": "crash", "price_cents": 50, "start_at": (now - chrono::Duration::seconds(1)).to_rfc3339(), "end_at": (now + chrono::Duration::hours(1)).to_rfc3339()}),
-    )
-    .await;
-    let promo = promo["id"].as_i64().unwrap();
-    post(
-        format!("{}/api/v1/admin/promos/{promo}/publish", c.front),
-        json!({}),
-    )
-    .await;
+    // An item of `stock` units on sale from a second ago, published.
+    let open_sale = |title: &'static str, stock: i64| {
+        let post = &post;
+        let front = c.front.clone();
+        async move {
+            let (_, item) = post(
+                format!("{front}/api/v1/admin/items"),
+                json!({"title": title, "price_cents": 100, "stock": stock}),
+            )
+            .await;
+            let item = item["id"].as_i64().unwrap();
+            let (_, promo) = post(
+                format!("{front}/api/v1/admin/promos"),
+                json!({"item_id": item, "name": title, "price_cents": 50, "start_at": (now - chrono::Duration::seconds(1)).to_rfc3339(), "end_at": (now + chrono::Duration::hours(1)).to_rfc3339()}),
+            )
+            .await;
+            let promo = promo["id"].as_i64().unwrap();
+            post(
+                format!("{front}/api/v1/admin/promos/{promo}/publish"),
+                json!({}),
+            )
+            .await;
+            (item, promo)
+        }
+    };
+    let (item, promo) = open_sale("crash", 5).await;
     let phone = format!("177{:08}", now.timestamp_millis() % 100_000_000);
     post(
         format!("{}/api/v1/admin/users", c.front),
@@ -374,23 +383,7 @@ async fn a_crash_between_half_message_and_local_commit_is_settled_and_the_stock_
     // does (retrying 503): its transactional producer has then sent a
     // message, so the crash below meets its local transaction, not a
     // first send still finding its way to the broker.
-    let (_, warm_item) = post(
-        format!("{}/api/v1/admin/items", c.front),
-        json!({"title": "warm-up", "price_cents": 100, "stock": 1}),
-    )
-    .await;
-    let warm_item = warm_item["id"].as_i64().unwrap();
-    let (_, warm) = post(
-        format!("{}/api/v1/admin/promos", c.front),
-        json!({"item_id": warm_item, "name": "warm-up", "price_cents": 50, "start_at": (now - chrono::Duration::seconds(1)).to_rfc3339(), "end_at": (now + chrono::Duration::hours(1)).to_rfc3339()}),
-    )
-    .await;
-    let warm = warm["id"].as_i64().unwrap();
-    post(
-        format!("{}/api/v1/admin/promos/{warm}/publish", c.front),
-        json!({}),
-    )
-    .await;
+    let (warm_item, warm) = open_sale("warm-up", 1).await;
     let mut bought = false;
     for _ in 0..40 {
         let (_, t) = http_json(
