@@ -174,6 +174,10 @@ pub fn main() -> anyhow::Result<()> {
                 // It makes no order ids: any free node id, never a
                 // configured one a live instance holds (or would take back).
                 config.node_id = None;
+                // An embedded instance's ledger is in its own memory: a
+                // pass from here would give its units back to a ledger of
+                // this process's (the instance runs one of its own).
+                let _data_lock = crate::process_lock::claim(&config)?;
                 let app = crate::app::build(config).await?;
                 let reconciled = async {
                     let mut reconciler = crate::worker::reconciler::Reconciler::new();

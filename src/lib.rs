@@ -18,6 +18,7 @@ pub mod drill;
 pub mod http;
 pub mod memory;
 pub mod mq;
+pub mod process_lock;
 pub mod server;
 pub mod service;
 pub mod store;

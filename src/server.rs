@@ -21,6 +21,8 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     let listener = listen(addr, config.http_backlog).with_context(|| {
         format!("cannot listen on {addr} (set SECKILL_HTTP_ADDR or --addr to another port)")
     })?;
+    // One embedded process per data file, before anything is opened.
+    let _data_lock = crate::process_lock::claim(&config)?;
     let app = crate::app::build(config).await?;
     let served = serve_app(&app, listener, demo, addr).await;
     // On every way out: the node id (a configured id's restart takes it at

@@ -8,4 +8,5 @@ mod admin;
 mod cache;
 mod errors;
 mod orders;
+mod process;
 mod users;
