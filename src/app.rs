@@ -118,6 +118,7 @@ pub async fn open_store(config: &Config, tasks: &TaskTracker) -> anyhow::Result<
         max_connections,
         acquire_timeout: Duration::from_millis(config.database_acquire_timeout_ms),
         lock_wait: Duration::from_millis(lock_wait_ms),
+        deadlock_retries: config.database_deadlock_retries,
     };
     match config.database()? {
         DatabaseBackend::Sqlite(url) => {

@@ -36,6 +36,10 @@ pub struct Config {
     /// The longest wait for a pooled database connection (MySQL and
     /// SQLite); past it the call fails with 503 and writes nothing.
     pub database_acquire_timeout_ms: u64,
+    /// How many times a write transaction the database picked as a
+    /// deadlock's victim (MySQL's 1213: rolled back whole) is run again
+    /// before its caller gets 503.
+    pub database_deadlock_retries: u32,
     /// The SQLite reading pool's size (writes have one connection of their
     /// own: SQLite takes one writer at a time; WAL readers beyond the cores
     /// buy nothing, and each connection holds its page cache and prepared
@@ -335,6 +339,7 @@ impl Default for Config {
             database_url: "sqlite://data/seckill.db".into(),
             database_max_connections: 16,
             database_acquire_timeout_ms: 5_000,
+            database_deadlock_retries: 3,
             sqlite_max_connections: 4,
             sqlite_cache_kib: 512,
             sqlite_busy_timeout_ms: 10_000,
@@ -728,6 +733,13 @@ impl Config {
                 )));
             }
         }
+        if self.database_deadlock_retries > 20 {
+            return Err(ConfigError(
+                "SECKILL_DATABASE_DEADLOCK_RETRIES must be at most 20 (a deadlock that comes back \
+                 twenty times is not a race: the writes lock rows in opposite orders)"
+                    .into(),
+            ));
+        }
         if self.sqlite_max_connections == 0 || self.sqlite_cache_kib < 64 {
             return Err(ConfigError(
                 "SECKILL_SQLITE_MAX_CONNECTIONS must be ≥ 1 and SECKILL_SQLITE_CACHE_KIB ≥ 64"
@@ -1070,6 +1082,10 @@ mod tests {
             },
             Config {
                 database_acquire_timeout_ms: 3_600_001,
+                ..Config::default()
+            },
+            Config {
+                database_deadlock_retries: 21,
                 ..Config::default()
             },
             Config {

@@ -65,6 +65,9 @@ pub struct PoolLimits {
     /// that has read into a writer, so the ones that read first take the
     /// write lock as they begin (`BEGIN IMMEDIATE`).
     pub lock_wait: std::time::Duration,
+    /// How many times a write transaction picked as a deadlock's victim is
+    /// run again (`sql::retry_deadlocks`).
+    pub deadlock_retries: u32,
 }
 
 /// Users and their credentials.

@@ -8,8 +8,8 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlQueryResult, MySql
 use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row};
 
 use super::sql::{
-    build_once, commit_error, map_lock_wait, map_unique, sql_store, DEDUCT_STOCK, ITEM_COLUMNS,
-    ORDER_COLUMNS, PROMO_COLUMNS, UNSETTLED_UNITS_OF_ITEM,
+    build_once, commit_error, map_lock_wait, map_unique, retry_deadlocks, sql_store, DEDUCT_STOCK,
+    ITEM_COLUMNS, ORDER_COLUMNS, PROMO_COLUMNS, UNSETTLED_UNITS_OF_ITEM,
 };
 use super::*;
 
@@ -19,6 +19,7 @@ use super::*;
 pub struct MysqlStore {
     pool: MySqlPool,
     writer: MySqlPool,
+    deadlock_retries: u32,
 }
 
 impl MysqlStore {
@@ -57,6 +58,7 @@ impl MysqlStore {
         Ok(MysqlStore {
             writer: pool.clone(),
             pool,
+            deadlock_retries: limits.deadlock_retries,
         })
     }
 

@@ -70,6 +70,51 @@ pub(crate) fn map_lock_wait(e: sqlx::Error) -> StoreError {
     StoreError::Db(e)
 }
 
+/// Whether the database chose this transaction as a deadlock's victim
+/// (MySQL's error 1213): it was rolled back whole, nothing of it written,
+/// and running it again is the answer (the other transaction holds on).
+pub(crate) fn is_deadlock(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|m| m.number() == 1213),
+        _ => false,
+    }
+}
+
+/// Runs a write transaction, and again — up to `retries` times, a few
+/// milliseconds apart — while the database picks it as a deadlock's
+/// victim. Two transactions locking the same rows in opposite orders (the
+/// store locks its rows in id order; another program on the database, a
+/// unique index's gap locks, need not) otherwise fail a buyer's order or a
+/// batch of them over a wait that the retry no longer meets.
+pub(crate) async fn retry_deadlocks<T, F>(
+    retries: u32,
+    what: &'static str,
+    mut run: impl FnMut() -> F,
+) -> Result<T, StoreError>
+where
+    F: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut retried = 0;
+    loop {
+        match run().await {
+            Err(StoreError::Db(e)) if retried < retries && is_deadlock(&e) => {
+                retried += 1;
+                metrics::counter!("seckill_db_deadlock_retries_total", "write" => what)
+                    .increment(1);
+                tracing::warn!(
+                    write = what,
+                    retried,
+                    "deadlock victim, rolled back; running it again"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(u64::from(retried) * 5)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A COMMIT's error: the connection lost (an I/O error, a broken packet)
 /// leaves its outcome unknown — the server may have committed before the
 /// answer was lost; any other error is the database refusing it.
@@ -260,25 +305,28 @@ impl UserStore for $store {
     }
 
     async fn create_users(&self, users: &[NewUser]) -> StoreResult<u64> {
-        let now = Utc::now();
-        let mut tx = self.writer.begin().await?;
-        let mut created = 0;
-        for chunk in users.chunks(500) {
-            let mut qb = QueryBuilder::<$db>::new(
-                concat!($insert_ignore, " INTO user (phone, name, gender, age, password_hash, created_at) "),
-            );
-            qb.push_values(chunk, |mut b, u| {
-                b.push_bind(u.phone.as_str())
-                    .push_bind(&u.name)
-                    .push_bind(&u.gender)
-                    .push_bind(u.age)
-                    .push_bind(&u.password_hash)
-                    .push_bind(now);
-            });
-            created += build_once(&mut qb).execute(&mut *tx).await?.rows_affected();
-        }
-        tx.commit().await?;
-        Ok(created)
+        retry_deadlocks(self.deadlock_retries, "create_users", || async move {
+            let now = Utc::now();
+            let mut tx = self.writer.begin().await?;
+            let mut created = 0;
+            for chunk in users.chunks(500) {
+                let mut qb = QueryBuilder::<$db>::new(
+                    concat!($insert_ignore, " INTO user (phone, name, gender, age, password_hash, created_at) "),
+                );
+                qb.push_values(chunk, |mut b, u| {
+                    b.push_bind(u.phone.as_str())
+                        .push_bind(&u.name)
+                        .push_bind(&u.gender)
+                        .push_bind(u.age)
+                        .push_bind(&u.password_hash)
+                        .push_bind(now);
+                });
+                created += build_once(&mut qb).execute(&mut *tx).await?.rows_affected();
+            }
+            tx.commit().await?;
+            Ok(created)
+        })
+        .await
     }
 
     async fn user_by_phone(&self, phone: &str) -> StoreResult<Option<User>> {
@@ -305,55 +353,61 @@ impl UserStore for $store {
 #[async_trait]
 impl CatalogStore for $store {
     async fn create_item(&self, it: &NewItem) -> StoreResult<Item> {
-        let now = Utc::now();
-        let mut tx = self.writer.begin().await?;
-        let res = sqlx::query(
-            "INSERT INTO item (title, price_cents, description, image_url, sales, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, 0, ?, ?)",
-        )
-        .bind(it.title.trim())
-        .bind(it.price_cents)
-        .bind(&it.description)
-        .bind(&it.image_url)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let id = $last_id(&res);
-        sqlx::query("INSERT INTO item_stock (item_id, stock, version) VALUES (?, ?, 0)")
-            .bind(id)
-            .bind(it.stock)
+        retry_deadlocks(self.deadlock_retries, "create_item", || async move {
+            let now = Utc::now();
+            let mut tx = self.writer.begin().await?;
+            let res = sqlx::query(
+                "INSERT INTO item (title, price_cents, description, image_url, sales, created_at, updated_at) \
+                 VALUES (?, ?, ?, ?, 0, ?, ?)",
+            )
+            .bind(it.title.trim())
+            .bind(it.price_cents)
+            .bind(&it.description)
+            .bind(&it.image_url)
+            .bind(now)
+            .bind(now)
             .execute(&mut *tx)
             .await?;
-        // Read back before the commit: a failed read must not answer 503
-        // for an item that exists.
-        let item = item_on(&mut *tx, ItemId(id)).await?.ok_or(StoreError::NotFound)?;
-        tx.commit().await?;
-        Ok(item)
+            let id = $last_id(&res);
+            sqlx::query("INSERT INTO item_stock (item_id, stock, version) VALUES (?, ?, 0)")
+                .bind(id)
+                .bind(it.stock)
+                .execute(&mut *tx)
+                .await?;
+            // Read back before the commit: a failed read must not answer 503
+            // for an item that exists.
+            let item = item_on(&mut *tx, ItemId(id)).await?.ok_or(StoreError::NotFound)?;
+            tx.commit().await?;
+            Ok(item)
+        })
+        .await
     }
 
     async fn update_item(&self, id: ItemId, p: &ItemPatch) -> StoreResult<Item> {
-        let mut tx = self.writer.begin().await?;
-        let res = sqlx::query(
-            "UPDATE item SET title = COALESCE(?, title), price_cents = COALESCE(?, price_cents), \
-             description = COALESCE(?, description), image_url = COALESCE(?, image_url), \
-             updated_at = ? WHERE id = ?",
-        )
-        .bind(p.title.as_deref().map(str::trim))
-        .bind(p.price_cents)
-        .bind(&p.description)
-        .bind(&p.image_url)
-        .bind(Utc::now())
-        .bind(id.0)
-        .execute(&mut *tx)
-        .await?;
-        if res.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        // Read back in the transaction: a 503 means nothing was written.
-        let item = item_on(&mut *tx, id).await?.ok_or(StoreError::NotFound)?;
-        tx.commit().await?;
-        Ok(item)
+        retry_deadlocks(self.deadlock_retries, "update_item", || async move {
+            let mut tx = self.writer.begin().await?;
+            let res = sqlx::query(
+                "UPDATE item SET title = COALESCE(?, title), price_cents = COALESCE(?, price_cents), \
+                 description = COALESCE(?, description), image_url = COALESCE(?, image_url), \
+                 updated_at = ? WHERE id = ?",
+            )
+            .bind(p.title.as_deref().map(str::trim))
+            .bind(p.price_cents)
+            .bind(&p.description)
+            .bind(&p.image_url)
+            .bind(Utc::now())
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+            if res.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+            // Read back in the transaction: a 503 means nothing was written.
+            let item = item_on(&mut *tx, id).await?.ok_or(StoreError::NotFound)?;
+            tx.commit().await?;
+            Ok(item)
+        })
+        .await
     }
 
     async fn item(&self, id: ItemId) -> StoreResult<Option<Item>> {
@@ -374,25 +428,28 @@ impl CatalogStore for $store {
     }
 
     async fn create_promo(&self, p: &NewPromo) -> StoreResult<Promo> {
-        let mut tx = self.writer.begin().await?;
-        let res = sqlx::query(
-            "INSERT INTO promo (item_id, name, price_cents, start_at, end_at, published, created_at) \
-             VALUES (?, ?, ?, ?, ?, 0, ?)",
-        )
-        .bind(p.item_id.0)
-        .bind(p.name.trim())
-        .bind(p.price_cents)
-        .bind(p.start_at)
-        .bind(p.end_at)
-        .bind(Utc::now())
-        .execute(&mut *tx)
-        .await?;
-        // Read back in the transaction: a 503 means nothing was written.
-        let promo = promo_on(&mut *tx, PromoId($last_id(&res)))
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        tx.commit().await?;
-        Ok(promo)
+        retry_deadlocks(self.deadlock_retries, "create_promo", || async move {
+            let mut tx = self.writer.begin().await?;
+            let res = sqlx::query(
+                "INSERT INTO promo (item_id, name, price_cents, start_at, end_at, published, created_at) \
+                 VALUES (?, ?, ?, ?, ?, 0, ?)",
+            )
+            .bind(p.item_id.0)
+            .bind(p.name.trim())
+            .bind(p.price_cents)
+            .bind(p.start_at)
+            .bind(p.end_at)
+            .bind(Utc::now())
+            .execute(&mut *tx)
+            .await?;
+            // Read back in the transaction: a 503 means nothing was written.
+            let promo = promo_on(&mut *tx, PromoId($last_id(&res)))
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            tx.commit().await?;
+            Ok(promo)
+        })
+        .await
     }
 
     async fn promo(&self, id: PromoId) -> StoreResult<Option<Promo>> {
@@ -474,85 +531,91 @@ impl CatalogStore for $store {
 #[async_trait]
 impl OrderStore for $store {
     async fn insert_stock_logs(&self, drafts: &[OrderDraft]) -> StoreResult<()> {
-        if drafts.is_empty() {
-            return Ok(());
-        }
-        let now = Utc::now();
-        let mut tx = self.writer.begin().await?;
-        for chunk in drafts.chunks(100) {
-            let mut qb = QueryBuilder::<$db>::new(
-                "INSERT INTO stock_log (id, item_id, promo_id, user_id, amount, status, created_at, updated_at) ",
-            );
-            qb.push_values(chunk, |mut b, d| {
-                b.push_bind(d.stock_log_id.0)
-                    .push_bind(d.item_id.0)
-                    .push_bind(d.promo_id.0)
-                    .push_bind(d.user_id.0)
-                    .push_bind(d.amount)
-                    .push_bind("init")
-                    .push_bind(now)
-                    .push_bind(now);
-            });
-            build_once(&mut qb).execute(&mut *tx).await.map_err(map_unique)?;
-        }
-        tx.commit().await?;
-        Ok(())
+        retry_deadlocks(self.deadlock_retries, "insert_stock_logs", || async move {
+            if drafts.is_empty() {
+                return Ok(());
+            }
+            let now = Utc::now();
+            let mut tx = self.writer.begin().await?;
+            for chunk in drafts.chunks(100) {
+                let mut qb = QueryBuilder::<$db>::new(
+                    "INSERT INTO stock_log (id, item_id, promo_id, user_id, amount, status, created_at, updated_at) ",
+                );
+                qb.push_values(chunk, |mut b, d| {
+                    b.push_bind(d.stock_log_id.0)
+                        .push_bind(d.item_id.0)
+                        .push_bind(d.promo_id.0)
+                        .push_bind(d.user_id.0)
+                        .push_bind(d.amount)
+                        .push_bind("init")
+                        .push_bind(now)
+                        .push_bind(now);
+                });
+                build_once(&mut qb).execute(&mut *tx).await.map_err(map_unique)?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn commit_orders(&self, drafts: &[OrderDraft]) -> StoreResult<()> {
-        if drafts.is_empty() {
-            return Ok(());
-        }
-        let now = Utc::now();
-        let mut tx = self.writer.begin().await?;
-        for chunk in drafts.chunks(100) {
-            let ids: Vec<StockLogId> = chunk.iter().map(|d| d.stock_log_id).collect();
-            let mut qb = QueryBuilder::<$db>::new(
-                "UPDATE stock_log SET status = 'committed', updated_at = ",
-            );
-            qb.push_bind(now).push(" WHERE status = 'init' AND id IN ");
-            push_ids(&mut qb, &ids);
-            let flipped = build_once(&mut qb).execute(&mut *tx).await?.rows_affected();
-            if flipped != chunk.len() as u64 {
-                // Some reservation was already settled (rolled back by a
-                // reconciler or a timed-out caller): commit none of them.
-                return Err(StoreError::Conflict("stock_log"));
+        retry_deadlocks(self.deadlock_retries, "commit_orders", || async move {
+            if drafts.is_empty() {
+                return Ok(());
             }
-            let mut qb = QueryBuilder::<$db>::new(
-                "INSERT INTO order_info (order_no, stock_log_id, user_id, item_id, promo_id, amount, \
-                 unit_price_cents, total_cents, status, created_at, updated_at) ",
-            );
-            qb.push_values(chunk, |mut b, d| {
-                b.push_bind(d.order_no.as_str())
-                    .push_bind(d.stock_log_id.0)
-                    .push_bind(d.user_id.0)
-                    .push_bind(d.item_id.0)
-                    .push_bind(d.promo_id.0)
-                    .push_bind(d.amount)
-                    .push_bind(d.unit_price_cents)
-                    .push_bind(d.total_cents())
-                    .push_bind("pending_payment")
-                    .push_bind(d.created_at)
-                    .push_bind(now);
-            });
-            build_once(&mut qb).execute(&mut *tx).await.map_err(map_unique)?;
-        }
-        // In item order, as every transaction locking several item rows
-        // does: two batches of the same items (two sales at once, several
-        // workers) then wait for each other instead of deadlocking.
-        let mut sales = std::collections::BTreeMap::<i64, i64>::new();
-        for d in drafts {
-            *sales.entry(d.item_id.0).or_default() += d.amount;
-        }
-        for (item, n) in sales {
-            sqlx::query("UPDATE item SET sales = sales + ? WHERE id = ?")
-                .bind(n)
-                .bind(item)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+            let now = Utc::now();
+            let mut tx = self.writer.begin().await?;
+            for chunk in drafts.chunks(100) {
+                let ids: Vec<StockLogId> = chunk.iter().map(|d| d.stock_log_id).collect();
+                let mut qb = QueryBuilder::<$db>::new(
+                    "UPDATE stock_log SET status = 'committed', updated_at = ",
+                );
+                qb.push_bind(now).push(" WHERE status = 'init' AND id IN ");
+                push_ids(&mut qb, &ids);
+                let flipped = build_once(&mut qb).execute(&mut *tx).await?.rows_affected();
+                if flipped != chunk.len() as u64 {
+                    // Some reservation was already settled (rolled back by a
+                    // reconciler or a timed-out caller): commit none of them.
+                    return Err(StoreError::Conflict("stock_log"));
+                }
+                let mut qb = QueryBuilder::<$db>::new(
+                    "INSERT INTO order_info (order_no, stock_log_id, user_id, item_id, promo_id, amount, \
+                     unit_price_cents, total_cents, status, created_at, updated_at) ",
+                );
+                qb.push_values(chunk, |mut b, d| {
+                    b.push_bind(d.order_no.as_str())
+                        .push_bind(d.stock_log_id.0)
+                        .push_bind(d.user_id.0)
+                        .push_bind(d.item_id.0)
+                        .push_bind(d.promo_id.0)
+                        .push_bind(d.amount)
+                        .push_bind(d.unit_price_cents)
+                        .push_bind(d.total_cents())
+                        .push_bind("pending_payment")
+                        .push_bind(d.created_at)
+                        .push_bind(now);
+                });
+                build_once(&mut qb).execute(&mut *tx).await.map_err(map_unique)?;
+            }
+            // In item order, as every transaction locking several item rows
+            // does: two batches of the same items (two sales at once, several
+            // workers) then wait for each other instead of deadlocking.
+            let mut sales = std::collections::BTreeMap::<i64, i64>::new();
+            for d in drafts {
+                *sales.entry(d.item_id.0).or_default() += d.amount;
+            }
+            for (item, n) in sales {
+                sqlx::query("UPDATE item SET sales = sales + ? WHERE id = ?")
+                    .bind(n)
+                    .bind(item)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn roll_back_stock_logs(
@@ -763,92 +826,95 @@ impl OrderStore for $store {
     /// in id order, so two consumers never wait on each other's rows in
     /// opposite orders.
     async fn apply_deductions(&self, entries: &[Deduction]) -> StoreResult<DeductionReport> {
-        let mut report = DeductionReport::default();
-        if entries.is_empty() {
-            return Ok(report);
-        }
-        let now = Utc::now();
-        // Reads, then writes: the write lock first (SQLite would not wait
-        // for it after the reads).
-        let mut tx = self.writer.begin_with($begin_write).await?;
-        let mut committed = std::collections::HashSet::new();
-        let mut done = std::collections::HashSet::new();
-        for chunk in entries.chunks(500) {
-            let ids: Vec<StockLogId> = chunk.iter().map(|e| e.stock_log_id).collect();
-            let mut qb = QueryBuilder::<$db>::new("SELECT id FROM stock_log WHERE status = 'committed' AND id IN ");
-            push_ids(&mut qb, &ids);
-            for r in build_once(&mut qb).fetch_all(&mut *tx).await? {
-                committed.insert(r.try_get::<i64, _>(0)?);
+        retry_deadlocks(self.deadlock_retries, "apply_deductions", || async move {
+            let mut report = DeductionReport::default();
+            if entries.is_empty() {
+                return Ok(report);
             }
-            let mut qb = QueryBuilder::<$db>::new("SELECT stock_log_id FROM stock_deduction WHERE stock_log_id IN ");
-            push_ids(&mut qb, &ids);
-            for r in build_once(&mut qb).fetch_all(&mut *tx).await? {
-                done.insert(r.try_get::<i64, _>(0)?);
+            let now = Utc::now();
+            // Reads, then writes: the write lock first (SQLite would not wait
+            // for it after the reads).
+            let mut tx = self.writer.begin_with($begin_write).await?;
+            let mut committed = std::collections::HashSet::new();
+            let mut done = std::collections::HashSet::new();
+            for chunk in entries.chunks(500) {
+                let ids: Vec<StockLogId> = chunk.iter().map(|e| e.stock_log_id).collect();
+                let mut qb = QueryBuilder::<$db>::new("SELECT id FROM stock_log WHERE status = 'committed' AND id IN ");
+                push_ids(&mut qb, &ids);
+                for r in build_once(&mut qb).fetch_all(&mut *tx).await? {
+                    committed.insert(r.try_get::<i64, _>(0)?);
+                }
+                let mut qb = QueryBuilder::<$db>::new("SELECT stock_log_id FROM stock_deduction WHERE stock_log_id IN ");
+                push_ids(&mut qb, &ids);
+                for r in build_once(&mut qb).fetch_all(&mut *tx).await? {
+                    done.insert(r.try_get::<i64, _>(0)?);
+                }
             }
-        }
-        // Per item, in id order: the entries to deduct now.
-        let mut by_item: std::collections::BTreeMap<i64, Vec<&Deduction>> = Default::default();
-        for e in entries {
-            if !committed.contains(&e.stock_log_id.0) {
-                report.skipped += 1;
-            } else if !done.insert(e.stock_log_id.0) {
-                // Deducted before, or twice in this message.
-                report.duplicates += 1;
-            } else {
-                by_item.entry(e.item_id.0).or_default().push(e);
+            // Per item, in id order: the entries to deduct now.
+            let mut by_item: std::collections::BTreeMap<i64, Vec<&Deduction>> = Default::default();
+            for e in entries {
+                if !committed.contains(&e.stock_log_id.0) {
+                    report.skipped += 1;
+                } else if !done.insert(e.stock_log_id.0) {
+                    // Deducted before, or twice in this message.
+                    report.duplicates += 1;
+                } else {
+                    by_item.entry(e.item_id.0).or_default().push(e);
+                }
             }
-        }
-        let mut records: Vec<(&Deduction, &'static str)> = Vec::new();
-        for (item, group) in by_item {
-            let total: i64 = group.iter().map(|e| e.amount).sum();
-            let updated = sqlx::query(DEDUCT_STOCK)
-                .bind(total)
-                .bind(item)
-                .bind(total)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if updated == 1 {
-                report.applied += group.len() as u64;
-                records.extend(group.into_iter().map(|e| (e, "applied")));
-                continue;
-            }
-            // Not enough for all of them: each on its own, so that what fits
-            // is deducted and only the rest is refused.
-            for e in group {
+            let mut records: Vec<(&Deduction, &'static str)> = Vec::new();
+            for (item, group) in by_item {
+                let total: i64 = group.iter().map(|e| e.amount).sum();
                 let updated = sqlx::query(DEDUCT_STOCK)
-                    .bind(e.amount)
-                    .bind(e.item_id.0)
-                    .bind(e.amount)
+                    .bind(total)
+                    .bind(item)
+                    .bind(total)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
                 if updated == 1 {
-                    report.applied += 1;
-                    records.push((e, "applied"));
-                } else {
-                    report.insufficient += 1;
-                    tracing::error!(stock_log_id = %e.stock_log_id, item_id = %e.item_id, amount = e.amount,
-                        "DB stock lower than the ledger: deduction refused by the conditional update");
-                    records.push((e, "insufficient"));
+                    report.applied += group.len() as u64;
+                    records.extend(group.into_iter().map(|e| (e, "applied")));
+                    continue;
+                }
+                // Not enough for all of them: each on its own, so that what fits
+                // is deducted and only the rest is refused.
+                for e in group {
+                    let updated = sqlx::query(DEDUCT_STOCK)
+                        .bind(e.amount)
+                        .bind(e.item_id.0)
+                        .bind(e.amount)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if updated == 1 {
+                        report.applied += 1;
+                        records.push((e, "applied"));
+                    } else {
+                        report.insufficient += 1;
+                        tracing::error!(stock_log_id = %e.stock_log_id, item_id = %e.item_id, amount = e.amount,
+                            "DB stock lower than the ledger: deduction refused by the conditional update");
+                        records.push((e, "insufficient"));
+                    }
                 }
             }
-        }
-        for chunk in records.chunks(200) {
-            let mut qb = QueryBuilder::<$db>::new(
-                "INSERT INTO stock_deduction (stock_log_id, item_id, amount, outcome, applied_at) ",
-            );
-            qb.push_values(chunk, |mut b, (e, outcome)| {
-                b.push_bind(e.stock_log_id.0)
-                    .push_bind(e.item_id.0)
-                    .push_bind(e.amount)
-                    .push_bind(*outcome)
-                    .push_bind(now);
-            });
-            build_once(&mut qb).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(report)
+            for chunk in records.chunks(200) {
+                let mut qb = QueryBuilder::<$db>::new(
+                    "INSERT INTO stock_deduction (stock_log_id, item_id, amount, outcome, applied_at) ",
+                );
+                qb.push_values(chunk, |mut b, (e, outcome)| {
+                    b.push_bind(e.stock_log_id.0)
+                        .push_bind(e.item_id.0)
+                        .push_bind(e.amount)
+                        .push_bind(*outcome)
+                        .push_bind(now);
+                });
+                build_once(&mut qb).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(report)
+        })
+        .await
     }
 
     async fn order(&self, no: &OrderNo) -> StoreResult<Option<Order>> {
@@ -895,41 +961,44 @@ impl OrderStore for $store {
     }
 
     async fn cancel_order(&self, no: &OrderNo) -> StoreResult<(Order, bool)> {
-        let mut tx = self.writer.begin_with($begin_write).await?;
-        // The order as it is now, not as the transaction's snapshot saw it
-        // (MySQL's plain read): a payment that won the race shows as paid.
-        let row = sqlx::query(&format!(concat!("SELECT {} WHERE order_no = ?", $lock_read), ORDER_COLUMNS))
-            .bind(no.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let mut order = row
-            .as_ref()
-            .map(order_of)
-            .transpose()?
-            .ok_or(StoreError::NotFound)?;
-        let flipped = sqlx::query("UPDATE order_info SET status = 'cancelled', updated_at = ? WHERE order_no = ? AND status = 'pending_payment'")
-            .bind(Utc::now())
-            .bind(no.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if flipped == 1 {
-            sqlx::query(
-                "UPDATE item_stock SET stock = stock + ?, version = version + 1 WHERE item_id = ?",
-            )
-            .bind(order.amount)
-            .bind(order.item_id.0)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE item SET sales = sales - ? WHERE id = ?")
+        retry_deadlocks(self.deadlock_retries, "cancel_order", || async move {
+            let mut tx = self.writer.begin_with($begin_write).await?;
+            // The order as it is now, not as the transaction's snapshot saw it
+            // (MySQL's plain read): a payment that won the race shows as paid.
+            let row = sqlx::query(&format!(concat!("SELECT {} WHERE order_no = ?", $lock_read), ORDER_COLUMNS))
+                .bind(no.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let mut order = row
+                .as_ref()
+                .map(order_of)
+                .transpose()?
+                .ok_or(StoreError::NotFound)?;
+            let flipped = sqlx::query("UPDATE order_info SET status = 'cancelled', updated_at = ? WHERE order_no = ? AND status = 'pending_payment'")
+                .bind(Utc::now())
+                .bind(no.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if flipped == 1 {
+                sqlx::query(
+                    "UPDATE item_stock SET stock = stock + ?, version = version + 1 WHERE item_id = ?",
+                )
                 .bind(order.amount)
                 .bind(order.item_id.0)
                 .execute(&mut *tx)
                 .await?;
-            order.status = OrderStatus::Cancelled;
-        }
-        tx.commit().await?;
-        Ok((order, flipped == 1))
+                sqlx::query("UPDATE item SET sales = sales - ? WHERE id = ?")
+                    .bind(order.amount)
+                    .bind(order.item_id.0)
+                    .execute(&mut *tx)
+                    .await?;
+                order.status = OrderStatus::Cancelled;
+            }
+            tx.commit().await?;
+            Ok((order, flipped == 1))
+        })
+        .await
     }
 
     async fn promo_totals(&self, promo: PromoId) -> StoreResult<PromoTotals> {
@@ -975,77 +1044,80 @@ impl OrderStore for $store {
         cas_retries: u32,
         commit_by: std::time::Instant,
     ) -> StoreResult<Option<Order>> {
-        let now = Utc::now();
-        let attempts = if optimistic { cas_retries.max(1) } else { 1 };
-        for _ in 0..attempts {
-            if std::time::Instant::now() >= commit_by {
-                return Err(StoreError::TooLate);
-            }
-            // The wait for a connection ends by `commit_by` too (the pool's
-            // own acquire time-out may be longer); a wait given up here
-            // holds nothing.
-            let mut conn = tokio::time::timeout_at(commit_by.into(), self.writer.acquire())
-                .await
-                .map_err(|_| StoreError::TooLate)??;
-            // The write lock first, as every transaction here that reads
-            // before it writes (SQLite: another process's writer is waited
-            // for, its busy time-out the bound, rather than met after the
-            // read).
-            let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin_write)
-                .await
-                .map_err(map_lock_wait)?;
-            let updated = if optimistic {
-                let row = sqlx::query("SELECT stock, version FROM item_stock WHERE item_id = ?")
-                    .bind(d.item_id.0)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some(row) = row else { return Ok(None) };
-                let (stock, version): (i64, i64) = (row.try_get("stock")?, row.try_get("version")?);
-                if stock < d.amount {
-                    return Ok(None);
+        retry_deadlocks(self.deadlock_retries, "place_order_in_db", || async move {
+            let now = Utc::now();
+            let attempts = if optimistic { cas_retries.max(1) } else { 1 };
+            for _ in 0..attempts {
+                if std::time::Instant::now() >= commit_by {
+                    return Err(StoreError::TooLate);
                 }
-                sqlx::query("UPDATE item_stock SET stock = stock - ?, version = version + 1 WHERE item_id = ? AND version = ?")
-                    .bind(d.amount)
-                    .bind(d.item_id.0)
-                    .bind(version)
-                    .execute(&mut *tx)
+                // The wait for a connection ends by `commit_by` too (the pool's
+                // own acquire time-out may be longer); a wait given up here
+                // holds nothing.
+                let mut conn = tokio::time::timeout_at(commit_by.into(), self.writer.acquire())
                     .await
-                    .map_err(map_lock_wait)?
-                    .rows_affected()
-            } else {
-                let n = sqlx::query(DEDUCT_STOCK)
-                    .bind(d.amount)
-                    .bind(d.item_id.0)
-                    .bind(d.amount)
-                    .execute(&mut *tx)
+                    .map_err(|_| StoreError::TooLate)??;
+                // The write lock first, as every transaction here that reads
+                // before it writes (SQLite: another process's writer is waited
+                // for, its busy time-out the bound, rather than met after the
+                // read).
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin_write)
                     .await
-                    .map_err(map_lock_wait)?
-                    .rows_affected();
-                if n == 0 {
-                    return Ok(None);
+                    .map_err(map_lock_wait)?;
+                let updated = if optimistic {
+                    let row = sqlx::query("SELECT stock, version FROM item_stock WHERE item_id = ?")
+                        .bind(d.item_id.0)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let Some(row) = row else { return Ok(None) };
+                    let (stock, version): (i64, i64) = (row.try_get("stock")?, row.try_get("version")?);
+                    if stock < d.amount {
+                        return Ok(None);
+                    }
+                    sqlx::query("UPDATE item_stock SET stock = stock - ?, version = version + 1 WHERE item_id = ? AND version = ?")
+                        .bind(d.amount)
+                        .bind(d.item_id.0)
+                        .bind(version)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_lock_wait)?
+                        .rows_affected()
+                } else {
+                    let n = sqlx::query(DEDUCT_STOCK)
+                        .bind(d.amount)
+                        .bind(d.item_id.0)
+                        .bind(d.amount)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_lock_wait)?
+                        .rows_affected();
+                    if n == 0 {
+                        return Ok(None);
+                    }
+                    n
+                };
+                if updated == 0 {
+                    // Lost the compare-and-set: read again (this transaction
+                    // rolls back as it drops, before its connection is reused).
+                    continue;
                 }
-                n
-            };
-            if updated == 0 {
-                // Lost the compare-and-set: read again (this transaction
-                // rolls back as it drops, before its connection is reused).
-                continue;
+                if std::time::Instant::now() >= commit_by {
+                    // The stock row's lock took the time: no second wait (the
+                    // sales row's) past the deadline.
+                    tx.rollback().await?;
+                    return Err(StoreError::TooLate);
+                }
+                write_db_order(&mut tx, d, now).await?;
+                if std::time::Instant::now() >= commit_by {
+                    tx.rollback().await?;
+                    return Err(StoreError::TooLate);
+                }
+                tx.commit().await.map_err(commit_error)?;
+                return Ok(Some(d.to_order()));
             }
-            if std::time::Instant::now() >= commit_by {
-                // The stock row's lock took the time: no second wait (the
-                // sales row's) past the deadline.
-                tx.rollback().await?;
-                return Err(StoreError::TooLate);
-            }
-            write_db_order(&mut tx, d, now).await?;
-            if std::time::Instant::now() >= commit_by {
-                tx.rollback().await?;
-                return Err(StoreError::TooLate);
-            }
-            tx.commit().await.map_err(commit_error)?;
-            return Ok(Some(d.to_order()));
-        }
-        Err(StoreError::Conflict("version"))
+            Err(StoreError::Conflict("version"))
+        })
+        .await
     }
 }
 

@@ -12,8 +12,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
 use super::sql::{
-    build_once, commit_error, map_lock_wait, map_unique, sql_store, DEDUCT_STOCK, ITEM_COLUMNS,
-    ORDER_COLUMNS, PROMO_COLUMNS, UNSETTLED_UNITS_OF_ITEM,
+    build_once, commit_error, map_lock_wait, map_unique, retry_deadlocks, sql_store, DEDUCT_STOCK,
+    ITEM_COLUMNS, ORDER_COLUMNS, PROMO_COLUMNS, UNSETTLED_UNITS_OF_ITEM,
 };
 use super::*;
 
@@ -32,6 +32,9 @@ use super::*;
 pub struct SqliteStore {
     pool: SqlitePool,
     writer: SqlitePool,
+    /// SQLite takes one writer at a time and never deadlocks: kept for the
+    /// shared SQL, which runs its writes through the retry.
+    deadlock_retries: u32,
 }
 
 impl SqliteStore {
@@ -74,7 +77,11 @@ impl SqliteStore {
             .acquire_timeout(limits.acquire_timeout)
             .connect_with(opts)
             .await?;
-        Ok(SqliteStore { pool, writer })
+        Ok(SqliteStore {
+            pool,
+            writer,
+            deadlock_retries: limits.deadlock_retries,
+        })
     }
 
     /// Applies the SQLite migrations (idempotent).

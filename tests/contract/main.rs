@@ -269,6 +269,139 @@ async fn a_mysql_order_waits_for_a_row_lock_no_longer_than_the_bound() {
     drop_mysql(&url).await;
 }
 
+/// A write transaction MySQL picks as a deadlock's victim is run again,
+/// not failed. Another transaction holds item B's stock row; a deduction of
+/// items A and B (the store locks them in id order) takes A's and waits for
+/// B's; the other then asks for A's: a cycle. InnoDB rolls back the
+/// lighter one — the deduction (the other has written 200 rows first).
+/// With no retries that is the deduction's answer; with the default, it
+/// runs again once the other is done, and applies both.
+#[tokio::test]
+async fn a_mysql_deadlock_victim_is_run_again() {
+    let Some((url, _)) = fresh_mysql("deadlock").await else {
+        eprintln!("SECKILL_TEST_MYSQL_URL not set: MySQL deadlock test not run");
+        return;
+    };
+    let other = sqlx::MySqlPool::connect(&url).await.unwrap();
+    sqlx::query("CREATE TABLE ballast (n INT)")
+        .execute(&other)
+        .await
+        .unwrap();
+    for retries in [0, 3] {
+        let raw = seckill::store::mysql::MysqlStore::connect(
+            &url,
+            seckill::store::PoolLimits {
+                deadlock_retries: retries,
+                ..limits(4, 5)
+            },
+        )
+        .await
+        .unwrap();
+        let answer = deadlock_a_deduction(&url, &other, Detached::wrap(Arc::new(raw))).await;
+        match (retries, answer) {
+            (0, Err(seckill::store::StoreError::Db(e))) => {
+                assert!(e.to_string().contains("Deadlock"), "{e}")
+            }
+            (0, other) => panic!("with no retries, the victim's answer: {other:?}"),
+            (_, answer) => assert_eq!(
+                answer.expect("the deadlock's victim was run again"),
+                (4, 3),
+                "both deductions applied"
+            ),
+        }
+    }
+    other.close().await;
+    drop_mysql(&url).await;
+}
+
+/// Deducts one unit of a new item A and two of a new item B while `other`
+/// makes the cycle; the stock of A and B after it.
+async fn deadlock_a_deduction(
+    url: &str,
+    other: &sqlx::MySqlPool,
+    s: Arc<dyn seckill::store::Store>,
+) -> Result<(i64, i64), seckill::store::StoreError> {
+    use seckill::domain::UserId;
+    use seckill::store::Deduction;
+    let (a, pa) = store::setup(&*s, 5).await;
+    let (b, pb) = store::setup(&*s, 5).await;
+    assert!(a.0 < b.0);
+    let drafts = [
+        store::draft(9_300 + a.0, UserId(1), a, pa, 1),
+        store::draft(9_300 + b.0, UserId(1), b, pb, 2),
+    ];
+    s.insert_stock_logs(&drafts).await.unwrap();
+    s.commit_orders(&drafts).await.unwrap();
+    let entries: Vec<Deduction> = drafts
+        .iter()
+        .map(|d| Deduction {
+            stock_log_id: d.stock_log_id,
+            item_id: d.item_id,
+            amount: d.amount,
+        })
+        .collect();
+    let mut held = other.begin().await.unwrap();
+    let rows = (0..200)
+        .map(|n| format!("({n})"))
+        .collect::<Vec<_>>()
+        .join(",");
+    sqlx::query(&format!("INSERT INTO ballast (n) VALUES {rows}"))
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE item_stock SET version = version WHERE item_id = ?")
+        .bind(b.0)
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let deduction = {
+        let s = s.clone();
+        tokio::spawn(async move { s.apply_deductions(&entries).await })
+    };
+    // The deduction holds A's row and waits for B's (its statement in this
+    // test's database, not another test's).
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (waiting,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+             WHERE DB = ? AND STATE = 'Updating' AND INFO LIKE 'UPDATE item_stock SET stock%'",
+        )
+        .bind(&db)
+        .fetch_one(other)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        if deduction.is_finished() {
+            panic!(
+                "the deduction did not wait for B's row: {:?}",
+                deduction.await.unwrap()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deduction never waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // The cycle: the other now asks for A's row, and gets it once the
+    // deduction is rolled back.
+    sqlx::query("UPDATE item_stock SET version = version WHERE item_id = ?")
+        .bind(a.0)
+        .execute(&mut *held)
+        .await
+        .expect("the heavier transaction is not the victim");
+    held.rollback().await.unwrap();
+    let report = deduction.await.unwrap()?;
+    assert_eq!(report.applied, 2, "{report:?}");
+    Ok((
+        s.item(a).await.unwrap().unwrap().stock,
+        s.item(b).await.unwrap().unwrap().stock,
+    ))
+}
+
 /// The SQLite store's bounds come from the config: a pure-database order
 /// waits for the file's write lock (held by another process's connection)
 /// no longer than the lock-wait bound and answers `TooLate`; meanwhile a
@@ -283,6 +416,7 @@ async fn a_sqlite_store_waits_no_longer_than_its_configured_bounds() {
         max_connections: 1,
         acquire_timeout: Duration::from_millis(300),
         lock_wait: Duration::from_secs(1),
+        deadlock_retries: 3,
     })
     .await;
     let s = Detached::wrap(Arc::new(raw));
@@ -547,6 +681,7 @@ fn limits(n: u32, lock_wait_secs: u64) -> seckill::store::PoolLimits {
         max_connections: n,
         acquire_timeout: std::time::Duration::from_secs(5),
         lock_wait: std::time::Duration::from_secs(lock_wait_secs),
+        deadlock_retries: 3,
     }
 }
 
