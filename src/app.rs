@@ -247,6 +247,11 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     // Whatever fails from here gives the node id back at once: a
     // configured one would otherwise keep its restart waiting (no orders)
     // until the lease's TTL ran out.
+    // The bus, once started, is shut down on a failure after it too: its
+    // consumers would otherwise hold their queues until the broker missed
+    // their heartbeats.
+    let started_bus: parking_lot::Mutex<Option<Arc<dyn MessageBus>>> = Default::default();
+    let bus_stop_within = Duration::from_millis(config.rocketmq_send_timeout_ms);
     let built: anyhow::Result<App> = async {
         let node = ids.node();
         let (bus, memory_bus): (Arc<dyn MessageBus>, Option<MemoryBus>) = match &config
@@ -259,6 +264,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
                     instance: format!("seckill-{}-{node}", std::process::id()),
                     listener_deadline: Duration::from_millis(config.rocketmq_listener_deadline_ms),
                     send_timeout_ms: config.rocketmq_send_timeout_ms,
+                    start_timeout: Duration::from_millis(config.rocketmq_start_timeout_ms),
                 };
                 let bus = RocketMqBus::start(settings, checker)
                     .await
@@ -283,6 +289,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
                 (Arc::new(bus.clone()), Some(bus))
             }
         };
+        *started_bus.lock() = Some(bus.clone());
         let ports = Ports {
             store: store.clone(),
             ledger: caches.ledger,
@@ -392,6 +399,10 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     .await;
     if built.is_err() {
         node_lease.release(&ids).await;
+        let bus = started_bus.lock().take();
+        if let Some(bus) = bus {
+            let _ = tokio::time::timeout(bus_stop_within, bus.shutdown()).await;
+        }
     }
     built
 }

@@ -70,6 +70,11 @@ pub struct Config {
     /// half message, a broadcast, a delayed message); past it the send
     /// failed: an order's batch gives its reservations back.
     pub rocketmq_send_timeout_ms: u64,
+    /// How long start-up waits for the name server to route the topics (a
+    /// broker just started registers with it a moment after it listens);
+    /// past it the instance starts with a warning, its sends failing until
+    /// the broker is registered.
+    pub rocketmq_start_timeout_ms: u64,
     /// How long `/readyz` and the heartbeat wait for each dependency (the
     /// database, Redis, the broker) to answer before calling it down. A
     /// pooled database's answer waits for a free connection: under a crowd
@@ -350,6 +355,7 @@ impl Default for Config {
             rocketmq_prefix: "seckill-".into(),
             rocketmq_listener_deadline_ms: 10_000,
             rocketmq_send_timeout_ms: 3_000,
+            rocketmq_start_timeout_ms: 30_000,
             health_check_timeout_ms: 2_000,
             admin_token: None,
             captcha_enabled: true,
@@ -911,6 +917,11 @@ impl Config {
         if !(100..=30_000).contains(&self.rocketmq_send_timeout_ms) {
             return Err(ConfigError(
                 "SECKILL_ROCKETMQ_SEND_TIMEOUT_MS must be 100..=30000".into(),
+            ));
+        }
+        if self.rocketmq_start_timeout_ms > 600_000 {
+            return Err(ConfigError(
+                "SECKILL_ROCKETMQ_START_TIMEOUT_MS must be at most 600000 (ten minutes)".into(),
             ));
         }
         Ok(())

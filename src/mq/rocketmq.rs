@@ -49,6 +49,8 @@ pub struct RocketMqSettings {
     pub listener_deadline: Duration,
     /// How long a send waits for the broker to store the message.
     pub send_timeout_ms: u64,
+    /// How long start-up waits for the name server to route the topics.
+    pub start_timeout: Duration,
 }
 
 /// The local transaction handed to the listener through the send's `arg`.
@@ -208,18 +210,11 @@ impl RocketMqBus {
             checker,
             deadline: settings.listener_deadline,
         };
-        let mut tx_producer = TransactionMQProducer::builder(client.clone())
-            .producer_group(format!("{}tx_producer", settings.prefix))
-            .name_server_addr(settings.namesrv.clone())
-            .send_msg_timeout(settings.send_timeout_ms as _)
-            .check_thread_pool_min_size(4)
-            .check_thread_pool_max_size(16)
-            .transaction_listener(listener)
-            .build();
-        tx_producer
-            .start()
-            .await
-            .map_err(|e| mq_err("transactional producer start", e))?;
+        // The plain producer first: it creates the topics, and start-up
+        // waits (bounded) until the name server routes them. A broker that
+        // has just opened its port may not have registered yet: the
+        // topics' creation then fails, and an instance that went on would
+        // answer its first orders 503 (no route for the half message).
         let mut producer = DefaultMQProducer::builder(client.clone())
             .producer_group(format!("{}producer", settings.prefix))
             .name_server_addr(settings.namesrv.clone())
@@ -229,22 +224,24 @@ impl RocketMqBus {
             .start()
             .await
             .map_err(|e| mq_err("producer start", e))?;
-        for (topic, queues) in [
-            (Topic::Stock, 4),
-            (Topic::Cache, 1),
-            (Topic::PaymentDue, 2),
-            (Topic::CacheRepair, 1),
-            (Topic::Health, 1),
-        ] {
-            let name = format!("{}{}", settings.prefix, topic.name());
-            if let Err(e) = producer
-                .create_topic("TBW102", &name, queues, HashMap::new())
-                .await
-            {
-                // The broker may create it on first use (autoCreateTopicEnable).
-                tracing::warn!(topic = %name, error = ?e, "topic not created explicitly");
-            }
-        }
+        route_topics(&mut producer, &settings).await;
+        // Then the transactional producer, told its topic: its start loads
+        // the route (and meets the broker, which can then reach its
+        // check-backs) before the first order's half message.
+        let stock = format!("{}{}", settings.prefix, Topic::Stock.name());
+        let mut tx_producer = TransactionMQProducer::builder(client.clone())
+            .producer_group(format!("{}tx_producer", settings.prefix))
+            .name_server_addr(settings.namesrv.clone())
+            .send_msg_timeout(settings.send_timeout_ms as _)
+            .check_thread_pool_min_size(4)
+            .check_thread_pool_max_size(16)
+            .transaction_listener(listener)
+            .topics(vec![stock])
+            .build();
+        tx_producer
+            .start()
+            .await
+            .map_err(|e| mq_err("transactional producer start", e))?;
         Ok(RocketMqBus {
             settings,
             app,
@@ -275,6 +272,52 @@ impl RocketMqBus {
             b = b.delay_millis((d.as_millis() as u64).max(1));
         }
         b.build().map_err(|e| mq_err("message", e))
+    }
+}
+
+/// The topics and their queue counts.
+const TOPICS: [(Topic, i32); 5] = [
+    (Topic::Stock, 4),
+    (Topic::Cache, 1),
+    (Topic::PaymentDue, 2),
+    (Topic::CacheRepair, 1),
+    (Topic::Health, 1),
+];
+
+/// Creates the topics (the broker answers a topic that exists unchanged)
+/// and waits until the name server routes each, retrying every 250 ms up to
+/// `settings.start_timeout`. Past it the instance starts all the same, with
+/// a warning: the broker creates a topic on its first message once it is
+/// registered (`autoCreateTopicEnable`), with the client's default queue
+/// count; until then sends fail (503).
+async fn route_topics(producer: &mut DefaultMQProducer, settings: &RocketMqSettings) {
+    let until = tokio::time::Instant::now() + settings.start_timeout;
+    for (topic, queues) in TOPICS {
+        let name = format!("{}{}", settings.prefix, topic.name());
+        loop {
+            let routed = match producer
+                .create_topic("TBW102", &name, queues, HashMap::new())
+                .await
+            {
+                Ok(()) => producer
+                    .fetch_publish_message_queues(&name)
+                    .await
+                    .map(|q| !q.is_empty()),
+                Err(e) => Err(e),
+            };
+            match routed {
+                Ok(true) => break,
+                _ if tokio::time::Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                other => {
+                    tracing::warn!(topic = %name, outcome = ?other.err(),
+                        "the name server has no route for the topic yet (is the broker registered?); \
+                         starting anyway: sends fail until the broker creates it");
+                    break;
+                }
+            }
+        }
     }
 }
 

@@ -793,6 +793,7 @@ async fn rocketmq_bus(
         instance,
         listener_deadline: std::time::Duration::from_secs(10),
         send_timeout_ms: 3_000,
+        start_timeout: std::time::Duration::from_secs(30),
     };
     Arc::new(
         seckill::mq::rocketmq::RocketMqBus::start(settings, checker)
