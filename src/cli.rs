@@ -177,7 +177,10 @@ pub fn main() -> anyhow::Result<()> {
                 // An embedded instance's ledger is in its own memory: a
                 // pass from here would give its units back to a ledger of
                 // this process's (the instance runs one of its own).
-                let _data_lock = crate::process_lock::claim(&config)?;
+                let _data_lock = crate::process_lock::claim(&config).context(
+                    "the running embedded instance reconciles its own sale (every \
+                     SECKILL_RECONCILE_INTERVAL_SECS); stop it to run a pass from here",
+                )?;
                 let app = crate::app::build(config).await?;
                 let reconciled = async {
                     let mut reconciler = crate::worker::reconciler::Reconciler::new();

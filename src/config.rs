@@ -1100,6 +1100,10 @@ mod tests {
                 ..Config::default()
             },
             Config {
+                rocketmq_start_timeout_ms: 600_001,
+                ..Config::default()
+            },
+            Config {
                 redis_timeout_ms: 0,
                 ..Config::default()
             },

@@ -54,12 +54,21 @@ fn sqlite_file(url: &str) -> anyhow::Result<Option<PathBuf>> {
         format!("SECKILL_DATABASE_URL is not a SQLite URL sqlx reads ({url:?})")
     })?;
     let file = opts.get_filename();
-    // sqlx names an in-memory database `file:sqlx-in-memory-<n>`.
+    // sqlx names an in-memory database `file:sqlx-in-memory-<n>`; an empty
+    // name is SQLite's private temporary database.
     let name = file.to_string_lossy();
-    if name.starts_with("file:") || name == ":memory:" || url.contains("mode=memory") {
+    if name.is_empty()
+        || name.starts_with("file:sqlx-in-memory-")
+        || name == ":memory:"
+        || url.contains("mode=memory")
+    {
         return Ok(None);
     }
-    Ok(Some(file.to_path_buf()))
+    // One lock file whatever name the database is reached by (a symlink,
+    // another relative path): the real path once the file exists.
+    Ok(Some(
+        std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf()),
+    ))
 }
 
 fn claim_path(path: &Path) -> anyhow::Result<DataLock> {
@@ -80,9 +89,7 @@ fn claim_path(path: &Path) -> anyhow::Result<DataLock> {
         }),
         Err(TryLockError::WouldBlock) => anyhow::bail!(
             "another seckill process holds {}: with no Redis configured, the stock ledger, \
-             sessions and tokens live in that process, and a second one on the same database \
-             would sell its units again. Stop it, give this one another SECKILL_DATABASE_URL, \
-             or set SECKILL_REDIS_URL (and SECKILL_ROCKETMQ_NAMESRV) to run several instances",
+             sessions and tokens live in that process",
             path.display()
         ),
         Err(TryLockError::Error(e)) => {
@@ -111,9 +118,24 @@ mod tests {
         assert_eq!(first.path(), dir.path().join("data/seckill.db.lock"));
         let second = claim(&embedded(dir.path())).unwrap_err().to_string();
         assert!(second.contains("another seckill process holds"), "{second}");
-        assert!(second.contains("SECKILL_REDIS_URL"), "{second}");
         drop(first);
         assert!(claim(&embedded(dir.path())).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_database_reached_by_another_name_is_the_same_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("real.db"), b"").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real.db"), dir.path().join("link.db")).unwrap();
+        let at = |name: &str| Config {
+            database_url: format!("sqlite://{}/{name}", dir.path().display()),
+            ..Config::default()
+        };
+        let _held = claim(&at("real.db")).unwrap().expect("a file to guard");
+        assert!(
+            claim(&at("link.db")).is_err(),
+            "the symlink's name took a lock of its own"
+        );
     }
 
     #[test]

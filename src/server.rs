@@ -18,12 +18,28 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     let addr = config.listen_addr()?;
     let demo = config.demo;
     // Bind first: a taken port stops start-up before anything is written.
-    let listener = listen(addr, config.http_backlog).with_context(|| {
-        format!("cannot listen on {addr} (set SECKILL_HTTP_ADDR or --addr to another port)")
-    })?;
+    // Listen once built: until then a connection is refused (nginx tries
+    // the next instance) rather than queued for as long as the start takes
+    // (a broker not yet registered holds it up to
+    // SECKILL_ROCKETMQ_START_TIMEOUT_MS).
+    let taken =
+        || format!("cannot listen on {addr} (set SECKILL_HTTP_ADDR or --addr to another port)");
+    let socket = bind(addr).with_context(taken)?;
+    let backlog = config.http_backlog;
     // One embedded process per data file, before anything is opened.
-    let _data_lock = crate::process_lock::claim(&config)?;
+    let _data_lock = crate::process_lock::claim(&config).context(
+        "a second instance on the same database would sell its units again: stop the other \
+         one, give this one another SECKILL_DATABASE_URL, or set SECKILL_REDIS_URL (and \
+         SECKILL_ROCKETMQ_NAMESRV) to run several instances",
+    )?;
     let app = crate::app::build(config).await?;
+    let listener = match socket.listen(backlog.max(1)).with_context(taken) {
+        Ok(l) => l,
+        Err(e) => {
+            app.leave().await;
+            return Err(e);
+        }
+    };
     let served = serve_app(&app, listener, demo, addr).await;
     // On every way out: the node id (a configured id's restart takes it at
     // once), then the broker's groups.
@@ -115,12 +131,12 @@ async fn serve_app(
     Ok(())
 }
 
-/// A listening socket with room for `backlog` connections not yet accepted
-/// (the kernel caps it at `net.core.somaxconn`): a crowd connecting at once
-/// (or nginx opening its upstream connections for it) must not overflow the
-/// queue — dropped SYNs are retried after a second, past nginx's connect
-/// timeout.
-fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+/// A socket bound to `addr`, to listen on with room for
+/// `http_backlog` connections not yet accepted (the kernel caps it at
+/// `net.core.somaxconn`): a crowd connecting at once (or nginx opening its
+/// upstream connections for it) must not overflow the queue — dropped SYNs
+/// are retried after a second, past nginx's connect timeout.
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -128,7 +144,7 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpList
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(backlog.max(1))
+    Ok(socket)
 }
 
 async fn shutdown_signal() {

@@ -238,10 +238,10 @@ impl RocketMqBus {
             .transaction_listener(listener)
             .topics(vec![stock])
             .build();
-        tx_producer
-            .start()
-            .await
-            .map_err(|e| mq_err("transactional producer start", e))?;
+        if let Err(e) = tx_producer.start().await {
+            producer.shutdown().await;
+            return Err(mq_err("transactional producer start", e));
+        }
         Ok(RocketMqBus {
             settings,
             app,
@@ -284,39 +284,41 @@ const TOPICS: [(Topic, i32); 5] = [
     (Topic::Health, 1),
 ];
 
-/// Creates the topics (the broker answers a topic that exists unchanged)
-/// and waits until the name server routes each, retrying every 250 ms up to
-/// `settings.start_timeout`. Past it the instance starts all the same, with
-/// a warning: the broker creates a topic on its first message once it is
-/// registered (`autoCreateTopicEnable`), with the client's default queue
-/// count; until then sends fail (503).
+/// Waits until the name server routes each topic, creating the ones it does
+/// not (a topic an operator made beforehand, with queues of their choosing,
+/// is left as it is), retrying every 250 ms up to `settings.start_timeout`.
+/// Past it the instance starts all the same, with a warning: a broker that
+/// registers later creates a topic on its first message
+/// (`autoCreateTopicEnable`, with the client's default queue count); until
+/// then sends fail (503).
 async fn route_topics(producer: &mut DefaultMQProducer, settings: &RocketMqSettings) {
     let until = tokio::time::Instant::now() + settings.start_timeout;
     for (topic, queues) in TOPICS {
         let name = format!("{}{}", settings.prefix, topic.name());
         loop {
-            let routed = match producer
-                .create_topic("TBW102", &name, queues, HashMap::new())
-                .await
-            {
-                Ok(()) => producer
-                    .fetch_publish_message_queues(&name)
-                    .await
-                    .map(|q| !q.is_empty()),
-                Err(e) => Err(e),
+            let routed = |r: &rocketmq_client_rust::ClientResult<Vec<_>>| {
+                r.as_ref().is_ok_and(|q| !q.is_empty())
             };
-            match routed {
-                Ok(true) => break,
-                _ if tokio::time::Instant::now() < until => {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                other => {
-                    tracing::warn!(topic = %name, outcome = ?other.err(),
-                        "the name server has no route for the topic yet (is the broker registered?); \
-                         starting anyway: sends fail until the broker creates it");
-                    break;
-                }
+            let mut outcome = producer.fetch_publish_message_queues(&name).await;
+            if !routed(&outcome) {
+                outcome = match producer
+                    .create_topic("TBW102", &name, queues, HashMap::new())
+                    .await
+                {
+                    Ok(()) => producer.fetch_publish_message_queues(&name).await,
+                    Err(e) => Err(e),
+                };
             }
+            if routed(&outcome) {
+                break;
+            }
+            if tokio::time::Instant::now() >= until {
+                tracing::warn!(topic = %name, outcome = ?outcome.err(),
+                    "the name server has no route for the topic (is the broker registered?); \
+                     starting anyway: its sends fail until the broker routes it");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 }

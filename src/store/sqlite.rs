@@ -32,8 +32,9 @@ use super::*;
 pub struct SqliteStore {
     pool: SqlitePool,
     writer: SqlitePool,
-    /// SQLite takes one writer at a time and never deadlocks: kept for the
-    /// shared SQL, which runs its writes through the retry.
+    /// For the shared SQL, which runs its writes through the deadlock
+    /// retry: SQLite reports no deadlock (MySQL's 1213), so it never
+    /// retries here — its writers take the one write lock in turn.
     deadlock_retries: u32,
 }
 
