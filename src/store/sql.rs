@@ -981,13 +981,26 @@ impl OrderStore for $store {
                 .await?
                 .rows_affected();
             if flipped == 1 {
-                sqlx::query(
-                    "UPDATE item_stock SET stock = stock + ?, version = version + 1 WHERE item_id = ?",
+                // The units go back to the DB stock unless its deduction
+                // was refused (the DB already below the ledger): those were
+                // never taken from it. A plain read, no lock: a refusal
+                // landing meanwhile is the same drift as before it.
+                let refused = sqlx::query(
+                    "SELECT 1 FROM stock_deduction WHERE stock_log_id = ? AND outcome = 'insufficient'",
                 )
-                .bind(order.amount)
-                .bind(order.item_id.0)
-                .execute(&mut *tx)
-                .await?;
+                .bind(order.stock_log_id.0)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+                if !refused {
+                    sqlx::query(
+                        "UPDATE item_stock SET stock = stock + ?, version = version + 1 WHERE item_id = ?",
+                    )
+                    .bind(order.amount)
+                    .bind(order.item_id.0)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 sqlx::query("UPDATE item SET sales = sales - ? WHERE id = ?")
                     .bind(order.amount)
                     .bind(order.item_id.0)

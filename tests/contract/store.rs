@@ -508,6 +508,23 @@ async fn a_message_too_big_for_the_stock_deducts_what_fits_and_each_entry_once(s
         (0, 4),
         "a redelivery deducts nothing"
     );
+    // Cancelled, the refused order gives nothing back to the DB stock (its
+    // units were never taken from it); an applied one gives its units.
+    let (_, changed) = s.cancel_order(&d[2].order_no).await.unwrap();
+    assert!(changed);
+    let it = s.item(item).await.unwrap().unwrap();
+    assert_eq!(
+        (it.stock, it.sales),
+        (0, 3),
+        "the refused order's cancellation"
+    );
+    s.cancel_order(&d[1].order_no).await.unwrap();
+    let it = s.item(item).await.unwrap().unwrap();
+    assert_eq!(
+        (it.stock, it.sales),
+        (1, 2),
+        "an applied order's cancellation"
+    );
 }
 
 async fn cancel_gives_stock_back(s: &dyn Store) {
