@@ -62,13 +62,16 @@ impl App {
     /// within `rocketmq_send_timeout_ms`, a few calls to the broker.
     pub async fn leave(&self) {
         self.node_lease.release(&self.context.ids).await;
-        let within = Duration::from_millis(self.context.config.rocketmq_send_timeout_ms);
-        if tokio::time::timeout(within, self.state.ports.bus.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("the message bus did not stop in time; exiting anyway");
-        }
+        leave_bus(&*self.state.ports.bus, &self.context.config).await;
+    }
+}
+
+/// Shuts the bus down within `rocketmq_send_timeout_ms` (a few calls to
+/// the broker), whatever it is doing.
+async fn leave_bus(bus: &dyn MessageBus, config: &Config) {
+    let within = Duration::from_millis(config.rocketmq_send_timeout_ms);
+    if tokio::time::timeout(within, bus.shutdown()).await.is_err() {
+        tracing::warn!("the message bus did not stop in time; exiting anyway");
     }
 }
 
@@ -251,7 +254,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     // consumers would otherwise hold their queues until the broker missed
     // their heartbeats.
     let started_bus: parking_lot::Mutex<Option<Arc<dyn MessageBus>>> = Default::default();
-    let bus_stop_within = Duration::from_millis(config.rocketmq_send_timeout_ms);
+    let leaving = config.clone();
     let built: anyhow::Result<App> = async {
         let node = ids.node();
         let (bus, memory_bus): (Arc<dyn MessageBus>, Option<MemoryBus>) = match &config
@@ -401,7 +404,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         node_lease.release(&ids).await;
         let bus = started_bus.lock().take();
         if let Some(bus) = bus {
-            let _ = tokio::time::timeout(bus_stop_within, bus.shutdown()).await;
+            leave_bus(&*bus, &leaving).await;
         }
     }
     built

@@ -29,6 +29,7 @@ use rocketmq_client_rust::{
 };
 use rocketmq_model::common::consumer::consume_from_where::ConsumeFromWhere;
 use rocketmq_model::common::message::message_ext::MessageExt;
+use rocketmq_model::common::message::message_queue::MessageQueue;
 use rocketmq_model::common::message::message_single::Message;
 use rocketmq_model::common::message::MessageTrait;
 use rocketmq_protocol::protocol::heartbeat::message_model::MessageModel;
@@ -228,7 +229,7 @@ impl RocketMqBus {
         // Then the transactional producer, told its topic: its start loads
         // the route (and meets the broker, which can then reach its
         // check-backs) before the first order's half message.
-        let stock = format!("{}{}", settings.prefix, Topic::Stock.name());
+        let stock = topic_name(&settings.prefix, Topic::Stock);
         let mut tx_producer = TransactionMQProducer::builder(client.clone())
             .producer_group(format!("{}tx_producer", settings.prefix))
             .name_server_addr(settings.namesrv.clone())
@@ -254,7 +255,7 @@ impl RocketMqBus {
     }
 
     fn topic(&self, topic: Topic) -> String {
-        format!("{}{}", self.settings.prefix, topic.name())
+        topic_name(&self.settings.prefix, topic)
     }
 
     fn message(&self, event: &Event) -> Result<Message, MqError> {
@@ -273,6 +274,16 @@ impl RocketMqBus {
         }
         b.build().map_err(|e| mq_err("message", e))
     }
+}
+
+/// A topic's name on the broker: the deployment's prefix, then its own.
+fn topic_name(prefix: &str, topic: Topic) -> String {
+    format!("{prefix}{}", topic.name())
+}
+
+/// Whether a route look-up found queues to send to.
+fn routed(r: &rocketmq_client_rust::ClientResult<Vec<MessageQueue>>) -> bool {
+    r.as_ref().is_ok_and(|q| !q.is_empty())
 }
 
 /// The topics and their queue counts.
@@ -294,11 +305,8 @@ const TOPICS: [(Topic, i32); 5] = [
 async fn route_topics(producer: &mut DefaultMQProducer, settings: &RocketMqSettings) {
     let until = tokio::time::Instant::now() + settings.start_timeout;
     for (topic, queues) in TOPICS {
-        let name = format!("{}{}", settings.prefix, topic.name());
+        let name = topic_name(&settings.prefix, topic);
         loop {
-            let routed = |r: &rocketmq_client_rust::ClientResult<Vec<_>>| {
-                r.as_ref().is_ok_and(|q| !q.is_empty())
-            };
             let mut outcome = producer.fetch_publish_message_queues(&name).await;
             if !routed(&outcome) {
                 outcome = match producer

@@ -308,6 +308,26 @@ async fn order_requests_by_instance(c: &Cluster) -> Vec<u64> {
     counts
 }
 
+/// A seckill token of `promo` for `item` from the instance at `base`, if
+/// it hands one out.
+async fn seckill_token(
+    http: &reqwest::Client,
+    base: &str,
+    session: &str,
+    promo: i64,
+    item: i64,
+) -> Option<String> {
+    let (_, t) = http_json(
+        http,
+        reqwest::Method::POST,
+        &format!("{base}/api/v1/promos/{promo}/tokens"),
+        session,
+        Some(json!({"item_id": item})),
+    )
+    .await;
+    t["token"].as_str().map(str::to_owned)
+}
+
 pub(crate) async fn http_json(
     client: &reqwest::Client,
     method: reqwest::Method,
@@ -386,15 +406,7 @@ async fn a_crash_between_half_message_and_local_commit_is_settled_and_the_stock_
     let (warm_item, warm) = open_sale("warm-up", 1).await;
     let mut bought = false;
     for _ in 0..40 {
-        let (_, t) = http_json(
-            &http,
-            reqwest::Method::POST,
-            &format!("{victim}/api/v1/promos/{warm}/tokens"),
-            &session,
-            Some(json!({"item_id": warm_item})),
-        )
-        .await;
-        if let Some(t) = t["token"].as_str() {
+        if let Some(t) = seckill_token(&http, &victim, &session, warm, warm_item).await {
             let (status, _) = http_json(
                 &http,
                 reqwest::Method::POST,
@@ -412,15 +424,9 @@ async fn a_crash_between_half_message_and_local_commit_is_settled_and_the_stock_
     }
     assert!(bought, "the victim's warm-up order never went through");
 
-    let (_, token) = http_json(
-        &http,
-        reqwest::Method::POST,
-        &format!("{victim}/api/v1/promos/{promo}/tokens"),
-        &session,
-        Some(json!({"item_id": item})),
-    )
-    .await;
-    let token = token["token"].as_str().unwrap().to_owned();
+    let token = seckill_token(&http, &victim, &session, promo, item)
+        .await
+        .unwrap();
 
     // Hold the item row: the local transaction blocks on its sales update,
     // after the half message was sent.
