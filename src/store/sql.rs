@@ -280,19 +280,22 @@ fn push_in(qb: &mut QueryBuilder<'_, $db>, values: impl IntoIterator<Item = i64>
 impl UserStore for $store {
     async fn create_user(&self, u: &NewUser) -> StoreResult<User> {
         let now = Utc::now();
-        let res = sqlx::query(
-            "INSERT INTO user (phone, name, gender, age, password_hash, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(u.phone.as_str())
-        .bind(&u.name)
-        .bind(&u.gender)
-        .bind(u.age)
-        .bind(&u.password_hash)
-        .bind(now)
-        .execute(&self.writer)
-        .await
-        .map_err(map_unique)?;
+        let res = retry_deadlocks(self.deadlock_retries, "create_user", || async move {
+            sqlx::query(
+                "INSERT INTO user (phone, name, gender, age, password_hash, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(u.phone.as_str())
+            .bind(&u.name)
+            .bind(&u.gender)
+            .bind(u.age)
+            .bind(&u.password_hash)
+            .bind(now)
+            .execute(&self.writer)
+            .await
+            .map_err(map_unique)
+        })
+        .await?;
         Ok(User {
             id: UserId($last_id(&res)),
             phone: u.phone.as_str().to_owned(),
@@ -514,17 +517,20 @@ impl CatalogStore for $store {
     }
 
     async fn publish_promo(&self, id: PromoId, baseline: PromoBaseline) -> StoreResult<bool> {
-        let res = sqlx::query(
-            "UPDATE promo SET published = 1, warm_stock = ?, warm_sales = ?, strategy = ? \
-             WHERE id = ? AND published = 0",
-        )
-        .bind(baseline.stock)
-        .bind(baseline.sales)
-        .bind(baseline.strategy.map(|s| s.as_str()))
-        .bind(id.0)
+        retry_deadlocks(self.deadlock_retries, "publish_promo", || async move {
+            let res = sqlx::query(
+                "UPDATE promo SET published = 1, warm_stock = ?, warm_sales = ?, strategy = ? \
+                 WHERE id = ? AND published = 0",
+            )
+            .bind(baseline.stock)
+            .bind(baseline.sales)
+            .bind(baseline.strategy.map(|s| s.as_str()))
+            .bind(id.0)
             .execute(&self.writer)
             .await?;
-        Ok(res.rows_affected() == 1)
+            Ok(res.rows_affected() == 1)
+        })
+        .await
     }
 }
 
@@ -625,13 +631,17 @@ impl OrderStore for $store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut qb = QueryBuilder::<$db>::new(
-            "UPDATE stock_log SET status = 'rolled_back', updated_at = ",
-        );
-        qb.push_bind(Utc::now())
-            .push(" WHERE status = 'init' AND id IN ");
-        push_ids(&mut qb, ids);
-        build_once(&mut qb).execute(&self.writer).await?;
+        let now = Utc::now();
+        retry_deadlocks(self.deadlock_retries, "roll_back_stock_logs", || async move {
+            let mut qb = QueryBuilder::<$db>::new(
+                "UPDATE stock_log SET status = 'rolled_back', updated_at = ",
+            );
+            qb.push_bind(now).push(" WHERE status = 'init' AND id IN ");
+            push_ids(&mut qb, ids);
+            build_once(&mut qb).execute(&self.writer).await?;
+            Ok(())
+        })
+        .await?;
         self.stock_log_statuses(ids).await
     }
 
@@ -892,8 +902,6 @@ impl OrderStore for $store {
                         records.push((e, "applied"));
                     } else {
                         report.insufficient += 1;
-                        tracing::error!(stock_log_id = %e.stock_log_id, item_id = %e.item_id, amount = e.amount,
-                            "DB stock lower than the ledger: deduction refused by the conditional update");
                         records.push((e, "insufficient"));
                     }
                 }
@@ -912,6 +920,12 @@ impl OrderStore for $store {
                 build_once(&mut qb).execute(&mut *tx).await?;
             }
             tx.commit().await?;
+            // Said once the refusals are recorded: an attempt rolled back
+            // as a deadlock's victim (and run again) refused nothing.
+            for (e, _) in records.iter().filter(|(_, outcome)| *outcome == "insufficient") {
+                tracing::error!(stock_log_id = %e.stock_log_id, item_id = %e.item_id, amount = e.amount,
+                    "DB stock lower than the ledger: deduction refused by the conditional update");
+            }
             Ok(report)
         })
         .await
@@ -952,11 +966,16 @@ impl OrderStore for $store {
     }
 
     async fn pay_order(&self, no: &OrderNo) -> StoreResult<Order> {
-        sqlx::query("UPDATE order_info SET status = 'paid', updated_at = ? WHERE order_no = ? AND status = 'pending_payment'")
-            .bind(Utc::now())
-            .bind(no.as_str())
-            .execute(&self.writer)
-            .await?;
+        let now = Utc::now();
+        retry_deadlocks(self.deadlock_retries, "pay_order", || async move {
+            sqlx::query("UPDATE order_info SET status = 'paid', updated_at = ? WHERE order_no = ? AND status = 'pending_payment'")
+                .bind(now)
+                .bind(no.as_str())
+                .execute(&self.writer)
+                .await?;
+            Ok(())
+        })
+        .await?;
         self.order(no).await?.ok_or(StoreError::NotFound)
     }
 
