@@ -53,22 +53,45 @@ fn sqlite_file(url: &str) -> anyhow::Result<Option<PathBuf>> {
     let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url).with_context(|| {
         format!("SECKILL_DATABASE_URL is not a SQLite URL sqlx reads ({url:?})")
     })?;
-    let file = opts.get_filename();
+    let name = opts.get_filename().to_string_lossy();
     // sqlx names an in-memory database `file:sqlx-in-memory-<n>`; an empty
     // name is SQLite's private temporary database.
-    let name = file.to_string_lossy();
-    if name.is_empty()
-        || name.starts_with("file:sqlx-in-memory-")
-        || name == ":memory:"
-        || url.contains("mode=memory")
-    {
+    if name.is_empty() || name.starts_with("file:sqlx-in-memory-") || url.contains("mode=memory") {
+        return Ok(None);
+    }
+    // sqlx opens with SQLITE_OPEN_URI: a `file:` name is a URI to SQLite.
+    let file = match name.strip_prefix("file:") {
+        Some(uri) => uri_path(uri)?,
+        None => PathBuf::from(&*name),
+    };
+    if file.as_os_str() == ":memory:" {
         return Ok(None);
     }
     // One lock file whatever name the database is reached by (a symlink,
     // another relative path): the real path once the file exists.
-    Ok(Some(
-        std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf()),
-    ))
+    Ok(Some(std::fs::canonicalize(&file).unwrap_or(file)))
+}
+
+/// The file a SQLite URI filename names (what follows `file:`): an
+/// optional `//` authority, empty or `localhost`, then the percent-encoded
+/// path (https://www.sqlite.org/uri.html).
+fn uri_path(uri: &str) -> anyhow::Result<PathBuf> {
+    let path = match uri.strip_prefix("//") {
+        Some(rest) => {
+            let at = rest.find('/').unwrap_or(rest.len());
+            let authority = &rest[..at];
+            anyhow::ensure!(
+                authority.is_empty() || authority.eq_ignore_ascii_case("localhost"),
+                "SECKILL_DATABASE_URL names a SQLite file on host {authority:?}; only a local file is opened"
+            );
+            &rest[at..]
+        }
+        None => uri,
+    };
+    let path = percent_encoding::percent_decode_str(path)
+        .decode_utf8()
+        .context("SECKILL_DATABASE_URL's SQLite file name is not UTF-8 once decoded")?;
+    Ok(PathBuf::from(&*path))
 }
 
 fn claim_path(path: &Path) -> anyhow::Result<DataLock> {
@@ -156,5 +179,31 @@ mod tests {
             assert!(claim(&c).unwrap().is_none(), "{url}");
         }
         assert!(!dir.path().join("data").exists());
+    }
+
+    #[test]
+    fn a_sqlite_uri_filename_is_the_file_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |url: String| Config {
+            database_url: url,
+            ..Config::default()
+        };
+        let d = dir.path().display();
+        let held = claim(&at(format!("sqlite:file:{d}/a%20b.db")))
+            .unwrap()
+            .expect("a file to guard");
+        assert_eq!(held.path(), dir.path().join("a b.db.lock"));
+        for same in [
+            format!("sqlite://{d}/a b.db"),
+            format!("sqlite:file://{d}/a%20b.db"),
+            format!("sqlite:file://localhost{d}/a%20b.db"),
+        ] {
+            assert!(
+                claim(&at(same.clone())).is_err(),
+                "{same} took a lock of its own"
+            );
+        }
+        assert!(claim(&at("sqlite:file::memory:".into())).unwrap().is_none());
+        assert!(claim(&at("sqlite:file://elsewhere/x.db".into())).is_err());
     }
 }
