@@ -8,11 +8,12 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::{ApiResult, ErrorBody};
+use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiJson, ClientIp, CurrentUser, SESSION_COOKIE};
 use super::AppState;
 use crate::domain::User;
 use crate::service::users::Registration;
+use crate::service::ServiceError;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -154,14 +155,22 @@ fn session_cookie(state: &AppState, token: &str, max_age: u64) -> String {
     format!("{SESSION_COOKIE}={token}; HttpOnly; Path=/; Max-Age={max_age}; {site}")
 }
 
-/// Logs out: the session ends on every instance.
-#[utoipa::path(delete, path = "/api/v1/sessions/current", tag = "users", security(("session" = [])),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+/// Logs out: the session ends on every instance. Idempotent: a session
+/// already ended, expired or unknown (the embedded default's sessions end
+/// with its process) is answered 204 too, with the cookie cleared, so a
+/// browser can always drop its `HttpOnly` cookie.
+#[utoipa::path(delete, path = "/api/v1/sessions/current", tag = "users", security((), ("session" = [])),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn logout(
     state: axum::extract::State<AppState>,
-    user: CurrentUser,
+    user: Result<CurrentUser, ApiError>,
 ) -> ApiResult<impl IntoResponse> {
-    state.users.logout(&user.token).await?;
+    match user {
+        Ok(user) => state.users.logout(&user.token).await?,
+        Err(ApiError::Service(ServiceError::Unauthenticated(_))) => {}
+        // Another site's page using the cookie, or the sessions' store down.
+        Err(e) => return Err(e),
+    }
     let mut headers = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&session_cookie(&state, "", 0)) {
         headers.insert(SET_COOKIE, v);

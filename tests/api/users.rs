@@ -366,6 +366,20 @@ async fn logging_out_ends_the_session() {
         (r.status, r.code().as_str()),
         (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED")
     );
+    // Again, or with a session nobody knows (a restarted embedded
+    // instance's), or none: still 204, and the cookie cleared, so a
+    // browser can drop a stale HttpOnly cookie.
+    for token in [Some(s.as_str()), Some("forgotten"), None] {
+        let r = t
+            .call("DELETE", "/api/v1/sessions/current", token, None)
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{token:?}");
+        let cookie = r.headers[axum::http::header::SET_COOKIE].to_str().unwrap();
+        assert!(
+            cookie.starts_with("seckill_session=;") && cookie.contains("Max-Age=0"),
+            "{cookie}"
+        );
+    }
 }
 
 #[tokio::test]
