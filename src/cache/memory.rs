@@ -133,14 +133,14 @@ impl StockLedger for MemoryStockLedger {
         Ok(out)
     }
 
-    async fn release(&self, promo: PromoId, id: StockLogId) -> CacheResult<bool> {
+    async fn release(&self, promo: PromoId, id: StockLogId) -> CacheResult<i64> {
         self.give_back_fault()?;
         let mut l = self.ledgers.lock();
         let Some(p) = l.promos.get_mut(&promo) else {
-            return Ok(false);
+            return Ok(0);
         };
         let Some((user, amount)) = p.reservations.remove(&id) else {
-            return Ok(false);
+            return Ok(0);
         };
         p.stock += amount;
         if let Some(units) = p.buyers.get_mut(&user) {
@@ -150,7 +150,7 @@ impl StockLedger for MemoryStockLedger {
             }
         }
         l.changed(promo);
-        Ok(true)
+        Ok(amount)
     }
 
     async fn reservations(&self, promo: PromoId, max: usize) -> CacheResult<ReservationPage> {
@@ -466,6 +466,21 @@ impl KvStore for MemoryKvStore {
         Ok(())
     }
 
+    async fn set_counter_if_absent(
+        &self,
+        key: &str,
+        value: i64,
+        ttl: Duration,
+    ) -> CacheResult<bool> {
+        let now = Instant::now();
+        let mut map = self.map.lock();
+        if map.get(key).is_some_and(|(_, exp)| *exp > now) {
+            return Ok(false);
+        }
+        self.insert_locked(&mut map, key, Value::Counter(value), ttl);
+        Ok(true)
+    }
+
     async fn add_to_counter(&self, key: &str, delta: i64) -> CacheResult<bool> {
         let mut map = self.map.lock();
         match map.get_mut(key) {
@@ -500,8 +515,13 @@ impl KvStore for MemoryKvStore {
             }
         }
         match map.get_mut(gate) {
-            Some((Value::Counter(n), exp)) if *exp > now && *n > 0 => *n -= 1,
-            _ => return Ok(Permit::Refused),
+            Some((Value::Counter(n), exp)) if *exp > now => {
+                if *n <= 0 {
+                    return Ok(Permit::Refused);
+                }
+                *n -= 1;
+            }
+            _ => return Ok(Permit::Missing),
         }
         self.insert_locked(&mut map, key, Value::Text(value.to_owned()), ttl);
         self.insert_locked(&mut map, holder, Value::Text(key.to_owned()), holder_ttl);

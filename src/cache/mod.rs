@@ -105,8 +105,9 @@ pub trait StockLedger: Send + Sync {
     /// answered `Reserved` and not taken a second time.
     async fn reserve(&self, batch: &[Reservation]) -> CacheResult<Vec<ReserveOutcome>>;
     /// The exact inverse of a reservation (stock back, buyer's units back,
-    /// sold-out flag cleared). Idempotent: true only the first time.
-    async fn release(&self, promo: PromoId, id: StockLogId) -> CacheResult<bool>;
+    /// sold-out flag cleared). Idempotent: the units given back the first
+    /// time, 0 after (and for an id the ledger does not hold).
+    async fn release(&self, promo: PromoId, id: StockLogId) -> CacheResult<i64>;
     /// Up to `max` ids of the reservations the ledger holds (in no
     /// particular order; never blocking the ledger for the whole list): in
     /// flight, committed and not forgotten yet, or rolled back and not
@@ -184,6 +185,14 @@ pub trait KvStore: Send + Sync {
         -> CacheResult<LeaseRenewal>;
     /// Sets an integer counter (a promo's gate) with a TTL.
     async fn set_counter(&self, key: &str, value: i64, ttl: Duration) -> CacheResult<()>;
+    /// Sets an integer counter only when it is absent (a gate lost on its
+    /// own): true when set now.
+    async fn set_counter_if_absent(
+        &self,
+        key: &str,
+        value: i64,
+        ttl: Duration,
+    ) -> CacheResult<bool>;
     /// Adds `delta` to a counter that exists, keeping its TTL; a missing
     /// (or expired) one stays missing. True when added.
     async fn add_to_counter(&self, key: &str, delta: i64) -> CacheResult<bool>;
@@ -194,8 +203,9 @@ pub trait KvStore: Send + Sync {
     /// permit, and its record is replaced — the one it named deleted, `key`
     /// set, no permit taken ([`Permit::Held`]; one live record per holder).
     /// Otherwise one permit is taken and the holder key set, naming `key`,
-    /// for `holder_ttl` ([`Permit::Granted`]); with the counter at zero or
-    /// missing nothing is set ([`Permit::Refused`]).
+    /// for `holder_ttl` ([`Permit::Granted`]); with the counter at zero
+    /// nothing is set ([`Permit::Refused`]), nor with no counter
+    /// ([`Permit::Missing`]).
     async fn take_permit_and_set(
         &self,
         gate: &str,
@@ -236,8 +246,10 @@ pub enum Permit {
     Granted,
     /// The holder had one already: the record set, no permit taken.
     Held,
-    /// No permit left (or no counter): nothing set.
+    /// No permit left: nothing set.
     Refused,
+    /// No counter (lost with the cache, or on its own): nothing set.
+    Missing,
 }
 
 /// What [`KvStore::renew_lease`] found.

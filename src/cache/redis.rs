@@ -174,7 +174,7 @@ redis.call('INCRBY', KEYS[1], amount)
 if redis.call('HINCRBY', KEYS[2], user, -amount) <= 0 then redis.call('HDEL', KEYS[2], user) end
 redis.call('DEL', KEYS[4])
 redis.call('INCR', KEYS[5])
-return 1
+return amount
 "#;
 
 const RESTOCK: &str = r#"
@@ -328,10 +328,10 @@ impl StockLedger for RedisStockLedger {
         Ok(out)
     }
 
-    async fn release(&self, promo: PromoId, id: StockLogId) -> CacheResult<bool> {
+    async fn release(&self, promo: PromoId, id: StockLogId) -> CacheResult<i64> {
         let k = self.redis.promo_keys(promo);
         let mut c = self.redis.conn.clone();
-        let done: i64 = self
+        let units: i64 = self
             .release
             .key(&k.stock)
             .key(&k.buyers)
@@ -342,7 +342,7 @@ impl StockLedger for RedisStockLedger {
             .invoke_async(&mut c)
             .await
             .map_err(err("ledger release failed"))?;
-        Ok(done == 1)
+        Ok(units)
     }
 
     async fn reservations(&self, promo: PromoId, max: usize) -> CacheResult<ReservationPage> {
@@ -551,7 +551,7 @@ impl StockLedger for RedisStockLedger {
 /// KEYS: gate counter, holder, record. ARGV: value, record TTL in ms,
 /// holder TTL in ms. The holder's value is its record's key (as given,
 /// prefixed). 2: held already (its previous record replaced), 1: granted,
-/// 0: refused.
+/// 0: refused, -1: no gate.
 const TAKE_PERMIT_AND_SET: &str = r#"
 local previous = redis.call('GET', KEYS[2])
 if previous then
@@ -562,7 +562,9 @@ if previous then
   redis.call('SET', KEYS[2], KEYS[3], 'KEEPTTL')
   return 2
 end
-local v = tonumber(redis.call('GET', KEYS[1]) or '0')
+local gate = redis.call('GET', KEYS[1])
+if not gate then return -1 end
+local v = tonumber(gate)
 if v > 0 then
   redis.call('DECR', KEYS[1])
   redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
@@ -743,6 +745,25 @@ impl KvStore for RedisKvStore {
         self.set_px(key, value, ttl).await
     }
 
+    async fn set_counter_if_absent(
+        &self,
+        key: &str,
+        value: i64,
+        ttl: Duration,
+    ) -> CacheResult<bool> {
+        let mut c = self.redis.conn.clone();
+        let set: Option<String> = ::redis::cmd("SET")
+            .arg(self.redis.key(key))
+            .arg(value)
+            .arg("PX")
+            .arg(millis(ttl))
+            .arg("NX")
+            .query_async(&mut c)
+            .await
+            .map_err(err("Redis SET NX failed"))?;
+        Ok(set.is_some())
+    }
+
     async fn add_to_counter(&self, key: &str, delta: i64) -> CacheResult<bool> {
         let mut c = self.redis.conn.clone();
         let added: i64 = self
@@ -779,6 +800,7 @@ impl KvStore for RedisKvStore {
         Ok(match answer {
             2 => Permit::Held,
             1 => Permit::Granted,
+            -1 => Permit::Missing,
             _ => Permit::Refused,
         })
     }

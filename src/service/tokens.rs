@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::catalog::{gate_key, CatalogService};
+use super::catalog::{gate_key, gate_ttl, CatalogService};
 use super::users::random_token;
 use super::{Context, ServiceError, ServiceResult};
 use crate::cache::{Permit, RateRule};
@@ -227,20 +227,45 @@ impl TokenService {
         let token = random_token();
         let ttl = Duration::from_secs(self.cx.config.seckill_token_ttl_secs);
         let until_end = (promo.end_at - Utc::now()).to_std().unwrap_or_default();
-        let permit = self
-            .cx
-            .ports
-            .kv
-            .take_permit_and_set(
-                &gate_key(promo_id),
-                &holder_key(user, promo_id),
+        let (gate, holder) = (gate_key(promo_id), holder_key(user, promo_id));
+        let (record, bound) = (token_key(&token), binding(user, promo_id, item_id));
+        let take = || {
+            self.cx.ports.kv.take_permit_and_set(
+                &gate,
+                &holder,
                 until_end.max(ttl),
-                &token_key(&token),
-                &binding(user, promo_id, item_id),
+                &record,
+                &bound,
                 ttl,
             )
-            .await?;
-        if permit == Permit::Refused {
+        };
+        let mut permit = take().await?;
+        if permit == Permit::Missing {
+            // No gate: lost with the ledger (the cache restarted empty: the
+            // ledger is rebuilt from the DB, 503 until then), or alone — a
+            // rebuild that failed between the ledger and its gate, a gate
+            // evicted — and then no token would ever be handed out again:
+            // the gate is set back as a rebuild sets it, from the ledger's
+            // stock (by whichever request gets there first).
+            let Some(stock) = self.cx.ports.ledger.stock(promo_id).await? else {
+                return Err(self.cx.recovery.reload(&self.cx, promo_id));
+            };
+            let permits = stock
+                .max(0)
+                .saturating_mul(i64::from(self.cx.config.gate_factor));
+            if self
+                .cx
+                .ports
+                .kv
+                .set_counter_if_absent(&gate, permits, gate_ttl(promo))
+                .await?
+            {
+                tracing::warn!(promo_id = %promo_id, stock, permits,
+                    "the promo's token gate was missing beside its ledger; set again from the ledger's stock");
+            }
+            permit = take().await?;
+        }
+        if permit != Permit::Granted && permit != Permit::Held {
             // No permit: the gate is spent, or the cache lost it with the
             // ledger (then it is rebuilt from the DB; 503 until then).
             if self.cx.ports.ledger.stock(promo_id).await?.is_none() {

@@ -331,9 +331,9 @@ impl Worker {
         let given_back = futures::future::join_all(group.iter().map(|r| async move {
             let d = &r.draft;
             match ledger.release(d.promo_id, d.stock_log_id).await {
-                Ok(released) => {
-                    if released {
-                        self.cx.sold_out.clear(d.promo_id);
+                Ok(units) => {
+                    if units > 0 {
+                        payment::back_on_sale(&self.cx, d.promo_id, Some(units)).await;
                     }
                     Some(d.clone())
                 }
@@ -486,17 +486,18 @@ impl Worker {
 }
 
 /// Gives back the reservation of a row rolled back for good: `Some(true)`
-/// when units came back (the sold-out flag is cleared), `Some(false)` when
-/// the ledger held none. When the ledger fails, the reservation is stranded
-/// — counted, logged, `None` — and the reconciler's sweep of reservation
-/// records gives it back.
+/// when units came back (back on sale: the sold-out flag cleared, the gate
+/// reopened for them, as a cancellation's — the buyer who held them may be
+/// gone), `Some(false)` when the ledger held none. When the ledger fails,
+/// the reservation is stranded — counted, logged, `None` — and the
+/// reconciler's sweep of reservation records gives it back.
 pub(crate) async fn give_back(cx: &Context, promo: PromoId, id: StockLogId) -> Option<bool> {
     match cx.ports.ledger.release(promo, id).await {
-        Ok(released) => {
-            if released {
-                cx.sold_out.clear(promo);
+        Ok(units) => {
+            if units > 0 {
+                payment::back_on_sale(cx, promo, Some(units)).await;
             }
-            Some(released)
+            Some(units > 0)
         }
         Err(e) => {
             metrics::counter!("seckill_reservations_stranded_total").increment(1);

@@ -383,10 +383,10 @@ async fn sweep_promo(
         report.records_forgotten += committed.len();
         for id in rolled_back {
             match ledger.release(promo, id).await {
-                Ok(released) => {
-                    if released {
+                Ok(units) => {
+                    if units > 0 {
                         report.stranded_given_back += 1;
-                        cx.sold_out.clear(promo);
+                        payment::back_on_sale(cx, promo, Some(units)).await;
                         tracing::warn!(promo_id = %promo, stock_log_id = %id,
                             "audit: reconciler gave back a rolled-back reservation the ledger still held");
                     }

@@ -266,6 +266,29 @@ async fn the_admin_api_takes_larger_bodies_than_the_buying_requests() {
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
 }
 
+/// A promo's gate lost on its own, beside its ledger (a ledger rebuild that
+/// failed between the two, a gate evicted): set again from the ledger's
+/// stock by the next token request, rather than every buyer being told
+/// "sold out" until the sale ends.
+#[tokio::test]
+async fn a_gate_lost_beside_its_ledger_is_set_again_from_the_ledgers_stock() {
+    let t = TestApp::spawn().await;
+    let (item, promo) = t.sale(3).await;
+    let kv = &t.app.state.ports.kv;
+    let gate = format!("gate:{promo}");
+    kv.delete(&gate).await.unwrap();
+    let s = t.user("13500000014").await;
+    let r = t.token(&s, promo, item).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
+    let factor = i64::from(t.app.state.config.gate_factor);
+    assert_eq!(
+        kv.get(&gate).await.unwrap(),
+        Some((3 * factor - 1).to_string()),
+        "stock × factor, less the permit just taken"
+    );
+    assert_eq!(t.buy(&s, promo, item).await.status, StatusCode::CREATED);
+}
+
 #[tokio::test]
 async fn an_order_while_the_broker_is_down_is_503_and_gives_the_stock_back() {
     let t = TestApp::spawn().await;
@@ -275,6 +298,12 @@ async fn an_order_while_the_broker_is_down_is_503_and_gives_the_stock_back() {
         .as_str()
         .unwrap()
         .to_owned();
+    let gate = || async {
+        let kv = &t.app.state.ports.kv;
+        let v = kv.get(&format!("gate:{promo}")).await.unwrap();
+        v.unwrap().parse::<i64>().unwrap()
+    };
+    let permits = gate().await;
     t.app.memory_bus.as_ref().unwrap().refuse_sends(true);
     let r = t.order(&s, promo, item, &token).await;
     assert_eq!(
@@ -283,6 +312,11 @@ async fn an_order_while_the_broker_is_down_is_503_and_gives_the_stock_back() {
     );
     let stats = t.stats(promo).await;
     assert_eq!(stats["stock_cache"], 1, "reservation given back");
+    assert_eq!(
+        gate().await,
+        permits + i64::from(t.app.state.config.gate_factor),
+        "the unit back on sale reopens the gate for it (its buyer may be gone)"
+    );
     assert_eq!(stats["orders"], 0);
     assert_eq!(
         stats["stock_log"],

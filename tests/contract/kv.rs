@@ -118,14 +118,20 @@ pub async fn suite(kv: Arc<dyn KvStore>) {
         kv.take_permit_and_set(&k, &holder(99), long, &record(99), "v", long)
             .await
             .unwrap(),
-        Permit::Refused,
-        "missing counter: no permit"
+        Permit::Missing,
+        "missing counter: no permit, and said so"
     );
     assert_eq!(
         kv.get(&record(99)).await.unwrap(),
         None,
         "no permit, no record"
     );
+    assert!(kv.set_counter_if_absent(&k, 1, long).await.unwrap());
+    assert!(
+        !kv.set_counter_if_absent(&k, 7, long).await.unwrap(),
+        "set already"
+    );
+    assert_eq!(kv.get(&k).await.unwrap().as_deref(), Some("1"));
     kv.set_counter(&k, 3, long).await.unwrap();
     let tasks: Vec<_> = (0..10)
         .map(|i| {
@@ -143,7 +149,9 @@ pub async fn suite(kv: Arc<dyn KvStore>) {
         match t.await.unwrap() {
             Permit::Granted => granted.push(i),
             Permit::Refused => {}
-            Permit::Held => panic!("holder {i} held nothing yet"),
+            Permit::Held | Permit::Missing => {
+                panic!("holder {i} held nothing yet, the gate is set")
+            }
         }
     }
     assert_eq!(granted.len(), 3, "exactly the counter's permits");

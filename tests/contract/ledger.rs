@@ -92,7 +92,7 @@ async fn reservation_records_are_listed_and_committed_ones_forgotten(l: Arc<dyn 
     let left = l.reservations(p, 100).await.unwrap();
     assert_eq!((left.ids, left.complete), (vec![StockLogId(2)], true));
     assert_eq!(l.stock(p).await.unwrap(), Some(3));
-    assert!(!l.release(p, StockLogId(1)).await.unwrap());
+    assert!(l.release(p, StockLogId(1)).await.unwrap() == 0);
     assert_eq!(l.stock(p).await.unwrap(), Some(3));
     let out = l.reserve(&[r(p, 1, 2, 3)]).await.unwrap();
     assert_eq!(out, vec![ReserveOutcome::AlreadyBought], "the buyer stays");
@@ -100,7 +100,7 @@ async fn reservation_records_are_listed_and_committed_ones_forgotten(l: Arc<dyn 
         !l.warm(p, 100, 2).await.unwrap(),
         "a sale with only forgotten records is still going"
     );
-    assert!(l.release(p, StockLogId(2)).await.unwrap());
+    assert!(l.release(p, StockLogId(2)).await.unwrap() > 0);
     assert_eq!(l.stock(p).await.unwrap(), Some(4));
     l.forget_committed(p, &[]).await.unwrap();
 }
@@ -133,8 +133,8 @@ async fn a_reservation_the_ledger_holds_is_not_taken_twice(l: Arc<dyn StockLedge
     );
     assert_eq!(l.stock(p).await.unwrap(), Some(3));
     // Given back once, it is the buyer's again to take (a new id).
-    assert!(l.release(p, StockLogId(7)).await.unwrap());
-    assert!(!l.release(p, StockLogId(7)).await.unwrap());
+    assert!(l.release(p, StockLogId(7)).await.unwrap() > 0);
+    assert!(l.release(p, StockLogId(7)).await.unwrap() == 0);
     assert_eq!(l.stock(p).await.unwrap(), Some(4));
     let out = l.reserve(&[r(p, 1, 1, 9)]).await.unwrap();
     assert_eq!(out, vec![ReserveOutcome::Reserved { remaining: 3 }]);
@@ -179,8 +179,8 @@ async fn a_rebuilt_ledger_holds_the_journal_and_loads_once(l: Arc<dyn StockLedge
     );
     // The undecided reservation is given back once; the cancelled one is
     // never restocked again.
-    assert!(l.release(p, StockLogId(7)).await.unwrap());
-    assert!(!l.release(p, StockLogId(7)).await.unwrap());
+    assert!(l.release(p, StockLogId(7)).await.unwrap() > 0);
+    assert!(l.release(p, StockLogId(7)).await.unwrap() == 0);
     assert!(!l.restock(p, StockLogId(9), 1).await.unwrap());
     assert_eq!(l.stock(p).await.unwrap(), Some(8));
     // A sold-out journal loads sold out.
@@ -247,7 +247,7 @@ async fn every_change_moves_the_version_and_a_look_does_not(l: Arc<dyn StockLedg
     // A refused one neither (the buyer is at the limit).
     l.reserve(&[r(p, 1, 1, 2)]).await.unwrap();
     assert_eq!(l.level(p).await.unwrap(), Some(reserved));
-    assert!(l.release(p, StockLogId(1)).await.unwrap());
+    assert!(l.release(p, StockLogId(1)).await.unwrap() > 0);
     let back = l.level(p).await.unwrap().unwrap();
     assert_eq!(back.stock, seen.stock, "the stock is where it was");
     assert!(
@@ -321,7 +321,7 @@ async fn refuses_a_promo_that_is_not_warmed(l: Arc<dyn StockLedger>) {
         vec![ReserveOutcome::NotWarmed]
     );
     assert_eq!(l.stock(p).await.unwrap(), None);
-    assert!(!l.release(p, StockLogId(1)).await.unwrap());
+    assert!(l.release(p, StockLogId(1)).await.unwrap() == 0);
 }
 
 async fn release_is_the_exact_inverse_once(l: Arc<dyn StockLedger>) {
@@ -329,10 +329,14 @@ async fn release_is_the_exact_inverse_once(l: Arc<dyn StockLedger>) {
     l.warm(p, 1, 1).await.unwrap();
     l.reserve(&[r(p, 7, 1, 70)]).await.unwrap();
     assert!(l.sold_out(p).await.unwrap());
-    assert!(l.release(p, StockLogId(70)).await.unwrap());
-    assert!(!l.release(p, StockLogId(70)).await.unwrap(), "idempotent");
+    assert_eq!(
+        l.release(p, StockLogId(70)).await.unwrap(),
+        1,
+        "the units given back"
+    );
+    assert_eq!(l.release(p, StockLogId(70)).await.unwrap(), 0, "idempotent");
     assert!(
-        !l.release(p, StockLogId(71)).await.unwrap(),
+        l.release(p, StockLogId(71)).await.unwrap() == 0,
         "unknown reservation: nothing to give back"
     );
     assert_eq!(l.stock(p).await.unwrap(), Some(1));
@@ -392,7 +396,7 @@ async fn an_untouched_ledger_is_warmed_afresh(l: Arc<dyn StockLedger>) {
         "with the new limit"
     );
     // A reservation given back leaves no sale going: loaded afresh again.
-    assert!(l.release(p, StockLogId(1)).await.unwrap());
+    assert!(l.release(p, StockLogId(1)).await.unwrap() > 0);
     assert!(l.warm(p, 4, 1).await.unwrap());
     assert_eq!(l.stock(p).await.unwrap(), Some(4));
 }
