@@ -1,6 +1,7 @@
 //! The order path over HTTP: captcha, seckill tokens, orders, payment.
 
-use axum::extract::{FromRequestParts, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequestParts, Query, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -10,10 +11,11 @@ use axum::{Extension, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedSemaphorePermit;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath, CurrentUser};
+use super::items::page_size;
 use super::AppState;
 use crate::domain::{ItemId, Order, OrderStatus, PromoId};
 use crate::service::deadline_hold::DeadlineHold;
@@ -145,6 +147,24 @@ impl From<&Order> for OrderDto {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct OrderList {
     pub orders: Vec<OrderDto>,
+    /// The `offset` of the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<u32>,
+}
+
+/// Which page of your orders.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OrderPage {
+    /// Orders to skip (newest first); 0 by default.
+    #[serde(default)]
+    #[param(minimum = 0)]
+    pub offset: i32,
+    /// Orders on the page, at least 1; at most `SECKILL_ITEM_LIST_PAGE_MAX`
+    /// (500 by default), which is also the default: a larger limit is
+    /// taken as that.
+    #[param(minimum = 1)]
+    pub limit: Option<i32>,
 }
 
 /// A captcha image for (you, this promo); single use, short-lived.
@@ -241,16 +261,28 @@ pub async fn place(
     Ok((StatusCode::CREATED, ApiJson(OrderDto::from(&order))))
 }
 
-/// Your orders, newest first.
-#[utoipa::path(get, path = "/api/v1/orders", tag = "orders", security(("session" = [])),
-    responses((status = 200, body = OrderList), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+/// Your orders, newest first, a page at a time (`next_offset` names the
+/// next page while there is one).
+#[utoipa::path(get, path = "/api/v1/orders", tag = "orders", security(("session" = [])), params(OrderPage),
+    responses((status = 200, body = OrderList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     user: CurrentUser,
+    page: Result<Query<OrderPage>, QueryRejection>,
 ) -> ApiResult<ApiJson<OrderList>> {
-    let orders = state.orders.list(user.id).await?;
+    let Query(page) = page?;
+    let (Ok(offset), Some(limit)) = (
+        u32::try_from(page.offset),
+        page_size(page.limit.map(i64::from), state.config.item_list_page_max),
+    ) else {
+        return Err(
+            ServiceError::Invalid("offset must be at least 0 and limit at least 1".into()).into(),
+        );
+    };
+    let (orders, more) = state.orders.list(user.id, offset, limit).await?;
     Ok(ApiJson(OrderList {
         orders: orders.iter().map(OrderDto::from).collect(),
+        next_offset: more.then(|| offset.saturating_add(limit)),
     }))
 }
 

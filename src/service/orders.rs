@@ -363,8 +363,22 @@ impl OrderService {
         }
     }
 
-    pub async fn list(&self, user: UserId) -> ServiceResult<Vec<Order>> {
-        Ok(self.cx.ports.store.orders_of_user(user, 200).await?)
+    /// A page of the user's orders, newest first, and whether more follow.
+    pub async fn list(
+        &self,
+        user: UserId,
+        offset: u32,
+        limit: u32,
+    ) -> ServiceResult<(Vec<Order>, bool)> {
+        let mut orders = self
+            .cx
+            .ports
+            .store
+            .orders_of_user(user, offset, limit.saturating_add(1))
+            .await?;
+        let more = orders.len() > limit as usize;
+        orders.truncate(limit as usize);
+        Ok((orders, more))
     }
 
     /// Mock payment: `pending_payment` → `paid`; paying again answers the

@@ -155,7 +155,7 @@ forward! {
         #[ungated] fn unpaid_orders(before: DateTime<Utc>, limit: u32) -> Vec<OrderNo>;
         #[ungated] fn apply_deductions(entries: &[Deduction] => Vec<Deduction>) -> DeductionReport;
         #[ungated] fn order(no: &OrderNo => OrderNo) -> Option<Order>;
-        #[ungated] fn orders_of_user(user: UserId, limit: u32) -> Vec<Order>;
+        #[ungated] fn orders_of_user(user: UserId, offset: u32, limit: u32) -> Vec<Order>;
         #[ungated] fn has_order(user: UserId, promo: PromoId) -> bool;
         fn pay_order(no: &OrderNo => OrderNo) -> Order;
         fn cancel_order(no: &OrderNo => OrderNo) -> (Order, bool);

@@ -232,7 +232,14 @@ pub trait OrderStore: Send + Sync {
     /// with the entry's id recorded in the same transaction.
     async fn apply_deductions(&self, entries: &[Deduction]) -> StoreResult<DeductionReport>;
     async fn order(&self, no: &OrderNo) -> StoreResult<Option<Order>>;
-    async fn orders_of_user(&self, user: UserId, limit: u32) -> StoreResult<Vec<Order>>;
+    /// A user's orders, newest first (order number breaking ties), `limit`
+    /// of them after the first `offset`.
+    async fn orders_of_user(
+        &self,
+        user: UserId,
+        offset: u32,
+        limit: u32,
+    ) -> StoreResult<Vec<Order>>;
     /// Whether the user has an order of the promo, in any state (one order
     /// per buyer and promo: a cancelled one counts too).
     async fn has_order(&self, user: UserId, promo: PromoId) -> StoreResult<bool>;

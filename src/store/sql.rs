@@ -941,12 +941,13 @@ impl OrderStore for $store {
             .transpose()
     }
 
-    async fn orders_of_user(&self, user: UserId, limit: u32) -> StoreResult<Vec<Order>> {
+    async fn orders_of_user(&self, user: UserId, offset: u32, limit: u32) -> StoreResult<Vec<Order>> {
         sqlx::query(&format!(
-            "SELECT {ORDER_COLUMNS} WHERE user_id = ? ORDER BY created_at DESC LIMIT ?"
+            "SELECT {ORDER_COLUMNS} WHERE user_id = ? ORDER BY created_at DESC, order_no DESC LIMIT ? OFFSET ?"
         ))
         .bind(user.0)
         .bind(limit)
+        .bind(offset)
         .fetch_all(&self.pool)
         .await?
         .iter()

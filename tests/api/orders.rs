@@ -27,6 +27,57 @@ async fn a_buyer_gets_a_token_orders_and_sees_the_order() {
 }
 
 #[tokio::test]
+async fn a_buyers_orders_come_a_page_at_a_time_newest_first() {
+    let t = TestApp::spawn().await;
+    let b = t.user("13600000009").await;
+    let mut bought = Vec::new();
+    for _ in 0..3 {
+        let (item, promo) = t.sale(5).await;
+        let r = t.buy(&b, promo, item).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
+        bought.push(r.json()["order_no"].as_str().unwrap().to_owned());
+    }
+    let page = |q: &'static str| {
+        let (t, b) = (&t, &b);
+        async move { t.get(&format!("/api/v1/orders{q}"), Some(b)).await }
+    };
+    let nos = |v: &serde_json::Value| -> Vec<String> {
+        v["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["order_no"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = page("").await.json();
+    assert!(all.get("next_offset").is_none(), "{all}");
+    let mut listed = nos(&all);
+    listed.sort();
+    bought.sort();
+    assert_eq!(listed, bought);
+    let created: Vec<&str> = all["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["created_at"].as_str().unwrap())
+        .collect();
+    assert!(created.windows(2).all(|w| w[0] >= w[1]), "{created:?}");
+    let first = page("?limit=2").await.json();
+    assert_eq!(first["next_offset"], 2);
+    let second = page("?offset=2&limit=2").await.json();
+    assert!(second.get("next_offset").is_none(), "{second}");
+    let paged: Vec<String> = nos(&first).into_iter().chain(nos(&second)).collect();
+    assert_eq!(paged, nos(&all), "the pages are the list, in its order");
+    for (q, status) in [
+        ("?limit=0", StatusCode::UNPROCESSABLE_ENTITY),
+        ("?offset=-1", StatusCode::UNPROCESSABLE_ENTITY),
+        ("?limit=many", StatusCode::BAD_REQUEST),
+    ] {
+        assert_eq!(page(q).await.status, status, "{q}");
+    }
+}
+
+#[tokio::test]
 async fn a_second_order_of_the_same_buyer_is_already_bought() {
     let t = TestApp::spawn().await;
     let (item, promo) = t.sale(5).await;

@@ -336,7 +336,8 @@ async fn order_flow(s: &dyn Store) {
         (2, 1000, OrderStatus::PendingPayment)
     );
     assert_eq!(s.item(item).await.unwrap().unwrap().sales, 3);
-    assert_eq!(s.orders_of_user(UserId(2), 10).await.unwrap().len(), 1);
+    assert_eq!(s.orders_of_user(UserId(2), 0, 10).await.unwrap().len(), 1);
+    assert!(s.orders_of_user(UserId(2), 1, 10).await.unwrap().is_empty());
     let totals = s.promo_totals(promo).await.unwrap();
     assert_eq!(
         (totals.sold, totals.orders, totals.stock_log_committed),
