@@ -276,8 +276,15 @@ pub struct Config {
     pub admin_max_body_bytes: usize,
     /// Accounts per bulk-creation request.
     pub bulk_users_max: usize,
+    /// The bulk-creation request's deadline, in place of
+    /// `request_timeout_ms`: every account is a password hash (at Argon2's
+    /// defaults some tens of milliseconds of a core), all of them computed
+    /// before the one write, so a request of thousands outlasts the API's
+    /// deadline. At least `request_timeout_ms`.
+    pub bulk_users_timeout_ms: u64,
     /// Items per page of `GET /api/v1/items` (its `limit`'s default and
-    /// bound), and promos per page of the admin promo list.
+    /// bound), orders per page of `GET /api/v1/orders` (the same), and
+    /// promos per page of the admin promo list.
     pub item_list_page_max: u32,
     /// Argon2 memory cost (KiB) and passes; lower only for drills.
     pub argon2_memory_kib: u32,
@@ -424,6 +431,7 @@ impl Default for Config {
             max_body_bytes: 16 * 1024,
             admin_max_body_bytes: 2 * 1024 * 1024,
             bulk_users_max: 20_000,
+            bulk_users_timeout_ms: 300_000,
             item_list_page_max: 500,
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
@@ -703,6 +711,14 @@ impl Config {
                 "SECKILL_LOCAL_TX_TIMEOUT_MS ({}) must be below SECKILL_ROCKETMQ_LISTENER_DEADLINE_MS ({}): \
                  the local transaction runs inside the broker client's listener call, which answers \"unknown\" past its deadline",
                 self.local_tx_timeout_ms, self.rocketmq_listener_deadline_ms
+            )));
+        }
+        if self.bulk_users_timeout_ms < self.request_timeout_ms
+            || self.bulk_users_timeout_ms > 3_600_000
+        {
+            return Err(ConfigError(format!(
+                "SECKILL_BULK_USERS_TIMEOUT_MS ({}) must be at least SECKILL_REQUEST_TIMEOUT_MS ({}) and at most 3600000",
+                self.bulk_users_timeout_ms, self.request_timeout_ms
             )));
         }
         if self.request_timeout_ms <= self.local_tx_timeout_ms {
@@ -1116,7 +1132,21 @@ mod tests {
 
     #[test]
     fn each_bound_names_its_setting() {
-        let cases: [(&str, Config); 10] = [
+        let cases: [(&str, Config); 12] = [
+            (
+                "SECKILL_BULK_USERS_TIMEOUT_MS",
+                Config {
+                    bulk_users_timeout_ms: 14_999,
+                    ..Config::default()
+                },
+            ),
+            (
+                "SECKILL_BULK_USERS_TIMEOUT_MS",
+                Config {
+                    bulk_users_timeout_ms: 3_600_001,
+                    ..Config::default()
+                },
+            ),
             (
                 "SECKILL_SHUTDOWN_TIMEOUT_SECS",
                 Config {
@@ -1199,6 +1229,7 @@ mod tests {
         Config {
             shutdown_timeout_secs: 15,
             heartbeat_interval_ms: 100,
+            bulk_users_timeout_ms: 15_000,
             ..Config::default()
         }
         .validate()

@@ -18,9 +18,12 @@ use crate::domain::{ItemId, ItemPatch, NewItem, NewPromo, PromoId};
 use crate::service::users::BulkUser;
 use crate::service::ServiceError;
 
+/// The bulk sign-up: a deadline of its own (`http::deadline`).
+pub const BULK_USERS_PATH: &str = v1!("/admin/users");
+
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route(v1!("/admin/users"), post(create_users))
+        .route(BULK_USERS_PATH, post(create_users))
         .route(v1!("/admin/items"), post(create_item))
         .route(v1!("/admin/items/{id}"), patch(update_item))
         .route(v1!("/admin/promos"), post(create_promo).get(list_promos))

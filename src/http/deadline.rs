@@ -38,22 +38,34 @@ use tokio::task::Unconstrained;
 use tokio::time::Sleep;
 use tower::{Layer, Service};
 
+use super::admin::BULK_USERS_PATH;
 use super::error::ApiError;
 use super::orders::ORDERS_PATH;
 use crate::service::deadline_hold::{self, DeadlineHold};
 use crate::service::ServiceError;
 
 /// Answers 503 when the inner service has not answered within `limit`
-/// (a held request: within `limit` + `grace`).
+/// (a held request: within `limit` + `grace`); the bulk sign-up, all
+/// password hashes before its one write, within `bulk_limit`.
 #[derive(Debug, Clone, Copy)]
 pub struct DeadlineLayer {
     limit: Duration,
     grace: Duration,
+    bulk_limit: Duration,
 }
 
 impl DeadlineLayer {
     pub fn new(limit: Duration, grace: Duration) -> Self {
-        DeadlineLayer { limit, grace }
+        DeadlineLayer {
+            limit,
+            grace,
+            bulk_limit: limit,
+        }
+    }
+
+    /// The bulk sign-up's own deadline (`bulk_users_timeout_ms`).
+    pub fn bulk_limit(self, bulk_limit: Duration) -> Self {
+        DeadlineLayer { bulk_limit, ..self }
     }
 }
 
@@ -65,6 +77,7 @@ impl<S> Layer<S> for DeadlineLayer {
             inner,
             limit: self.limit,
             grace: self.grace,
+            bulk_limit: self.bulk_limit,
         }
     }
 }
@@ -74,6 +87,7 @@ pub struct Deadline<S> {
     inner: S,
     limit: Duration,
     grace: Duration,
+    bulk_limit: Duration,
 }
 
 type Answer = Result<Response, Infallible>;
@@ -109,6 +123,11 @@ where
         }
         let hold = DeadlineHold::default();
         let order = *method == Method::POST && req.uri().path() == ORDERS_PATH;
+        let limit = if !order && *method == Method::POST && req.uri().path() == BULK_USERS_PATH {
+            self.bulk_limit
+        } else {
+            self.limit
+        };
         // An order holds its own hold, the extension (its write-behind
         // writes run in the batch workers, the pure-database path holds
         // before its transaction): it pays for no task-local.
@@ -125,7 +144,7 @@ where
         DeadlineFuture {
             inner,
             timer: None,
-            limit: self.limit,
+            limit,
             grace: self.grace,
             hold: Some(hold),
             order,

@@ -107,10 +107,15 @@ pub fn router(state: AppState) -> Router {
                     header::CACHE_CONTROL,
                     HeaderValue::from_static("no-store"),
                 ))
-                .layer(deadline::DeadlineLayer::new(
-                    std::time::Duration::from_millis(state.config.request_timeout_ms),
-                    state.config.held_order_grace(),
-                )),
+                .layer(
+                    deadline::DeadlineLayer::new(
+                        std::time::Duration::from_millis(state.config.request_timeout_ms),
+                        state.config.held_order_grace(),
+                    )
+                    .bulk_limit(std::time::Duration::from_millis(
+                        state.config.bulk_users_timeout_ms,
+                    )),
+                ),
         );
     let web_dir = web_dir(&state.config);
     // Pages and assets are revalidated on every use (Last-Modified /

@@ -331,6 +331,53 @@ async fn bulk_users_are_created_and_duplicates_skipped() {
     t.login("13700000003").await;
 }
 
+/// The bulk sign-up hashes every password (here at Argon2's real cost,
+/// one at a time) before its one write: a request outlasting the API's
+/// deadline is answered within its own, `bulk_users_timeout_ms`. Cut off
+/// by a deadline, it writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_sign_up_outlasting_the_request_deadline_has_a_deadline_of_its_own() {
+    let slow_hashes = |bulk_ms: u64| {
+        move |c: &mut seckill::config::Config| {
+            c.local_tx_timeout_ms = 500;
+            c.ledger_rebuild_quiet_ms = 500;
+            c.request_timeout_ms = 1_000;
+            c.bulk_users_timeout_ms = bulk_ms;
+            c.argon2_memory_kib = 19_456;
+            c.argon2_iterations = 2;
+            c.password_hashes_max_in_flight = 1;
+        }
+    };
+    // ~20 ms a hash on a fast core: well over a second.
+    let users: Vec<_> = (0..150)
+        .map(|i| json!({"phone": format!("1371000{i:04}"), "name": "u", "password": "secret-pass"}))
+        .collect();
+    let created = |t: &TestApp| {
+        let store = t.app.state.ports.store.clone();
+        async move { store.user_by_phone("13710000149").await.unwrap().is_some() }
+    };
+
+    let t = TestApp::spawn_with(slow_hashes(1_000)).await;
+    let r = t
+        .post("/api/v1/admin/users", Some(ADMIN), json!({"users": users}))
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+    );
+    assert!(!created(&t).await, "a bulk sign-up cut off wrote accounts");
+
+    let t = TestApp::spawn_with(slow_hashes(120_000)).await;
+    let r = t
+        .post("/api/v1/admin/users", Some(ADMIN), json!({"users": users}))
+        .await;
+    assert_eq!(
+        (r.status, r.json()["created"].as_i64()),
+        (StatusCode::CREATED, Some(150))
+    );
+    assert!(created(&t).await);
+}
+
 #[tokio::test]
 async fn stats_show_db_and_cache_stock_and_the_journal() {
     let t = TestApp::spawn().await;
