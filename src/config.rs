@@ -485,8 +485,32 @@ impl Config {
                 fig = fig.merge(Serialized::default(key, raw));
             }
         }
-        fig.extract()
-            .map_err(|e| ConfigError(format!("bad setting: {e}")))
+        let mut config: Config = fig
+            .extract()
+            .map_err(|e| ConfigError(format!("bad setting: {e}")))?;
+        config.unset_empty();
+        Ok(config)
+    }
+
+    /// An optional setting given empty (`SECKILL_REDIS_URL=` in a compose
+    /// file, `redis_url = ""`) is unset, as API.md's "unset" means: Redis
+    /// in memory, the admin API closed, no webhook.
+    fn unset_empty(&mut self) {
+        for s in [
+            &mut self.redis_url,
+            &mut self.rocketmq_namesrv,
+            &mut self.otp_webhook_url,
+            &mut self.client_ip_header,
+        ] {
+            if s.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                *s = None;
+            }
+        }
+        for s in [&mut self.admin_token, &mut self.otp_webhook_token] {
+            if s.as_ref().is_some_and(|v| v.0.trim().is_empty()) {
+                *s = None;
+            }
+        }
     }
 
     /// How long past the request deadline an order already in its local
@@ -943,13 +967,26 @@ impl Config {
         Ok(())
     }
 
+    /// The address to listen on: `ip:port`, or `host:port` with a name the
+    /// system resolves (`localhost:8080`; its IPv4 address first).
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.http_addr.parse().map_err(|_| {
-            ConfigError(format!(
-                "SECKILL_HTTP_ADDR must be host:port like 127.0.0.1:8080 (got {:?})",
-                self.http_addr
-            ))
-        })
+        if let Ok(addr) = self.http_addr.parse() {
+            return Ok(addr);
+        }
+        let resolved: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&self.http_addr)
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        resolved
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(resolved.first())
+            .copied()
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "SECKILL_HTTP_ADDR must be host:port like 127.0.0.1:8080 or localhost:8080 (got {:?})",
+                    self.http_addr
+                ))
+            })
     }
 
     pub fn database(&self) -> Result<DatabaseBackend, ConfigError> {
@@ -1045,6 +1082,52 @@ mod tests {
             assert_eq!(c.admin_token, Some(Secret("0012345678901234567890".into())));
             Ok(())
         });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
+    fn an_optional_setting_given_empty_is_unset() {
+        figment::Jail::expect_with(|jail| {
+            for key in [
+                "SECKILL_REDIS_URL",
+                "SECKILL_ROCKETMQ_NAMESRV",
+                "SECKILL_ADMIN_TOKEN",
+                "SECKILL_OTP_WEBHOOK_URL",
+                "SECKILL_OTP_WEBHOOK_TOKEN",
+                "SECKILL_CLIENT_IP_HEADER",
+            ] {
+                jail.set_env(key, "");
+            }
+            let c = Config::load(None).unwrap();
+            assert_eq!(
+                (
+                    &c.redis_url,
+                    &c.rocketmq_namesrv,
+                    &c.otp_webhook_url,
+                    &c.client_ip_header
+                ),
+                (&None, &None, &None, &None)
+            );
+            assert!(c.admin_token.is_none() && c.otp_webhook_token.is_none());
+            c.validate().unwrap();
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_listen_address_may_name_a_host() {
+        let at = |a: &str| Config {
+            http_addr: a.into(),
+            ..Config::default()
+        };
+        assert_eq!(
+            at("localhost:8080").listen_addr().unwrap(),
+            "127.0.0.1:8080".parse().unwrap()
+        );
+        assert_eq!(at("[::1]:8080").listen_addr().unwrap().port(), 8080);
+        for bad in ["localhost", "8080", "localhost:99999", ""] {
+            assert!(at(bad).listen_addr().is_err(), "{bad}");
+        }
     }
 
     #[test]
