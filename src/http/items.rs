@@ -123,6 +123,21 @@ pub(super) fn page_size(limit: Option<i64>, max: u32) -> Option<u32> {
         .map(|l| l.min(max))
 }
 
+/// A list page's `(offset, limit)` from its query: `offset` at least 0,
+/// the limit as [`page_size`] takes it; 422 otherwise.
+pub(super) fn list_page(
+    offset: i32,
+    limit: Option<i32>,
+    max: u32,
+) -> Result<(u32, u32), ServiceError> {
+    match (u32::try_from(offset), page_size(limit.map(i64::from), max)) {
+        (Ok(offset), Some(limit)) => Ok((offset, limit)),
+        _ => Err(ServiceError::Invalid(
+            "offset must be at least 0 and limit at least 1".into(),
+        )),
+    }
+}
+
 /// The items, most sales first, a page at a time (`next_offset` names the
 /// next page while there is one).
 #[utoipa::path(get, path = "/api/v1/items", tag = "items", params(ItemPage),
@@ -132,14 +147,7 @@ pub async fn list(
     page: Result<Query<ItemPage>, QueryRejection>,
 ) -> ApiResult<ApiJson<ItemList>> {
     let Query(page) = page?;
-    let (Ok(offset), Some(limit)) = (
-        u32::try_from(page.offset),
-        page_size(page.limit.map(i64::from), state.config.item_list_page_max),
-    ) else {
-        return Err(
-            ServiceError::Invalid("offset must be at least 0 and limit at least 1".into()).into(),
-        );
-    };
+    let (offset, limit) = list_page(page.offset, page.limit, state.config.item_list_page_max)?;
     let (items, more) = state.catalog.items(offset, limit).await?;
     let next_offset = more.then(|| offset.saturating_add(limit));
     Ok(ApiJson(ItemList {

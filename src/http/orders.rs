@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath, CurrentUser};
-use super::items::page_size;
+use super::items::list_page;
 use super::AppState;
 use crate::domain::{ItemId, Order, OrderStatus, PromoId};
 use crate::service::deadline_hold::DeadlineHold;
@@ -271,14 +271,7 @@ pub async fn list(
     page: Result<Query<OrderPage>, QueryRejection>,
 ) -> ApiResult<ApiJson<OrderList>> {
     let Query(page) = page?;
-    let (Ok(offset), Some(limit)) = (
-        u32::try_from(page.offset),
-        page_size(page.limit.map(i64::from), state.config.item_list_page_max),
-    ) else {
-        return Err(
-            ServiceError::Invalid("offset must be at least 0 and limit at least 1".into()).into(),
-        );
-    };
+    let (offset, limit) = list_page(page.offset, page.limit, state.config.item_list_page_max)?;
     let (orders, more) = state.orders.list(user.id, offset, limit).await?;
     Ok(ApiJson(OrderList {
         orders: orders.iter().map(OrderDto::from).collect(),
