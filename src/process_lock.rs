@@ -76,6 +76,9 @@ fn sqlite_file(url: &str) -> anyhow::Result<Option<PathBuf>> {
 /// optional `//` authority, empty or `localhost`, then the percent-encoded
 /// path (https://www.sqlite.org/uri.html).
 fn uri_path(uri: &str) -> anyhow::Result<PathBuf> {
+    // The URI's query and fragment are no part of the file's name (sqlx cut
+    // the URL's at `?` before decoding; a `%3F` decodes to one here).
+    let uri = uri.split(['?', '#']).next().unwrap_or_default();
     let path = match uri.strip_prefix("//") {
         Some(rest) => {
             let at = rest.find('/').unwrap_or(rest.len());
@@ -197,6 +200,7 @@ mod tests {
             format!("sqlite://{d}/a b.db"),
             format!("sqlite:file://{d}/a%20b.db"),
             format!("sqlite:file://localhost{d}/a%20b.db"),
+            format!("sqlite:file:{d}/a%20b.db%3Fvfs=unix"),
         ] {
             assert!(
                 claim(&at(same.clone())).is_err(),

@@ -774,7 +774,7 @@ fn shared_error(e: Arc<ServiceError>) -> ServiceError {
 }
 
 /// Rows read one past a page's `limit`: the page, and whether more follow.
-fn one_page<T>(mut rows: Vec<T>, limit: u32) -> (Vec<T>, bool) {
+pub(crate) fn one_page<T>(mut rows: Vec<T>, limit: u32) -> (Vec<T>, bool) {
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     (rows, more)

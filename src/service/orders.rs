@@ -370,15 +370,13 @@ impl OrderService {
         offset: u32,
         limit: u32,
     ) -> ServiceResult<(Vec<Order>, bool)> {
-        let mut orders = self
+        let rows = self
             .cx
             .ports
             .store
             .orders_of_user(user, offset, limit.saturating_add(1))
             .await?;
-        let more = orders.len() > limit as usize;
-        orders.truncate(limit as usize);
-        Ok((orders, more))
+        Ok(super::catalog::one_page(rows, limit))
     }
 
     /// Mock payment: `pending_payment` → `paid`; paying again answers the

@@ -142,6 +142,9 @@ async fn rebuild_leased(
     {
         return Ok(RebuildOutcome::NotNeeded);
     }
+    // Set whatever is there (a gate that outlived its ledger may be spent):
+    // a token request that met the rebuilt ledger without its gate and set
+    // it meanwhile hands out again at most the few permits it took.
     ports
         .kv
         .set_counter(

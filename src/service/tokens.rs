@@ -246,9 +246,16 @@ impl TokenService {
             // rebuild that failed between the ledger and its gate, a gate
             // evicted — and then no token would ever be handed out again:
             // the gate is set back as a rebuild sets it, from the ledger's
-            // stock (by whichever request gets there first).
-            let Some(stock) = self.cx.ports.ledger.stock(promo_id).await? else {
+            // stock (by whichever request gets there first) — a pure-DB
+            // sale's from the DB's: its ledger is never told of its sales.
+            let Some(ledger_stock) = self.cx.ports.ledger.stock(promo_id).await? else {
                 return Err(self.cx.recovery.reload(&self.cx, promo_id));
+            };
+            let stock = if promo.sold_with_ledger(self.cx.config.order_strategy) {
+                ledger_stock
+            } else {
+                let item = self.cx.ports.store.item(promo.item_id).await?;
+                item.map_or(0, |i| i.stock)
             };
             let permits = stock
                 .max(0)
@@ -261,7 +268,7 @@ impl TokenService {
                 .await?
             {
                 tracing::warn!(promo_id = %promo_id, stock, permits,
-                    "the promo's token gate was missing beside its ledger; set again from the ledger's stock");
+                    "the promo's token gate was missing beside its ledger; set again from the stock");
             }
             permit = take().await?;
         }

@@ -333,7 +333,7 @@ impl Worker {
             match ledger.release(d.promo_id, d.stock_log_id).await {
                 Ok(units) => {
                     if units > 0 {
-                        payment::back_on_sale(&self.cx, d.promo_id, Some(units)).await;
+                        self.cx.sold_out.clear(d.promo_id);
                     }
                     Some(d.clone())
                 }
@@ -485,19 +485,21 @@ impl Worker {
     }
 }
 
-/// Gives back the reservation of a row rolled back for good: `Some(true)`
-/// when units came back (back on sale: the sold-out flag cleared, the gate
-/// reopened for them, as a cancellation's — the buyer who held them may be
-/// gone), `Some(false)` when the ledger held none. When the ledger fails,
-/// the reservation is stranded — counted, logged, `None` — and the
-/// reconciler's sweep of reservation records gives it back.
-pub(crate) async fn give_back(cx: &Context, promo: PromoId, id: StockLogId) -> Option<bool> {
+/// Gives back the reservation of a row rolled back for good: `Some(units)`
+/// that came back (the sold-out flag cleared when any did; 0 when the
+/// ledger held none). The gate is not reopened here: a buyer answered 503
+/// keeps the gate's permit through the token given back to it, and a retry
+/// failing again must not add permits every time; the reconciler, which
+/// gives back what nobody is answered for any more, reopens it. When the
+/// ledger fails, the reservation is stranded — counted, logged, `None` —
+/// and the reconciler's sweep of reservation records gives it back.
+pub(crate) async fn give_back(cx: &Context, promo: PromoId, id: StockLogId) -> Option<i64> {
     match cx.ports.ledger.release(promo, id).await {
         Ok(units) => {
             if units > 0 {
-                payment::back_on_sale(cx, promo, Some(units)).await;
+                cx.sold_out.clear(promo);
             }
-            Some(units > 0)
+            Some(units)
         }
         Err(e) => {
             metrics::counter!("seckill_reservations_stranded_total").increment(1);

@@ -45,7 +45,7 @@ use chrono::{DateTime, Utc};
 
 use crate::cache::LedgerLevel;
 use crate::domain::{Promo, PromoId, PromoState, StockLogId, StockLogStatus};
-use crate::service::{payment, write_behind, Context};
+use crate::service::{catalog, payment, write_behind, Context};
 
 /// A promo whose ledger and DB disagree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -386,6 +386,7 @@ async fn sweep_promo(
                 Ok(units) => {
                     if units > 0 {
                         report.stranded_given_back += 1;
+                        // Stranded: nobody is answered for it any more.
                         payment::back_on_sale(cx, promo, Some(units)).await;
                         tracing::warn!(promo_id = %promo, stock_log_id = %id,
                             "audit: reconciler gave back a rolled-back reservation the ledger still held");
@@ -545,8 +546,15 @@ async fn settle_journal(
                 report.rolled_back += 1;
                 // A failed give-back stops no other row: the sweep of
                 // reservation records gives it back on a later pass.
-                if let Some(released) = write_behind::give_back(cx, promo, id).await {
+                if let Some(units) = write_behind::give_back(cx, promo, id).await {
+                    let released = units > 0;
                     report.released += usize::from(released);
+                    if released {
+                        // Nobody is answered for this row any more (its
+                        // instance died): back on sale for anyone, the
+                        // gate reopened for the units as a cancellation's.
+                        catalog::reopen_gate(cx, promo, units).await;
+                    }
                     tracing::warn!(stock_log_id = %id, promo_id = %promo, released,
                         "reconciler: stale reservation rolled back (released: its units given back; else none were held)");
                 }

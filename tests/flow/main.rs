@@ -502,6 +502,12 @@ async fn an_attempt_not_settled_yet_is_no_final_already_bought() {
     );
 }
 
+/// The permits left in a promo's token gate.
+async fn gate(t: &TestApp, promo: i64) -> i64 {
+    let v = t.app.state.ports.kv.get(&format!("gate:{promo}")).await;
+    v.unwrap().expect("a gate").parse().unwrap()
+}
+
 #[tokio::test]
 async fn the_reconciler_settles_a_reservation_left_without_an_outcome() {
     let t = TestApp::spawn_with(|c| c.reconcile_after_secs = 0).await;
@@ -519,12 +525,18 @@ async fn the_reconciler_settles_a_reservation_left_without_an_outcome() {
         1,
         "a dry run changes nothing"
     );
+    let permits = gate(&t, promo).await;
     let report = seckill::worker::reconciler::reconcile_once(&t.app.context, false)
         .await
         .unwrap();
     assert_eq!((report.rolled_back, report.released), (1, 1));
     let stats = t.stats(promo).await;
     assert_eq!(stats["stock_cache"], 2);
+    assert_eq!(
+        gate(&t, promo).await,
+        permits + i64::from(t.app.state.config.gate_factor),
+        "nobody is answered for the unit any more: the gate reopens for it"
+    );
     assert_eq!(stats["stock_log"]["init"], 0);
     let again = seckill::worker::reconciler::reconcile_once(&t.app.context, false)
         .await
@@ -573,9 +585,15 @@ async fn the_reconciler_gives_back_a_rolled_back_reservation_the_ledger_still_ho
         1,
         "a dry run changes nothing"
     );
+    let permits = gate(&t, promo).await;
     let report = seckill::worker::reconciler::reconcile_once(&t.app.context, false)
         .await
         .unwrap();
+    assert_eq!(
+        gate(&t, promo).await,
+        permits + i64::from(t.app.state.config.gate_factor),
+        "a stranded unit back on sale reopens the gate"
+    );
     assert_eq!(
         (
             report.stranded_given_back,
