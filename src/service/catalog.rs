@@ -657,7 +657,7 @@ impl CatalogService {
                 .kv
                 .set_counter(
                     &gate_key(id),
-                    item.stock.saturating_mul(i64::from(cfg.gate_factor)),
+                    gate_permits(cfg, item.stock),
                     gate_ttl(&promo),
                 )
                 .await?;
@@ -744,11 +744,16 @@ fn item_lease_key(item: ItemId) -> String {
 /// order times out). A gate the cache lost stays lost: a rebuild sets it
 /// again from the stock. Best effort.
 pub async fn reopen_gate(cx: &Context, promo: PromoId, units: i64) {
-    let permits = units.saturating_mul(i64::from(cx.config.gate_factor));
+    let permits = gate_permits(&cx.config, units);
     if let Err(e) = cx.ports.kv.add_to_counter(&gate_key(promo), permits).await {
         tracing::warn!(promo_id = %promo, units, error = %e,
             "gate not reopened for units given back; tokens for them are refused until the gate is set again");
     }
+}
+
+/// The gate's permits for `units` on sale: `gate_factor` buyers a unit.
+pub fn gate_permits(config: &crate::config::Config, units: i64) -> i64 {
+    units.max(0).saturating_mul(i64::from(config.gate_factor))
 }
 
 /// The key of a promo's gate counter.

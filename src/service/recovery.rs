@@ -21,7 +21,7 @@ use std::time::Duration;
 use chrono::Utc;
 use parking_lot::Mutex;
 
-use super::catalog::{gate_key, gate_ttl};
+use super::catalog::{gate_key, gate_permits, gate_ttl};
 use super::{Context, ServiceError};
 use crate::domain::{PromoId, PromoState};
 
@@ -149,7 +149,7 @@ async fn rebuild_leased(
         .kv
         .set_counter(
             &gate_key(promo_id),
-            stock.saturating_mul(i64::from(cx.config.gate_factor)),
+            gate_permits(&cx.config, stock),
             gate_ttl(&promo),
         )
         .await?;

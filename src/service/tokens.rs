@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::catalog::{gate_key, gate_ttl, CatalogService};
+use super::catalog::{gate_key, gate_permits, gate_ttl, CatalogService};
 use super::users::random_token;
 use super::{Context, ServiceError, ServiceResult};
 use crate::cache::{Permit, RateRule};
@@ -241,35 +241,7 @@ impl TokenService {
         };
         let mut permit = take().await?;
         if permit == Permit::Missing {
-            // No gate: lost with the ledger (the cache restarted empty: the
-            // ledger is rebuilt from the DB, 503 until then), or alone — a
-            // rebuild that failed between the ledger and its gate, a gate
-            // evicted — and then no token would ever be handed out again:
-            // the gate is set back as a rebuild sets it, from the ledger's
-            // stock (by whichever request gets there first) — a pure-DB
-            // sale's from the DB's: its ledger is never told of its sales.
-            let Some(ledger_stock) = self.cx.ports.ledger.stock(promo_id).await? else {
-                return Err(self.cx.recovery.reload(&self.cx, promo_id));
-            };
-            let stock = if promo.sold_with_ledger(self.cx.config.order_strategy) {
-                ledger_stock
-            } else {
-                let item = self.cx.ports.store.item(promo.item_id).await?;
-                item.map_or(0, |i| i.stock)
-            };
-            let permits = stock
-                .max(0)
-                .saturating_mul(i64::from(self.cx.config.gate_factor));
-            if self
-                .cx
-                .ports
-                .kv
-                .set_counter_if_absent(&gate, permits, gate_ttl(promo))
-                .await?
-            {
-                tracing::warn!(promo_id = %promo_id, stock, permits,
-                    "the promo's token gate was missing beside its ledger; set again from the stock");
-            }
+            self.set_lost_gate(promo, &gate).await?;
             permit = take().await?;
         }
         if permit != Permit::Granted && permit != Permit::Held {
@@ -282,6 +254,37 @@ impl TokenService {
         }
         let expires_at = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
         Ok(IssuedToken { token, expires_at })
+    }
+
+    /// Sets again a promo's gate the cache does not hold. Lost with the
+    /// ledger (the cache restarted empty), the ledger is rebuilt from the DB
+    /// first (503 until then). Lost alone — a rebuild that failed between
+    /// the ledger and its gate, a gate evicted — no token would ever be
+    /// handed out again: it is set as a rebuild sets it, from the ledger's
+    /// stock (by whichever request gets there first), a pure-DB sale's from
+    /// the DB's: its ledger is never told of its sales.
+    async fn set_lost_gate(&self, promo: &Promo, gate: &str) -> ServiceResult<()> {
+        let Some(ledger_stock) = self.cx.ports.ledger.stock(promo.id).await? else {
+            return Err(self.cx.recovery.reload(&self.cx, promo.id));
+        };
+        let stock = if promo.sold_with_ledger(self.cx.config.order_strategy) {
+            ledger_stock
+        } else {
+            let item = self.cx.ports.store.item(promo.item_id).await?;
+            item.map_or(0, |i| i.stock)
+        };
+        let permits = gate_permits(&self.cx.config, stock);
+        if self
+            .cx
+            .ports
+            .kv
+            .set_counter_if_absent(gate, permits, gate_ttl(promo))
+            .await?
+        {
+            tracing::warn!(promo_id = %promo.id, stock, permits,
+                "the promo's token gate was missing beside its ledger; set again from the stock");
+        }
+        Ok(())
     }
 
     /// Makes a used-up token good again (its order failed for a reason not

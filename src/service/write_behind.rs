@@ -360,10 +360,7 @@ impl Worker {
             let event = Event::StockDeduct {
                 v: 1,
                 promo_id: drafts[0].promo_id,
-                entries: drafts
-                    .iter()
-                    .map(|d| Deduction { stock_log_id: d.stock_log_id, item_id: d.item_id, amount: d.amount })
-                    .collect(),
+                entries: drafts.iter().map(Deduction::from).collect(),
             };
             let failure: Arc<Mutex<Option<StoreError>>> = Arc::default();
             let local: LocalTx = {

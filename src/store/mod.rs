@@ -153,6 +153,17 @@ pub struct Deduction {
     pub amount: i64,
 }
 
+impl From<&OrderDraft> for Deduction {
+    /// The deduction a committed draft asks for.
+    fn from(d: &OrderDraft) -> Self {
+        Deduction {
+            stock_log_id: d.stock_log_id,
+            item_id: d.item_id,
+            amount: d.amount,
+        }
+    }
+}
+
 /// Orders and the `stock_log` journal: the order path's database side.
 #[async_trait]
 pub trait OrderStore: Send + Sync {

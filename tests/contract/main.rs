@@ -332,14 +332,7 @@ async fn deadlock_a_deduction(
     ];
     s.insert_stock_logs(&drafts).await.unwrap();
     s.commit_orders(&drafts).await.unwrap();
-    let entries: Vec<Deduction> = drafts
-        .iter()
-        .map(|d| Deduction {
-            stock_log_id: d.stock_log_id,
-            item_id: d.item_id,
-            amount: d.amount,
-        })
-        .collect();
+    let entries: Vec<Deduction> = drafts.iter().map(Deduction::from).collect();
     let mut held = other.begin().await.unwrap();
     let rows = (0..200)
         .map(|n| format!("({n})"))
