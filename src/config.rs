@@ -224,8 +224,8 @@ pub struct Config {
     /// Delayed double delete: the shared entry is deleted again this long
     /// after a write (kills a stale value a concurrent reader wrote back).
     pub item_cache_double_delete_ms: u64,
-    /// How long a promo's live ledger stock is reused for item pages (0:
-    /// ask the ledger on every read).
+    /// How long a promo's live ledger stock (a pure-DB sale: the item's DB
+    /// stock and sales) is reused for item pages (0: ask on every read).
     pub item_live_stock_ttl_ms: u64,
     /// First check-back this long after a half message (in-process bus).
     pub tx_check_after_ms: u64,

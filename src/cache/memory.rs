@@ -112,9 +112,11 @@ impl StockLedger for MemoryStockLedger {
                 if p.reservations.contains_key(&r.id) {
                     return ReserveOutcome::Reserved { remaining: p.stock };
                 }
-                let bought = p.buyers.get(&r.user).copied().unwrap_or(0);
-                if bought + r.amount > p.limit {
+                if p.buyers.get(&r.user).is_some_and(|&units| units > 0) {
                     return ReserveOutcome::AlreadyBought;
+                }
+                if r.amount > p.limit {
+                    return ReserveOutcome::OverLimit;
                 }
                 if p.stock < r.amount {
                     return ReserveOutcome::SoldOut;

@@ -66,8 +66,13 @@ pub enum ReserveOutcome {
     Reserved { remaining: i64 },
     /// Not enough stock left (the sold-out flag is set when it reaches 0).
     SoldOut,
-    /// The user would exceed the per-user limit of the promo.
+    /// The user holds units of the promo already: one order a buyer a
+    /// promo (the DB's unique key), a cancelled one's units counted too.
     AlreadyBought,
+    /// More units than the per-user limit the promo was loaded with (an
+    /// instance configured with a higher `per_user_limit` than the one
+    /// that published or rebuilt it).
+    OverLimit,
     /// The promo's stock is not in the ledger (never published, or the cache
     /// lost it): nothing may be sold until it is warmed again.
     NotWarmed,

@@ -123,7 +123,9 @@ const RESERVE: &str = r#"
 -- KEYS: stock, limit, buyers, resv, soldout, version
 -- ARGV: count, then (user, amount, id) per reservation
 -- Answers per reservation: remaining stock (>= 0), -1 sold out,
--- -2 per-user limit, -3 not warmed. An id the ledger already holds (a
+-- -2 already bought (one order a buyer: any units held, a cancelled
+-- order's too), -3 not warmed, -4 more units than the per-user limit
+-- loaded with the promo. An id the ledger already holds (a
 -- rebuild loaded it from its journal row) is answered as reserved and
 -- taken no second time.
 local n = tonumber(ARGV[1])
@@ -143,8 +145,10 @@ for i = 0, n - 1 do
   local bought = tonumber(redis.call('HGET', KEYS[3], user) or '0')
   if redis.call('HEXISTS', KEYS[4], id) == 1 then
     out[i + 1] = stock
-  elseif bought + amount > limit then
+  elseif bought > 0 then
     out[i + 1] = -2
+  elseif amount > limit then
+    out[i + 1] = -4
   elseif stock < amount then
     out[i + 1] = -1
   else
@@ -321,6 +325,7 @@ impl StockLedger for RedisStockLedger {
                     -1 => ReserveOutcome::SoldOut,
                     -2 => ReserveOutcome::AlreadyBought,
                     -3 => ReserveOutcome::NotWarmed,
+                    -4 => ReserveOutcome::OverLimit,
                     remaining => ReserveOutcome::Reserved { remaining },
                 };
             }

@@ -18,6 +18,7 @@ use crate::domain::{
 };
 use crate::mq::{Event, MessageBus};
 use crate::store::PromoTotals;
+use crate::store::StoreError;
 
 /// An item as buyers see it: the live stock (the ledger's while a published
 /// promo runs) and the promo it is in, if any.
@@ -50,6 +51,9 @@ pub struct CatalogService {
     items: Arc<ItemCache>,
     /// A promo's ledger stock, reused for `item_live_stock_ttl_ms`.
     live_stock: Cache<PromoId, i64>,
+    /// An item's DB stock and sales during a pure-DB sale, reused for
+    /// `item_live_stock_ttl_ms` as the ledger's stock is.
+    live_row: Cache<ItemId, (i64, i64)>,
     /// Promos refused for their strategy, logged once each.
     refused_for_strategy: parking_lot::Mutex<std::collections::HashSet<PromoId>>,
 }
@@ -131,6 +135,7 @@ impl CatalogService {
         let promos = per_promo(cx.config.promo_cache_ttl_ms);
         let missing_promos = per_promo(cx.config.promo_cache_ttl_ms);
         let live_stock = per_promo(cx.config.item_live_stock_ttl_ms);
+        let live_row = per_promo(cx.config.item_live_stock_ttl_ms);
         let items = Arc::new(ItemCache::new(cx.clone()));
         CatalogService {
             cx,
@@ -139,6 +144,7 @@ impl CatalogService {
             promo_generation: Default::default(),
             items,
             live_stock,
+            live_row,
             refused_for_strategy: Default::default(),
         }
     }
@@ -226,7 +232,7 @@ impl CatalogService {
             .update_item(id, patch)
             .await
             .map_err(|e| match e {
-                crate::store::StoreError::NotFound => ServiceError::NotFound("no such item"),
+                StoreError::NotFound => ServiceError::NotFound("no such item"),
                 e => e.into(),
             })
     }
@@ -252,7 +258,8 @@ impl CatalogService {
     /// Shows the live stock and sales: while a published promo sold with
     /// the ledger (write-behind) runs, the ledger's stock (the DB catches up
     /// only as the consumer deducts) and the sales derived from it; with the
-    /// pure-DB strategies, the DB row's, read now (every order changes it).
+    /// pure-DB strategies, the DB row's (every order changes it), reused as
+    /// briefly.
     /// The promo's strategy decides (the one it was published under), as in
     /// its admin stats; with no published promo, this instance's. `row`:
     /// whether `item` was just read from the DB (then it is not read again).
@@ -263,15 +270,9 @@ impl CatalogService {
             if row == Row::Fresh {
                 return;
             }
-            match self.cx.ports.store.item(item.id).await {
-                Ok(Some(row)) => {
-                    item.stock = row.stock;
-                    item.sales = row.sales;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(item_id = %item.id, error = %e, "live stock unavailable; showing cached figures")
-                }
+            if let Some((stock, sales)) = self.db_figures(item.id).await {
+                item.stock = stock;
+                item.sales = sales;
             }
             return;
         }
@@ -284,6 +285,25 @@ impl CatalogService {
                 item.sales = b.sales_at(stock);
             }
         }
+    }
+
+    /// An item's DB stock and sales, reused for `item_live_stock_ttl_ms`:
+    /// a crowd on a pure-DB sale's page costs the DB a read that long, not
+    /// one a request (the orders' own reads and writes are on that DB).
+    async fn db_figures(&self, id: ItemId) -> Option<(i64, i64)> {
+        let ask = async {
+            match self.cx.ports.store.item(id).await {
+                Ok(row) => row.map(|r| (r.stock, r.sales)),
+                Err(e) => {
+                    tracing::warn!(item_id = %id, error = %e, "live stock unavailable; showing cached figures");
+                    None
+                }
+            }
+        };
+        if self.cx.config.item_live_stock_ttl_ms == 0 {
+            return ask.await;
+        }
+        self.live_row.optionally_get_with(id, ask).await
     }
 
     /// A promo's ledger stock (0 at once when this instance knows it is
@@ -668,7 +688,26 @@ impl CatalogService {
             sales: item.sales,
             strategy: Some(cfg.order_strategy),
         };
-        self.cx.ports.store.publish_promo(id, baseline).await?;
+        // The DB refuses it too if another sale of the item got published
+        // meanwhile (the checks above ran under a lease only the cache kept).
+        let in_flight = chrono::Duration::from_std(cfg.order_in_flight_bound())
+            .unwrap_or(chrono::Duration::MAX);
+        let others_settled_by = Utc::now()
+            .checked_sub_signed(in_flight)
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+        self.cx
+            .ports
+            .store
+            .publish_promo(id, baseline, others_settled_by)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => ServiceError::Conflict(
+                    "another promo of the item was published meanwhile: one item has one \
+                     published sale at a time"
+                        .into(),
+                ),
+                e => e.into(),
+            })?;
         self.live_stock.invalidate(&id).await;
         self.item_changed(promo.item_id).await;
         tracing::info!(promo_id = %id, item_id = %promo.item_id, stock = item.stock, "promo published; stock warmed up");
@@ -705,8 +744,12 @@ impl CatalogService {
     }
 }
 
-/// A cache keyed by promo, entries kept `ttl_ms`.
-fn per_promo<V: Clone + Send + Sync + 'static>(ttl_ms: u64) -> Cache<PromoId, V> {
+/// A cache keyed by promo (or item), entries kept `ttl_ms`.
+fn per_promo<K, V>(ttl_ms: u64) -> Cache<K, V>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
     Cache::builder()
         .max_capacity(10_000)
         .time_to_live(Duration::from_millis(ttl_ms.max(1)))

@@ -334,6 +334,26 @@ impl ItemCache {
     }
 }
 
+/// After a sale changed an item's DB stock or sales (a deduction, a
+/// cancellation) rather than an admin write: the shared entry deleted now
+/// and again after `second_delete_after` (`item_cache_double_delete_ms`),
+/// as a write's — a reader that read the row before the change and fills
+/// it back after the first delete is caught by the second (see
+/// [`ItemCache::fill_back`]). Local copies are left to their TTL
+/// (`item_cache_local_ttl_ms`): no broadcast an order.
+pub async fn sale_changed_row(
+    kv: Arc<dyn KvStore>,
+    bus: Arc<dyn MessageBus>,
+    id: ItemId,
+    second_delete_after: Duration,
+) {
+    delete_shared_entry(&*kv, &*bus, id).await;
+    tokio::spawn(async move {
+        tokio::time::sleep(second_delete_after).await;
+        delete_shared_entry(&*kv, &*bus, id).await;
+    });
+}
+
 /// Deletes an item's shared cache entry. When the delete fails, the entry
 /// may hold an old row until its TTL: a `SharedItemStale` message asks for
 /// the delete again (its consumer's failures are redelivered until one

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{catalog, Context};
+use super::{catalog, item_cache, Context};
 use crate::domain::{Order, OrderNo, OrderStatus, PromoId};
 use crate::mq::Event;
 use crate::store::{StoreError, StoreResult};
@@ -84,6 +84,12 @@ pub async fn cancel(
     sales: &mut SaleKinds,
 ) -> StoreResult<(Order, bool)> {
     let (order, cancelled) = cx.ports.store.cancel_order(no).await?;
+    if cancelled {
+        // The item's DB stock and sales changed with it.
+        let (kv, bus) = (cx.ports.kv.clone(), cx.ports.bus.clone());
+        let after = Duration::from_millis(cx.config.item_cache_double_delete_ms);
+        item_cache::sale_changed_row(kv, bus, order.item_id, after).await;
+    }
     if order.status == OrderStatus::Cancelled {
         // Also when an earlier call cancelled it but died before this step:
         // `restock` is idempotent per order.
@@ -208,15 +214,34 @@ pub async fn expire(cx: &Context, no: &OrderNo, sales: &mut SaleKinds) -> StoreR
 
 /// The reconciler's sweep: cancels unpaid orders past their time (plus
 /// `grace`, so the delayed message normally comes first). Returns how many
-/// it cancelled.
-pub async fn sweep(cx: &Context, grace: Duration, limit: u32) -> StoreResult<usize> {
+/// it cancelled and how many it could not (each tried again next pass: one
+/// order's failure — a deadlock, a time-out — stops none after it; three
+/// in a row stop the sweep).
+pub async fn sweep(cx: &Context, grace: Duration, limit: u32) -> StoreResult<(usize, usize)> {
     let before = Utc::now() - timeout(cx) - chrono::Duration::from_std(grace).unwrap_or_default();
     let due = cx.ports.store.unpaid_orders(before, limit).await?;
-    let mut cancelled = 0;
+    let (mut cancelled, mut failed) = (0, 0);
     let mut sales = SaleKinds::default();
+    // Three failures in a row: the DB is down, not one order in trouble;
+    // the rest wait for the next pass (each would wait its own time-out).
+    let mut in_a_row = 0;
     for no in &due {
-        if expire(cx, no, &mut sales).await? == Expiry::Cancelled {
-            cancelled += 1;
+        match expire(cx, no, &mut sales).await {
+            Ok(outcome) => {
+                in_a_row = 0;
+                if outcome == Expiry::Cancelled {
+                    cancelled += 1;
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                in_a_row += 1;
+                tracing::warn!(order_no = %no, error = %e,
+                    "reconciler: unpaid order past its time not cancelled; next pass");
+                if in_a_row == 3 {
+                    break;
+                }
+            }
         }
     }
     if cancelled > 0 {
@@ -225,5 +250,5 @@ pub async fn sweep(cx: &Context, grace: Duration, limit: u32) -> StoreResult<usi
             "reconciler: unpaid orders past their time cancelled by the sweep"
         );
     }
-    Ok(cancelled)
+    Ok((cancelled, failed))
 }

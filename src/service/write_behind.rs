@@ -260,6 +260,9 @@ impl Worker {
                     ServiceError::SoldOut
                 }
                 ReserveOutcome::AlreadyBought => ServiceError::AlreadyBought,
+                ReserveOutcome::OverLimit => {
+                    ServiceError::Invalid("amount is over this promo's per-user limit".into())
+                }
                 // Published (the order path checked) yet not loaded: the
                 // cache lost it. Rebuilt from the DB; 503 until then.
                 ReserveOutcome::NotWarmed => self.cx.recovery.reload(&self.cx, p.promo),

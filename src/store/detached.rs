@@ -135,7 +135,8 @@ forward! {
         #[ungated] fn published_promos_ending_after(ended_after: DateTime<Utc>, after: PromoId, limit: u32) -> Vec<Promo>;
         #[ungated] fn promos_of_item(item: ItemId) -> Vec<Promo>;
         #[ungated] fn promos_of_items(items: &[ItemId] => Vec<ItemId>) -> Vec<Promo>;
-        fn publish_promo(id: PromoId, baseline: PromoBaseline) -> bool;
+        fn publish_promo(id: PromoId, baseline: PromoBaseline, others_settled_by: DateTime<Utc>) -> bool;
+        fn end_promo(id: PromoId, at: DateTime<Utc>) -> Option<Promo>;
     }
 }
 

@@ -111,8 +111,22 @@ pub trait CatalogStore: Send + Sync {
     /// The promos of each of `items` (a page of the item list), by start.
     async fn promos_of_items(&self, items: &[ItemId]) -> StoreResult<Vec<Promo>>;
     /// Marks a promo published, recording what its ledger was warmed with.
-    /// Returns false when it already was (the first baseline stays).
-    async fn publish_promo(&self, id: PromoId, baseline: PromoBaseline) -> StoreResult<bool>;
+    /// Returns false when it already was (the first baseline stays);
+    /// `Conflict` when another promo of its item is published and ends
+    /// after `others_settled_by` (now, less the time an order may take to
+    /// reach the DB): checked and written with the item's row locked, so
+    /// two publishes racing past the callers' own checks (a lease lost
+    /// with the cache) cannot both win.
+    async fn publish_promo(
+        &self,
+        id: PromoId,
+        baseline: PromoBaseline,
+        others_settled_by: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+    /// Ends a promo at `at` if it would end later; one not started yet
+    /// starts then too (it never sold). Returns the promo as it stands
+    /// after (as it was when it ended earlier); `None`: no such promo.
+    async fn end_promo(&self, id: PromoId, at: DateTime<Utc>) -> StoreResult<Option<Promo>>;
 }
 
 /// Totals of one promo, for the admin's stats.

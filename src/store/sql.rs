@@ -516,8 +516,43 @@ impl CatalogStore for $store {
             .collect()
     }
 
-    async fn publish_promo(&self, id: PromoId, baseline: PromoBaseline) -> StoreResult<bool> {
+    async fn publish_promo(
+        &self,
+        id: PromoId,
+        baseline: PromoBaseline,
+        others_settled_by: DateTime<Utc>,
+    ) -> StoreResult<bool> {
         retry_deadlocks(self.deadlock_retries, "publish_promo", || async move {
+            let mut tx = self.writer.begin_with($begin_write).await?;
+            // The promo's and its item's rows locked (SQLite: the write
+            // lock, taken at BEGIN): one publish of the item's promos at a
+            // time, whatever became of the caller's lease. Every read here
+            // locks, so it sees the rows committed last, not the
+            // transaction's snapshot (MySQL's REPEATABLE READ would let a
+            // publish committed meanwhile go unseen).
+            let item: Option<i64> = sqlx::query_scalar(concat!(
+                "SELECT p.item_id FROM promo p JOIN item i ON i.id = p.item_id WHERE p.id = ?",
+                $lock_read
+            ))
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(item) = item else {
+                return Err(StoreError::NotFound);
+            };
+            let other: Option<i64> = sqlx::query_scalar(concat!(
+                "SELECT id FROM promo WHERE item_id = ? AND id <> ? AND published = 1 \
+                 AND end_at > ? LIMIT 1",
+                $lock_read
+            ))
+            .bind(item)
+            .bind(id.0)
+            .bind(others_settled_by)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if other.is_some() {
+                return Err(StoreError::Conflict("one published sale per item"));
+            }
             let res = sqlx::query(
                 "UPDATE promo SET published = 1, warm_stock = ?, warm_sales = ?, strategy = ? \
                  WHERE id = ? AND published = 0",
@@ -526,9 +561,31 @@ impl CatalogStore for $store {
             .bind(baseline.sales)
             .bind(baseline.strategy.map(|s| s.as_str()))
             .bind(id.0)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+            tx.commit().await?;
             Ok(res.rows_affected() == 1)
+        })
+        .await
+    }
+
+    async fn end_promo(&self, id: PromoId, at: DateTime<Utc>) -> StoreResult<Option<Promo>> {
+        retry_deadlocks(self.deadlock_retries, "end_promo", || async move {
+            let mut tx = self.writer.begin().await?;
+            sqlx::query(
+                "UPDATE promo SET start_at = CASE WHEN start_at > ? THEN ? ELSE start_at END, \
+                 end_at = ? WHERE id = ? AND end_at > ?",
+            )
+            .bind(at)
+            .bind(at)
+            .bind(at)
+            .bind(id.0)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            let promo = promo_on(&mut *tx, id).await?;
+            tx.commit().await?;
+            Ok(promo)
         })
         .await
     }

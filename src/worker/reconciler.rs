@@ -70,6 +70,9 @@ pub struct ReconcileReport {
     pub released: usize,
     /// Unpaid orders past their time cancelled by the sweep.
     pub unpaid_cancelled: usize,
+    /// Unpaid orders past their time the sweep could not cancel (tried next
+    /// pass); 1 as well when the sweep could not list them.
+    pub unpaid_failed: usize,
     /// Reservation records of committed orders dropped from the ledgers.
     pub records_forgotten: usize,
     /// Rolled-back reservations still held by a ledger (a give-back that
@@ -164,7 +167,18 @@ impl Reconciler {
         }
         if !dry_run {
             let grace = Duration::from_secs(cx.config.reconcile_after_secs);
-            report.unpaid_cancelled = payment::sweep(cx, grace, 1000).await?;
+            // A sweep that fails (the DB did not answer) stops no ledger
+            // step after it: they are the sale's, it is the payments'.
+            match payment::sweep(cx, grace, 1000).await {
+                Ok((cancelled, failed)) => {
+                    report.unpaid_cancelled = cancelled;
+                    report.unpaid_failed = failed;
+                }
+                Err(e) => {
+                    report.unpaid_failed += 1;
+                    tracing::warn!(error = %e, "reconciler: unpaid-order sweep failed; next pass");
+                }
+            }
         }
         let here = cx.config.order_strategy;
         let now = Utc::now();
@@ -282,7 +296,12 @@ impl Reconciler {
                 {
                     drift.repaired = true;
                     self.seen.remove(&promo.id);
-                    if expected > 0 {
+                    if expected > ledger {
+                        // Units the ledger had lost are on sale again: the
+                        // gate, which the crowd may have spent, gets room
+                        // for their tokens as for units given back.
+                        payment::back_on_sale(cx, promo.id, Some(expected - ledger)).await;
+                    } else if expected > 0 {
                         cx.sold_out.clear(promo.id);
                     }
                     metrics::counter!("seckill_ledger_drift_repairs_total").increment(1);

@@ -3,12 +3,13 @@
 //! delivered twice.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::cache::KvStore;
 use crate::mq::{Event, MessageBus, MessageHandler};
-use crate::service::item_cache::delete_shared_entry;
+use crate::service::item_cache::sale_changed_row;
 use crate::store::Store;
 
 /// The consumer group name of stock deduction.
@@ -18,14 +19,26 @@ pub struct StockConsumer {
     store: Arc<dyn Store>,
     kv: Arc<dyn KvStore>,
     bus: Arc<dyn MessageBus>,
+    second_delete_after: Duration,
 }
 
 impl StockConsumer {
     /// `kv`: the shared item cache, whose entries of the deducted items are
-    /// deleted (their DB stock and sales changed); a failed delete is redone
-    /// through `bus`.
-    pub fn new(store: Arc<dyn Store>, kv: Arc<dyn KvStore>, bus: Arc<dyn MessageBus>) -> Self {
-        StockConsumer { store, kv, bus }
+    /// deleted (their DB stock changed), and again after
+    /// `second_delete_after` (`item_cache_double_delete_ms`); a failed
+    /// delete is redone through `bus`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        kv: Arc<dyn KvStore>,
+        bus: Arc<dyn MessageBus>,
+        second_delete_after: Duration,
+    ) -> Self {
+        StockConsumer {
+            store,
+            kv,
+            bus,
+            second_delete_after,
+        }
     }
 }
 
@@ -48,7 +61,8 @@ impl MessageHandler for StockConsumer {
             let mut items: Vec<_> = entries.iter().map(|e| e.item_id).collect();
             items.dedup();
             for item in items {
-                delete_shared_entry(&*self.kv, &*self.bus, item).await;
+                let (kv, bus) = (self.kv.clone(), self.bus.clone());
+                sale_changed_row(kv, bus, item, self.second_delete_after).await;
             }
         }
         metrics::counter!("seckill_deductions_total", "outcome" => "applied")

@@ -142,6 +142,61 @@ async fn the_delayed_second_delete_removes_a_stale_value_written_back_by_a_slow_
     );
 }
 
+/// The same race after a sale changed the row (a deduction, then a
+/// cancellation): a reader's old row written back after the first delete
+/// is gone after the second.
+#[tokio::test]
+async fn a_deduction_and_a_cancellation_delete_the_row_twice_as_a_write_does() {
+    let t = TestApp::spawn_with(|c| {
+        c.item_cache_double_delete_ms = 2_000;
+        c.item_cache_local_ttl_ms = 60_000;
+    })
+    .await;
+    let (item, promo) = t.sale(5).await;
+    let cache = t.app.state.catalog.item_cache();
+    let kv = t.app.context.ports.kv.clone();
+    let key = shared_key(ItemId(item));
+    let buyer = t.user("13900000071").await;
+
+    // A reader reads the row before the sale's deduction …
+    let before_sale = cache.snapshot_json(ItemId(item)).await.unwrap();
+    let order = t.buy(&buyer, promo, item).await;
+    assert_eq!(order.status, StatusCode::CREATED, "{:?}", order.json());
+    // … the consumer deducts (and deletes) …
+    t.settled(promo).await;
+    // … and the reader writes its row back.
+    cache
+        .fill_shared(ItemId(item), &before_sale, Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
+    assert_eq!(
+        kv.get(&key).await.unwrap(),
+        None,
+        "the deduction's second delete"
+    );
+
+    // The same around a cancellation (its units back in the DB row).
+    let before_cancel = cache.snapshot_json(ItemId(item)).await.unwrap();
+    let no = order.json()["order_no"].as_str().unwrap().to_owned();
+    let r = t
+        .post(
+            &format!("/api/v1/orders/{no}/cancel"),
+            Some(&buyer),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    cache
+        .fill_shared(ItemId(item), &before_cancel, Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
+    assert_eq!(
+        kv.get(&key).await.unwrap(),
+        None,
+        "the cancellation's second delete"
+    );
+}
+
 /// The same race, closed before the second delete is needed: the slow
 /// reader's fill-back is refused when the item was invalidated since its load
 /// began (this instance's write, or a broadcast of another's).
@@ -271,22 +326,26 @@ async fn a_failed_shared_delete_is_redone_through_the_bus_until_it_succeeds() {
 
 #[tokio::test]
 async fn stock_and_sales_on_the_page_are_live_while_the_row_is_cached() {
-    let t = TestApp::spawn().await;
-    let (item, promo) = t.sale(5).await;
-    let r = t.get(&format!("/api/v1/items/{item}"), None).await;
-    assert_eq!(r.json()["stock"], 5);
-    assert_eq!(r.json()["sales"], 0);
-    let buyers = t.users("1390000", 3).await;
-    for b in &buyers {
-        let r = t.buy(b, promo, item).await;
-        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
+    use seckill::config::OrderStrategy;
+    for strategy in [OrderStrategy::WriteBehind, OrderStrategy::DbLock] {
+        let t = TestApp::spawn_with(|c| c.order_strategy = strategy).await;
+        let (item, promo) = t.sale(5).await;
+        let r = t.get(&format!("/api/v1/items/{item}"), None).await;
+        assert_eq!(r.json()["stock"], 5);
+        assert_eq!(r.json()["sales"], 0);
+        let buyers = t.users("1390000", 3).await;
+        for b in &buyers {
+            let r = t.buy(b, promo, item).await;
+            assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
+        }
+        // The row stays cached (no write to the item); the figures follow
+        // the ledger, or the DB row for a pure-DB sale (either reused for
+        // at most item_live_stock_ttl_ms).
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let r = t.get(&format!("/api/v1/items/{item}"), None).await;
+        assert_eq!(r.json()["stock"], 2, "{strategy:?}: {:?}", r.json());
+        assert_eq!(r.json()["sales"], 3, "{strategy:?}: {:?}", r.json());
     }
-    // The row stays cached (no write to the item); the figures follow the
-    // ledger (reused for at most item_live_stock_ttl_ms).
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let r = t.get(&format!("/api/v1/items/{item}"), None).await;
-    assert_eq!(r.json()["stock"], 2, "{:?}", r.json());
-    assert_eq!(r.json()["sales"], 3, "{:?}", r.json());
 }
 
 #[tokio::test]

@@ -164,17 +164,24 @@ async fn a_rebuilt_ledger_holds_the_journal_and_loads_once(l: Arc<dyn StockLedge
         !l.warm(p, 100, 2).await.unwrap(),
         "a warm-up does not reset it"
     );
-    // Limits hold: user 1 has 2 of 2, user 2 may take one more.
+    // The buyers hold: one order a buyer (user 3's cancelled one counts
+    // too); a new buyer takes a unit.
     let out = l
-        .reserve(&[r(p, 1, 1, 20), r(p, 2, 1, 21), r(p, 2, 1, 22)])
+        .reserve(&[
+            r(p, 1, 1, 20),
+            r(p, 2, 1, 21),
+            r(p, 3, 1, 22),
+            r(p, 4, 1, 23),
+        ])
         .await
         .unwrap();
     assert_eq!(
         out,
         vec![
             ReserveOutcome::AlreadyBought,
+            ReserveOutcome::AlreadyBought,
+            ReserveOutcome::AlreadyBought,
             ReserveOutcome::Reserved { remaining: 6 },
-            ReserveOutcome::AlreadyBought
         ]
     );
     // The undecided reservation is given back once; the cancelled one is
@@ -302,16 +309,33 @@ async fn enforces_the_per_user_limit(l: Arc<dyn StockLedger>) {
     let p = fresh_promo();
     l.warm(p, 10, 2).await.unwrap();
     let out = l
-        .reserve(&[r(p, 1, 1, 1), r(p, 1, 1, 2), r(p, 1, 1, 3), r(p, 2, 3, 4)])
+        .reserve(&[r(p, 1, 1, 1), r(p, 1, 1, 2), r(p, 2, 3, 4), r(p, 3, 2, 5)])
         .await
         .unwrap();
-    assert_eq!(out[2], ReserveOutcome::AlreadyBought);
     assert_eq!(
-        out[3],
+        out[1],
         ReserveOutcome::AlreadyBought,
+        "one order a buyer, even below the limit (the DB's unique key)"
+    );
+    assert_eq!(
+        out[2],
+        ReserveOutcome::OverLimit,
         "one order above the limit"
     );
-    assert_eq!(l.stock(p).await.unwrap(), Some(8));
+    assert_eq!(out[3], ReserveOutcome::Reserved { remaining: 7 });
+    assert_eq!(l.stock(p).await.unwrap(), Some(7));
+    // A cancelled order's units come back for sale, not for its buyer.
+    assert!(l.restock(p, StockLogId(1), 1).await.unwrap());
+    assert_eq!(
+        l.reserve(&[r(p, 1, 1, 6)]).await.unwrap(),
+        vec![ReserveOutcome::AlreadyBought]
+    );
+    // A reservation given back (no order came of it) frees its buyer.
+    assert_eq!(l.release(p, StockLogId(5)).await.unwrap(), 2);
+    assert!(matches!(
+        l.reserve(&[r(p, 3, 1, 7)]).await.unwrap()[..],
+        [ReserveOutcome::Reserved { .. }]
+    ));
 }
 
 async fn refuses_a_promo_that_is_not_warmed(l: Arc<dyn StockLedger>) {

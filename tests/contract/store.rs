@@ -216,16 +216,38 @@ async fn catalog(s: &dyn Store) {
         sales: 3,
         strategy: Some(OrderStrategy::DbLock),
     };
-    assert!(s.publish_promo(p.id, base).await.unwrap());
+    assert!(s.publish_promo(p.id, base, now).await.unwrap());
     let again = PromoBaseline {
         stock: 1,
         sales: 9,
         strategy: Some(OrderStrategy::WriteBehind),
     };
     assert!(
-        !s.publish_promo(p.id, again).await.unwrap(),
+        !s.publish_promo(p.id, again, now).await.unwrap(),
         "published once"
     );
+    // Another promo of the item while `p` (published, ending in five
+    // minutes) may still sell: refused, and left unpublished; once `p`'s
+    // orders are all in (its end before the cut-off), published.
+    let r = s
+        .create_promo(&NewPromo {
+            item_id: a.id,
+            name: "r".into(),
+            price_cents: 100,
+            start_at: now + Duration::hours(1),
+            end_at: now + Duration::hours(2),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.publish_promo(r.id, base, now).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(!s.promo(r.id).await.unwrap().unwrap().published);
+    assert!(matches!(
+        s.publish_promo(PromoId(987_654), base, now).await,
+        Err(StoreError::NotFound)
+    ));
     let stored = s.promo(p.id).await.unwrap().unwrap();
     assert!(stored.published);
     assert_eq!(
@@ -251,12 +273,18 @@ async fn catalog(s: &dyn Store) {
             sales: 0,
             strategy,
         };
-        assert!(s.publish_promo(q.id, base).await.unwrap());
+        // Every other promo of the item counted as settled.
+        let cut_off = now + Duration::hours(3);
+        assert!(s.publish_promo(q.id, base, cut_off).await.unwrap());
         let stored = s.promo(q.id).await.unwrap().unwrap();
         assert_eq!(stored.baseline.and_then(|b| b.strategy), strategy);
     }
     assert!(s.promo(p.id).await.unwrap().unwrap().published);
-    assert_eq!(s.promos_of_item(a.id).await.unwrap().len(), 5);
+    assert!(s
+        .publish_promo(r.id, base, now + Duration::hours(3))
+        .await
+        .unwrap());
+    assert_eq!(s.promos_of_item(a.id).await.unwrap().len(), 6);
     let newest = s.promos(None, 10).await.unwrap();
     assert!(newest.iter().any(|x| x.id == p.id));
     assert!(newest.windows(2).all(|w| w[0].id > w[1].id), "newest first");
@@ -277,7 +305,7 @@ async fn catalog(s: &dyn Store) {
         .await
         .unwrap();
     let page = s.promos_of_items(&[a.id, b.id, c.id]).await.unwrap();
-    assert_eq!(page.len(), 6, "a's five and c's one");
+    assert_eq!(page.len(), 7, "a's six and c's one");
     assert!(page.iter().any(|x| x.id == of_c.id));
     assert!(s.promos_of_items(&[b.id]).await.unwrap().is_empty());
     assert!(s.promos_of_items(&[]).await.unwrap().is_empty());
@@ -288,6 +316,18 @@ async fn catalog(s: &dyn Store) {
     let ids = |v: &[Item]| v.iter().map(|i| i.id).collect::<Vec<_>>();
     assert_eq!(ids(&first), ids(&all[..2]));
     assert_eq!(ids(&second), ids(&all[2..4.min(all.len())]));
+
+    // Ending early: a running promo ends then; a later end changes nothing;
+    // one not started yet starts then too (it never sold).
+    let at = Utc::now();
+    let ended = s.end_promo(p.id, at).await.unwrap().unwrap();
+    assert!((ended.end_at - at).num_milliseconds().abs() < 1);
+    assert_eq!(ended.start_at, p.start_at);
+    let again = s.end_promo(p.id, at + Duration::seconds(5)).await.unwrap();
+    assert_eq!(again.unwrap().end_at, ended.end_at, "ended once");
+    let early = s.end_promo(of_c.id, at).await.unwrap().unwrap();
+    assert_eq!((early.start_at, early.end_at), (ended.end_at, ended.end_at));
+    assert!(s.end_promo(PromoId(987_654), at).await.unwrap().is_none());
 }
 
 async fn order_flow(s: &dyn Store) {

@@ -1065,7 +1065,7 @@ async fn a_payment_after_the_time_is_up_is_refused_and_the_sweep_cancels_what_no
     let swept = seckill::service::payment::sweep(&cx, std::time::Duration::ZERO, 100)
         .await
         .unwrap();
-    assert_eq!(swept, 2);
+    assert_eq!(swept, (2, 0));
     for (u, o) in [(users[0], &a), (users[1], &b)] {
         let o = t
             .app
@@ -1085,7 +1085,7 @@ async fn a_payment_after_the_time_is_up_is_refused_and_the_sweep_cancels_what_no
         seckill::service::payment::sweep(&cx, std::time::Duration::ZERO, 100)
             .await
             .unwrap(),
-        0,
+        (0, 0),
         "idempotent"
     );
 }
@@ -1218,9 +1218,16 @@ async fn ledger_drift_is_repaired_only_once_it_holds_still_and_a_dry_run_changes
     tokio::time::sleep(std::time::Duration::from_millis(450)).await;
     let dry_again = r.pass(&t.app.context, true).await.unwrap();
     assert_eq!(dry_again.drifts_pending(), 1, "a dry run never repairs");
+    let permits = gate(&t, promo).await;
     let second = r.pass(&t.app.context, false).await.unwrap();
     assert!(second.drifts[0].repaired, "{second:?}");
     assert_eq!(t.stats(promo).await["stock_cache"], 5);
+    let factor = i64::from(t.app.state.config.gate_factor);
+    assert_eq!(
+        gate(&t, promo).await,
+        permits + 2 * factor,
+        "the two units back on sale: the gate reopens for them"
+    );
 
     // The other way (units given back twice): the ledger is high.
     ledger
@@ -1244,6 +1251,11 @@ async fn ledger_drift_is_repaired_only_once_it_holds_still_and_a_dry_run_changes
     tokio::time::sleep(std::time::Duration::from_millis(450)).await;
     let held = r.pass(&t.app.context, false).await.unwrap();
     assert!(held.drifts[0].repaired, "{held:?}");
+    assert_eq!(
+        gate(&t, promo).await,
+        permits + 2 * factor,
+        "units taken off sale leave the gate be"
+    );
     let stats = t.stats(promo).await;
     assert_eq!(stats["stock_cache"], 5);
     assert_eq!(stats["stock_db"], 5);
