@@ -28,6 +28,7 @@ pub fn router() -> Router<AppState> {
         .route(v1!("/admin/items/{id}"), patch(update_item))
         .route(v1!("/admin/promos"), post(create_promo).get(list_promos))
         .route(v1!("/admin/promos/{id}/publish"), post(publish))
+        .route(v1!("/admin/promos/{id}/end"), post(end_promo))
         .route(v1!("/admin/promos/{id}/stats"), get(stats))
         .route(v1!("/admin/instances"), get(instances))
 }
@@ -168,6 +169,8 @@ pub struct PromoStatsDto {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct InstanceDto {
     pub node_id: u16,
+    /// The address it listens on, as bound (a host name resolved); an
+    /// unspecified IP (`0.0.0.0:8080`) with the machine's name (`web-3:8080`).
     pub http_addr: String,
     pub version: String,
     pub started_at: DateTime<Utc>,
@@ -298,6 +301,22 @@ pub async fn list_promos(
         promos: promos.iter().map(PromoDto::from).collect(),
         next_before,
     }))
+}
+
+/// Ends a promo now: its tokens and orders are refused `PROMO_ENDED` from
+/// here on (a not-started one never starts); one ended already is answered
+/// as it is.
+#[utoipa::path(post, path = "/api/v1/admin/promos/{id}/end", tag = "admin", security(("admin" = [])),
+    params(("id" = i64, Path, description = "promo id")),
+    responses((status = 200, body = PromoDto), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn end_promo(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<ApiJson<PromoDto>> {
+    let p = state.catalog.end_promo(PromoId(id)).await?;
+    Ok(ApiJson(PromoDto::from(&p)))
 }
 
 /// Publishes a promo: warms its stock up; orders are refused before.

@@ -40,7 +40,7 @@ impl Modify for Security {
         items::list, items::detail, items::promo,
         orders::captcha, orders::issue_token, orders::place, orders::list, orders::detail, orders::pay, orders::cancel,
         admin::create_users, admin::create_item, admin::update_item, admin::create_promo, admin::list_promos,
-        admin::publish, admin::stats, admin::instances,
+        admin::publish, admin::end_promo, admin::stats, admin::instances,
         health::healthz, health::readyz, health::metrics, health::time, health::client_config,
     ),
     modifiers(&Security),

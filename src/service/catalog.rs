@@ -380,6 +380,33 @@ impl CatalogService {
         Ok(promo)
     }
 
+    /// Ends a sale now (a wrong price, a sale to stop): orders and tokens
+    /// are refused as after its end time (`PROMO_ENDED`); those admitted
+    /// before it settle as at any end. A promo not started yet ends before
+    /// it starts; one ended already is answered as it is. Under the item's
+    /// lease (no publish of it runs meanwhile); every instance drops its
+    /// cached copy.
+    pub async fn end_promo(&self, id: PromoId) -> ServiceResult<Promo> {
+        let promo = self.load_promo(id).await?;
+        let ended = self
+            .with_item_lease(promo.item_id, async {
+                let now = Utc::now();
+                self.cx
+                    .ports
+                    .store
+                    .end_promo(id, now)
+                    .await?
+                    .ok_or(ServiceError::NotFound("no such promo"))
+            })
+            .await?;
+        self.item_changed(promo.item_id).await;
+        if ended.end_at != promo.end_at {
+            tracing::warn!(promo_id = %id, item_id = %promo.item_id, was = %promo.end_at,
+                end_at = %ended.end_at, "audit: promo ended early by the admin");
+        }
+        Ok(ended)
+    }
+
     async fn create_promo_leased(&self, p: &NewPromo) -> ServiceResult<Promo> {
         // Read under the lease: no price change runs meanwhile.
         let item = self.load_item(p.item_id).await?;

@@ -419,6 +419,7 @@ async fn the_openapi_document_lists_every_endpoint() {
         "/api/v1/admin/items/{id}",
         "/api/v1/admin/promos",
         "/api/v1/admin/promos/{id}/publish",
+        "/api/v1/admin/promos/{id}/end",
         "/api/v1/admin/promos/{id}/stats",
         "/healthz",
         "/readyz",
@@ -737,6 +738,61 @@ async fn sleep_past_end(t: &TestApp, promo: i64, ms: i64) {
     if let Ok(wait) = wait.to_std() {
         tokio::time::sleep(wait).await;
     }
+}
+
+/// A sale can be stopped (a wrong price): from the end on its tokens and
+/// orders are refused `PROMO_ENDED` on every instance, the orders placed
+/// before stand, and ending it again changes nothing; a sale not started
+/// yet never starts.
+#[tokio::test]
+async fn the_admin_ends_a_sale_early() {
+    let t = TestApp::spawn().await;
+    let (item, promo) = t.sale(5).await;
+    let buyers = t.users("1376000", 2).await;
+    let first = t.buy(&buyers[0], promo, item).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.json());
+    // A token taken before the end is no good after it.
+    let token = t.token_of(&buyers[1], promo, item).await;
+
+    let t = &t;
+    let end = |id: i64, auth: Option<&'static str>| async move {
+        t.post(&format!("/api/v1/admin/promos/{id}/end"), auth, json!({}))
+            .await
+    };
+    assert_eq!(end(promo, None).await.status, StatusCode::UNAUTHORIZED);
+    let r = end(promo, Some(ADMIN)).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    assert_eq!(r.json()["status"], "ended");
+    let ended_at = r.json()["end_at"].clone();
+    let o = t.order(&buyers[1], promo, item, &token).await;
+    assert_eq!(o.code(), "PROMO_ENDED", "{:?}", o.json());
+    assert_eq!(t.token(&buyers[1], promo, item).await.code(), "PROMO_ENDED");
+    let detail = t.get(&format!("/api/v1/items/{item}"), None).await;
+    assert_eq!(
+        detail.json()["promo"]["status"],
+        "ended",
+        "{:?}",
+        detail.json()
+    );
+    let mine = t.get("/api/v1/orders", Some(&buyers[0])).await;
+    assert_eq!(
+        mine.json()["orders"].as_array().unwrap().len(),
+        1,
+        "the order stands"
+    );
+
+    let again = end(promo, Some(ADMIN)).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.json()["end_at"], ended_at, "ended once");
+
+    // Not started yet: it ends before it starts, published or not.
+    let other = t.item(3).await;
+    let later = t.promo(other, 600, 3600).await;
+    t.publish(later).await;
+    let r = end(later, Some(ADMIN)).await;
+    assert_eq!(r.json()["status"], "ended", "{:?}", r.json());
+    assert!(r.json()["start_at"] == r.json()["end_at"], "{:?}", r.json());
+    assert_eq!(end(999_999, Some(ADMIN)).await.code(), "NOT_FOUND");
 }
 
 /// Each promo's ledger is warmed from the item's stock: two published sales

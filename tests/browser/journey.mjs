@@ -8,6 +8,7 @@
 //   c. buyer 2: sign up, the item is sold out
 //   d. the admin's live dashboard shows sold 1
 //   e. the item page on a 375 px phone
+//   f. the admin ends the sale early; the item page says it ended
 // Any step that does not happen in time, any uncaught page error and any
 // console error fails the run (exit 1) with failure-*.png screenshots.
 //
@@ -518,6 +519,29 @@ async function journey(browser) {
     if (overflow > 0) fail(`the item page is ${overflow} px wider than the 375 px screen`);
     await shot(page, 'mobile-item');
     await ctx.close();
+  });
+
+  // f. the admin ends the sale -------------------------------------------------------------
+  await step(`admin: promo #${promoId} ended now`, async () => {
+    await admin.bringToFront();
+    const row = admin.locator(`#promos-body tr[data-promo-id="${promoId}"]`);
+    admin.once('dialog', (d) => d.accept());
+    await row.locator('.end-button').click();
+    // (The box still shows the publish's OK: wait for this answer's words.)
+    await admin.waitForFunction((id) => {
+      const r = document.querySelector('#promos-result');
+      return !r.hidden && (r.dataset.code !== 'OK' || r.textContent.includes(`Promo #${id} ended`));
+    }, promoId, { timeout: T }).catch(() => fail('no answer to "End now"'));
+    await expectOk(admin, '#promos-result', 'ending the promo');
+    await admin.locator(`#promos-body tr[data-promo-id="${promoId}"] .promo-phase[data-status="ended"]`).waitFor()
+      .catch(() => fail('the promo row does not show "ended"'));
+    if (await admin.locator(`#promos-body tr[data-promo-id="${promoId}"] .end-button`).count()) {
+      fail('an ended promo still offers "End now"');
+    }
+    // The buyer's page follows (it reads the item every 3 s).
+    await page1.goto(`${BASE}/item.html?id=${itemId}`);
+    await page1.locator('#countdown[data-phase="ended"]').waitFor()
+      .catch(async () => fail(`the item page shows phase ${await page1.locator('#countdown').getAttribute('data-phase')} after the end`));
   });
 
   await writeFile(path.join(SHOTS, 'journey.json'), `${JSON.stringify({

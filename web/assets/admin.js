@@ -223,6 +223,9 @@ async function loadPromos() {
   renderPromos();
 }
 
+/** A promo's phase by the server clock; "ended" as the server said it is final (an early end). */
+const phaseOf = (p) => (p.status === 'ended' ? 'ended' : promoPhase(p));
+
 function renderPromos() {
   const rows = [...promos].sort((a, b) => b.id - a.id).map((p) => {
     const td = (label, cls, ...c) => el('td', { 'data-label': label, class: cls }, ...c);
@@ -230,6 +233,9 @@ function renderPromos() {
       p.published ? null : el('button', {
         type: 'button', class: 'small primary publish-button', dataset: { testid: 'publish' }, onclick: () => publish(p),
       }, 'Publish'),
+      phaseOf(p) === 'ended' ? null : el('button', {
+        type: 'button', class: 'small end-button', dataset: { testid: 'end' }, onclick: (e) => endNow(p, e.target),
+      }, 'End now'),
       el('button', { type: 'button', class: 'small watch-button', dataset: { testid: 'watch' }, onclick: () => startWatch(p) }, 'Watch'));
     return el('tr', { dataset: { promoId: p.id } },
       td('Id', null, p.id),
@@ -238,7 +244,7 @@ function renderPromos() {
       td('Price', 'num', money(p.price_cents)),
       td('Start', null, fmtTime(p.start_at)),
       td('End', null, fmtTime(p.end_at)),
-      td('Status', null, el('span', { class: 'badge promo-phase', dataset: { status: promoPhase(p) } }, STATUS_LABEL[promoPhase(p)] || promoPhase(p))),
+      td('Status', null, el('span', { class: 'badge promo-phase', dataset: { status: phaseOf(p) } }, STATUS_LABEL[phaseOf(p)] || phaseOf(p))),
       td('Published', 'published', el('span', { class: p.published ? 'badge ok' : 'badge' }, p.published ? 'yes' : 'no')),
       td('', null, actions));
   });
@@ -252,6 +258,20 @@ async function publish(p) {
     renderPromos();
     showResult(promosResult, 'OK', 'ok', `Published promo #${updated.id}; its stock is warmed up.`);
   } catch (e) {
+    adminError(promosResult, e);
+  }
+}
+
+async function endNow(p, button) {
+  if (!window.confirm(`End promo #${p.id} “${p.name}” now? Its tokens and orders are refused from now on; orders placed stand.`)) return;
+  button.disabled = true;
+  try {
+    const updated = await api(`admin/promos/${p.id}/end`, { method: 'POST', admin: true });
+    promos = promos.map((x) => (x.id === updated.id ? updated : x));
+    renderPromos();
+    showResult(promosResult, 'OK', 'ok', `Promo #${updated.id} ended at ${fmtTime(updated.end_at)}.`);
+  } catch (e) {
+    button.disabled = false;
     adminError(promosResult, e);
   }
 }
@@ -469,12 +489,14 @@ async function pollInstances() {
 /** The status column follows the server clock, not the copy fetched when the list loaded. */
 function updatePhases() {
   for (const p of promos) {
-    const badge = $(`#promos-body tr[data-promo-id="${p.id}"] .promo-phase`);
-    const phase = promoPhase(p);
+    const row = $(`#promos-body tr[data-promo-id="${p.id}"]`);
+    const badge = row?.querySelector('.promo-phase');
+    const phase = phaseOf(p);
     if (badge && badge.dataset.status !== phase) {
       badge.dataset.status = phase;
       badge.textContent = STATUS_LABEL[phase] || phase;
     }
+    if (phase === 'ended') row?.querySelector('.end-button')?.remove(); // nothing left to end
   }
 }
 
