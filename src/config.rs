@@ -128,7 +128,9 @@ pub struct Config {
     pub otp_per_ip_per_hour: u32,
     /// The request header that carries the client's address when a trusted
     /// proxy sets it (nginx: `x-real-ip`); unset, the peer address is used.
-    /// Set it only behind a proxy that overwrites the header.
+    /// Set it only behind a proxy that overwrites the header; of a list
+    /// (`x-forwarded-for`) the last address is taken, the one the proxy
+    /// next to us appended.
     pub client_ip_header: Option<String>,
     /// On SIGTERM, how long in-flight requests, their batches and the
     /// store calls of requests cut off may take, all told, before the
@@ -293,6 +295,11 @@ pub struct Config {
     /// more wait their turn (within the request's time-out). Each holds
     /// `argon2_memory_kib` and a blocking thread.
     pub password_hashes_max_in_flight: u32,
+    /// Logins and sign-ups waiting for one of those places at most; the next
+    /// is answered 429 at once (0: no bound). A flood of logins for made-up
+    /// phones (each costs a hash) otherwise queues every real one behind it
+    /// until the request's time-out. The bulk sign-up waits regardless.
+    pub password_hashes_max_waiting: u32,
     /// Seed demo items and a promo at start-up (`serve --demo`).
     pub demo: bool,
 }
@@ -436,6 +443,7 @@ impl Default for Config {
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
             password_hashes_max_in_flight: 4,
+            password_hashes_max_waiting: 64,
             demo: false,
         }
     }
@@ -919,6 +927,10 @@ impl Config {
                 self.session_cache_capacity,
             ),
             ("SECKILL_BULK_USERS_MAX", self.bulk_users_max as u64),
+            (
+                "SECKILL_PASSWORD_HASHES_MAX_WAITING",
+                self.password_hashes_max_waiting.into(),
+            ),
             (
                 "SECKILL_LEDGER_SWEEP_MAX_RECORDS",
                 self.ledger_sweep_max_records as u64,

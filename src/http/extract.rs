@@ -112,9 +112,10 @@ impl FromRequestParts<AppState> for ClientIp {
     ) -> Result<Self, Self::Rejection> {
         if let Some(name) = state.config.client_ip_header.as_deref() {
             if let Some(v) = parts.headers.get(name).and_then(|v| v.to_str().ok()) {
-                // A list (`X-Forwarded-For`): the first is the client.
-                let first = v.split(',').next().unwrap_or("").trim();
-                if let Ok(ip) = first.parse::<std::net::IpAddr>() {
+                // A list (`X-Forwarded-For`): the last is the one our proxy
+                // added; the ones before it are the client's to write.
+                let last = v.rsplit(',').next().unwrap_or("").trim();
+                if let Ok(ip) = last.parse::<std::net::IpAddr>() {
                     return Ok(ClientIp(ip.to_string()));
                 }
             }
@@ -180,13 +181,25 @@ impl FromRequestParts<AppState> for CurrentUser {
 /// this site's host or an origin of `SECKILL_CORS_ORIGINS`. A client that
 /// sends no `Origin` is no browser page: taken. Hosts are compared without
 /// ports (nginx passes `$host`; same-site ignores ports too).
+///
+/// One GET changes something too: drawing a captcha replaces the buyer's
+/// pending one (and spends their drawing budget). Another site's page can
+/// ask for it as an image, which names no `Origin`; a browser marks such a
+/// request `Sec-Fetch-Site: cross-site`, and that is refused.
 fn same_site_or_allowed(parts: &Parts, state: &AppState) -> bool {
     use axum::http::Method;
-    if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+    let draws_captcha = parts.method == Method::GET
+        && parts.uri.path().starts_with("/api/v1/promos/")
+        && parts.uri.path().ends_with("/captcha");
+    if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) && !draws_captcha {
         return true;
     }
     let Some(origin) = parts.headers.get(ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return true;
+        let cross_site = parts
+            .headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+        return !cross_site;
     };
     // The host of an authority (`user@host:port`, `[v6]:port`).
     fn host_of(authority: &str) -> &str {

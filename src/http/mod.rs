@@ -120,12 +120,30 @@ pub fn router(state: AppState) -> Router {
     let web_dir = web_dir(&state.config);
     // Pages and assets are revalidated on every use (Last-Modified /
     // If-Modified-Since, answered 304): a deploy shows at once.
+    // No page is shown inside another site's frame (a buy button under a
+    // decoy is clicked by a visitor logged in here), nor a file read as
+    // another type than it is served as.
     let pages = Router::new()
         .fallback_service(ServeDir::new(web_dir).append_index_html_on_directories(true))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-cache"),
-        ));
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetResponseHeaderLayer::if_not_present(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("no-cache"),
+                ))
+                .layer(SetResponseHeaderLayer::overriding(
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static("frame-ancestors 'none'"),
+                ))
+                .layer(SetResponseHeaderLayer::overriding(
+                    header::X_FRAME_OPTIONS,
+                    HeaderValue::from_static("DENY"),
+                ))
+                .layer(SetResponseHeaderLayer::overriding(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                )),
+        );
     Router::new()
         .merge(api)
         .merge(health::root_router())

@@ -167,11 +167,13 @@ pub struct OrderPage {
     pub limit: Option<i32>,
 }
 
-/// A captcha image for (you, this promo); single use, short-lived.
+/// A captcha image for (you, this promo); single use, short-lived. Drawing
+/// one replaces the pending one: another site's page cannot (403 for a
+/// cookie sent with a request the browser marks cross-site).
 #[utoipa::path(get, path = "/api/v1/promos/{id}/captcha", tag = "orders", security(("session" = [])),
     params(("id" = i64, Path, description = "promo id")),
     responses((status = 200, content_type = "image/png", body = Vec<u8>), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn captcha(
     State(state): State<AppState>,
     user: CurrentUser,

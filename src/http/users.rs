@@ -101,7 +101,7 @@ pub async fn send_otp(
 /// Registers a user with the one-time code.
 #[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = RegisterRequest,
     responses((status = 201, body = UserView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn register(
     state: axum::extract::State<AppState>,
     ApiJson(r): ApiJson<RegisterRequest>,
@@ -128,10 +128,11 @@ pub async fn register(
 pub async fn login(
     state: axum::extract::State<AppState>,
     client: ClientIp,
+    request: HeaderMap,
     ApiJson(r): ApiJson<LoginRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let (token, user) = state.users.login(&r.phone, &r.password, &client.0).await?;
-    let cookie = session_cookie(&state, &token, state.config.session_ttl_secs);
+    let cookie = session_cookie(&state, &request, &token, state.config.session_ttl_secs);
     let mut headers = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         headers.insert(SET_COOKIE, v);
@@ -146,11 +147,22 @@ pub async fn login(
     ))
 }
 
-fn session_cookie(state: &AppState, token: &str, max_age: u64) -> String {
-    let site = if state.config.cookie_secure {
-        "SameSite=None; Secure"
-    } else {
-        "SameSite=Lax"
+/// The session cookie: `SameSite=None; Secure` with `cookie_secure` (front
+/// ends on other sites), else `SameSite=Lax` — `Secure` too when the
+/// request came over HTTPS to the proxy (`X-Forwarded-Proto: https`), so a
+/// browser never sends it over plain HTTP. Trusting that header costs
+/// nothing: a client who fakes it only gets a cookie its browser keeps off
+/// plain HTTP.
+fn session_cookie(state: &AppState, request: &HeaderMap, token: &str, max_age: u64) -> String {
+    let https = request
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+    let site = match (state.config.cookie_secure, https) {
+        (true, _) => "SameSite=None; Secure",
+        (false, true) => "SameSite=Lax; Secure",
+        (false, false) => "SameSite=Lax",
     };
     format!("{SESSION_COOKIE}={token}; HttpOnly; Path=/; Max-Age={max_age}; {site}")
 }
@@ -163,6 +175,7 @@ fn session_cookie(state: &AppState, token: &str, max_age: u64) -> String {
     responses((status = 204), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn logout(
     state: axum::extract::State<AppState>,
+    request: HeaderMap,
     user: Result<CurrentUser, ApiError>,
 ) -> ApiResult<impl IntoResponse> {
     match user {
@@ -172,7 +185,7 @@ pub async fn logout(
         Err(e) => return Err(e),
     }
     let mut headers = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(&session_cookie(&state, "", 0)) {
+    if let Ok(v) = HeaderValue::from_str(&session_cookie(&state, &request, "", 0)) {
         headers.insert(SET_COOKIE, v);
     }
     Ok((StatusCode::NO_CONTENT, headers))

@@ -50,6 +50,9 @@ pub struct UserService {
     /// (`password_hashes_max_in_flight`): a flood of logins queues here
     /// rather than run hundreds of hashes, each holding its memory.
     hashing: Arc<tokio::sync::Semaphore>,
+    /// Logins and sign-ups waiting for a place (bounded by
+    /// `password_hashes_max_waiting`).
+    hash_waiting: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A session token's SHA-256, hex: names a session in the log-out broadcast
@@ -117,6 +120,7 @@ impl UserService {
             sessions,
             unknown_phone_hash: tokio::sync::OnceCell::new(),
             hashing,
+            hash_waiting: Arc::default(),
         }
     }
 
@@ -141,7 +145,7 @@ impl UserService {
 
     async fn hash_password(&self, password: String) -> ServiceResult<String> {
         let argon = self.argon2()?;
-        let place = self.hashing_place().await?;
+        let place = self.hashing_place_or_busy().await?;
         tokio::task::spawn_blocking(move || {
             let _place = place;
             let salt = SaltString::generate(&mut OsRng);
@@ -164,6 +168,32 @@ impl UserService {
             .map_err(|e| ServiceError::Internal(Box::new(e)))
     }
 
+    /// A place to hash in for a login or a sign-up: 429 at once when
+    /// `password_hashes_max_waiting` requests wait for one already.
+    async fn hashing_place_or_busy(&self) -> ServiceResult<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(place) = self.hashing.clone().try_acquire_owned() {
+            return Ok(place);
+        }
+        struct Waiting(Arc<std::sync::atomic::AtomicUsize>);
+        impl Drop for Waiting {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let before = self
+            .hash_waiting
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _waiting = Waiting(self.hash_waiting.clone());
+        let max = self.cx.config.password_hashes_max_waiting as usize;
+        if max != 0 && before >= max {
+            metrics::counter!("seckill_password_hash_refusals_total").increment(1);
+            return Err(ServiceError::RateLimited(
+                "too many logins and sign-ups at once; retry in a moment",
+            ));
+        }
+        self.hashing_place().await
+    }
+
     /// Sends a one-time code to a phone, at most `otp_per_phone_per_hour`.
     /// A per-client-address limit; skipped when the limit is 0 or the
     /// address unknown.
@@ -183,7 +213,13 @@ impl UserService {
             limit,
             period,
         };
-        if !self.cx.ports.limiter.check(&rule, client).await? {
+        if !self
+            .cx
+            .ports
+            .limiter
+            .check(&rule, &client_key(client))
+            .await?
+        {
             return Err(ServiceError::RateLimited(refusal));
         }
         Ok(())
@@ -390,7 +426,7 @@ impl UserService {
         };
         let password = password.to_owned();
         let argon = self.argon2()?;
-        let place = self.hashing_place().await?;
+        let place = self.hashing_place_or_busy().await?;
         let ok = tokio::task::spawn_blocking(move || {
             let _place = place;
             PasswordHash::new(&hash)
@@ -476,6 +512,19 @@ impl UserService {
     }
 }
 
+/// The key a client address is limited under: an IPv6 address by its /64
+/// (one subscriber's network: a client given a /64 has 2^64 addresses to
+/// rotate through), anything else as it is.
+fn client_key(client: &str) -> std::borrow::Cow<'_, str> {
+    match client.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3]).into()
+        }
+        _ => client.into(),
+    }
+}
+
 #[cfg(test)]
 mod digest_tests {
     #[test]
@@ -510,5 +559,15 @@ mod digest_tests {
         ] {
             assert_eq!(super::digest_from_hex(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_ipv6_client_is_limited_by_its_64() {
+        use super::client_key;
+        assert_eq!(client_key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(client_key("2001:db8:1:2:ffff:1:2:3"), "2001:db8:1:2::/64");
+        assert_eq!(client_key("2001:db8:1:3::1"), "2001:db8:1:3::/64");
+        assert_eq!(client_key("203.0.113.7"), "203.0.113.7");
+        assert_eq!(client_key("::ffff:203.0.113.7"), "::ffff:203.0.113.7");
     }
 }

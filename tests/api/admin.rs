@@ -535,7 +535,15 @@ async fn the_web_pages_are_served() {
     let r = t.get("/", None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(String::from_utf8_lossy(&r.bytes).contains("<html"));
-    assert_eq!(t.get("/item.html", None).await.status, StatusCode::OK);
+    let page = t.get("/item.html", None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    // Never inside another site's frame, never sniffed as another type.
+    for r in [&r, &page] {
+        let h = |name: &str| r.headers.get(name).and_then(|v| v.to_str().ok());
+        assert_eq!(h("x-frame-options"), Some("DENY"));
+        assert_eq!(h("content-security-policy"), Some("frame-ancestors 'none'"));
+        assert_eq!(h("x-content-type-options"), Some("nosniff"));
+    }
 }
 
 #[tokio::test]

@@ -104,12 +104,41 @@ async fn login_sets_an_http_only_cookie_that_authenticates() {
         .unwrap()
         .to_owned();
     assert!(cookie.contains("HttpOnly") && cookie.starts_with("seckill_session="));
+    assert!(
+        cookie.contains("SameSite=Lax") && !cookie.contains("Secure"),
+        "plain HTTP (a developer's machine): {cookie}"
+    );
     let pair = cookie.split(';').next().unwrap();
     let req = axum::http::Request::get("/api/v1/me")
         .header(header::COOKIE, pair)
         .body(axum::body::Body::empty())
         .unwrap();
     assert_eq!(t.send(req).await.status, StatusCode::OK);
+
+    // Behind a proxy that took the request over HTTPS: never sent over
+    // plain HTTP again, logging in nor out.
+    for (method, uri, body) in [
+        (
+            "POST",
+            "/api/v1/sessions",
+            r#"{"phone":"13800000002","password":"secret-pass"}"#,
+        ),
+        ("DELETE", "/api/v1/sessions/current", ""),
+    ] {
+        let req = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-forwarded-proto", "https")
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        let r = t.send(req).await;
+        let cookie = r.headers.get(header::SET_COOKIE).unwrap().to_str().unwrap();
+        assert!(
+            cookie.contains("SameSite=Lax; Secure"),
+            "{method} {uri}: {cookie}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -211,6 +240,58 @@ async fn another_sites_page_cannot_change_anything_with_the_cookie() {
             "{origin:?}"
         );
     }
+}
+
+/// Drawing a captcha replaces the buyer's pending one: another site's page
+/// asking for it as an image (no `Origin`, marked cross-site by the
+/// browser) with the visitor's cookie is refused; the site's own pages, a
+/// client that is no browser and a bearer token are not.
+#[tokio::test]
+async fn another_sites_image_cannot_draw_a_captcha_with_the_cookie() {
+    let t = TestApp::spawn_with(|c| {
+        c.captcha_enabled = true;
+        c.cookie_secure = true;
+    })
+    .await;
+    let (_, promo) = t.sale(5).await;
+    let bearer = t.user("13800000036").await;
+    let r = t
+        .post(
+            "/api/v1/sessions",
+            None,
+            json!({"phone": "13800000036", "password": "secret-pass"}),
+        )
+        .await;
+    let set = r.headers.get(header::SET_COOKIE).unwrap().to_str().unwrap();
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let draw = |fetch_site: Option<&str>, by_cookie: bool| {
+        let mut req = axum::http::Request::get(format!("/api/v1/promos/{promo}/captcha"));
+        req = if by_cookie {
+            req.header(header::COOKIE, cookie.as_str())
+        } else {
+            req.header(header::AUTHORIZATION, format!("Bearer {bearer}"))
+        };
+        if let Some(site) = fetch_site {
+            req = req.header("sec-fetch-site", site);
+        }
+        t.send(req.body(axum::body::Body::empty()).unwrap())
+    };
+    let r = draw(Some("cross-site"), true).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::FORBIDDEN, "FORBIDDEN")
+    );
+    for site in [Some("same-origin"), Some("none"), None] {
+        assert_eq!(draw(site, true).await.status, StatusCode::OK, "{site:?}");
+    }
+    assert_eq!(draw(Some("cross-site"), false).await.status, StatusCode::OK);
+    // Reading stays CORS's business: other GETs are not refused.
+    let me = axum::http::Request::get("/api/v1/me")
+        .header(header::COOKIE, cookie.as_str())
+        .header("sec-fetch-site", "cross-site")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    assert_eq!(t.send(me).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -490,11 +571,15 @@ async fn a_password_of_any_script_up_to_128_characters_logs_in() {
 }
 
 async fn login_from(t: &TestApp, phone: &str, ip: &str) -> StatusCode {
+    login_with(t, phone, "x-real-ip", ip).await
+}
+
+async fn login_with(t: &TestApp, phone: &str, header: &str, value: &str) -> StatusCode {
     let req = axum::http::Request::builder()
         .method("POST")
         .uri("/api/v1/sessions")
         .header("content-type", "application/json")
-        .header("x-real-ip", ip)
+        .header(header, value)
         .body(axum::body::Body::from(
             serde_json::json!({"phone": phone, "password": "wrong-password"}).to_string(),
         ))
@@ -523,6 +608,87 @@ async fn logins_are_limited_per_client_address_from_the_trusted_proxy_header() {
         StatusCode::UNAUTHORIZED,
         "another address is not limited"
     );
+}
+
+#[tokio::test]
+async fn of_a_forwarded_for_list_the_address_our_proxy_appended_is_the_clients() {
+    let t = TestApp::spawn_with(|c| {
+        c.login_attempts_per_ip_per_minute = 2;
+        c.client_ip_header = Some("x-forwarded-for".into());
+    })
+    .await;
+    // nginx's `$proxy_add_x_forwarded_for` appends the peer to whatever the
+    // client sent: a new made-up address each time dodges nothing.
+    for i in 0..2 {
+        let list = format!("10.9.8.{i}, 203.0.113.7");
+        let s = login_with(&t, &format!("1370000000{i}"), "x-forwarded-for", &list).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    let s = login_with(
+        &t,
+        "13700000009",
+        "x-forwarded-for",
+        "10.9.8.77, 203.0.113.7",
+    )
+    .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    let s = login_with(
+        &t,
+        "13700000008",
+        "x-forwarded-for",
+        "203.0.113.7, 198.51.100.1",
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "another client behind the proxy"
+    );
+}
+
+/// Logins for made-up phones cost a real hash each; past
+/// `password_hashes_max_waiting` waiting for a place, the next login is
+/// answered 429 at once instead of queueing until the request's time-out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_flood_past_the_hash_queue_is_answered_429_at_once() {
+    let t = TestApp::spawn_with(|c| {
+        c.argon2_memory_kib = 19_456;
+        c.argon2_iterations = 2;
+        c.password_hashes_max_in_flight = 1;
+        c.password_hashes_max_waiting = 2;
+    })
+    .await;
+    let logins = (0..24).map(|i| {
+        t.post(
+            "/api/v1/sessions",
+            None,
+            json!({"phone": format!("1372000{i:04}"), "password": "wrong-password"}),
+        )
+    });
+    let answers = futures::future::join_all(logins).await;
+    let mut busy = 0;
+    for r in &answers {
+        match r.status {
+            StatusCode::UNAUTHORIZED => {}
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(r.code(), "RATE_LIMITED");
+                assert!(r.headers.contains_key("retry-after"));
+                busy += 1;
+            }
+            other => panic!("login answered {other}: {:?}", r.json()),
+        }
+    }
+    // One hashing, two waiting: of 24 at once, most are turned away.
+    assert!(busy >= 12, "{busy} of 24 logins answered 429");
+    // Once the flood has passed, a login is answered again.
+    let r = t
+        .post(
+            "/api/v1/sessions",
+            None,
+            json!({"phone": "13720009999", "password": "wrong-password"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]

@@ -218,7 +218,9 @@ export function safeNext(fallback = 'index.html') {
   if (!next) return fallback;
   try {
     const u = new URL(next, location.href);
-    if (u.origin === location.origin) return u.pathname + u.search + u.hash;
+    // The whole URL, not its path: `/.//evil.example/x` keeps this origin
+    // but its path `//evil.example/x` would be read as another host's.
+    if (u.origin === location.origin) return u.href;
   } catch { /* fall through */ }
   return fallback;
 }
