@@ -25,6 +25,11 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     let taken =
         || format!("cannot listen on {addr} (set SECKILL_HTTP_ADDR or --addr to another port)");
     let socket = bind(addr).with_context(taken)?;
+    // The address bound, as the admin's instance list shows it: a host name
+    // resolved, port 0 the port chosen.
+    if let Ok(bound) = socket.local_addr() {
+        config.http_addr = bound.to_string();
+    }
     let backlog = config.http_backlog;
     // One embedded process per data file, before anything is opened.
     let _data_lock = crate::process_lock::claim(&config).context(

@@ -49,15 +49,58 @@ pub struct SaleMonitor {
     /// Refusals counted since the last flush, per promo and reason.
     pending: Mutex<HashMap<(PromoId, &'static str), i64>>,
     started_at: DateTime<Utc>,
+    /// The listen address, with the machine's name for an unspecified IP
+    /// (every instance of a cluster would read `0.0.0.0:8080`).
+    shown_addr: String,
+    /// The dependencies' last verdicts and when they were taken; the lock
+    /// held while a check runs, so that callers wait for one check.
+    checks: tokio::sync::Mutex<Option<(std::time::Instant, BTreeMap<String, String>)>>,
+}
+
+/// `addr` as the instance list shows it: `0.0.0.0:8080` as `host:8080`
+/// when the machine's name is known, anything else as it is.
+fn shown_addr(addr: &str, host: Option<&str>) -> String {
+    match (addr.parse::<std::net::SocketAddr>(), host) {
+        (Ok(a), Some(h)) if a.ip().is_unspecified() && !h.is_empty() => {
+            format!("{h}:{}", a.port())
+        }
+        _ => addr.to_owned(),
+    }
+}
+
+/// The machine's name (Linux), if it can be read.
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
 }
 
 impl SaleMonitor {
     pub fn new(cx: Context) -> Self {
         SaleMonitor {
-            cx,
             pending: Mutex::new(HashMap::new()),
             started_at: Utc::now(),
+            shown_addr: shown_addr(&cx.config.http_addr, host_name().as_deref()),
+            checks: tokio::sync::Mutex::new(None),
+            cx,
         }
+    }
+
+    /// Each dependency's verdict (see [`check_dependencies`]), at most
+    /// `max_age` old: one check at a time serves every caller, so a crowd
+    /// or a balancer polling `/readyz` costs a database, cache and broker
+    /// round trip a `max_age`, not one a request.
+    pub async fn dependency_checks(&self, max_age: Duration) -> BTreeMap<String, String> {
+        let mut last = self.checks.lock().await;
+        if let Some((at, checks)) = &*last {
+            if at.elapsed() <= max_age {
+                return checks.clone();
+            }
+        }
+        let limit = Duration::from_millis(self.cx.config.health_check_timeout_ms);
+        let fresh = check_dependencies(&self.cx.ports, limit).await;
+        *last = Some((std::time::Instant::now(), fresh.clone()));
+        fresh
     }
 
     /// Counts one refused token or order request of a promo. Bad input
@@ -120,7 +163,7 @@ impl SaleMonitor {
         }
         let beat = InstanceBeat {
             node_id: self.cx.ids.node(),
-            http_addr: self.cx.config.http_addr.clone(),
+            http_addr: self.shown_addr.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             started_at: self.started_at,
             seen_at: Utc::now(),
@@ -181,8 +224,8 @@ pub async fn run_heartbeat(monitor: Arc<SaleMonitor>, period: Duration) {
         if let Err(e) = monitor.flush().await {
             tracing::debug!(error = %e, "refusal counts not flushed; kept for the next beat");
         }
-        let limit = Duration::from_millis(monitor.cx.config.health_check_timeout_ms);
-        let checks = check_dependencies(&monitor.cx.ports, limit).await;
+        // Fresh unless `/readyz` just took them.
+        let checks = monitor.dependency_checks(period / 2).await;
         if let Err(e) = monitor.beat(checks).await {
             tracing::debug!(error = %e, "heartbeat not written");
         }
@@ -215,4 +258,18 @@ pub async fn check_dependencies(p: &Ports, limit: Duration) -> BTreeMap<String, 
         ("cache".to_owned(), verdict(cache, limit)),
         ("message_bus".to_owned(), verdict(bus, limit)),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_addr;
+
+    #[test]
+    fn an_unspecified_address_is_shown_with_the_machines_name() {
+        assert_eq!(shown_addr("0.0.0.0:8080", Some("web-3")), "web-3:8080");
+        assert_eq!(shown_addr("[::]:8081", Some("web-3")), "web-3:8081");
+        assert_eq!(shown_addr("0.0.0.0:8080", None), "0.0.0.0:8080");
+        assert_eq!(shown_addr("0.0.0.0:8080", Some("")), "0.0.0.0:8080");
+        assert_eq!(shown_addr("10.0.0.7:8080", Some("web-3")), "10.0.0.7:8080");
+    }
 }

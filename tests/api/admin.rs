@@ -434,15 +434,30 @@ async fn the_openapi_document_lists_every_endpoint() {
 
 #[tokio::test]
 async fn readiness_names_a_dependency_that_is_down() {
-    let t = TestApp::spawn().await;
+    let t = TestApp::spawn_with(|c| c.heartbeat_interval_ms = 100).await;
     assert_eq!(t.get("/readyz", None).await.status, StatusCode::OK);
     t.app.memory_bus.as_ref().unwrap().refuse_sends(true);
-    let r = t.get("/readyz", None).await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    let r = readiness_becomes(&t, StatusCode::SERVICE_UNAVAILABLE).await;
     assert!(r.json()["checks"]["message_bus"]
         .as_str()
         .unwrap()
         .starts_with("down"));
+}
+
+/// A crowd polling `/readyz` costs one dependency check a heartbeat
+/// interval, not one a request.
+#[tokio::test]
+async fn readiness_polled_by_a_crowd_checks_the_dependencies_once_an_interval() {
+    let t = TestApp::spawn_with(|c| c.heartbeat_interval_ms = 60_000).await;
+    assert_eq!(t.get("/readyz", None).await.status, StatusCode::OK);
+    // The bus goes down: a minute's worth of polls still reads the check
+    // taken before it (one interval old at most), and the bus is not asked.
+    let bus = t.app.memory_bus.as_ref().unwrap();
+    bus.refuse_sends(true);
+    let polls = (0..50).map(|_| t.get("/readyz", None));
+    for r in futures::future::join_all(polls).await {
+        assert_eq!(r.status, StatusCode::OK);
+    }
 }
 
 /// An instance whose configured node id another process holds takes no
