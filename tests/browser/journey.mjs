@@ -21,6 +21,9 @@
 //   CHROMIUM            browser binary (default /usr/bin/chromium)
 //   PROMO_LEAD_SECONDS  how far ahead the sale starts (default 20)
 //   STEP_TIMEOUT_MS     default wait for one UI action (default 15000)
+//   ITEM_LIST_PAGE_MAX  the server's SECKILL_ITEM_LIST_PAGE_MAX; at 1 the
+//                       journey checks the item list's "Show more" brought
+//                       the sale's item (a filler item is listed first)
 import { chromium } from 'playwright-core';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -54,6 +57,7 @@ const since = () => `${((Date.now() - t0) / 1000).toFixed(1)}s`;
 const pages = []; // { label, page } of every page opened, for failure screenshots
 const problems = []; // page errors and console errors, with the page label
 let currentStep = 'start-up';
+let pagesFollowed = 0; // "Show more" clicks on the item list
 
 class JourneyError extends Error {}
 const fail = (msg) => { throw new JourneyError(msg); };
@@ -233,7 +237,20 @@ async function signUp(ctx, label) {
 
 async function openItemFromList(page, itemId, title) {
   const card = page.locator(`a.item-card[data-item-id="${itemId}"]`);
-  await card.waitFor({ timeout: T }).catch(() => fail(`the item list has no card for item #${itemId}`));
+  const more = page.locator('#items-more');
+  // The list comes a page at a time (most sales first): "Show more" until
+  // the card is there.
+  for (let pages = 1; ; pages += 1) {
+    await page.waitForFunction(() => {
+      const loading = document.querySelector('#items-loading');
+      const button = document.querySelector('#items-more');
+      return loading.hidden && !button.disabled;
+    }, null, { timeout: T }).catch(() => fail('the item list did not load'));
+    if (await card.count()) break;
+    if (!(await more.isVisible())) fail(`the item list has no card for item #${itemId} (${pages} page(s) shown)`);
+    await more.click();
+    pagesFollowed += 1;
+  }
   const text = await card.textContent();
   if (!text.includes(title)) fail(`item card #${itemId} does not show the title "${title}": ${text}`);
   await card.click();
@@ -339,6 +356,16 @@ async function journey(browser) {
       .catch(() => fail('the admin page does not show health "ready"'));
   });
 
+  await step('admin: an item listed before the sale\'s (the list comes in pages)', async () => {
+    // Same sales (0), lower id: listed first, so with SECKILL_ITEM_LIST_PAGE_MAX=1
+    // the buyer's list shows the sale's item only on its second page.
+    const r = await adminCtx.request.post(`${BASE}/api/v1/admin/items`, {
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+      data: { title: `Filler ${RUN}`, price_cents: 100, stock: 0, description: 'listed before the sale', image_url: '' },
+    });
+    if (r.status() !== 201) fail(`creating the filler item answered ${r.status()}: ${await r.text()}`);
+  });
+
   await step('admin: item created (stock 1)', async () => {
     await admin.locator('#item-title').fill(title);
     await admin.locator('#item-price').fill('99.00');
@@ -406,6 +433,9 @@ async function journey(browser) {
 
   await step('buyer 1: item page counts down', async () => {
     await openItemFromList(page1, itemId, title);
+    if (process.env.ITEM_LIST_PAGE_MAX === '1' && pagesFollowed === 0) {
+      fail('with one item a page, the sale\'s item was on the list\'s first page: the filler item should come first');
+    }
     await page1.locator('#countdown[data-phase="not_started"]').waitFor({ timeout: T }).catch(async () => {
       fail(`no countdown: the countdown shows "${await page1.locator('#countdown').textContent()}" `
         + `(phase ${await page1.locator('#countdown').getAttribute('data-phase')}); raise PROMO_LEAD_SECONDS if the sale started already`);

@@ -116,6 +116,18 @@ async function loadItems() {
 
 $('#edit-item-select').addEventListener('change', fillEdit);
 
+/** Runs a form's request with its submit button disabled: a double click sends one. */
+async function submitting(form, request) {
+  const button = form.querySelector('button[type="submit"], button:not([type])');
+  if (button?.disabled) return;
+  if (button) button.disabled = true;
+  try {
+    await request();
+  } finally {
+    if (button) button.disabled = false;
+  }
+}
+
 $('#create-item-form').addEventListener('submit', async (e) => {
   e.preventDefault();
   const out = $('#create-item-result');
@@ -130,15 +142,17 @@ $('#create-item-form').addEventListener('submit', async (e) => {
     description: $('#item-description').value.trim(),
     image_url: $('#item-image-url').value.trim(),
   };
-  try {
-    const it = await api('admin/items', { method: 'POST', body, admin: true });
-    items.set(it.id, it);
-    refreshSelects(it.id, it.id); // the next step is usually a promo for this new item
-    e.target.reset();
-    showResult(out, 'OK', 'ok', `Created item #${it.id} “${it.title}”.`);
-  } catch (err) {
-    adminError(out, err);
-  }
+  await submitting(e.target, async () => {
+    try {
+      const it = await api('admin/items', { method: 'POST', body, admin: true });
+      items.set(it.id, it);
+      refreshSelects(it.id, it.id); // the next step is usually a promo for this new item
+      e.target.reset();
+      showResult(out, 'OK', 'ok', `Created item #${it.id} “${it.title}”.`);
+    } catch (err) {
+      adminError(out, err);
+    }
+  });
   return undefined;
 });
 
@@ -158,14 +172,16 @@ $('#edit-item-form').addEventListener('submit', async (e) => {
   if (description !== (it.description ?? '')) patch.description = description;
   if (imageUrl !== (it.image_url ?? '')) patch.image_url = imageUrl;
   if (!Object.keys(patch).length) return showResult(out, 'NOOP', 'info', 'Nothing changed.');
-  try {
-    const updated = await api(`admin/items/${it.id}`, { method: 'PATCH', body: patch, admin: true });
-    items.set(updated.id, updated);
-    refreshSelects(updated.id);
-    showResult(out, 'OK', 'ok', `Saved item #${updated.id}: ${Object.keys(patch).join(', ')}.`);
-  } catch (err) {
-    adminError(out, err);
-  }
+  await submitting(e.target, async () => {
+    try {
+      const updated = await api(`admin/items/${it.id}`, { method: 'PATCH', body: patch, admin: true });
+      items.set(updated.id, updated);
+      refreshSelects(updated.id);
+      showResult(out, 'OK', 'ok', `Saved item #${updated.id}: ${Object.keys(patch).join(', ')}.`);
+    } catch (err) {
+      adminError(out, err);
+    }
+  });
   return undefined;
 });
 
@@ -195,14 +211,16 @@ $('#create-promo-form').addEventListener('submit', async (e) => {
     start_at: toRfc3339(start),
     end_at: toRfc3339(end),
   };
-  try {
-    const p = await api('admin/promos', { method: 'POST', body, admin: true });
-    promos = [p, ...promos.filter((x) => x.id !== p.id)];
-    renderPromos();
-    showResult(out, 'OK', 'ok', `Created promo #${p.id} (not published yet: publish it below).`);
-  } catch (err) {
-    adminError(out, err);
-  }
+  await submitting(e.target, async () => {
+    try {
+      const p = await api('admin/promos', { method: 'POST', body, admin: true });
+      promos = [p, ...promos.filter((x) => x.id !== p.id)];
+      renderPromos();
+      showResult(out, 'OK', 'ok', `Created promo #${p.id} (not published yet: publish it below).`);
+    } catch (err) {
+      adminError(out, err);
+    }
+  });
   return undefined;
 });
 

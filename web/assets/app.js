@@ -7,13 +7,24 @@ const ADMIN_KEY = 'seckill_admin_token';
 
 /** An API failure: HTTP status (0 = network), API code and message, raw body. */
 export class ApiError extends Error {
-  constructor(status, code, message, body = null) {
+  constructor(status, code, message, body = null, retryAfterMs = null) {
     super(message || code);
     this.name = 'ApiError';
     this.status = status;
     this.code = code;
     this.body = body;
+    /** The wait a 429 or 503 asked for (its Retry-After), in ms; null if none. */
+    this.retryAfterMs = retryAfterMs;
   }
+}
+
+/** A Retry-After header (seconds, or an HTTP date) in ms; null if absent or unreadable. */
+export function retryAfterMs(res) {
+  const v = res?.headers?.get('Retry-After');
+  if (!v) return null;
+  if (/^\d+$/.test(v.trim())) return Number(v.trim()) * 1000;
+  const at = Date.parse(v);
+  return Number.isNaN(at) ? null : Math.max(0, at - Date.now());
 }
 
 const CODE_BY_STATUS = {
@@ -51,7 +62,7 @@ export async function api(path, { method = 'GET', body, admin = false } = {}) {
     const code = typeof data?.code === 'string' ? data.code
       : CODE_BY_STATUS[res.status] || (res.status >= 500 ? 'UNAVAILABLE' : `HTTP_${res.status}`);
     const message = typeof data?.message === 'string' ? data.message : `${res.status} ${res.statusText}`.trim();
-    throw new ApiError(res.status, code, message, data);
+    throw new ApiError(res.status, code, message, data, retryAfterMs(res));
   }
   return data;
 }

@@ -19,17 +19,32 @@ function card(it) {
       el('div', { class: 'meta' }, `Stock ${it.stock} · Sold ${it.sales}`)));
 }
 
-async function load() {
+let nextOffset = null;
+const shown = new Set();
+const more = $('#items-more');
+
+// One page of the item list after the cards already shown; `next_offset`
+// names the page after it.
+async function loadPage() {
+  more.disabled = true;
   try {
-    const { items } = await api('items');
-    $('#items').replaceChildren(...items.map(card));
-    $('#items-loading').textContent = items.length ? '' : 'No items yet.';
-    $('#items-loading').hidden = items.length > 0;
+    const page = await api(nextOffset === null ? 'items' : `items?offset=${nextOffset}`);
+    // Sales move items up the list meanwhile: skip a card shown already.
+    const fresh = page.items.filter((it) => !shown.has(it.id));
+    fresh.forEach((it) => shown.add(it.id));
+    $('#items').append(...fresh.map(card));
+    nextOffset = page.next_offset ?? null;
+    $('#items-loading').textContent = shown.size ? '' : 'No items yet.';
+    $('#items-loading').hidden = shown.size > 0;
+    more.hidden = nextOffset === null;
   } catch (e) {
     $('#items-loading').hidden = true;
     showResult($('#result'), e.code, 'error', `Could not load items: ${e.message}`);
+  } finally {
+    more.disabled = false;
   }
 }
 
+more.addEventListener('click', loadPage);
 renderNav();
-load();
+loadPage();

@@ -2,7 +2,7 @@
 // Every phase decision uses the server clock (serverNow), never the raw local one.
 import {
   $, API, api, clearResult, el, fmtDuration, fmtTime, goLogin, itemImage, money, parseTime,
-  promoPhase, renderNav, serverNow, showResult, sleep, startClock, STATUS_LABEL, syncClock,
+  promoPhase, renderNav, retryAfterMs, serverNow, showResult, sleep, startClock, STATUS_LABEL, syncClock,
 } from './app.js';
 
 const MAX_TRIES = 8; // attempts per call when the server answers 429 or 503
@@ -171,7 +171,9 @@ async function reloadCaptcha() {
     }
     // The reason the buyer is back in the dialog, if any, stays shown.
     if (!cErr.textContent) cErr.textContent = CAPTCHA_BUSY;
-    await new Promise((r) => setTimeout(r, 400 * 2 ** attempt * (0.5 + Math.random())));
+    // The wait the server asked for (Retry-After) at least, spread out.
+    const backoff = 400 * 2 ** attempt * (0.5 + Math.random());
+    await sleep(Math.max(backoff, (retryAfterMs(res) ?? 0) * (1 + Math.random() / 2)));
     if (!current()) return;
   }
 }
@@ -204,42 +206,75 @@ $('#captcha-form').addEventListener('submit', (e) => {
 // ---- purchase ---------------------------------------------------------------------
 
 buy.addEventListener('click', async () => {
-  if (buy.disabled) return;
-  if (!(await userReady)) {
-    // Only a 401 means logged out: the page's first /me may have met a busy
-    // server (503, 429, the network); ask again now.
-    try {
-      await api('me');
-    } catch (e) {
-      if (e.status === 401) {
-        showResult(result, 'UNAUTHENTICATED', 'info', FAILURE.UNAUTHENTICATED);
-        goLogin();
-        return;
+  if (buy.disabled || S.busy) return;
+  // Busy from the first moment: a second click while this one asks the
+  // server (who is logged in, whether a captcha is needed) starts nothing.
+  S.busy = true;
+  tick();
+  let buying = false;
+  try {
+    if (!(await userReady)) {
+      // Only a 401 means logged out: the page's first /me may have met a busy
+      // server (503, 429, the network); ask again now.
+      try {
+        await api('me');
+      } catch (e) {
+        if (e.status === 401) {
+          showResult(result, 'UNAUTHENTICATED', 'info', FAILURE.UNAUTHENTICATED);
+          goLogin();
+          return;
+        }
       }
     }
+    clearResult(result);
+    if (await captchaReady) {
+      openCaptcha(); // modal: no second click until it closes
+    } else {
+      buying = true;
+      purchase(undefined); // busy until it ends
+    }
+  } finally {
+    if (!buying) {
+      S.busy = false;
+      tick();
+    }
   }
-  clearResult(result);
-  if (await captchaReady) openCaptcha();
-  else purchase(undefined);
 });
 
 /**
  * Calls fn again on 429 or 503 with capped exponential back-off (200 ms doubling
- * to 3 s) and jitter: the server keeps the captcha answer and the seckill token
- * good for a retry after either (a retry of an order that did commit is told
- * ALREADY_BOUGHT).
+ * to 3 s) and jitter, waiting at least what the answer's Retry-After asks: the
+ * server keeps the captcha answer and the seckill token good for a retry after
+ * either. `onRetry(e)` hears of each failure retried.
  */
-async function withRetry(fn) {
+async function withRetry(fn, onRetry = () => {}) {
   for (let attempt = 1; ; attempt++) {
     try {
       return await fn();
     } catch (e) {
       if (!['RATE_LIMITED', 'UNAVAILABLE'].includes(e.code) || attempt >= MAX_TRIES) throw e;
+      onRetry(e);
       const cap = Math.min(3000, 200 * 2 ** (attempt - 1));
       const why = e.code === 'RATE_LIMITED' ? 'Queue full' : 'Service busy';
       showResult(result, e.code, 'info', `${why}, retrying… (attempt ${attempt + 1} of ${MAX_TRIES})`);
-      await sleep(cap / 2 + Math.random() * (cap / 2));
+      const backoff = cap / 2 + Math.random() * (cap / 2);
+      await sleep(Math.max(backoff, (e.retryAfterMs ?? 0) * (1 + Math.random() / 2)));
     }
+  }
+}
+
+/**
+ * The caller's order in promo `promoId` placed since `since` (ms, server
+ * clock), if any: after a 503 whose outcome was unknown, the retry's token
+ * may have been spent by an order that did commit.
+ */
+async function placedSince(promoId, since) {
+  try {
+    const { orders } = await api('orders?limit=20');
+    return orders.find((o) => o.promo_id === promoId && o.status !== 'cancelled'
+      && parseTime(o.created_at) >= since) ?? null;
+  } catch {
+    return null;
   }
 }
 
@@ -251,9 +286,16 @@ async function attempt(captcha) {
   showResult(result, 'PENDING', 'info', 'Getting your purchase token…');
   const { token } = await withRetry(() => api(`promos/${p.id}/tokens`, { method: 'POST', body }));
   showResult(result, 'PENDING', 'info', 'Placing your order…');
+  const since = serverNow() - 5000; // the clock's error, roughly
+  let unknown = false; // a 503 may stand for an order that committed
   const order = await withRetry(() => api('orders', {
     method: 'POST', body: { promo_id: p.id, item_id: it.id, amount: 1, token },
-  }));
+  }), (e) => { if (e.code === 'UNAVAILABLE') unknown = true; }).catch(async (e) => {
+    // The token spent after a 503: by the order the 503 did not confirm?
+    const placed = e.code === 'INVALID_TOKEN' && unknown ? await placedSince(p.id, since) : null;
+    if (placed) return placed;
+    throw e;
+  });
   S.blocked = 'BOUGHT';
   showResult(result, 'OK', 'ok', `Success! Order ${order.order_no}, total ${money(order.total_cents)}. `,
     el('a', { href: 'orders.html', id: 'orders-link' }, 'Pay in My orders →'));

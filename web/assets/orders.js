@@ -1,10 +1,10 @@
 // The caller's orders, with Pay / Cancel for pending ones.
-import { $, api, el, fmtTime, goLogin, money, parseTime, renderNav, showResult } from './app.js';
+import { $, api, el, fmtTime, goLogin, money, renderNav, showResult } from './app.js';
 
 const STATUS = { pending_payment: 'Pending payment', paid: 'Paid', cancelled: 'Cancelled' };
 const result = $('#result');
 const body = $('#orders-body');
-let titles = new Map();
+const titles = new Map();
 
 function row(o) {
   const td = (label, cls, ...children) => el('td', { 'data-label': label, class: cls }, ...children);
@@ -46,21 +46,57 @@ async function act(order, action) {
   return undefined;
 }
 
-async function load() {
-  const itemsReady = api('items')
-    .then(({ items }) => { titles = new Map(items.map((i) => [i.id, i.title])); })
-    .catch(() => {}); // titles are a nicety; fall back to ids
+// Titles of the items the shown orders are for: the first page of the item
+// list in one request, then each item not on it by its own detail request, a
+// few at a time (a title is a nicety; an item that cannot be read shows its id).
+async function learnTitles(orders, listed) {
+  await listed;
+  const missing = [...new Set(orders.map((o) => o.item_id))].filter((id) => !titles.has(id));
+  const next = async () => {
+    for (let id = missing.pop(); id !== undefined; id = missing.pop()) {
+      const item = await api(`items/${encodeURIComponent(id)}`).catch(() => null);
+      titles.set(id, item?.title ?? null);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(4, missing.length) }, next));
+}
+
+let nextOffset = null;
+let listed = null;
+const shownOrders = new Set();
+const more = $('#orders-more');
+
+// One page of the orders, newest first as the server sends them, after the
+// rows already shown; `next_offset` names the page after it.
+async function loadPage() {
+  more.disabled = true;
   try {
-    const [{ orders }] = await Promise.all([api('orders'), itemsReady]);
-    orders.sort((a, b) => parseTime(b.created_at) - parseTime(a.created_at));
-    body.replaceChildren(...orders.map(row));
-    $('#orders-table').hidden = orders.length === 0;
-    $('#orders-empty').hidden = orders.length > 0;
+    const page = await api(nextOffset === null ? 'orders' : `orders?offset=${nextOffset}`);
+    // An order placed meanwhile shifts the pages by one: skip what is shown.
+    const fresh = page.orders.filter((o) => !shownOrders.has(o.order_no));
+    fresh.forEach((o) => shownOrders.add(o.order_no));
+    await learnTitles(fresh, listed);
+    body.append(...fresh.map(row));
+    nextOffset = page.next_offset ?? null;
+    const shown = body.children.length;
+    $('#orders-table').hidden = shown === 0;
+    $('#orders-empty').hidden = shown > 0;
+    more.hidden = nextOffset === null;
   } catch (e) {
     if (e.code === 'UNAUTHENTICATED') return goLogin();
     showResult(result, e.code, 'error', `Could not load your orders: ${e.message}`);
+  } finally {
+    more.disabled = false;
   }
   return undefined;
+}
+
+function load() {
+  listed = api('items')
+    .then(({ items }) => { items.forEach((i) => titles.set(i.id, i.title)); })
+    .catch(() => {}); // titles are a nicety; fall back to ids
+  more.addEventListener('click', loadPage);
+  return loadPage();
 }
 
 renderNav();
