@@ -203,6 +203,14 @@ pub fn main() -> anyhow::Result<()> {
                             .context("reconciliation failed")?;
                     }
                     println!("{report:?}");
+                    // A sweep that could not do its work is a failed pass
+                    // for whoever runs this from cron.
+                    if report.unpaid_failed > 0 {
+                        anyhow::bail!(
+                            "{} unpaid order(s) past their time not cancelled (see the log); run again",
+                            report.unpaid_failed
+                        );
+                    }
                     anyhow::Ok(())
                 }
                 .await;

@@ -50,10 +50,12 @@ pub async fn healthz() -> ApiJson<Health> {
 /// 200 when every dependency answers and the instance takes orders, else
 /// 503 naming what is not ready (a dependency down, shutting down, its node
 /// id not owned). The dependencies' verdicts are at most one heartbeat
-/// interval old (one check serves every request meanwhile).
+/// interval (and one second) old: one check serves every request meanwhile.
 #[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let max_age = std::time::Duration::from_millis(state.config.heartbeat_interval_ms);
+    // A heartbeat interval old at most, and never more than a second: a
+    // balancer hears of a dependency down within about that.
+    let max_age = std::time::Duration::from_millis(state.config.heartbeat_interval_ms.min(1_000));
     let mut checks: serde_json::Map<String, serde_json::Value> = state
         .monitor
         .dependency_checks(max_age)

@@ -683,6 +683,10 @@ impl CatalogService {
         if promo.published {
             return Ok(promo);
         }
+        // Ended meanwhile ("End now" held the lease while this one waited).
+        if promo.state_at(Utc::now()) == PromoState::Ended {
+            return Err(ServiceError::PromoEnded);
+        }
         self.ensure_item_free_for_a_sale(promo.item_id, Some(id))
             .await?;
         let item = self.load_item(promo.item_id).await?;

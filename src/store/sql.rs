@@ -524,22 +524,25 @@ impl CatalogStore for $store {
     ) -> StoreResult<bool> {
         retry_deadlocks(self.deadlock_retries, "publish_promo", || async move {
             let mut tx = self.writer.begin_with($begin_write).await?;
-            // The promo's and its item's rows locked (SQLite: the write
-            // lock, taken at BEGIN): one publish of the item's promos at a
-            // time, whatever became of the caller's lease. Every read here
-            // locks, so it sees the rows committed last, not the
-            // transaction's snapshot (MySQL's REPEATABLE READ would let a
-            // publish committed meanwhile go unseen).
-            let item: Option<i64> = sqlx::query_scalar(concat!(
-                "SELECT p.item_id FROM promo p JOIN item i ON i.id = p.item_id WHERE p.id = ?",
-                $lock_read
-            ))
-            .bind(id.0)
-            .fetch_optional(&mut *tx)
-            .await?;
+            // (A promo's item never changes: read without a lock.)
+            let item: Option<i64> = sqlx::query_scalar("SELECT item_id FROM promo WHERE id = ?")
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await?;
             let Some(item) = item else {
                 return Err(StoreError::NotFound);
             };
+            // The item's row locked first (SQLite: the write lock, taken at
+            // BEGIN): one publish of the item's promos at a time, whatever
+            // became of the caller's lease, and no two publishes each
+            // holding a promo row the other's scan wants. The read of the
+            // others locks too, so it sees the rows committed last, not the
+            // transaction's snapshot (MySQL's REPEATABLE READ would let a
+            // publish committed meanwhile go unseen).
+            sqlx::query(concat!("SELECT id FROM item WHERE id = ?", $lock_read))
+                .bind(item)
+                .fetch_optional(&mut *tx)
+                .await?;
             let other: Option<i64> = sqlx::query_scalar(concat!(
                 "SELECT id FROM promo WHERE item_id = ? AND id <> ? AND published = 1 \
                  AND end_at > ? LIMIT 1",

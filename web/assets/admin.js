@@ -248,7 +248,7 @@ function renderPromos() {
   const rows = [...promos].sort((a, b) => b.id - a.id).map((p) => {
     const td = (label, cls, ...c) => el('td', { 'data-label': label, class: cls }, ...c);
     const actions = el('div', { class: 'actions' },
-      p.published ? null : el('button', {
+      p.published || phaseOf(p) === 'ended' ? null : el('button', {
         type: 'button', class: 'small primary publish-button', dataset: { testid: 'publish' }, onclick: () => publish(p),
       }, 'Publish'),
       phaseOf(p) === 'ended' ? null : el('button', {

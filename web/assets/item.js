@@ -264,15 +264,15 @@ async function withRetry(fn, onRetry = () => {}) {
 }
 
 /**
- * The caller's order in promo `promoId` placed since `since` (ms, server
- * clock), if any: after a 503 whose outcome was unknown, the retry's token
- * may have been spent by an order that did commit.
+ * The caller's order in promo `promoId` (one order a buyer a promo), if
+ * any and not cancelled: after a 503 whose outcome was not known, the
+ * retry is refused (its token spent, or "already bought") because of an
+ * order that did commit.
  */
-async function placedSince(promoId, since) {
+async function orderIn(promoId) {
   try {
-    const { orders } = await api('orders?limit=20');
-    return orders.find((o) => o.promo_id === promoId && o.status !== 'cancelled'
-      && parseTime(o.created_at) >= since) ?? null;
+    const { orders } = await api('orders?limit=20'); // newest first: it is the newest
+    return orders.find((o) => o.promo_id === promoId && o.status !== 'cancelled') ?? null;
   } catch {
     return null;
   }
@@ -286,13 +286,12 @@ async function attempt(captcha) {
   showResult(result, 'PENDING', 'info', 'Getting your purchase token…');
   const { token } = await withRetry(() => api(`promos/${p.id}/tokens`, { method: 'POST', body }));
   showResult(result, 'PENDING', 'info', 'Placing your order…');
-  const since = serverNow() - 5000; // the clock's error, roughly
   let unknown = false; // a 503 may stand for an order that committed
   const order = await withRetry(() => api('orders', {
     method: 'POST', body: { promo_id: p.id, item_id: it.id, amount: 1, token },
   }), (e) => { if (e.code === 'UNAVAILABLE') unknown = true; }).catch(async (e) => {
-    // The token spent after a 503: by the order the 503 did not confirm?
-    const placed = e.code === 'INVALID_TOKEN' && unknown ? await placedSince(p.id, since) : null;
+    // Refused after a 503: because of the order the 503 did not confirm?
+    const placed = unknown && ['INVALID_TOKEN', 'ALREADY_BOUGHT'].includes(e.code) ? await orderIn(p.id) : null;
     if (placed) return placed;
     throw e;
   });
