@@ -300,10 +300,25 @@ impl CatalogService {
                 }
             }
         };
+        self.reused(&self.live_row, id, ask).await
+    }
+
+    /// `ask`'s answer, reused from `cache` for `item_live_stock_ttl_ms`
+    /// (asked every time when that is 0); concurrent misses share one ask.
+    async fn reused<K, V>(
+        &self,
+        cache: &Cache<K, V>,
+        key: K,
+        ask: impl std::future::Future<Output = Option<V>>,
+    ) -> Option<V>
+    where
+        K: std::hash::Hash + Eq + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+    {
         if self.cx.config.item_live_stock_ttl_ms == 0 {
             return ask.await;
         }
-        self.live_row.optionally_get_with(id, ask).await
+        cache.optionally_get_with(key, ask).await
     }
 
     /// A promo's ledger stock (0 at once when this instance knows it is
@@ -321,10 +336,7 @@ impl CatalogService {
                 }
             }
         };
-        if self.cx.config.item_live_stock_ttl_ms == 0 {
-            return ask.await;
-        }
-        self.live_stock.optionally_get_with(promo, ask).await
+        self.reused(&self.live_stock, promo, ask).await
     }
 
     /// An item as buyers see it, through the item cache, with live figures.
@@ -599,8 +611,7 @@ impl CatalogService {
         this: Option<PromoId>,
     ) -> ServiceResult<()> {
         let now = Utc::now();
-        let in_flight = chrono::Duration::from_std(self.cx.config.order_in_flight_bound())
-            .unwrap_or(chrono::Duration::MAX);
+        let in_flight = self.in_flight();
         // When the last order of `o` is in the DB.
         let settled_by = |o: &Promo| {
             o.end_at
@@ -677,6 +688,12 @@ impl CatalogService {
         Ok(())
     }
 
+    /// How long after a promo's end its last orders may still reach the DB.
+    fn in_flight(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.cx.config.order_in_flight_bound())
+            .unwrap_or(chrono::Duration::MAX)
+    }
+
     async fn publish_leased(&self, id: PromoId) -> ServiceResult<Promo> {
         // Read again under the lease: a publish of this promo may have won.
         let promo = self.load_promo(id).await?;
@@ -721,10 +738,8 @@ impl CatalogService {
         };
         // The DB refuses it too if another sale of the item got published
         // meanwhile (the checks above ran under a lease only the cache kept).
-        let in_flight = chrono::Duration::from_std(cfg.order_in_flight_bound())
-            .unwrap_or(chrono::Duration::MAX);
         let others_settled_by = Utc::now()
-            .checked_sub_signed(in_flight)
+            .checked_sub_signed(self.in_flight())
             .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
         self.cx
             .ports

@@ -342,12 +342,13 @@ impl ItemCache {
 /// [`ItemCache::fill_back`]). Local copies are left to their TTL
 /// (`item_cache_local_ttl_ms`): no broadcast an order.
 pub async fn sale_changed_row(
-    kv: Arc<dyn KvStore>,
-    bus: Arc<dyn MessageBus>,
+    kv: &Arc<dyn KvStore>,
+    bus: &Arc<dyn MessageBus>,
     id: ItemId,
     second_delete_after: Duration,
 ) {
-    delete_shared_entry(&*kv, &*bus, id).await;
+    delete_shared_entry(&**kv, &**bus, id).await;
+    let (kv, bus) = (kv.clone(), bus.clone());
     tokio::spawn(async move {
         tokio::time::sleep(second_delete_after).await;
         delete_shared_entry(&*kv, &*bus, id).await;

@@ -50,9 +50,9 @@ pub struct UserService {
     /// (`password_hashes_max_in_flight`): a flood of logins queues here
     /// rather than run hundreds of hashes, each holding its memory.
     hashing: Arc<tokio::sync::Semaphore>,
-    /// Logins and sign-ups waiting for a place (bounded by
-    /// `password_hashes_max_waiting`).
-    hash_waiting: Arc<std::sync::atomic::AtomicUsize>,
+    /// Places to wait for one of those, for logins and sign-ups
+    /// (`password_hashes_max_waiting`; none: no bound).
+    hash_queue: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// A session token's SHA-256, hex: names a session in the log-out broadcast
@@ -115,12 +115,14 @@ impl UserService {
         let hashing = Arc::new(tokio::sync::Semaphore::new(
             cx.config.password_hashes_max_in_flight.max(1) as usize,
         ));
+        let waiting = cx.config.password_hashes_max_waiting;
         UserService {
             cx,
             sessions,
             unknown_phone_hash: tokio::sync::OnceCell::new(),
             hashing,
-            hash_waiting: Arc::default(),
+            hash_queue: (waiting != 0)
+                .then(|| Arc::new(tokio::sync::Semaphore::new(waiting as usize))),
         }
     }
 
@@ -174,23 +176,14 @@ impl UserService {
         if let Ok(place) = self.hashing.clone().try_acquire_owned() {
             return Ok(place);
         }
-        struct Waiting(Arc<std::sync::atomic::AtomicUsize>);
-        impl Drop for Waiting {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        let before = self
-            .hash_waiting
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let _waiting = Waiting(self.hash_waiting.clone());
-        let max = self.cx.config.password_hashes_max_waiting as usize;
-        if max != 0 && before >= max {
-            metrics::counter!("seckill_password_hash_refusals_total").increment(1);
-            return Err(ServiceError::RateLimited(
-                "too many logins and sign-ups at once; retry in a moment",
-            ));
-        }
+        // A place in the queue, held while waiting for a hashing one.
+        let _waiting = match &self.hash_queue {
+            Some(queue) => Some(queue.clone().try_acquire_owned().map_err(|_| {
+                metrics::counter!("seckill_password_hash_refusals_total").increment(1);
+                ServiceError::RateLimited("too many logins and sign-ups at once; retry in a moment")
+            })?),
+            None => None,
+        };
         self.hashing_place().await
     }
 

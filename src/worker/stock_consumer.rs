@@ -61,8 +61,7 @@ impl MessageHandler for StockConsumer {
             let mut items: Vec<_> = entries.iter().map(|e| e.item_id).collect();
             items.dedup();
             for item in items {
-                let (kv, bus) = (self.kv.clone(), self.bus.clone());
-                sale_changed_row(kv, bus, item, self.second_delete_after).await;
+                sale_changed_row(&self.kv, &self.bus, item, self.second_delete_after).await;
             }
         }
         metrics::counter!("seckill_deductions_total", "outcome" => "applied")

@@ -18,6 +18,29 @@ export class ApiError extends Error {
   }
 }
 
+/**
+ * A list the API serves a page at a time (`?offset=`, `next_offset`):
+ * `next()` answers the next page's rows not seen on an earlier one (sales
+ * move items up the list, a new order shifts the pages by one); `more`
+ * while pages follow; `seen` how many rows were answered in all.
+ */
+export function pages(path, key, idOf) {
+  const ids = new Set();
+  let offset = null;
+  return {
+    more: true,
+    get seen() { return ids.size; },
+    async next() {
+      const page = await api(offset === null ? path : `${path}?offset=${offset}`);
+      offset = page?.next_offset ?? null;
+      this.more = offset !== null;
+      const fresh = (page?.[key] ?? []).filter((row) => !ids.has(idOf(row)));
+      fresh.forEach((row) => ids.add(idOf(row)));
+      return fresh;
+    },
+  };
+}
+
 /** A Retry-After header (seconds, or an HTTP date) in ms; null if absent or unreadable. */
 export function retryAfterMs(res) {
   const v = res?.headers?.get('Retry-After');

@@ -1,5 +1,5 @@
 // Item list: GET /items, one card per item.
-import { $, api, el, itemImage, money, renderNav, showResult, STATUS_LABEL } from './app.js';
+import { $, el, itemImage, money, pages, renderNav, showResult, STATUS_LABEL } from './app.js';
 
 function card(it) {
   const p = it.promo;
@@ -19,24 +19,17 @@ function card(it) {
       el('div', { class: 'meta' }, `Stock ${it.stock} · Sold ${it.sales}`)));
 }
 
-let nextOffset = null;
-const shown = new Set();
+const list = pages('items', 'items', (it) => it.id);
 const more = $('#items-more');
 
-// One page of the item list after the cards already shown; `next_offset`
-// names the page after it.
+// The item list's next page, after the cards already shown.
 async function loadPage() {
   more.disabled = true;
   try {
-    const page = await api(nextOffset === null ? 'items' : `items?offset=${nextOffset}`);
-    // Sales move items up the list meanwhile: skip a card shown already.
-    const fresh = page.items.filter((it) => !shown.has(it.id));
-    fresh.forEach((it) => shown.add(it.id));
-    $('#items').append(...fresh.map(card));
-    nextOffset = page.next_offset ?? null;
-    $('#items-loading').textContent = shown.size ? '' : 'No items yet.';
-    $('#items-loading').hidden = shown.size > 0;
-    more.hidden = nextOffset === null;
+    $('#items').append(...(await list.next()).map(card));
+    $('#items-loading').textContent = list.seen ? '' : 'No items yet.';
+    $('#items-loading').hidden = list.seen > 0;
+    more.hidden = !list.more;
   } catch (e) {
     $('#items-loading').hidden = true;
     showResult($('#result'), e.code, 'error', `Could not load items: ${e.message}`);

@@ -33,6 +33,9 @@ const FAILURE = {
   NETWORK_ERROR: 'Network error; please check your connection and try again.',
 };
 
+/** A retry's wait: the back-off, or the server's Retry-After when longer, spread out. */
+const retryWait = (backoffMs, retryAfter) => Math.max(backoffMs, (retryAfter ?? 0) * (1 + Math.random() / 2));
+
 async function loadItem() {
   try {
     S.item = await api(`items/${itemId}`);
@@ -171,9 +174,7 @@ async function reloadCaptcha() {
     }
     // The reason the buyer is back in the dialog, if any, stays shown.
     if (!cErr.textContent) cErr.textContent = CAPTCHA_BUSY;
-    // The wait the server asked for (Retry-After) at least, spread out.
-    const backoff = 400 * 2 ** attempt * (0.5 + Math.random());
-    await sleep(Math.max(backoff, (retryAfterMs(res) ?? 0) * (1 + Math.random() / 2)));
+    await sleep(retryWait(400 * 2 ** attempt * (0.5 + Math.random()), retryAfterMs(res)));
     if (!current()) return;
   }
 }
@@ -257,8 +258,7 @@ async function withRetry(fn, onRetry = () => {}) {
       const cap = Math.min(3000, 200 * 2 ** (attempt - 1));
       const why = e.code === 'RATE_LIMITED' ? 'Queue full' : 'Service busy';
       showResult(result, e.code, 'info', `${why}, retrying… (attempt ${attempt + 1} of ${MAX_TRIES})`);
-      const backoff = cap / 2 + Math.random() * (cap / 2);
-      await sleep(Math.max(backoff, (e.retryAfterMs ?? 0) * (1 + Math.random() / 2)));
+      await sleep(retryWait(cap / 2 + Math.random() * (cap / 2), e.retryAfterMs));
     }
   }
 }

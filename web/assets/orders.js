@@ -1,5 +1,5 @@
 // The caller's orders, with Pay / Cancel for pending ones.
-import { $, api, el, fmtTime, goLogin, money, renderNav, showResult } from './app.js';
+import { $, api, el, fmtTime, goLogin, money, pages, renderNav, showResult } from './app.js';
 
 const STATUS = { pending_payment: 'Pending payment', paid: 'Paid', cancelled: 'Cancelled' };
 const result = $('#result');
@@ -61,27 +61,21 @@ async function learnTitles(orders, listed) {
   await Promise.all(Array.from({ length: Math.min(4, missing.length) }, next));
 }
 
-let nextOffset = null;
+const list = pages('orders', 'orders', (o) => o.order_no);
 let listed = null;
-const shownOrders = new Set();
 const more = $('#orders-more');
 
-// One page of the orders, newest first as the server sends them, after the
-// rows already shown; `next_offset` names the page after it.
+// My orders' next page (newest first, as the server sends them), after the
+// rows already shown.
 async function loadPage() {
   more.disabled = true;
   try {
-    const page = await api(nextOffset === null ? 'orders' : `orders?offset=${nextOffset}`);
-    // An order placed meanwhile shifts the pages by one: skip what is shown.
-    const fresh = page.orders.filter((o) => !shownOrders.has(o.order_no));
-    fresh.forEach((o) => shownOrders.add(o.order_no));
+    const fresh = await list.next();
     await learnTitles(fresh, listed);
     body.append(...fresh.map(row));
-    nextOffset = page.next_offset ?? null;
-    const shown = body.children.length;
-    $('#orders-table').hidden = shown === 0;
-    $('#orders-empty').hidden = shown > 0;
-    more.hidden = nextOffset === null;
+    $('#orders-table').hidden = list.seen === 0;
+    $('#orders-empty').hidden = list.seen > 0;
+    more.hidden = !list.more;
   } catch (e) {
     if (e.code === 'UNAUTHENTICATED') return goLogin();
     showResult(result, e.code, 'error', `Could not load your orders: ${e.message}`);
