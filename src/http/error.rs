@@ -69,7 +69,9 @@ impl ApiError {
                 S::SoldOut => (StatusCode::CONFLICT, "SOLD_OUT"),
                 S::AlreadyBought => (StatusCode::CONFLICT, "ALREADY_BOUGHT"),
                 S::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),
-                S::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
+                S::RateLimited(_) | S::LimitReached { .. } => {
+                    (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED")
+                }
                 S::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
                 S::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
             },
@@ -99,11 +101,22 @@ impl IntoResponse for ApiError {
             tracing::error!(code, error = %chain(&self), "request failed");
         }
         let mut resp = (status, Json(ErrorOut { code, message })).into_response();
-        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
-            );
+        let retry_after = match &self {
+            ApiError::Service(ServiceError::LimitReached { retry_after, .. }) => {
+                // Whole seconds, rounded up: never before the limit allows.
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                Some(axum::http::HeaderValue::from(secs.max(1)))
+            }
+            _ if status == StatusCode::TOO_MANY_REQUESTS
+                || status == StatusCode::SERVICE_UNAVAILABLE =>
+            {
+                Some(axum::http::HeaderValue::from_static("1"))
+            }
+            _ => None,
+        };
+        if let Some(value) = retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, value);
         }
         resp
     }

@@ -55,8 +55,17 @@ pub enum ServiceError {
     AlreadyBought,
     #[error("{0}")]
     Conflict(String),
+    /// Busy for a moment (a queue, a shared per-second limit): retry in a
+    /// second.
     #[error("{0}")]
     RateLimited(&'static str),
+    /// A limit over a longer period refused (codes per phone an hour,
+    /// logins a minute): `retry_after` is when it allows one more.
+    #[error("{message}")]
+    LimitReached {
+        message: &'static str,
+        retry_after: std::time::Duration,
+    },
     #[error("{context}")]
     Unavailable {
         context: &'static str,
@@ -75,6 +84,15 @@ impl ServiceError {
         ServiceError::unavailable(
             "this instance does not own its node id now (another process holds it, or the shared store cannot confirm it); retry shortly",
         )
+    }
+
+    /// 429 from a limit `rule` refused: one more event is allowed once
+    /// the rule's period over its limit has passed (the limiters are GCRA).
+    pub fn limit_reached(rule: &crate::cache::RateRule, message: &'static str) -> Self {
+        ServiceError::LimitReached {
+            message,
+            retry_after: rule.period / rule.limit.max(1),
+        }
     }
 
     pub fn unavailable(context: &'static str) -> Self {
@@ -124,7 +142,7 @@ impl ServiceError {
             ServiceError::SoldOut => 9,
             ServiceError::AlreadyBought => 10,
             ServiceError::Conflict(_) => 11,
-            ServiceError::RateLimited(_) => 12,
+            ServiceError::RateLimited(_) | ServiceError::LimitReached { .. } => 12,
             ServiceError::Unavailable { .. } => 13,
             ServiceError::Internal(_) => 14,
         }

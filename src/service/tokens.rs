@@ -94,8 +94,9 @@ impl TokenService {
             .check(&self.captcha_rule, &user.0.to_string())
             .await?
         {
-            return Err(ServiceError::RateLimited(
-                "too many captchas drawn; wait a minute",
+            return Err(ServiceError::limit_reached(
+                &self.captcha_rule,
+                "too many captchas drawn; wait a moment",
             ));
         }
         self.catalog.promo(promo).await?;

@@ -213,7 +213,7 @@ impl UserService {
             .check(&rule, &client_key(client))
             .await?
         {
-            return Err(ServiceError::RateLimited(refusal));
+            return Err(ServiceError::limit_reached(&rule, refusal));
         }
         Ok(())
     }
@@ -236,7 +236,8 @@ impl UserService {
             period: Duration::from_secs(3600),
         };
         if !self.cx.ports.limiter.check(&rule, phone.as_str()).await? {
-            return Err(ServiceError::RateLimited(
+            return Err(ServiceError::limit_reached(
+                &rule,
                 "too many codes asked for this phone; try later",
             ));
         }
@@ -398,7 +399,8 @@ impl UserService {
             period: Duration::from_secs(60),
         };
         if !self.cx.ports.limiter.check(&rule, phone.as_str()).await? {
-            return Err(ServiceError::RateLimited(
+            return Err(ServiceError::limit_reached(
+                &rule,
                 "too many login attempts for this phone; wait a minute",
             ));
         }

@@ -397,6 +397,8 @@ async fn one_time_codes_are_rate_limited_per_phone() {
         (r.status, r.code().as_str()),
         (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED")
     );
+    // Two an hour: the next one in half an hour, not in a second.
+    assert_eq!(r.headers["retry-after"], "1800");
     assert_eq!(
         t.post("/api/v1/otp", None, json!({"phone": "13800000006"}))
             .await
@@ -430,6 +432,8 @@ async fn a_wrong_password_is_unauthenticated_and_logins_are_rate_limited() {
         )
         .await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    // Three a minute: one more in 20 s.
+    assert_eq!(r.headers["retry-after"], "20");
 }
 
 #[tokio::test]

@@ -50,6 +50,15 @@ export function retryAfterMs(res) {
   return Number.isNaN(at) ? null : Math.max(0, at - Date.now());
 }
 
+/** "try again in 12 minutes": when a refusal's Retry-After says; a plain "try again later" without one. */
+export function tryAgainIn(retryAfter) {
+  if (!(retryAfter > 0)) return 'try again later';
+  const s = Math.ceil(retryAfter / 1000);
+  if (s < 90) return `try again in ${s} second${s === 1 ? '' : 's'}`;
+  const m = Math.ceil(s / 60);
+  return m < 90 ? `try again in ${m} minutes` : `try again in ${Math.ceil(m / 60)} hours`;
+}
+
 const CODE_BY_STATUS = {
   400: 'BAD_REQUEST', 401: 'UNAUTHENTICATED', 403: 'FORBIDDEN', 404: 'NOT_FOUND',
   409: 'CONFLICT', 422: 'INVALID_ARGUMENT', 429: 'RATE_LIMITED', 500: 'INTERNAL',

@@ -2,10 +2,11 @@
 // Every phase decision uses the server clock (serverNow), never the raw local one.
 import {
   $, API, api, clearResult, el, fmtDuration, fmtTime, goLogin, itemImage, money, parseTime,
-  promoPhase, renderNav, retryAfterMs, serverNow, showResult, sleep, startClock, STATUS_LABEL, syncClock,
+  promoPhase, renderNav, retryAfterMs, serverNow, showResult, sleep, startClock, STATUS_LABEL, syncClock, tryAgainIn,
 } from './app.js';
 
 const MAX_TRIES = 8; // attempts per call when the server answers 429 or 503
+const LONG_WAIT_MS = 10_000; // a Retry-After longer than this is told to the buyer, not waited
 const itemId = Number(new URLSearchParams(location.search).get('id'));
 const S = { item: null, promoId: null, blocked: null, busy: false, imageKey: null };
 const result = $('#result');
@@ -165,11 +166,14 @@ async function reloadCaptcha() {
       return;
     }
     if (res?.status === 401) return goLogin();
-    const busy = !res || res.status === 429 || res.status === 503;
+    // A long Retry-After (a limit per minute set low) is shown, not waited out.
+    const busy = (!res || res.status === 429 || res.status === 503) && !(retryAfterMs(res) > LONG_WAIT_MS);
     if (!busy || attempt >= 4) {
       const body = res ? await res.json().catch(() => null) : null;
       if (!current()) return;
-      cErr.textContent = body?.message || 'The captcha image could not be loaded. Try "Refresh".';
+      cErr.textContent = res?.status === 429
+        ? `Too many captchas drawn, ${tryAgainIn(retryAfterMs(res))}.`
+        : body?.message || 'The captcha image could not be loaded. Try "Refresh".';
       return;
     }
     // The reason the buyer is back in the dialog, if any, stays shown.
@@ -253,7 +257,7 @@ async function withRetry(fn, onRetry = () => {}) {
     try {
       return await fn();
     } catch (e) {
-      if (!['RATE_LIMITED', 'UNAVAILABLE'].includes(e.code) || attempt >= MAX_TRIES) throw e;
+      if (!['RATE_LIMITED', 'UNAVAILABLE'].includes(e.code) || attempt >= MAX_TRIES || e.retryAfterMs > LONG_WAIT_MS) throw e;
       onRetry(e);
       const cap = Math.min(3000, 200 * 2 ** (attempt - 1));
       const why = e.code === 'RATE_LIMITED' ? 'Queue full' : 'Service busy';

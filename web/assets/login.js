@@ -1,5 +1,5 @@
 // Log in: POST /sessions. The server sets the HttpOnly session cookie; no token is stored here.
-import { $, api, el, renderNav, safeNext, showResult } from './app.js';
+import { $, api, el, renderNav, safeNext, showResult, tryAgainIn } from './app.js';
 
 renderNav();
 const form = $('#login-form');
@@ -23,7 +23,7 @@ form.addEventListener('submit', async (ev) => {
     location.href = safeNext();
   } catch (e) {
     const msg = e.status === 401 || e.code === 'UNAUTHENTICATED' ? 'Wrong phone number or password.'
-      : e.code === 'RATE_LIMITED' ? 'Too many attempts, wait a moment and try again.' : e.message;
+      : e.code === 'RATE_LIMITED' ? `Too many attempts, ${tryAgainIn(e.retryAfterMs)}.` : e.message;
     const extra = e.status === 401 ? [' ', el('a', { href: $('#signup-link').href }, 'Sign up?')] : [];
     showResult(result, e.code, 'error', msg, ...extra);
     btn.disabled = false;

@@ -1,5 +1,5 @@
 // Sign up: OTP → POST /users → POST /sessions (auto log-in) → next page.
-import { $, api, renderNav, safeNext, showResult } from './app.js';
+import { $, api, renderNav, safeNext, showResult, tryAgainIn } from './app.js';
 
 renderNav();
 const result = $('#result');
@@ -36,7 +36,7 @@ otpBtn.addEventListener('click', async () => {
     otpCooldown(60);
     $('#otp').focus();
   } catch (e) {
-    showResult(result, e.code, 'error', e.code === 'RATE_LIMITED' ? 'Too many codes requested, try again later.' : e.message);
+    showResult(result, e.code, 'error', e.code === 'RATE_LIMITED' ? `Too many codes requested, ${tryAgainIn(e.retryAfterMs)}.` : e.message);
     otpBtn.disabled = false;
   }
 });
