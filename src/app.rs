@@ -335,6 +335,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
                     store.clone(),
                     ports.kv.clone(),
                     ports.bus.clone(),
+                    context.background.clone(),
                     Duration::from_millis(context.config.item_cache_double_delete_ms),
                 )),
             )

@@ -248,7 +248,8 @@ impl CatalogService {
         let items = self.items.clone();
         let cx = self.cx.clone();
         let delay = Duration::from_millis(self.cx.config.item_cache_double_delete_ms);
-        tokio::spawn(async move {
+        // A task of the context's background work: a shutdown waits for it.
+        self.cx.background.spawn(async move {
             tokio::time::sleep(delay).await;
             items.delete_shared(item_id).await;
             announce(&*cx.ports.bus, item_id).await;

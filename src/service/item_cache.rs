@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use moka::future::Cache;
 use serde::{Deserialize, Serialize};
+use tokio_util::task::TaskTracker;
 
 use super::{Context, ServiceError, ServiceResult};
 use crate::cache::KvStore;
@@ -340,16 +341,19 @@ impl ItemCache {
 /// as a write's — a reader that read the row before the change and fills
 /// it back after the first delete is caught by the second (see
 /// [`ItemCache::fill_back`]). Local copies are left to their TTL
-/// (`item_cache_local_ttl_ms`): no broadcast an order.
+/// (`item_cache_local_ttl_ms`): no broadcast an order. The second delete
+/// is a task of `tasks` (the context's background work): a shutdown waits
+/// for it.
 pub async fn sale_changed_row(
     kv: &Arc<dyn KvStore>,
     bus: &Arc<dyn MessageBus>,
+    tasks: &TaskTracker,
     id: ItemId,
     second_delete_after: Duration,
 ) {
     delete_shared_entry(&**kv, &**bus, id).await;
     let (kv, bus) = (kv.clone(), bus.clone());
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         tokio::time::sleep(second_delete_after).await;
         delete_shared_entry(&*kv, &*bus, id).await;
     });
@@ -517,5 +521,40 @@ mod tests {
         assert!(json.contains(r#""strategy":"db-lock""#), "{json}");
         let back = ItemSnapshot::from(serde_json::from_str::<Stored>(&json).unwrap());
         assert_eq!(back.promos, pinned.promos);
+    }
+
+    struct NoCheck;
+
+    #[async_trait::async_trait]
+    impl crate::mq::TxChecker for NoCheck {
+        async fn check(&self, _: &Event) -> crate::mq::TxState {
+            crate::mq::TxState::Unknown
+        }
+    }
+
+    /// A reader's fill-back of the row from before a sale changed it is
+    /// deleted again — also when the process shuts down meanwhile: the
+    /// second delete is background work a shutdown waits for.
+    #[tokio::test]
+    async fn a_shutdown_waits_for_a_sales_second_delete() {
+        let kv: Arc<dyn KvStore> = Arc::new(crate::cache::memory::MemoryKvStore::new());
+        let bus: Arc<dyn MessageBus> = Arc::new(crate::mq::memory::MemoryBus::start(
+            Arc::new(NoCheck),
+            Default::default(),
+        ));
+        let tasks = TaskTracker::new();
+        let id = ItemId(7);
+        let ttl = Duration::from_secs(60);
+        kv.set(&shared_key(id), "before", ttl).await.unwrap();
+        sale_changed_row(&kv, &bus, &tasks, id, Duration::from_millis(200)).await;
+        assert_eq!(kv.get(&shared_key(id)).await.unwrap(), None);
+        kv.set(&shared_key(id), "read before the sale", ttl)
+            .await
+            .unwrap();
+        tasks.close();
+        tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .unwrap();
+        assert_eq!(kv.get(&shared_key(id)).await.unwrap(), None);
     }
 }

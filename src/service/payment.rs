@@ -87,7 +87,14 @@ pub async fn cancel(
     if cancelled {
         // The item's DB stock and sales changed with it.
         let after = Duration::from_millis(cx.config.item_cache_double_delete_ms);
-        item_cache::sale_changed_row(&cx.ports.kv, &cx.ports.bus, order.item_id, after).await;
+        item_cache::sale_changed_row(
+            &cx.ports.kv,
+            &cx.ports.bus,
+            &cx.background,
+            order.item_id,
+            after,
+        )
+        .await;
     }
     if order.status == OrderStatus::Cancelled {
         // Also when an earlier call cancelled it but died before this step:

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio_util::task::TaskTracker;
 
 use crate::cache::KvStore;
 use crate::mq::{Event, MessageBus, MessageHandler};
@@ -19,6 +20,7 @@ pub struct StockConsumer {
     store: Arc<dyn Store>,
     kv: Arc<dyn KvStore>,
     bus: Arc<dyn MessageBus>,
+    tasks: TaskTracker,
     second_delete_after: Duration,
 }
 
@@ -26,17 +28,20 @@ impl StockConsumer {
     /// `kv`: the shared item cache, whose entries of the deducted items are
     /// deleted (their DB stock changed), and again after
     /// `second_delete_after` (`item_cache_double_delete_ms`); a failed
-    /// delete is redone through `bus`.
+    /// delete is redone through `bus`; the second delete is a task of
+    /// `tasks` (a shutdown waits for it).
     pub fn new(
         store: Arc<dyn Store>,
         kv: Arc<dyn KvStore>,
         bus: Arc<dyn MessageBus>,
+        tasks: TaskTracker,
         second_delete_after: Duration,
     ) -> Self {
         StockConsumer {
             store,
             kv,
             bus,
+            tasks,
             second_delete_after,
         }
     }
@@ -61,7 +66,14 @@ impl MessageHandler for StockConsumer {
             let mut items: Vec<_> = entries.iter().map(|e| e.item_id).collect();
             items.dedup();
             for item in items {
-                sale_changed_row(&self.kv, &self.bus, item, self.second_delete_after).await;
+                sale_changed_row(
+                    &self.kv,
+                    &self.bus,
+                    &self.tasks,
+                    item,
+                    self.second_delete_after,
+                )
+                .await;
             }
         }
         metrics::counter!("seckill_deductions_total", "outcome" => "applied")
