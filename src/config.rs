@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
@@ -461,6 +461,39 @@ pub enum DatabaseBackend {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
+/// The `SECKILL_*` variables that name a setting, as text: a text setting
+/// stays the text it is (`SECKILL_REDIS_PREFIX=2024`, a token of digits),
+/// a number or a switch is read from it at extraction. Other variables
+/// with the prefix are tools' (SECKILL_CONFIG, SECKILL_TEST_*, scripts'
+/// own) and left alone; a typo in a file is still refused
+/// (deny_unknown_fields). Empty is unset: an optional setting none (as
+/// API.md's "unset"), any other its file's or default value.
+fn env_settings(vars: impl Iterator<Item = (String, String)>) -> figment::value::Dict {
+    use figment::value::{Empty, Value};
+    let defaults = serde_json::to_value(Config::default()).unwrap_or_default();
+    let mut settings = figment::value::Dict::new();
+    for (name, raw) in vars {
+        let Some(key) = name
+            .get(..8)
+            .filter(|p| p.eq_ignore_ascii_case("SECKILL_"))
+            .map(|_| name[8..].to_ascii_lowercase())
+        else {
+            continue;
+        };
+        let Some(default) = defaults.get(&key) else {
+            continue;
+        };
+        if raw.trim().is_empty() {
+            if default.is_null() {
+                settings.insert(key, Value::from(Empty::None));
+            }
+            continue;
+        }
+        settings.insert(key, Value::from(raw.trim().to_owned()));
+    }
+    settings
+}
+
 impl Config {
     /// Defaults, then `file` (when given), then `SECKILL_*` variables.
     pub fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
@@ -474,27 +507,24 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        // Only variables naming a setting: tools share the prefix
-        // (SECKILL_CONFIG, SECKILL_TEST_*, scripts' own) and must not stop
-        // the server. A typo in a file is still refused (deny_unknown_fields).
-        let known: Vec<String> = serde_json::to_value(Config::default())
-            .ok()
-            .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect()))
-            .unwrap_or_default();
-        const SECRETS: [&str; 2] = ["admin_token", "otp_webhook_token"];
-        fig = fig.merge(Env::prefixed("SECKILL_").filter(move |k| {
-            known.iter().any(|n| k.as_str().eq_ignore_ascii_case(n))
-                && !SECRETS.iter().any(|s| k.as_str().eq_ignore_ascii_case(s))
-        }));
-        // Secrets are text whatever they look like: read raw, not parsed as
-        // a value (digits would be a number and lose leading zeros).
-        for key in SECRETS {
-            if let Ok(raw) = std::env::var(format!("SECKILL_{}", key.to_ascii_uppercase())) {
-                fig = fig.merge(Serialized::default(key, raw));
+        // A variable that is not UTF-8 cannot name a setting (nor be one:
+        // refused below).
+        let vars = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v)));
+        let mut utf8 = Vec::new();
+        for (name, value) in vars {
+            match value.into_string() {
+                Ok(v) => utf8.push((name, v)),
+                Err(_) if name.to_ascii_uppercase().starts_with("SECKILL_") => {
+                    return Err(ConfigError(format!("{name} is not UTF-8 text")));
+                }
+                Err(_) => {}
             }
         }
+        fig = fig.merge(Serialized::defaults(env_settings(utf8.into_iter())));
+        // Lossy: a number or a switch is read from its text (the variables
+        // come as text, whatever they look like).
         let mut config: Config = fig
-            .extract()
+            .extract_lossy()
             .map_err(|e| ConfigError(format!("bad setting: {e}")))?;
         config.unset_empty();
         Ok(config)
@@ -514,8 +544,12 @@ impl Config {
                 *s = None;
             }
         }
+        // A secret is compared with what a request sends, trimmed.
         for s in [&mut self.admin_token, &mut self.otp_webhook_token] {
-            if s.as_ref().is_some_and(|v| v.0.trim().is_empty()) {
+            if let Some(v) = s {
+                v.0 = v.0.trim().to_string();
+            }
+            if s.as_ref().is_some_and(|v| v.0.is_empty()) {
                 *s = None;
             }
         }
@@ -1092,6 +1126,18 @@ mod tests {
             jail.set_env("SECKILL_ADMIN_TOKEN", "0012345678901234567890");
             let c = Config::load(None).unwrap();
             assert_eq!(c.admin_token, Some(Secret("0012345678901234567890".into())));
+            // So does any text setting; numbers and switches are read from text.
+            jail.set_env("SECKILL_REDIS_PREFIX", "2024");
+            jail.set_env("SECKILL_CAPTCHA_ENABLED", "on ");
+            jail.set_env("SECKILL_ORDER_STRATEGY", " db-optimistic");
+            jail.set_env("SECKILL_ADMIN_TOKEN", " tok-with-spaces ");
+            let c = Config::load(None).unwrap();
+            assert_eq!(c.redis_prefix, "2024");
+            assert!(c.captcha_enabled);
+            assert_eq!(c.order_strategy, OrderStrategy::DbOptimistic);
+            assert_eq!(c.admin_token, Some(Secret("tok-with-spaces".into())));
+            jail.set_env("SECKILL_CAPTCHA_ENABLED", "0");
+            assert!(!Config::load(None).unwrap().captcha_enabled);
             Ok(())
         });
     }
@@ -1107,6 +1153,10 @@ mod tests {
                 "SECKILL_OTP_WEBHOOK_URL",
                 "SECKILL_OTP_WEBHOOK_TOKEN",
                 "SECKILL_CLIENT_IP_HEADER",
+                "SECKILL_NODE_ID",
+                // Not optional: empty keeps the default.
+                "SECKILL_GATE_FACTOR",
+                "SECKILL_HTTP_ADDR",
             ] {
                 jail.set_env(key, "");
             }
@@ -1121,7 +1171,21 @@ mod tests {
                 (&None, &None, &None, &None)
             );
             assert!(c.admin_token.is_none() && c.otp_webhook_token.is_none());
+            assert_eq!(c.node_id, None);
+            assert_eq!(
+                (c.gate_factor, c.http_addr.as_str()),
+                (Config::default().gate_factor, "127.0.0.1:8080")
+            );
             c.validate().unwrap();
+            // Empty in the environment unsets what a file set.
+            jail.create_file(
+                "s.toml",
+                "node_id = 7\nredis_url = \"redis://h/\"\ngate_factor = 9",
+            )?;
+            let c = Config::load(Some(std::path::Path::new("s.toml"))).unwrap();
+            assert_eq!((c.node_id, c.redis_url), (None, None));
+            // … and keeps a file's value of any other.
+            assert_eq!(c.gate_factor, 9);
             Ok(())
         });
     }
