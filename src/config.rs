@@ -319,11 +319,15 @@ impl Config {
     /// (a write-behind batch drops the orders whose caller was cut off
     /// before it journals them; a pure-database order starts its
     /// transaction within its request), then the journal insert's own deadline (the local
-    /// transaction's). Past it, every order of the sale is in the DB.
+    /// transaction's). Past it, every order of the sale is in the DB. An
+    /// early end (`POST …/end`) reaches another instance by a broadcast; one
+    /// that missed it sells on for its promo cache's TTL
+    /// (`promo_cache_ttl_ms`), counted too.
     pub fn order_in_flight_bound(&self) -> Duration {
         Duration::from_millis(
             self.request_timeout_ms
-                .saturating_add(self.local_tx_timeout_ms),
+                .saturating_add(self.local_tx_timeout_ms)
+                .saturating_add(self.promo_cache_ttl_ms),
         )
     }
 

@@ -745,13 +745,15 @@ async fn a_promo_is_not_published_while_an_earlier_sale_of_its_item_has_unpaid_o
     );
 }
 
-/// request_timeout_ms + local_tx_timeout_ms of `short_in_flight_bound`.
-const IN_FLIGHT_MS: u64 = 2_000;
+/// request_timeout_ms + local_tx_timeout_ms + promo_cache_ttl_ms of
+/// `short_in_flight_bound`.
+const IN_FLIGHT_MS: u64 = 3_000;
 
 fn short_in_flight_bound(c: &mut seckill::config::Config) {
     c.local_tx_timeout_ms = 500;
     c.ledger_rebuild_quiet_ms = 500;
     c.request_timeout_ms = 1_500;
+    c.promo_cache_ttl_ms = 1_000;
 }
 
 /// Sleeps until `ms` milliseconds past the promo's `end_at`.
@@ -869,6 +871,11 @@ async fn an_item_has_one_published_sale_at_a_time() {
         "{:?}",
         r.json()
     );
+    // Past the request and local-transaction deadlines, within the promo
+    // cache's TTL (an instance that missed an early end's broadcast still
+    // sells): still refused.
+    sleep_past_end(&t, first, 2_300).await;
+    assert_eq!(t.try_publish(second).await.status, StatusCode::CONFLICT);
 
     sleep_past_end(&t, first, IN_FLIGHT_MS as i64 + 50).await;
     t.publish(second).await;
