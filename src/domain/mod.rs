@@ -13,6 +13,15 @@ pub use order::{Order, OrderDraft, OrderStatus, StockLogStatus};
 pub use promo::{NewPromo, OrderStrategy, Promo, PromoBaseline, PromoState, SaleJournal};
 pub use user::{NewUser, Phone, User};
 
+use chrono::{DateTime, SubsecRound, Utc};
+
+/// A time as the stores keep it, to the microsecond (MySQL's
+/// `DATETIME(6)`): an answer built before the write reads the same as the
+/// row read back afterwards.
+pub fn stored_time(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.trunc_subsecs(6)
+}
+
 /// A rule broken by well-formed input: answered as `422 INVALID_ARGUMENT`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

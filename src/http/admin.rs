@@ -14,7 +14,7 @@ use super::error::{ApiResult, ErrorBody};
 use super::extract::{Admin, ApiJson, ApiPath};
 use super::items::{page_size, ItemDto, PromoDto};
 use super::AppState;
-use crate::domain::{ItemId, ItemPatch, NewItem, NewPromo, PromoId};
+use crate::domain::{stored_time, ItemId, ItemPatch, NewItem, NewPromo, PromoId};
 use crate::service::users::BulkUser;
 use crate::service::ServiceError;
 
@@ -235,7 +235,8 @@ pub async fn create_item(
 #[utoipa::path(patch, path = "/api/v1/admin/items/{id}", tag = "admin", security(("admin" = [])),
     params(("id" = i64, Path, description = "item id")), request_body = ItemPatchRequest,
     responses((status = 200, body = ItemDto), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn update_item(
     State(state): State<AppState>,
     _: Admin,
@@ -268,8 +269,8 @@ pub async fn create_promo(
             item_id: ItemId(r.item_id),
             name: r.name,
             price_cents: r.price_cents,
-            start_at: r.start_at.with_timezone(&Utc),
-            end_at: r.end_at.with_timezone(&Utc),
+            start_at: stored_time(r.start_at.with_timezone(&Utc)),
+            end_at: stored_time(r.end_at.with_timezone(&Utc)),
         })
         .await?;
     Ok((StatusCode::CREATED, ApiJson(PromoDto::from(&p))))

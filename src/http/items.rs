@@ -140,7 +140,7 @@ pub(super) fn list_page(
 
 /// The items, most sales first, a page at a time (`next_offset` names the
 /// next page while there is one).
-#[utoipa::path(get, path = "/api/v1/items", tag = "items", params(ItemPage),
+#[utoipa::path(get, path = "/api/v1/items", operation_id = "list_items", tag = "items", params(ItemPage),
     responses((status = 200, body = ItemList), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -157,7 +157,7 @@ pub async fn list(
 }
 
 /// One item with its promo.
-#[utoipa::path(get, path = "/api/v1/items/{id}", tag = "items", params(("id" = i64, Path, description = "item id")),
+#[utoipa::path(get, path = "/api/v1/items/{id}", operation_id = "item_detail", tag = "items", params(("id" = i64, Path, description = "item id")),
     responses((status = 200, body = ItemDto), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn detail(
     State(state): State<AppState>,

@@ -167,12 +167,19 @@ pub struct OrderPage {
     pub limit: Option<i32>,
 }
 
+/// A PNG image, as the OpenAPI document describes it (a `Vec<u8>` would be
+/// a list of numbers there).
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)] // a schema only
+pub struct Png(Vec<u8>);
+
 /// A captcha image for (you, this promo); single use, short-lived. Drawing
 /// one replaces the pending one: another site's page cannot (403 for a
 /// cookie sent with a request the browser marks cross-site).
 #[utoipa::path(get, path = "/api/v1/promos/{id}/captcha", tag = "orders", security(("session" = [])),
     params(("id" = i64, Path, description = "promo id")),
-    responses((status = 200, content_type = "image/png", body = Vec<u8>), (status = 400, body = ErrorBody),
+    responses((status = 200, content_type = "image/png", body = Png), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn captcha(
     State(state): State<AppState>,
@@ -190,7 +197,7 @@ pub async fn captcha(
 #[utoipa::path(post, path = "/api/v1/promos/{id}/tokens", tag = "orders", security(("session" = [])),
     params(("id" = i64, Path, description = "promo id")), request_body = TokenRequest,
     responses((status = 201, body = TokenView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn issue_token(
     State(state): State<AppState>,
@@ -229,7 +236,10 @@ fn count_refusal(state: &AppState, promo: PromoId, e: &ServiceError) {
     }
 }
 
-/// Places an order; answers only after the order is committed.
+/// Places an order; answers only after the order is committed. One order
+/// per buyer per promo, of at most `SECKILL_PER_USER_LIMIT` units (1 by
+/// default): a second order is 409 `ALREADY_BOUGHT`, also after the first
+/// was cancelled (its units go back on sale for the others).
 #[utoipa::path(post, path = "/api/v1/orders", tag = "orders", security(("session" = [])), request_body = OrderRequest,
     responses((status = 201, body = OrderDto), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
@@ -265,7 +275,7 @@ pub async fn place(
 
 /// Your orders, newest first, a page at a time (`next_offset` names the
 /// next page while there is one).
-#[utoipa::path(get, path = "/api/v1/orders", tag = "orders", security(("session" = [])), params(OrderPage),
+#[utoipa::path(get, path = "/api/v1/orders", operation_id = "list_orders", tag = "orders", security(("session" = [])), params(OrderPage),
     responses((status = 200, body = OrderList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -282,7 +292,7 @@ pub async fn list(
 }
 
 /// One of your orders (another user's is not found).
-#[utoipa::path(get, path = "/api/v1/orders/{order_no}", tag = "orders", security(("session" = [])),
+#[utoipa::path(get, path = "/api/v1/orders/{order_no}", operation_id = "order_detail", tag = "orders", security(("session" = [])),
     params(("order_no" = String, Path, description = "order number")),
     responses((status = 200, body = OrderDto), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn detail(
@@ -298,8 +308,8 @@ pub async fn detail(
 /// Pays an order (mock payment); idempotent.
 #[utoipa::path(post, path = "/api/v1/orders/{order_no}/pay", tag = "orders", security(("session" = [])),
     params(("order_no" = String, Path, description = "order number")),
-    responses((status = 200, body = OrderDto), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = OrderDto), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn pay(
     State(state): State<AppState>,
     user: CurrentUser,
@@ -313,8 +323,8 @@ pub async fn pay(
 /// Cancels an unpaid order; its stock goes back on sale.
 #[utoipa::path(post, path = "/api/v1/orders/{order_no}/cancel", tag = "orders", security(("session" = [])),
     params(("order_no" = String, Path, description = "order number")),
-    responses((status = 200, body = OrderDto), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = OrderDto), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
     user: CurrentUser,

@@ -275,7 +275,7 @@ impl OrderService {
                     return Err(ServiceError::node_unowned());
                 }
                 let id = self.cx.ids.next_id();
-                let now = Utc::now();
+                let now = crate::domain::stored_time(Utc::now());
                 let draft = OrderDraft {
                     stock_log_id: id,
                     order_no: OrderNo::new(now, id),

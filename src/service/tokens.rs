@@ -227,6 +227,9 @@ impl TokenService {
         // until the promo ends.
         let token = random_token();
         let ttl = Duration::from_secs(self.cx.config.seckill_token_ttl_secs);
+        // The answer's expiry taken before the write: never later than the
+        // record's.
+        let expires_at = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
         let until_end = (promo.end_at - Utc::now()).to_std().unwrap_or_default();
         let (gate, holder) = (gate_key(promo_id), holder_key(user, promo_id));
         let (record, bound) = (token_key(&token), binding(user, promo_id, item_id));
@@ -253,7 +256,6 @@ impl TokenService {
             }
             return Err(ServiceError::SoldOut);
         }
-        let expires_at = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
         Ok(IssuedToken { token, expires_at })
     }
 

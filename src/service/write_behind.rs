@@ -157,7 +157,7 @@ impl Worker {
             return;
         }
         let ports = &self.cx.ports;
-        let now = Utc::now();
+        let now = crate::domain::stored_time(Utc::now());
         let drafts: Vec<OrderDraft> = batch
             .iter()
             .map(|p| {

@@ -430,6 +430,30 @@ async fn the_openapi_document_lists_every_endpoint() {
             "{p} missing from the OpenAPI document"
         );
     }
+    // A generated client names a method after each operation: one name
+    // each.
+    let mut ids = std::collections::HashMap::new();
+    for (path, ops) in paths {
+        for (method, op) in ops.as_object().unwrap() {
+            if let Some(id) = op["operationId"].as_str() {
+                if let Some(other) = ids.insert(id.to_owned(), format!("{method} {path}")) {
+                    panic!("operationId {id} of {method} {path} is also {other}'s");
+                }
+            }
+        }
+    }
+    // The captcha is an image, not a JSON list of numbers.
+    let png = &paths["/api/v1/promos/{id}/captcha"]["get"]["responses"]["200"]["content"]
+        ["image/png"]["schema"];
+    let png = match png.get("$ref").and_then(|r| r.as_str()) {
+        Some(r) => &doc["components"]["schemas"][r.rsplit('/').next().unwrap()],
+        None => png,
+    };
+    assert_eq!(
+        (png["type"].as_str(), png["format"].as_str()),
+        (Some("string"), Some("binary")),
+        "{png}"
+    );
 }
 
 #[tokio::test]

@@ -407,7 +407,7 @@ async fn a_crash_between_half_message_and_local_commit_is_settled_and_the_stock_
     let mut bought = false;
     for _ in 0..40 {
         if let Some(t) = seckill_token(&http, &victim, &session, warm, warm_item).await {
-            let (status, _) = http_json(
+            let (status, placed) = http_json(
                 &http,
                 reqwest::Method::POST,
                 &format!("{victim}/api/v1/orders"),
@@ -416,6 +416,18 @@ async fn a_crash_between_half_message_and_local_commit_is_settled_and_the_stock_
             )
             .await;
             if status == 201 {
+                // The answer is the row as MySQL keeps it (its times to
+                // the microsecond), not a more precise copy.
+                let no = placed["order_no"].as_str().unwrap();
+                let (_, read) = http_json(
+                    &http,
+                    reqwest::Method::GET,
+                    &format!("{victim}/api/v1/orders/{no}"),
+                    &session,
+                    None,
+                )
+                .await;
+                assert_eq!(read, placed, "the order read back is the order answered");
                 bought = true;
                 break;
             }
