@@ -51,12 +51,19 @@ fn check_price(price_cents: i64) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Empty, a path of this site (`/img/a.png`), or an absolute http(s) URL
+/// with a host that parses as one (`http://[` does not): pages and clients
+/// put it in an `img` tag as it is.
 fn check_image_url(url: &str) -> Result<(), Invalid> {
     bounded_text("image_url", url, 0, 1024)?;
-    let allowed = url.is_empty()
-        || url.starts_with("https://")
-        || url.starts_with("http://")
-        || url.starts_with('/');
+    let plain = !url.chars().any(|c| c.is_whitespace() || c.is_control());
+    let site_path = url.starts_with('/') && !url.starts_with("//");
+    // The scheme as the OpenAPI pattern spells it (lower case).
+    let web = || {
+        (url.starts_with("http://") || url.starts_with("https://"))
+            && ::url::Url::parse(url).is_ok_and(|u| u.host_str().is_some_and(|h| !h.is_empty()))
+    };
+    let allowed = url.is_empty() || (plain && (site_path || web()));
     if !allowed {
         return Err(Invalid::new(
             "image_url must be empty, an http(s) URL or a path starting with /",
@@ -151,11 +158,42 @@ mod tests {
         }
         .validate()
         .is_err());
-        assert!(NewItem {
-            image_url: "/img/a.png".into(),
-            ..item()
+        for bad in [
+            "javascript:alert(1)",
+            "http://[",
+            "http://[::1",
+            "https://",
+            "//evil.example/x.png",
+            "/img/a b.png",
+            "http://shop.example/a\nb.png",
+            "ftp://shop.example/a.png",
+            "HTTP://SHOP.EXAMPLE/A.PNG",
+        ] {
+            assert!(
+                NewItem {
+                    image_url: bad.into(),
+                    ..item()
+                }
+                .validate()
+                .is_err(),
+                "{bad:?}"
+            );
         }
-        .validate()
-        .is_ok());
+        for good in [
+            "",
+            "/img/a.png",
+            "https://cdn.example/a.png?v=1",
+            "http://[::1]:8080/a.png",
+        ] {
+            assert!(
+                NewItem {
+                    image_url: good.into(),
+                    ..item()
+                }
+                .validate()
+                .is_ok(),
+                "{good:?}"
+            );
+        }
     }
 }

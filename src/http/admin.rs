@@ -68,7 +68,8 @@ pub struct NewItemRequest {
     #[serde(default)]
     #[schema(max_length = 4000)]
     pub description: String,
-    /// Empty, an http(s) URL or a path starting with `/`.
+    /// Empty, an http(s) URL with a host (`http://` or `https://`, lower
+    /// case), or a path of this site starting with one `/`; no spaces.
     #[serde(default)]
     #[schema(max_length = 1024, pattern = "^(https?://|/|$)")]
     pub image_url: String,
