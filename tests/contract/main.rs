@@ -678,14 +678,19 @@ fn limits(n: u32, lock_wait_secs: u64) -> seckill::store::PoolLimits {
     }
 }
 
-/// A Redis connection on `SECKILL_TEST_REDIS_URL` with a prefix of its own.
+/// A Redis connection on `SECKILL_TEST_REDIS_URL` with a prefix of its own,
+/// under the run's `CLUSTER_DB` when set (scripts/test deletes that
+/// prefix's keys at the end).
 async fn redis_conn(tag: &str) -> Option<seckill::cache::redis::RedisConn> {
     let url = real_service("SECKILL_TEST_REDIS_URL")?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    let prefix = format!("seckill-test:{tag}:{}:{nanos}:", std::process::id());
+    let run = std::env::var("CLUSTER_DB")
+        .map(|db| format!("{db}:"))
+        .unwrap_or_default();
+    let prefix = format!("{run}seckill-test:{tag}:{}:{nanos}:", std::process::id());
     Some(
         seckill::cache::redis::RedisConn::connect(&url, &prefix, std::time::Duration::from_secs(2))
             .await
