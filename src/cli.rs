@@ -87,7 +87,8 @@ impl ServeArgs {
         }
         self.db.apply(c);
         if let Some(t) = &self.admin_token {
-            c.admin_token = Some(Secret(t.clone()));
+            // As from the file or the environment: trimmed, empty is unset.
+            c.admin_token = Some(Secret(t.trim().to_owned())).filter(|s| !s.0.is_empty());
         }
         if self.no_captcha {
             c.captcha_enabled = false;

@@ -471,31 +471,57 @@ pub struct ConfigError(pub String);
 /// with the prefix are tools' (SECKILL_CONFIG, SECKILL_TEST_*, scripts'
 /// own) and left alone; a typo in a file is still refused
 /// (deny_unknown_fields). Empty is unset: an optional setting none (as
-/// API.md's "unset"), any other its file's or default value.
-fn env_settings(vars: impl Iterator<Item = (String, String)>) -> figment::value::Dict {
-    use figment::value::{Empty, Value};
-    let defaults = serde_json::to_value(Config::default()).unwrap_or_default();
-    let mut settings = figment::value::Dict::new();
-    for (name, raw) in vars {
-        let Some(key) = name
-            .get(..8)
-            .filter(|p| p.eq_ignore_ascii_case("SECKILL_"))
-            .map(|_| name[8..].to_ascii_lowercase())
-        else {
-            continue;
-        };
-        let Some(default) = defaults.get(&key) else {
-            continue;
-        };
-        if raw.trim().is_empty() {
-            if default.is_null() {
-                settings.insert(key, Value::from(Empty::None));
+/// API.md's "unset"), any other its file's or default value. A figment
+/// provider of its own, so that a refusal names the variable.
+struct EnvSettings(figment::value::Dict);
+
+impl EnvSettings {
+    fn read(
+        vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    ) -> Result<EnvSettings, ConfigError> {
+        use figment::value::{Empty, Value};
+        let defaults = serde_json::to_value(Config::default()).unwrap_or_default();
+        let mut settings = figment::value::Dict::new();
+        for (name, raw) in vars {
+            let Some(key) = name.to_str().and_then(|n| {
+                n.get(..8)
+                    .filter(|p| p.eq_ignore_ascii_case("SECKILL_"))
+                    .map(|_| n[8..].to_ascii_lowercase())
+            }) else {
+                continue;
+            };
+            let Some(default) = defaults.get(&key) else {
+                continue;
+            };
+            let Some(raw) = raw.to_str() else {
+                return Err(ConfigError(format!(
+                    "SECKILL_{} is not UTF-8 text",
+                    key.to_ascii_uppercase()
+                )));
+            };
+            if raw.trim().is_empty() {
+                if default.is_null() {
+                    settings.insert(key, Value::from(Empty::None));
+                }
+                continue;
             }
-            continue;
+            settings.insert(key, Value::from(raw.trim().to_owned()));
         }
-        settings.insert(key, Value::from(raw.trim().to_owned()));
+        Ok(EnvSettings(settings))
     }
-    settings
+}
+
+impl figment::Provider for EnvSettings {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment variable")
+            .interpolater(|_, keys| format!("SECKILL_{}", keys.join(".").to_ascii_uppercase()))
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Ok(figment::Profile::Default.collect(self.0.clone()))
+    }
 }
 
 impl Config {
@@ -511,20 +537,7 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        // A variable that is not UTF-8 cannot name a setting (nor be one:
-        // refused below).
-        let vars = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v)));
-        let mut utf8 = Vec::new();
-        for (name, value) in vars {
-            match value.into_string() {
-                Ok(v) => utf8.push((name, v)),
-                Err(_) if name.to_ascii_uppercase().starts_with("SECKILL_") => {
-                    return Err(ConfigError(format!("{name} is not UTF-8 text")));
-                }
-                Err(_) => {}
-            }
-        }
-        fig = fig.merge(Serialized::defaults(env_settings(utf8.into_iter())));
+        fig = fig.merge(EnvSettings::read(std::env::vars_os())?);
         // Lossy: a number or a switch is read from its text (the variables
         // come as text, whatever they look like).
         let mut config: Config = fig
@@ -1190,6 +1203,10 @@ mod tests {
             assert_eq!((c.node_id, c.redis_url), (None, None));
             // … and keeps a file's value of any other.
             assert_eq!(c.gate_factor, 9);
+            // A refusal names the variable.
+            jail.set_env("SECKILL_GATE_FACTOR", "many");
+            let e = Config::load(None).unwrap_err().0;
+            assert!(e.contains("SECKILL_GATE_FACTOR"), "{e}");
             Ok(())
         });
     }

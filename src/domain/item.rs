@@ -56,7 +56,11 @@ fn check_price(price_cents: i64) -> Result<(), Invalid> {
 /// put it in an `img` tag as it is.
 fn check_image_url(url: &str) -> Result<(), Invalid> {
     bounded_text("image_url", url, 0, 1024)?;
-    let plain = !url.chars().any(|c| c.is_whitespace() || c.is_control());
+    // No backslash: browsers read it as a slash (`/\evil.example/x.png`
+    // would load from another host).
+    let plain = !url
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '\\');
     let site_path = url.starts_with('/') && !url.starts_with("//");
     // The scheme as the OpenAPI pattern spells it (lower case).
     let web = || {
@@ -164,6 +168,8 @@ mod tests {
             "http://[::1",
             "https://",
             "//evil.example/x.png",
+            "/\\evil.example/x.png",
+            "http:/\\evil.example/x.png",
             "/img/a b.png",
             "http://shop.example/a\nb.png",
             "ftp://shop.example/a.png",

@@ -14,7 +14,7 @@ use super::error::{ApiResult, ErrorBody};
 use super::extract::{Admin, ApiJson, ApiPath};
 use super::items::{page_size, ItemDto, PromoDto};
 use super::AppState;
-use crate::domain::{stored_time, ItemId, ItemPatch, NewItem, NewPromo, PromoId};
+use crate::domain::{ItemId, ItemPatch, NewItem, NewPromo, PromoId};
 use crate::service::users::BulkUser;
 use crate::service::ServiceError;
 
@@ -270,8 +270,8 @@ pub async fn create_promo(
             item_id: ItemId(r.item_id),
             name: r.name,
             price_cents: r.price_cents,
-            start_at: stored_time(r.start_at.with_timezone(&Utc)),
-            end_at: stored_time(r.end_at.with_timezone(&Utc)),
+            start_at: r.start_at.with_timezone(&Utc),
+            end_at: r.end_at.with_timezone(&Utc),
         })
         .await?;
     Ok((StatusCode::CREATED, ApiJson(PromoDto::from(&p))))

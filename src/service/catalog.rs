@@ -385,7 +385,10 @@ impl CatalogService {
     /// (they would sell the same stock).
     /// Under the item's lease: two creations at once (a double click) would
     /// both pass the overlap check.
-    pub async fn create_promo(&self, p: NewPromo) -> ServiceResult<Promo> {
+    pub async fn create_promo(&self, mut p: NewPromo) -> ServiceResult<Promo> {
+        // As the store keeps them: the answer reads as the row does.
+        p.start_at = crate::domain::stored_time(p.start_at);
+        p.end_at = crate::domain::stored_time(p.end_at);
         let promo = self
             .with_item_lease(p.item_id, self.create_promo_leased(&p))
             .await?;

@@ -321,5 +321,10 @@ mod reason_tests {
         ];
         let reasons: Vec<_> = all.iter().map(E::reason).collect();
         assert_eq!(reasons, E::REASONS, "REASONS follows reason(), in order");
+        let limit = E::LimitReached {
+            message: "",
+            retry_after: std::time::Duration::from_secs(720),
+        };
+        assert_eq!(limit.reason(), "rate_limited");
     }
 }

@@ -171,7 +171,7 @@ async function reloadCaptcha() {
     if (!busy || attempt >= 4) {
       const body = res ? await res.json().catch(() => null) : null;
       if (!current()) return;
-      cErr.textContent = res?.status === 429
+      cErr.textContent = res?.status === 429 && retryAfterMs(res) > LONG_WAIT_MS
         ? `Too many captchas drawn, ${tryAgainIn(retryAfterMs(res))}.`
         : body?.message || 'The captcha image could not be loaded. Try "Refresh".';
       return;
