@@ -87,8 +87,7 @@ impl ServeArgs {
         }
         self.db.apply(c);
         if let Some(t) = &self.admin_token {
-            // As from the file or the environment: trimmed, empty is unset.
-            c.admin_token = Some(Secret(t.trim().to_owned())).filter(|s| !s.0.is_empty());
+            c.admin_token = Some(Secret(t.clone()));
         }
         if self.no_captcha {
             c.captcha_enabled = false;
@@ -99,6 +98,8 @@ impl ServeArgs {
         if self.demo {
             c.demo = true;
         }
+        // As from the file or the environment: trimmed, empty is unset.
+        c.unset_empty();
     }
 }
 

@@ -550,7 +550,7 @@ impl Config {
     /// An optional setting given empty (`SECKILL_REDIS_URL=` in a compose
     /// file, `redis_url = ""`) is unset, as API.md's "unset" means: Redis
     /// in memory, the admin API closed, no webhook.
-    fn unset_empty(&mut self) {
+    pub fn unset_empty(&mut self) {
         for s in [
             &mut self.redis_url,
             &mut self.rocketmq_namesrv,

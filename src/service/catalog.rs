@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use moka::future::Cache;
 
-use super::item_cache::ItemCache;
+use super::item_cache::{self, ItemCache};
 use super::{Context, ServiceError, ServiceResult, SharedError};
 use crate::domain::promo::NotOnSale;
 use crate::domain::{
@@ -245,15 +245,16 @@ impl CatalogService {
         self.items.forget_local(item_id).await;
         self.forget_promos();
         announce(&*self.cx.ports.bus, item_id).await;
-        let items = self.items.clone();
-        let cx = self.cx.clone();
-        let delay = Duration::from_millis(self.cx.config.item_cache_double_delete_ms);
-        // A task of the context's background work: a shutdown waits for it.
-        self.cx.background.spawn(async move {
-            tokio::time::sleep(delay).await;
-            items.delete_shared(item_id).await;
-            announce(&*cx.ports.bus, item_id).await;
-        });
+        let ports = &self.cx.ports;
+        let bus = ports.bus.clone();
+        item_cache::delete_shared_later(
+            &ports.kv,
+            &ports.bus,
+            &self.cx.background,
+            item_id,
+            Duration::from_millis(self.cx.config.item_cache_double_delete_ms),
+            async move { announce(&*bus, item_id).await },
+        );
     }
 
     /// Shows the live stock and sales: while a published promo sold with

@@ -341,9 +341,7 @@ impl ItemCache {
 /// as a write's — a reader that read the row before the change and fills
 /// it back after the first delete is caught by the second (see
 /// [`ItemCache::fill_back`]). Local copies are left to their TTL
-/// (`item_cache_local_ttl_ms`): no broadcast an order. The second delete
-/// is a task of `tasks` (the context's background work): a shutdown waits
-/// for it.
+/// (`item_cache_local_ttl_ms`): no broadcast an order.
 pub async fn sale_changed_row(
     kv: &Arc<dyn KvStore>,
     bus: &Arc<dyn MessageBus>,
@@ -352,10 +350,26 @@ pub async fn sale_changed_row(
     second_delete_after: Duration,
 ) {
     delete_shared_entry(&**kv, &**bus, id).await;
+    delete_shared_later(kv, bus, tasks, id, second_delete_after, async {});
+}
+
+/// The second of a change's two deletes of an item's shared entry, after
+/// `after`, then `then` (an admin write broadcasts the change again). A
+/// task of `tasks` (the context's background work): a shutdown waits for
+/// it.
+pub fn delete_shared_later(
+    kv: &Arc<dyn KvStore>,
+    bus: &Arc<dyn MessageBus>,
+    tasks: &TaskTracker,
+    id: ItemId,
+    after: Duration,
+    then: impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let (kv, bus) = (kv.clone(), bus.clone());
     tasks.spawn(async move {
-        tokio::time::sleep(second_delete_after).await;
+        tokio::time::sleep(after).await;
         delete_shared_entry(&*kv, &*bus, id).await;
+        then.await;
     });
 }
 

@@ -167,18 +167,20 @@ async function reloadCaptcha() {
     }
     if (res?.status === 401) return goLogin();
     // A long Retry-After (a limit per minute set low) is shown, not waited out.
-    const busy = (!res || res.status === 429 || res.status === 503) && !(retryAfterMs(res) > LONG_WAIT_MS);
+    const wait = retryAfterMs(res);
+    const long = wait > LONG_WAIT_MS;
+    const busy = (!res || res.status === 429 || res.status === 503) && !long;
     if (!busy || attempt >= 4) {
       const body = res ? await res.json().catch(() => null) : null;
       if (!current()) return;
-      cErr.textContent = res?.status === 429 && retryAfterMs(res) > LONG_WAIT_MS
-        ? `Too many captchas drawn, ${tryAgainIn(retryAfterMs(res))}.`
+      cErr.textContent = res?.status === 429 && long
+        ? `Too many captchas drawn, ${tryAgainIn(wait)}.`
         : body?.message || 'The captcha image could not be loaded. Try "Refresh".';
       return;
     }
     // The reason the buyer is back in the dialog, if any, stays shown.
     if (!cErr.textContent) cErr.textContent = CAPTCHA_BUSY;
-    await sleep(retryWait(400 * 2 ** attempt * (0.5 + Math.random()), retryAfterMs(res)));
+    await sleep(retryWait(400 * 2 ** attempt * (0.5 + Math.random()), wait));
     if (!current()) return;
   }
 }
